@@ -1,0 +1,60 @@
+"""What the core needs to know about the running job, filled in by an adapter's ``init``."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+_current: "Context | None" = None
+
+
+@dataclass
+class Context:
+    """The job as seen from one worker.
+
+    ``broadcast_object`` and ``average`` are the adapter's collectives, so framework-free code
+    (tracking, checkpoint policy) can talk to other ranks without importing a framework.
+    """
+
+    framework: str
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    device: str
+    broadcast_object: Callable[[Any, int], Any] = field(repr=False)
+    average: Callable[[Mapping[str, float]], dict[str, float]] = field(repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith(("cuda", "gpu", "/gpu"))
+
+
+def set_current(ctx: Context) -> Context:
+    global _current
+    _current = ctx
+    return ctx
+
+
+def current(framework: str | None = None) -> Context:
+    """The context made by ``init``; a clear error when ``init`` was not called."""
+    if _current is None or (framework is not None and _current.framework != framework):
+        module = f"hvdtrain.{framework}" if framework else "hvdtrain.torch / hvdtrain.keras"
+        raise ValueError(f"call {module}.init() first: the distributed job is not initialised")
+    return _current
+
+
+def main_process_only(fn: Callable) -> Callable:
+    """Run ``fn`` on rank 0 only; other ranks get ``None``. The one place rank gating lives."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _current is not None and not _current.is_main:
+            return None
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,59 @@
+"""``init``: start Horovod for torch and describe the job in a core ``Context``."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Mapping
+
+import horovod.torch as hvd
+import numpy as np
+import torch
+
+from ..core import context as core_context
+
+
+def _average(values: Mapping[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    if not keys:
+        return {}
+    tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    averaged = hvd.allreduce(tensor, op=hvd.Average, name="hvdtrain.average." + ",".join(keys))
+    return dict(zip(keys, averaged.tolist()))
+
+
+def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
+    return hvd.broadcast_object(obj, root_rank=root_rank)
+
+
+def init(seed: int | None = 0, threads: int | None = None) -> core_context.Context:
+    """Initialise Horovod and this worker: one GPU per local rank, CPU threads, seeds.
+
+    Each rank is seeded with ``seed + rank`` so dropout and augmentation differ between ranks;
+    ``wrap_optimizer`` broadcasts rank 0's weights, so initial weights still agree.
+    """
+    hvd.init()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(hvd.local_rank())
+        device = f"cuda:{hvd.local_rank()}"
+    else:
+        device = "cpu"
+        # Ranks on one host share its cores; oversubscription slows every rank down.
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+    if seed is not None:
+        rank_seed = seed + hvd.rank()
+        random.seed(rank_seed)
+        np.random.seed(rank_seed)
+        torch.manual_seed(rank_seed)
+    return core_context.set_current(core_context.Context(
+        framework="torch", rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+        local_size=hvd.local_size(), device=device,
+        broadcast_object=_broadcast_object, average=_average))
+
+
+def current() -> core_context.Context:
+    return core_context.current("torch")
+
+
+def average_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """Mean of each metric over all ranks (every rank must call it with the same keys)."""
+    return current().average(values)

@@ -1,0 +1,141 @@
+"""``wrap_optimizer``: a torch optimizer made data-parallel by Horovod, with hvdtrain's policy."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import horovod.torch as hvd
+import torch
+
+from ..core.lr import lr_scale_factor, warmup_multiplier
+from ..core.options import Compression, DistributedOptions, ReduceOp
+from ._context import current
+
+_COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
+_OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hvd.Adasum}
+
+# Keys hvdtrain keeps in each param group; they travel in ``state_dict`` so a checkpoint knows
+# which world size its LR was scaled for and how far warmup got.
+BASE_LR = "hvdtrain_base_lr"
+LR_FACTOR = "hvdtrain_lr_factor"
+STEP = "hvdtrain_step"
+
+
+class _Policy:
+    """Replaces the Horovod optimizer's ``step``/``synchronize`` on the instance.
+
+    Order per step: allreduce (once), average accumulated micro-batches, clip, apply with the
+    warmup multiplier. The instance keeps its class, so schedulers and ``isinstance`` still work.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, options: DistributedOptions, scale: float,
+                 max_grad_norm: float | None):
+        self.opt, self.options, self.scale, self.max_grad_norm = opt, options, scale, max_grad_norm
+        self._horovod_synchronize = opt.synchronize
+        self._horovod_step = opt.step
+        self._adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
+
+    def synchronize(self) -> None:
+        self._horovod_synchronize()
+        if self.options.accumulation_steps > 1:
+            # Horovod sums the micro-batches' gradients; average them so k steps of batch B
+            # update like one step of batch k*B.
+            for p in self._params():
+                p.grad.div_(self.options.accumulation_steps)
+
+    def step(self, closure=None):
+        if not self._adasum and self.opt._should_synchronize:  # False inside skip_synchronize()
+            self.synchronize()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(self._params()), self.max_grad_norm)
+        multiplier = warmup_multiplier(self.step_count, self.options.warmup_steps, self.scale)
+        with _scaled_lr(self.opt, multiplier):
+            if self._adasum:
+                result = self._horovod_step(closure)
+            else:
+                with self.opt.skip_synchronize():
+                    result = self._horovod_step(closure)
+        for group in self.opt.param_groups:
+            group[STEP] = group.get(STEP, 0) + 1
+        return result
+
+    @property
+    def step_count(self) -> int:
+        return self.opt.param_groups[0].get(STEP, 0)
+
+    def _params(self) -> Iterator[torch.Tensor]:
+        return (p for g in self.opt.param_groups for p in g["params"] if p.grad is not None)
+
+
+@contextlib.contextmanager
+def _scaled_lr(opt: torch.optim.Optimizer, multiplier: float):
+    if multiplier == 1.0:
+        yield
+        return
+    saved = [g["lr"] for g in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] = group["lr"] * multiplier
+    try:
+        yield
+    finally:
+        for group, lr in zip(opt.param_groups, saved):
+            group["lr"] = lr
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_scaling: str = "linear",
+                   warmup_steps: int = 0, compression: str = "none", op: str = "average",
+                   accumulation_steps: int = 1, max_grad_norm: float | None = None) -> torch.optim.Optimizer:
+    """Return a Horovod ``DistributedOptimizer`` over ``optimizer`` with every rank in step.
+
+    Scales each param group's LR for the world size, broadcasts rank 0's model parameters,
+    buffers and optimizer state, and allreduces gradients once per ``accumulation_steps``
+    backward passes. Create LR schedulers on the returned optimizer.
+    """
+    options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
+                                 op=op, accumulation_steps=accumulation_steps)
+    if max_grad_norm is not None and max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
+    ctx = current()
+    scale = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
+    for group in optimizer.param_groups:
+        group.setdefault(BASE_LR, group["lr"])
+        group[LR_FACTOR] = scale
+        group["lr"] = group[BASE_LR] * scale
+        if "initial_lr" in group:
+            group["initial_lr"] = group[BASE_LR] * scale
+
+    distributed = hvd.DistributedOptimizer(
+        optimizer, named_parameters=model.named_parameters(), compression=_COMPRESSION[options.compression],
+        backward_passes_per_step=options.accumulation_steps, op=_OP[options.op])
+    if optimizer.state:
+        distributed.load_state_dict(optimizer.state_dict())
+    broadcast_state(model, distributed)
+    policy = _Policy(distributed, options, scale, max_grad_norm)
+    distributed.synchronize = policy.synchronize
+    distributed.step = policy.step
+    distributed.hvdtrain_options = options
+    return distributed
+
+
+def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Make every rank hold rank 0's parameters, buffers and optimizer state.
+
+    The optimizer state goes as one object rather than through
+    ``hvd.broadcast_optimizer_state``: that one initialises empty state with a zero-gradient
+    step, which applies weight decay and advances Adam's step count on a fresh optimizer.
+    """
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    if optimizer is not None:
+        state = hvd.broadcast_object(optimizer.state_dict() if hvd.rank() == 0 else None, root_rank=0,
+                                     name="hvdtrain.optimizer_state")
+        if hvd.rank() != 0:
+            optimizer.load_state_dict(state)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The LR the next step applies to the first param group, warmup included."""
+    group = optimizer.param_groups[0]
+    scale = group.get(LR_FACTOR, 1.0)
+    options = getattr(optimizer, "hvdtrain_options", None)
+    warmup = options.warmup_steps if options else 0
+    return group["lr"] * warmup_multiplier(group.get(STEP, 0), warmup, scale)

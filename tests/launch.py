@@ -1,0 +1,36 @@
+"""Run a worker script under ``horovodrun -np N --gloo`` on localhost and collect its results.
+
+Workers write ``<out>/rank<R>.json`` with ``tests.workers.common.report``; the test asserts on
+those values, not only on the exit code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+WORKERS = Path(__file__).parent / "workers"
+REPO = Path(__file__).parent.parent
+
+
+def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float = 300,
+               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``tests/workers/<script>`` on ``np`` local ranks; results land in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    horovodrun_bin = Path(sys.executable).parent / "horovodrun"
+    cmd = [str(horovodrun_bin), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+           sys.executable, str(WORKERS / script), "--out", str(out), *args]
+    full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
+                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def results(out: Path, np: int = 2) -> list[dict]:
+    """Each rank's report, rank order."""
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(np)]
