@@ -121,14 +121,15 @@ else
     run "install Horovod wheel" "$BUILD_LOG" "${PIP[@]}" install --no-deps --force-reinstall "$WHEEL_DIR"/horovod-*.whl
     # Horovod's runtime deps (cloudpickle, psutil, pyyaml, packaging) without touching the frameworks.
     run "install Horovod runtime deps" "$BUILD_LOG" "${PIP[@]}" install cloudpickle psutil pyyaml packaging
+    STEP="check Horovod build"; LOG="$LOG_DIR/check-build.log"
+    "$(dirname "$PY")/horovodrun" --check-build >"$LOG" 2>&1
+    grep -E '\[X\] TensorFlow' "$LOG" >/dev/null && grep -E '\[X\] PyTorch' "$LOG" >/dev/null \
+        && grep -E '\[X\] Gloo' "$LOG" >/dev/null
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
 fi
 
 # --- 3. hvdtrain itself ------------------------------------------------------------------------
-if ! "$PY" -c 'import hvdtrain' >/dev/null 2>&1; then
+if ! (cd / && "$PY" -c 'import hvdtrain') >/dev/null 2>&1; then
     run "install hvdtrain" "$LOG_DIR/hvdtrain.log" "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO"
 fi
-STEP="check build"; LOG="$LOG_DIR/check-build.log"
-"$(dirname "$PY")/horovodrun" --check-build >"$LOG" 2>&1
-grep -E '\[X\] (PyTorch|TensorFlow)' "$LOG" >/dev/null
-say "done: $(grep -cE '\[X\]' "$LOG") Horovod features built; python: $PY"
+say "done: Horovod $HOROVOD_VERSION with PyTorch, TensorFlow and Gloo; python: $PY"

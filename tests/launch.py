@@ -26,8 +26,10 @@ def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float =
                 "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
-                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}")
+        # Workers' tracebacks come through horovodrun's stdout as "[rank]<stderr>:" lines.
+        worker_errors = [l for l in proc.stdout.splitlines() if "<stderr>" in l and "Warning" not in l]
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"
+                             + "\n".join(worker_errors[-60:]) + f"\n--- horovodrun ---\n{proc.stderr[-1500:]}")
     return proc
 
 

@@ -22,7 +22,9 @@ def _average(values: Mapping[str, float]) -> dict[str, float]:
 
 
 def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
-    return hvd.broadcast_object(obj, root_rank=root_rank)
+    # A fixed name: Horovod's default is the object's type name, which differs between the root
+    # (sending a dict) and the others (sending None), and mismatched names wait forever.
+    return hvd.broadcast_object(obj, root_rank=root_rank, name="hvdtrain.broadcast_object")
 
 
 def init(seed: int | None = 0, threads: int | None = None) -> core_context.Context:

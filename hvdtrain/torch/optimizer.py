@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Iterator
 
 import horovod.torch as hvd
@@ -22,7 +23,7 @@ STEP = "hvdtrain_step"
 
 
 class _Policy:
-    """Replaces the Horovod optimizer's ``step``/``synchronize`` on the instance.
+    """hvdtrain's state on a Horovod optimizer, whose ``step``/``synchronize`` it replaces.
 
     Order per step: allreduce (once), average accumulated micro-batches, clip, apply with the
     warmup multiplier. The instance keeps its class, so schedulers and ``isinstance`` still work.
@@ -30,41 +31,43 @@ class _Policy:
 
     def __init__(self, opt: torch.optim.Optimizer, options: DistributedOptions, scale: float,
                  max_grad_norm: float | None):
-        self.opt, self.options, self.scale, self.max_grad_norm = opt, options, scale, max_grad_norm
-        self._horovod_synchronize = opt.synchronize
-        self._horovod_step = opt.step
-        self._adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
+        self.options, self.scale, self.max_grad_norm = options, scale, max_grad_norm
+        self.horovod_synchronize = opt.synchronize
+        self.horovod_step = opt.step
+        self.adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
 
-    def synchronize(self) -> None:
-        self._horovod_synchronize()
-        if self.options.accumulation_steps > 1:
-            # Horovod sums the micro-batches' gradients; average them so k steps of batch B
-            # update like one step of batch k*B.
-            for p in self._params():
-                p.grad.div_(self.options.accumulation_steps)
 
-    def step(self, closure=None):
-        if not self._adasum and self.opt._should_synchronize:  # False inside skip_synchronize()
-            self.synchronize()
-        if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(list(self._params()), self.max_grad_norm)
-        multiplier = warmup_multiplier(self.step_count, self.options.warmup_steps, self.scale)
-        with _scaled_lr(self.opt, multiplier):
-            if self._adasum:
-                result = self._horovod_step(closure)
-            else:
-                with self.opt.skip_synchronize():
-                    result = self._horovod_step(closure)
-        for group in self.opt.param_groups:
-            group[STEP] = group.get(STEP, 0) + 1
-        return result
+# Plain functions bound to the optimizer instance: LR schedulers re-bind ``step.__func__`` to it.
+def _synchronize(opt: torch.optim.Optimizer) -> None:
+    policy = opt.hvdtrain_policy
+    policy.horovod_synchronize()
+    if policy.options.accumulation_steps > 1:
+        # Horovod sums the micro-batches' gradients; average them so k steps of batch B
+        # update like one step of batch k*B.
+        for p in _params_with_grad(opt):
+            p.grad.div_(policy.options.accumulation_steps)
 
-    @property
-    def step_count(self) -> int:
-        return self.opt.param_groups[0].get(STEP, 0)
 
-    def _params(self) -> Iterator[torch.Tensor]:
-        return (p for g in self.opt.param_groups for p in g["params"] if p.grad is not None)
+def _step(opt: torch.optim.Optimizer, closure=None):
+    policy = opt.hvdtrain_policy
+    if not policy.adasum and opt._should_synchronize:  # False inside skip_synchronize()
+        opt.synchronize()
+    if policy.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), policy.max_grad_norm)
+    multiplier = warmup_multiplier(opt.param_groups[0].get(STEP, 0), policy.options.warmup_steps, policy.scale)
+    with _scaled_lr(opt, multiplier):
+        if policy.adasum:
+            result = policy.horovod_step(closure)
+        else:
+            with opt.skip_synchronize():
+                result = policy.horovod_step(closure)
+    for group in opt.param_groups:
+        group[STEP] = group.get(STEP, 0) + 1
+    return result
+
+
+def _params_with_grad(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    return (p for g in opt.param_groups for p in g["params"] if p.grad is not None)
 
 
 @contextlib.contextmanager
@@ -110,10 +113,10 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_
     if optimizer.state:
         distributed.load_state_dict(optimizer.state_dict())
     broadcast_state(model, distributed)
-    policy = _Policy(distributed, options, scale, max_grad_norm)
-    distributed.synchronize = policy.synchronize
-    distributed.step = policy.step
+    distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
     distributed.hvdtrain_options = options
+    distributed.synchronize = types.MethodType(_synchronize, distributed)
+    distributed.step = types.MethodType(_step, distributed)
     return distributed
 
 

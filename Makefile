@@ -1,0 +1,17 @@
+# The two commands of the README, plus the pieces they are made of.
+# Both set everything up on a fresh machine; scripts/install.sh is idempotent and reuses the
+# cached Horovod build, so a second run costs seconds.
+PY := .venv/bin/python
+
+.PHONY: demo test install lint
+demo: install
+	$(PY) -m hvdtrain.demo
+
+test: install
+	$(PY) -m pytest -q
+
+install:
+	bash scripts/install.sh
+
+lint: install
+	$(PY) -m pytest -q tests/test_docker.py

@@ -1,0 +1,133 @@
+"""``hvdtrain doctor``: is this install able to train? Versions, Horovod's build, a live allreduce."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FIX = "run `make install` (or `bash scripts/install.sh`)"
+# Horovod extension name -> (display name, python module of the framework).
+FRAMEWORKS = {"torch": ("PyTorch", "torch"), "tensorflow": ("TensorFlow", "tensorflow")}
+PACKAGES = {"torch": ["torch"], "tensorflow": ["tensorflow", "tensorflow-cpu"], "keras": ["keras"],
+            "mlflow": ["mlflow"], "horovod": ["horovod"]}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("doctor", help="check versions, Horovod's build and a 2-process allreduce")
+    parser.add_argument("-np", type=int, default=2, help="processes for the live allreduce (default 2)")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds allowed per live allreduce")
+    parser.set_defaults(func=run)
+
+
+def versions() -> dict[str, str | None]:
+    found = {"python": platform.python_version()}
+    for name, dists in PACKAGES.items():
+        found[name] = next((v for v in map(_version, dists) if v), None)
+    return found
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def build_checks() -> list[Check]:
+    """What Horovod was built with; a missing framework or controller is a failed check."""
+    from horovod.common.util import extension_available, gloo_built, mpi_built, nccl_built
+
+    checks = []
+    for ext, (display, module) in FRAMEWORKS.items():
+        error = _import_error(module)
+        if error:
+            checks.append(Check(display, False, f"{display} cannot be imported ({error}): {FIX}"))
+        elif not extension_available(ext):
+            checks.append(Check(display, False, f"Horovod was built without {display}: {FIX}"))
+        else:
+            checks.append(Check(display, True, "built"))
+    gloo, mpi = gloo_built(), mpi_built()
+    checks.append(Check("Gloo controller", gloo, "built" if gloo else f"Horovod was built without Gloo: {FIX}"))
+    checks.append(Check("MPI controller", True, "built" if mpi else "not built (optional; needs mpicc at install)"))
+    nccl = nccl_built()
+    gpu_wanted = _torch_has_cuda()
+    checks.append(Check("NCCL ops", nccl or not gpu_wanted,
+                        "built" if nccl else (f"CUDA torch but Horovod was built without NCCL: {FIX}" if gpu_wanted
+                                              else "not built (CPU install)")))
+    return checks
+
+
+def _import_error(module: str) -> str | None:
+    """Last line of the error importing ``module`` in a fresh interpreter, or None if it imports."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def _torch_has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.version.cuda is not None and torch.cuda.is_available()
+
+
+def live_allreduce(framework: str, np: int, timeout: float) -> Check:
+    """Run ``hvdtrain.cli.allreduce_check`` on ``np`` local ranks through horovodrun."""
+    horovodrun = Path(sys.executable).parent / "horovodrun"
+    cmd = [str(horovodrun), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+           sys.executable, "-m", "hvdtrain.cli.allreduce_check", framework]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return Check(f"{FRAMEWORKS[framework][0]} allreduce x{np}", False, f"timed out after {timeout:.0f} s")
+    seconds = time.perf_counter() - start
+    name = f"{FRAMEWORKS[framework][0]} allreduce x{np}"
+    if proc.returncode == 0:
+        return Check(name, True, f"pass in {seconds:.1f} s")
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "Error" in l or "error" in l]
+    return Check(name, False, f"FAIL (exit {proc.returncode}) in {seconds:.1f} s: "
+                              f"{lines[-1].strip() if lines else 'see horovodrun output'}")
+
+
+def run(args) -> int:
+    found = versions()
+    print("Versions")
+    for name, version in found.items():
+        print(f"  {name:<11}{version or 'not installed'}")
+    if found["horovod"] is None:
+        print(f"\nHorovod is not installed: {FIX}")
+        return 1
+    checks = build_checks()
+    print("Horovod build")
+    _print(checks)
+    if all(c.ok for c in checks if c.name in ("PyTorch", "TensorFlow", "Gloo controller")):
+        live = [live_allreduce(ext, args.np, args.timeout) for ext in FRAMEWORKS]
+        print("Live allreduce (horovodrun, Gloo, localhost)")
+        _print(live)
+        checks += live
+    failed = [c for c in checks if not c.ok]
+    print("\n" + ("All checks passed." if not failed else f"{len(failed)} check(s) failed."))
+    return 1 if failed else 0
+
+
+def _print(checks: list[Check]) -> None:
+    for check in checks:
+        print(f"  [{'x' if check.ok else ' '}] {check.name:<22}{check.detail}")

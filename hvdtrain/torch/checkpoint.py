@@ -1,0 +1,125 @@
+"""Rank-0 checkpoints that resume on any world size (layout and atomicity: core.checkpoint)."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, read_meta
+from ..core.context import main_process_only
+from ..core.lr import lr_scale_factor
+from ._context import current
+from .optimizer import BASE_LR, LR_FACTOR, broadcast_state
+
+EXTENSION = ".pt"
+
+
+@main_process_only
+def save_checkpoint(directory: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, *, step: int,
+                    epoch: int, config: dict | None = None, keep: int = 3, extra: dict | None = None) -> Path:
+    """Write ``directory/step-<step>.pt`` atomically (rank 0 only; returns its path there)."""
+    payload = {"model": model.state_dict(), "rng": _rng_state()}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
+    meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="torch", payload="",
+                          base_lrs=[g.get(BASE_LR, g["lr"]) for g in optimizer.param_groups] if optimizer else [],
+                          config=config or {}, extra=extra or {})
+    return CheckpointDir(directory, EXTENSION, keep).save(meta, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None) -> CheckpointMeta | None:
+    """Restore a checkpoint on every rank; ``path`` is a file or a directory (newest valid one).
+
+    Rank 0 reads the file and broadcasts, so other hosts need not see rank 0's disk. The LR is
+    re-scaled from the checkpoint's world size to this job's. Returns ``None`` when ``path`` is a
+    directory without checkpoints (a fresh start). Raises ``CheckpointError`` on every rank if the
+    file is unusable.
+    """
+    ctx = current()
+    loaded: tuple[CheckpointMeta | None, str | None] = (None, None)
+    payload = None
+    if ctx.is_main:
+        try:
+            payload, meta = _read(Path(path))
+            loaded = (meta, None)
+        except CheckpointError as err:
+            loaded = (None, str(err))
+    meta, error = ctx.broadcast_object(loaded, 0)
+    if error:
+        raise CheckpointError(error)
+    if meta is None:
+        return None
+    if ctx.is_main:
+        model.load_state_dict(payload["model"])
+        if optimizer is not None and "optimizer" in payload:
+            optimizer.load_state_dict(payload["optimizer"])
+        _set_rng_state(payload["rng"])
+    broadcast_state(model, optimizer)
+    if scheduler is not None:
+        state = ctx.broadcast_object(payload.get("scheduler") if ctx.is_main else None, 0)
+        if state is not None:
+            scheduler.load_state_dict(state)
+    if optimizer is not None:
+        _rescale_lr(optimizer, scheduler)
+    return meta
+
+
+def _read(path: Path) -> tuple[dict | None, CheckpointMeta | None]:
+    if path.is_dir():
+        found = CheckpointDir(path, EXTENSION).latest()
+        if found is None:
+            return None, None
+        payload_path, meta = found
+    else:
+        payload_path, meta = read_meta(path)
+    try:
+        return torch.load(payload_path, map_location="cpu", weights_only=True), meta
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
+        raise CheckpointError(f"{payload_path}: truncated or corrupt checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+
+
+def _rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """The checkpoint's LRs were scaled for its world size; scale them for this one."""
+    options = getattr(optimizer, "hvdtrain_options", None)
+    if options is None:
+        return
+    ctx = current()
+    new = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
+    ratios = []
+    for group in optimizer.param_groups:
+        ratio = new / group.get(LR_FACTOR, new)
+        ratios.append(ratio)
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+        group[LR_FACTOR] = new
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * r for lr, r in zip(scheduler.base_lrs, ratios)]
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def _rng_state() -> dict:
+    np_name, np_key, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_name, torch.from_numpy(np_key.astype(np.int64)), np_pos, np_gauss, np_cached)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, key, pos, gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), pos, gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,41 @@
+"""Sharded data loading with the same number of steps on every rank (policy: core.sharding)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ._context import current
+
+
+def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
+                       seed: int = 0, **loader_kwargs) -> DataLoader:
+    """A ``DataLoader`` over this rank's shard of ``dataset``; ``batch_size`` is per rank.
+
+    Uses ``DistributedSampler``, whose padding (``drop_last=False``) or truncation
+    (``drop_last=True``) gives every rank the same sample count, hence the same step count.
+    Call ``set_epoch(loader, epoch)`` each epoch so shuffling differs between epochs.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ctx = current()
+    sampler = DistributedSampler(dataset, num_replicas=ctx.size, rank=ctx.rank, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last)
+    loader_kwargs.setdefault("pin_memory", ctx.on_gpu)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle a ``distributed_loader`` for ``epoch`` (same permutation on every rank)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+def to_device(batch, device: str | torch.device):
+    """Move a tensor or a (nested) tuple/list/dict of tensors to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
