@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def test_allreduce_two_ranks(framework, tmp_path):
 
 
 def _doctor(env=None):
-    return subprocess.run([sys.executable, "-m", "hvdtrain.cli", "doctor"], capture_output=True, text=True,
+    return subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "doctor"], capture_output=True, text=True,
                           timeout=600, cwd=REPO, env={**os.environ, **(env or {})})
 
 

@@ -108,6 +108,7 @@ def live_allreduce(framework: str, np: int, timeout: float) -> Check:
 
 
 def run(args) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # quiet the TF imports in Horovod's probes
     found = versions()
     print("Versions")
     for name, version in found.items():
@@ -130,4 +131,4 @@ def run(args) -> int:
 
 def _print(checks: list[Check]) -> None:
     for check in checks:
-        print(f"  [{'x' if check.ok else ' '}] {check.name:<22}{check.detail}")
+        print(f"  [{'x' if check.ok else ' '}] {check.name:<26}{check.detail}")

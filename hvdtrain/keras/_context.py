@@ -1,0 +1,80 @@
+"""``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job in a core ``Context``."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Mapping
+
+import horovod.tensorflow as hvd
+import keras
+import tensorflow as tf
+
+from ..core import context as core_context
+
+SUPPORTED_BACKENDS = ("tensorflow",)
+
+
+def _average(values: Mapping[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    if not keys:
+        return {}
+    tensor = tf.constant([float(values[k]) for k in keys], dtype=tf.float64)
+    averaged = hvd.allreduce(tensor, op=hvd.Average, name="hvdtrain.average." + ",".join(keys))
+    return dict(zip(keys, averaged.numpy().tolist()))
+
+
+def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
+    # A fixed name: Horovod's default is the object's type, which differs between the root
+    # (the object) and the receivers (usually None), and the ranks would never match up.
+    return hvd.broadcast_object(obj, root_rank=root_rank, name="hvdtrain.object")
+
+
+def _check_backend() -> None:
+    backend = keras.backend.backend()
+    if backend not in SUPPORTED_BACKENDS:
+        raise ValueError(f"hvdtrain.keras runs Keras 3 on Horovod's TensorFlow ops; KERAS_BACKEND is "
+                         f"{backend!r}, supported: {', '.join(map(repr, SUPPORTED_BACKENDS))}")
+
+
+def _configure_devices(local_rank: int, local_size: int, threads: int | None) -> str:
+    """One GPU per local rank with memory growth; on CPU, split the host's cores between its ranks."""
+    gpus = tf.config.list_physical_devices("GPU")
+    gpu_index = local_rank % len(gpus) if gpus else None
+    try:
+        if gpus:
+            tf.config.experimental.set_memory_growth(gpus[gpu_index], True)
+            tf.config.set_visible_devices(gpus[gpu_index], "GPU")
+        else:
+            per_rank = threads or max(1, (os.cpu_count() or 1) // local_size)
+            tf.config.threading.set_intra_op_parallelism_threads(per_rank)
+            tf.config.threading.set_inter_op_parallelism_threads(per_rank)
+    except RuntimeError as err:  # TF's runtime already started: the settings can no longer change
+        warnings.warn(f"hvdtrain.keras.init() came after TensorFlow started, device setup skipped: {err}",
+                      stacklevel=3)
+    return "cpu" if gpu_index is None else f"gpu:{gpu_index}"
+
+
+def init(seed: int | None = 0, threads: int | None = None) -> core_context.Context:
+    """Initialise Horovod and this worker: one GPU per local rank, CPU threads, seeds.
+
+    Call it before building models. Each rank is seeded with ``seed + rank`` so dropout and
+    augmentation differ between ranks; the broadcast in ``callbacks()`` makes initial weights agree.
+    """
+    _check_backend()
+    hvd.init()
+    device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
+    if seed is not None:
+        keras.utils.set_random_seed(seed + hvd.rank())
+    return core_context.set_current(core_context.Context(
+        framework="keras", rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+        local_size=hvd.local_size(), device=device,
+        broadcast_object=_broadcast_object, average=_average))
+
+
+def current() -> core_context.Context:
+    return core_context.current("keras")
+
+
+def average_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """Mean of each metric over all ranks (every rank must call it with the same keys)."""
+    return current().average(values)

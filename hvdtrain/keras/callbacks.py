@@ -1,0 +1,79 @@
+"""``callbacks()``: what ``model.fit`` needs to train data-parallel, in the order it needs it.
+
+Upstream ``horovod.tensorflow.keras.callbacks`` broadcasts through Keras 2 variable internals and
+fails on Keras 3 (``'Variable' object has no attribute 'ref'``); these use plain collectives.
+"""
+from __future__ import annotations
+
+import horovod.tensorflow as hvd
+import keras
+import tensorflow as tf
+
+from ._context import current
+from .optimizer import OPTIONS
+
+
+def broadcast_variables(variables, root_rank: int = 0) -> None:
+    """Overwrite ``variables`` (Keras or TF variables) with ``root_rank``'s values."""
+    for i, variable in enumerate(variables):
+        variable.assign(hvd.broadcast(tf.convert_to_tensor(variable), root_rank, name=f"hvdtrain.broadcast.{i}"))
+
+
+def broadcast_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
+                    root_rank: int = 0) -> None:
+    """Give every rank ``root_rank``'s weights and optimizer state, optimizer slots included.
+
+    ``optimizer`` defaults to the compiled one; custom training loops call this once before the
+    first step. ``model.weights`` leaves out seed-generator state, so dropout still differs by rank.
+    """
+    optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+    variables = list(model.weights)
+    if optimizer is not None:
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        variables += optimizer.variables
+    broadcast_variables(variables, root_rank)
+
+
+class BroadcastState(keras.callbacks.Callback):
+    """At the start of training, every rank takes rank 0's model and optimizer state."""
+
+    def on_train_begin(self, logs=None):
+        if not hasattr(self.model.optimizer, OPTIONS):
+            raise ValueError("compile the model with hvdtrain.keras.wrap_optimizer(...): a plain optimizer "
+                             "would train each rank on its own gradients")
+        if self.model.jit_compile:
+            raise ValueError("compile the model with jit_compile=False: Horovod's ops have no XLA kernels")
+        broadcast_model(self.model)
+
+
+class AverageMetrics(keras.callbacks.Callback):
+    """Replaces each epoch's logs (training and validation metrics) by their mean over ranks.
+
+    It edits the logs dict in place, so every callback after it, ``History`` and the progress bar
+    included, sees the averages.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            logs.update(current().average(logs))
+
+
+class _QuietProgbar(keras.callbacks.ProgbarLogger):
+    """A progress bar forced to ``verbose=0``; its presence stops Keras adding a printing one."""
+
+    def set_params(self, params):
+        super().set_params({**params, "verbose": 0})
+
+
+def callbacks() -> list[keras.callbacks.Callback]:
+    """Callbacks to put first in ``model.fit(callbacks=[*hk.callbacks(), ...])``.
+
+    Broadcast of rank 0's state, then metric averaging (before any later callback reads the logs);
+    on ranks other than 0, a silent progress bar, so only rank 0 prints whatever ``verbose`` says.
+    LR warmup needs no callback: the wrapped optimizer applies it, in custom loops too.
+    """
+    found = [BroadcastState(), AverageMetrics()]
+    if not current().is_main:
+        found.append(_QuietProgbar())
+    return found

@@ -1,0 +1,74 @@
+"""Checkpoints of a Keras model with its optimizer state, written by rank 0, resumable on any world size.
+
+The payload is a regular ``.keras`` file; the core's JSON sidecar holds the step, epoch and the
+single-worker LR, so a job on a different number of workers re-scales the LR on resume.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, read_meta
+from ..core.context import main_process_only
+from ._context import current
+from .callbacks import broadcast_model
+from .optimizer import base_learning_rate, set_base_learning_rate
+
+EXTENSION = ".keras"
+
+
+@main_process_only
+def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int = 0,
+                    config: dict[str, Any] | None = None, keep: int = 3) -> Path | None:
+    """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; rank 0 only.
+
+    Keeps the newest ``keep`` checkpoints. Returns the payload path (``None`` on other ranks).
+    """
+    base_lr = base_learning_rate(model.optimizer) if model.optimizer is not None else None
+    meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="keras", payload="",
+                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}))
+    return CheckpointDir(directory, EXTENSION, keep=keep).save(meta, model.save)
+
+
+def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMeta | None:
+    """Load a checkpoint file, or the newest one in a directory, into ``model`` on every rank.
+
+    ``model`` is built and compiled as for training (with the wrapped optimizer). Rank 0 reads
+    the file and broadcasts the state; the LR is re-scaled for this job's world size. Returns the
+    checkpoint's metadata, or ``None`` when the directory holds no checkpoint yet. A damaged
+    checkpoint raises ``CheckpointError`` on every rank.
+    """
+    ctx = current()
+    meta, error = ctx.broadcast_object(_read_on_main(Path(path), model) if ctx.is_main else None, 0)
+    if error:
+        raise CheckpointError(error)
+    if meta is None:
+        return None
+    broadcast_model(model)
+    if meta.base_lrs and model.optimizer is not None:
+        set_base_learning_rate(model.optimizer, meta.base_lrs[0])
+    return meta
+
+
+def _read_on_main(path: Path, model: keras.Model) -> tuple[CheckpointMeta | None, str | None]:
+    """(metadata, None) after loading into ``model``, or (None, message) for the other ranks to raise."""
+    try:
+        if path.suffix in (EXTENSION, ".json"):
+            payload, meta = read_meta(path)
+        else:
+            latest = CheckpointDir(path, EXTENSION).latest()
+            if latest is None:
+                return None, None
+            payload, meta = latest
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(payload)
+        except Exception as err:  # any failure must reach every rank, or the others wait forever
+            raise CheckpointError(f"{payload}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+    except CheckpointError as err:
+        return None, str(err)
+    return meta, None

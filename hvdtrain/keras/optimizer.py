@@ -1,0 +1,118 @@
+"""``wrap_optimizer``: a Keras 3 optimizer made data-parallel by Horovod, with hvdtrain's policy.
+
+Upstream ``horovod.tensorflow.keras.DistributedOptimizer`` subclasses Keras 2 internals that Keras 3
+removed. Here the optimizer keeps its own class and only two methods of the instance are replaced,
+so ``model.save`` writes a plain ``SGD``/``Adam``/... that loads without hvdtrain:
+
+* ``_clip_gradients`` (Keras calls it once per real update, after micro-batch accumulation and
+  inside its ``cond`` on the update step): allreduce the gradients first, then clip, so clipping
+  sees the global gradient and the allreduce runs once every ``accumulation_steps`` batches;
+* ``apply`` (only with warmup): run the update at the warmed-up LR, then restore the LR.
+
+Gradient accumulation is Keras's own ``gradient_accumulation_steps``: the applied gradient is the
+mean of the micro-batch gradients, so k steps of batch B update like one step of batch k*B.
+"""
+from __future__ import annotations
+
+import horovod.tensorflow as hvd
+import keras
+import tensorflow as tf
+
+from ..core.lr import lr_scale_factor, warmup_multiplier
+from ..core.options import Compression, DistributedOptions, ReduceOp
+from ._context import current
+
+_COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
+_OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hvd.Adasum}
+
+# Attributes hvdtrain sets on a wrapped optimizer instance.
+OPTIONS = "hvdtrain_options"
+LR_FACTOR = "hvdtrain_lr_factor"
+
+
+class _Policy:
+    """The replacement methods, bound to one optimizer instance."""
+
+    def __init__(self, opt: keras.optimizers.Optimizer, options: DistributedOptions, scale: float):
+        self.opt, self.options = opt, options
+        self._keras_clip_gradients = opt._clip_gradients
+        self._keras_apply = opt.apply
+        # The multiplier of each warmup step, from the shared rule; the last entry (1.0) holds
+        # from ``warmup_steps`` on. A table keeps the rule out of the traced graph.
+        self._warmup = tf.constant([warmup_multiplier(s, options.warmup_steps, scale)
+                                    for s in range(options.warmup_steps + 1)], dtype=tf.float64)
+
+    def clip_gradients(self, grads):
+        grads = hvd.grouped_allreduce(list(grads), op=_OP[self.options.op],
+                                      compression=_COMPRESSION[self.options.compression])
+        return self._keras_clip_gradients(grads)
+
+    def apply(self, grads, trainable_variables=None):
+        lr = self.opt.learning_rate  # a variable: ``wrap_optimizer`` refuses schedules with warmup
+        step = tf.minimum(tf.cast(self.opt.iterations, tf.int64), self.options.warmup_steps)
+        scaled = tf.identity(lr.value)
+        lr.assign(scaled * tf.cast(tf.gather(self._warmup, step), lr.dtype))
+        self._keras_apply(grads, trainable_variables)
+        lr.assign(scaled)
+
+
+def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "linear", warmup_steps: int = 0,
+                   compression: str = "none", op: str = "average",
+                   accumulation_steps: int = 1) -> keras.optimizers.Optimizer:
+    """Make ``optimizer`` average gradients over all ranks before every update; returns it.
+
+    Its LR is scaled for the world size (a float LR; for a ``LearningRateSchedule`` pass
+    ``lr_scaling="none"`` and scale the schedule). Works in ``model.fit`` and in custom loops
+    calling ``apply_gradients``/``apply``. Wrap before ``compile``/``fit`` builds the optimizer.
+    """
+    options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
+                                 op=op, accumulation_steps=accumulation_steps)
+    if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(optimizer, "_clip_gradients"):
+        raise TypeError(f"wrap_optimizer needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
+                        f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}")
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        raise TypeError("wrap_optimizer does not support LossScaleOptimizer yet: its skipped steps differ between "
+                        "ranks; wrap a plain optimizer and train in float32")
+    if hasattr(optimizer, OPTIONS):
+        raise ValueError(f"optimizer {optimizer.name!r} is already wrapped by hvdtrain")
+    ctx = current()
+    scale = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
+    lr_is_variable = isinstance(optimizer.learning_rate, keras.Variable)
+    if not lr_is_variable and (scale != 1.0 or options.warmup_steps):
+        raise ValueError("lr_scaling and warmup_steps need a float learning rate; with a LearningRateSchedule "
+                         "pass lr_scaling='none', warmup_steps=0 and build both into the schedule")
+    _set_accumulation(optimizer, options.accumulation_steps)
+    if lr_is_variable:
+        optimizer.learning_rate = float(optimizer.learning_rate.numpy()) * scale
+    policy = _Policy(optimizer, options, scale)
+    optimizer._clip_gradients = policy.clip_gradients
+    if options.warmup_steps and scale != 1.0:
+        optimizer.apply = policy.apply
+    setattr(optimizer, OPTIONS, options)
+    setattr(optimizer, LR_FACTOR, scale)
+    return optimizer
+
+
+def _set_accumulation(optimizer: keras.optimizers.Optimizer, steps: int) -> None:
+    if steps == 1:
+        return  # leaves any accumulation the user configured on the optimizer itself
+    if optimizer.gradient_accumulation_steps not in (None, steps):
+        raise ValueError(f"accumulation_steps={steps} conflicts with the optimizer's "
+                         f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}")
+    if optimizer.built:
+        raise ValueError("accumulation_steps needs an optimizer that is not built yet: wrap it before "
+                         "compile/fit or the first apply")
+    optimizer.gradient_accumulation_steps = steps
+
+
+def base_learning_rate(optimizer: keras.optimizers.Optimizer) -> float | None:
+    """The single-worker LR behind the optimizer's current (scaled) LR; ``None`` for a schedule."""
+    if not isinstance(optimizer.learning_rate, keras.Variable):
+        return None
+    return float(optimizer.learning_rate.numpy()) / getattr(optimizer, LR_FACTOR, 1.0)
+
+
+def set_base_learning_rate(optimizer: keras.optimizers.Optimizer, base_lr: float) -> None:
+    """Set the LR to ``base_lr`` scaled for this job's world size (used when resuming); schedules stay."""
+    if isinstance(optimizer.learning_rate, keras.Variable):
+        optimizer.learning_rate = base_lr * getattr(optimizer, LR_FACTOR, 1.0)
