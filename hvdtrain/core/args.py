@@ -1,0 +1,57 @@
+"""Command-line flags every training script shares, so both frameworks' examples read alike."""
+from __future__ import annotations
+
+import argparse
+
+from .options import Compression, DistributedOptions, LRScaling, ReduceOp
+
+
+def training_parser(description: str, *, epochs: int, batch_size: int, lr: float,
+                    warmup_steps: int = 0) -> argparse.ArgumentParser:
+    """A parser with the data-parallel flags; ``batch_size`` is per worker."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=_positive, default=epochs)
+    group.add_argument("--batch-size", type=_positive, default=batch_size, help="samples per worker per step")
+    group.add_argument("--lr", type=float, default=lr, help="single-worker learning rate, before scaling")
+    group.add_argument("--lr-scaling", choices=[c.value for c in LRScaling], default=LRScaling.LINEAR.value)
+    group.add_argument("--warmup-steps", type=_non_negative, default=warmup_steps)
+    group.add_argument("--compression", choices=[c.value for c in Compression], default=Compression.NONE.value)
+    group.add_argument("--op", choices=[c.value for c in ReduceOp], default=ReduceOp.AVERAGE.value)
+    group.add_argument("--accumulation-steps", type=_positive, default=1)
+    group.add_argument("--seed", type=int, default=0)
+    group = parser.add_argument_group("checkpoints and tracking")
+    group.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every epoch")
+    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    group.add_argument("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME)")
+    group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    group.add_argument("--results", default=None, help="write the final metrics to this JSON file (rank 0)")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.resume and not args.checkpoint_dir:
+        parser.error("--resume needs --checkpoint-dir")
+    return args
+
+
+def distributed_options(args: argparse.Namespace) -> DistributedOptions:
+    return DistributedOptions(lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
+                              compression=args.compression, op=args.op,
+                              accumulation_steps=args.accumulation_steps)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
