@@ -4,17 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import doctor
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from . import doctor, run
+from .errors import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdtrain", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (doctor,):
+    for module in (doctor, run):
         module.register(subparsers)
     return parser
 
