@@ -1,0 +1,92 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), split for training.
+
+The split is a pure function of the seed, so every rank computes the same train/validation/test
+sets without talking to the others; the examples then shard the training set by rank. It is
+stratified: with about 180 images per class, a random split can leave a class short in the
+small test set. No torch or TensorFlow here; the examples add the channel axis they need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from ..core.context import Context, current
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 8
+_MAX_PIXEL = 16.0  # the dataset's pixels are counts 0..16
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split: ``images`` (N, 8, 8) float32 in [0, 1], ``labels`` (N,) int64 in 0..9."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Part
+    val: Part
+    test: Part
+
+
+def load_splits(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                train_samples: int | None = None) -> Splits:
+    """Stratified train/validation/test split of the digits, identical for identical arguments.
+
+    ``train_samples`` keeps a stratified subset of the training set (quick runs); the
+    validation and test sets do not change with it.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+    data = load_digits()
+    images = (data.images / _MAX_PIXEL).astype(np.float32)
+    labels = data.target.astype(np.int64)
+    rest_x, test_x, rest_y, test_y = train_test_split(images, labels, test_size=test_fraction, stratify=labels,
+                                                      random_state=seed)
+    train_x, val_x, train_y, val_y = train_test_split(rest_x, rest_y, test_size=val_fraction / (1 - test_fraction),
+                                                      stratify=rest_y, random_state=seed)
+    if train_samples is not None:
+        if not NUM_CLASSES <= train_samples <= len(train_y):
+            raise ValueError(f"train_samples must be between {NUM_CLASSES} and {len(train_y)}, got {train_samples}")
+        if train_samples < len(train_y):
+            train_x, _, train_y, _ = train_test_split(train_x, train_y, train_size=train_samples, stratify=train_y,
+                                                      random_state=seed)
+    return Splits(Part(train_x, train_y), Part(val_x, val_y), Part(test_x, test_y))
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows of ``scores`` (N, classes: logits or probabilities) whose argmax is the label."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    if scores.ndim != 2 or labels.shape != scores.shape[:1]:
+        raise ValueError(f"accuracy needs scores (N, classes) and labels (N,), got {scores.shape} and {labels.shape}")
+    if len(labels) == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def sharded_accuracy(predict: Callable[[np.ndarray], np.ndarray], part: Part, ctx: Context | None = None) -> float:
+    """Accuracy on all of ``part``, each rank predicting only its share (every ``size``-th image).
+
+    ``predict`` maps images (n, 8, 8) to scores (n, classes). Collective: every rank calls it.
+    The ranks' correct counts are combined, so the result is exact and the same on every rank.
+    """
+    ctx = ctx or current()
+    images, labels = part.images[ctx.rank::ctx.size], part.labels[ctx.rank::ctx.size]
+    correct = accuracy(predict(images), labels) * len(labels) if len(labels) else 0.0
+    totals = ctx.average({"correct": correct, "count": float(len(labels))})
+    if totals["count"] == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return totals["correct"] / totals["count"]

@@ -1,0 +1,133 @@
+"""Handwritten-digit classifier (Keras 3 on TensorFlow) trained data-parallel on Horovod.
+
+A small CNN on scikit-learn's bundled 8x8 digits: nothing to download, the same stratified
+train/validation/test split on every rank (``hvdtrain.datasets.digits``), the training set
+sharded by rank, gradients averaged by Horovod, the test accuracy computed over the whole
+test set and printed by rank 0.
+
+    horovodrun -np 2 -H localhost:2 --gloo python tf_examples/digits.py
+    hvdtrain run -np 2 tf_examples/digits.py --epochs 5 --no-tracking
+
+The PyTorch twin is ``torch_examples/digits.py``: same data, split, model and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import keras
+
+import hvdtrain.keras as hk
+from hvdtrain import tracking
+from hvdtrain.core import args as cli
+from hvdtrain.core.context import Context, main_process_only
+from hvdtrain.datasets import digits
+from hvdtrain.keras.tracking import MlflowLogger, log_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.training_parser("Train a small CNN on scikit-learn's digits with Keras 3 on Horovod.",
+                                 epochs=15, batch_size=32, lr=1e-3)
+    group = parser.add_argument_group("digits")
+    group.add_argument("--train-samples", type=int, default=None,
+                       help="train on a stratified subset of this many images; default: all of it")
+    group.add_argument("--dropout", type=float, default=0.25)
+    group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
+    return parser
+
+
+def build_model(dropout: float) -> keras.Model:
+    """Two 3x3 convolutions, one 2x2 max-pool, two dense layers: ~140k parameters."""
+    return keras.Sequential([
+        keras.Input((digits.IMAGE_SIZE, digits.IMAGE_SIZE, 1)),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2), keras.layers.Flatten(), keras.layers.Dropout(dropout),
+        keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(dropout),
+        keras.layers.Dense(digits.NUM_CLASSES)])
+
+
+def with_channel(images):
+    """Images get the channel axis Keras's convolutions expect: (N, 8, 8, 1)."""
+    return images[..., None]
+
+
+class SaveCheckpoint(keras.callbacks.Callback):
+    """A resumable checkpoint after every epoch (rank 0 writes it)."""
+
+    def __init__(self, directory: str, config: dict):
+        super().__init__()
+        self.directory, self.config = directory, config
+
+    def on_epoch_end(self, epoch, logs=None):
+        hk.save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
+                           epoch=epoch + 1, config=self.config)
+
+
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+    splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
+    model = build_model(args.dropout)
+    optimizer = hk.wrap_optimizer(keras.optimizers.Adam(args.lr), lr_scaling=args.lr_scaling,
+                                  warmup_steps=args.warmup_steps, compression=args.compression, op=args.op,
+                                  accumulation_steps=args.accumulation_steps)
+    # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=False)
+    initial_epoch = 0
+    if args.resume:
+        meta = hk.load_checkpoint(args.checkpoint_dir, model)
+        initial_epoch = meta.epoch if meta is not None else 0
+    callbacks = hk.callbacks()
+    if args.checkpoint_dir:
+        callbacks.append(SaveCheckpoint(args.checkpoint_dir, vars(args)))
+    if tracker is not None:
+        tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
+                                                    per_rank_batch_size=args.batch_size))
+        callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
+    # Equal shards, so every rank runs the same number of steps; Keras reshuffles each shard per epoch.
+    train_x, train_y = hk.shard(with_channel(splits.train.images), splits.train.labels, seed=args.seed)
+    val_x, val_y = hk.shard(with_channel(splits.val.images), splits.val.labels, shuffle=False)
+    history = model.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.epochs,
+                        initial_epoch=initial_epoch, validation_data=(val_x, val_y), callbacks=callbacks,
+                        verbose=1)
+    test_accuracy = digits.sharded_accuracy(
+        lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
+    if tracker is not None:
+        tracker.log_metrics({"test_accuracy": test_accuracy}, step=int(model.optimizer.iterations.numpy()))
+        if args.log_model:
+            log_model(tracker, model, with_channel(splits.test.images[:4]))
+    val_accuracy = history.history.get("val_accuracy", [])
+    return {"test_accuracy": test_accuracy, "test_samples": len(splits.test),
+            "val_accuracy": val_accuracy[-1] if val_accuracy else None}
+
+
+@main_process_only
+def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
+    print(f"test accuracy: {result['test_accuracy']:.4f} on {result['test_samples']} images "
+          f"({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"framework": ctx.framework, "example": "digits", "workers": ctx.size,
+                       "metric_name": "test_accuracy", "metric": result["test_accuracy"],
+                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    args = cli.parse(build_parser(), argv)
+    ctx = hk.init(seed=args.seed)
+    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
+    try:
+        result = train(args, ctx, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
+    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+
+
+if __name__ == "__main__":
+    main()

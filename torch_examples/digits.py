@@ -1,0 +1,124 @@
+"""Handwritten-digit classifier (PyTorch) trained data-parallel on Horovod.
+
+A small CNN on scikit-learn's bundled 8x8 digits: nothing to download, the same stratified
+train/validation/test split on every rank (``hvdtrain.datasets.digits``), the training set
+sharded by rank, gradients averaged by Horovod, the test accuracy computed over the whole
+test set and printed by rank 0.
+
+    horovodrun -np 2 -H localhost:2 --gloo python torch_examples/digits.py
+    hvdtrain run -np 2 torch_examples/digits.py --epochs 5 --no-tracking
+
+The Keras twin is ``tf_examples/digits.py``: same data, split, model and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import hvdtrain.torch as ht
+from hvdtrain import tracking
+from hvdtrain.core import args as cli
+from hvdtrain.core.context import Context, main_process_only
+from hvdtrain.datasets import digits
+from hvdtrain.torch.tracking import log_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.training_parser("Train a small CNN on scikit-learn's digits with PyTorch on Horovod.",
+                                 epochs=15, batch_size=32, lr=1e-3)
+    group = parser.add_argument_group("digits")
+    group.add_argument("--train-samples", type=int, default=None,
+                       help="train on a stratified subset of this many images; default: all of it")
+    group.add_argument("--dropout", type=float, default=0.25)
+    group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
+    return parser
+
+
+def build_model(dropout: float) -> nn.Module:
+    """Two 3x3 convolutions, one 2x2 max-pool, two dense layers: ~140k parameters."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(dropout),
+        nn.Linear(64 * (digits.IMAGE_SIZE // 2) ** 2, 128), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(128, digits.NUM_CLASSES))
+
+
+def as_dataset(part: digits.Part) -> TensorDataset:
+    """Images get the channel axis torch's convolutions expect: (N, 1, 8, 8)."""
+    return TensorDataset(torch.from_numpy(part.images).unsqueeze(1), torch.from_numpy(part.labels))
+
+
+def batch_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.argmax(dim=1) == targets).float().mean()
+
+
+def predictor(model: nn.Module, device: str):
+    """Images (n, 8, 8) as numpy -> logits as numpy, for the framework-free evaluation."""
+
+    @torch.no_grad()
+    def predict(images):
+        model.eval()
+        return model(torch.from_numpy(images).unsqueeze(1).to(device)).cpu().numpy()
+
+    return predict
+
+
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+    splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
+    model = build_model(args.dropout).to(ctx.device)
+    optimizer = ht.wrap_optimizer(torch.optim.Adam(model.parameters(), lr=args.lr), model,
+                                  lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
+                                  compression=args.compression, op=args.op,
+                                  accumulation_steps=args.accumulation_steps)
+    if tracker is not None:
+        tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
+                                                    per_rank_batch_size=args.batch_size))
+    history = ht.fit(model, optimizer, nn.CrossEntropyLoss(),
+                     ht.distributed_loader(as_dataset(splits.train), args.batch_size, seed=args.seed),
+                     epochs=args.epochs, val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
+                     metrics={"accuracy": batch_accuracy}, checkpoint_dir=args.checkpoint_dir,
+                     resume=args.resume, tracker=tracker, config=vars(args))
+    test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
+    if tracker is not None:
+        tracker.log_metrics({"test_accuracy": test_accuracy}, step=history.global_step)
+        if args.log_model:
+            log_model(tracker, model, torch.from_numpy(splits.test.images[:4]).unsqueeze(1).to(ctx.device))
+    return {"test_accuracy": test_accuracy, "test_samples": len(splits.test),
+            "val_accuracy": history["val_accuracy"][-1] if history.epochs else None}
+
+
+@main_process_only
+def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
+    print(f"test accuracy: {result['test_accuracy']:.4f} on {result['test_samples']} images "
+          f"({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"framework": ctx.framework, "example": "digits", "workers": ctx.size,
+                       "metric_name": "test_accuracy", "metric": result["test_accuracy"],
+                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    args = cli.parse(build_parser(), argv)
+    ctx = ht.init(seed=args.seed)
+    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
+    try:
+        result = train(args, ctx, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
+    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+
+
+if __name__ == "__main__":
+    main()
