@@ -1,7 +1,7 @@
-"""Run a worker script under ``horovodrun -np N --gloo`` on localhost and collect its results.
+"""Run scripts under ``horovodrun -np N --gloo`` on localhost, as the tests' multi-process jobs.
 
-Workers write ``<out>/rank<R>.json`` with ``tests.workers.common.report``; the test asserts on
-those values, not only on the exit code.
+Worker scripts in ``tests/workers`` write ``<out>/rank<R>.json`` with
+``tests.workers.common.report``; the test asserts on those values, not only on the exit code.
 """
 from __future__ import annotations
 
@@ -15,22 +15,28 @@ WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
 
 
-def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float = 300,
+def run_script(script: str | Path, *args: str, np: int = 2, timeout: float = 300,
                env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``tests/workers/<script>`` on ``np`` local ranks; results land in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run any python ``script`` on ``np`` local ranks; raise with the workers' errors if it fails."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun_bin), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
-           sys.executable, str(WORKERS / script), "--out", str(out), *args]
+           sys.executable, str(script), *args]
     full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
     if check and proc.returncode != 0:
         # Workers' tracebacks come through horovodrun's stdout as "[rank]<stderr>:" lines.
         worker_errors = [l for l in proc.stdout.splitlines() if "<stderr>" in l and "Warning" not in l]
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"
                              + "\n".join(worker_errors[-60:]) + f"\n--- horovodrun ---\n{proc.stderr[-1500:]}")
     return proc
+
+
+def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float = 300,
+               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``tests/workers/<script>`` on ``np`` local ranks; results land in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    return run_script(WORKERS / script, "--out", str(out), *args, np=np, timeout=timeout, env=env, check=check)
 
 
 def results(out: Path, np: int = 2) -> list[dict]:

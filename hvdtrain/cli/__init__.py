@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..tracking import cli as tracking_cli
 from . import doctor, run
 from .errors import CliError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hvdtrain", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hvdtrain", description="Data-parallel training of Keras 3 and PyTorch "
+                                     "models on Horovod, tracked in MLflow.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (doctor, run):
+    for module in (doctor, run, tracking_cli):
         module.register(subparsers)
     return parser
 

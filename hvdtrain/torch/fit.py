@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -70,7 +69,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     """Train ``model`` with an optimizer from ``wrap_optimizer`` on a ``distributed_loader``.
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
-    metrics to ``tracker`` (an ``hvdtrain.tracking`` tracker); checkpoints every epoch and every
+    metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker); checkpoints every epoch and every
     ``checkpoint_every`` steps; with ``resume`` continues from the newest valid checkpoint in
     ``checkpoint_dir`` on any world size. Only rank 0 shows a progress bar.
     """
@@ -98,7 +97,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
         set_epoch(train_loader, epoch)
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ctx.is_main),
                    initial=skip_batches, leave=False)
-        loss_sum, loss_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+        loss_sum, loss_count, window_samples = 0.0, 0, 0
         batches = iter(train_loader)
         for _ in range(skip_batches):
             next(batches)
@@ -119,14 +118,11 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
             window_samples += len(targets)
             bar.update()
             if boundary and history.global_step % log_every == 0:
-                elapsed = time.perf_counter() - window_start
-                averaged = ctx.average({"loss": loss_sum / loss_count, "samples_per_sec": window_samples / elapsed})
-                averaged["samples_per_sec"] *= ctx.size  # global throughput
-                averaged["lr"] = current_lr(optimizer)
+                local = {"loss": loss_sum / loss_count}
+                averaged = (tracker.log_step(history.global_step, local, lr=current_lr(optimizer),
+                                             samples=window_samples) if tracker is not None else ctx.average(local))
                 bar.set_postfix(loss=f"{averaged['loss']:.4f}")
-                if tracker is not None:
-                    tracker.log_metrics({f"train/{k}": v for k, v in averaged.items()}, step=history.global_step)
-                window_start, window_samples = time.perf_counter(), 0
+                window_samples = 0
             if checkpoint_dir is not None and checkpoint_every and boundary \
                     and history.global_step % checkpoint_every == 0:
                 save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch,
@@ -140,7 +136,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
             epoch_metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, metrics).items()})
         history.epochs.append({"epoch": epoch + 1, **epoch_metrics})
         if tracker is not None:
-            tracker.log_metrics({f"epoch/{k}": v for k, v in epoch_metrics.items()}, step=history.global_step)
+            tracker.log_epoch(epoch, epoch_metrics)
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch + 1,
                             config=config, extra={"epoch_samples": 0})

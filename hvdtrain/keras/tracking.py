@@ -1,0 +1,69 @@
+"""Keras side of MLflow tracking: a callback that feeds the shared tracker from Keras's ``logs``,
+and model logging with ``mlflow.keras``."""
+from __future__ import annotations
+
+import keras
+import mlflow.keras
+import numpy as np
+
+from ..core.context import main_process_only
+from ..core.lr import warmup_multiplier
+from ..tracking import Tracker
+from ..tracking.models import log_model as _log_flavor_model
+from .optimizer import LR_FACTOR, OPTIONS
+
+
+class MlflowLogger(keras.callbacks.Callback):
+    """Log to ``tracker`` every ``log_every`` batches (at the global step: batches since the start
+    of training) the rank-averaged batch logs, the LR and global samples/s, and at each epoch's end
+    the rank-averaged epoch logs, validation included. Every rank must have it in ``callbacks``.
+
+    ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
+    """
+
+    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None):
+        super().__init__()
+        if log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {log_every}")
+        self.tracker, self.log_every, self.per_rank_batch_size = tracker, log_every, per_rank_batch_size
+        self._step = 0
+        self._batches_since_log = 0
+
+    def on_train_begin(self, logs=None):
+        self._step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, self._step = self._step, self._step + 1
+        self._batches_since_log += 1
+        if logs and step % self.log_every == 0:
+            samples = self._batches_since_log * self.per_rank_batch_size if self.per_rank_batch_size else None
+            self.tracker.log_step(step, _floats(logs), lr=self._learning_rate(step), samples=samples)
+            self._batches_since_log = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            self.tracker.log_epoch(epoch, _floats(logs))
+
+    def _learning_rate(self, step: int) -> float:
+        """The LR of the update at ``step``, warmup included, as the wrapped optimizer applies it."""
+        optimizer = self.model.optimizer
+        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        options = getattr(optimizer, OPTIONS, None)
+        if options is None:
+            return lr
+        return lr * warmup_multiplier(step, options.warmup_steps, getattr(optimizer, LR_FACTOR, 1.0))
+
+
+def _floats(logs) -> dict[str, float]:
+    return {k: float(keras.ops.convert_to_numpy(v)) for k, v in logs.items()}
+
+
+@main_process_only
+def log_model(tracker: Tracker, model: keras.Model, input_example: np.ndarray, name: str = "model",
+              registered_model_name: str | None = None) -> str | None:
+    """Log ``model`` to the job's run (rank 0), signature inferred from ``input_example`` and the
+    model's output on it. Returns the model URI, or None (with a warning) if it could not be logged."""
+    input_example = np.asarray(input_example)
+    output = np.asarray(model.predict(input_example, verbose=0))
+    return _log_flavor_model(tracker, mlflow.keras, "model", model, input_example, output, name=name,
+                             registered_model_name=registered_model_name, save_first=True)

@@ -1,0 +1,47 @@
+"""``hvdtrain mlflow-sync FILE`` and ``hvdtrain ui``: the tracking subcommands of the CLI."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from ..cli.errors import CliError
+from . import spill, store
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the tracking subcommands; each sets ``func(args) -> exit code``."""
+    sync = subparsers.add_parser("mlflow-sync", help="upload a tracking spill file written while the "
+                                 "MLflow server was unreachable")
+    sync.add_argument("file", type=Path, help="the .jsonl file named in the job's warning")
+    sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the local store")
+    sync.set_defaults(func=_sync)
+
+    ui = subparsers.add_parser("ui", help="serve the MLflow UI on the local store (or MLFLOW_TRACKING_URI)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=_ui)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    try:
+        run_id, sent = spill.sync(args.file, args.tracking_uri)
+    except (OSError, ValueError, MlflowException) as err:
+        raise CliError(f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
+                       "run the command again)") from None
+    print(f"uploaded {sent} records from {args.file} to run {run_id}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    uri = store.prepare_local_store()
+    print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0

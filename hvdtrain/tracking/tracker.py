@@ -1,0 +1,156 @@
+"""``start`` and ``Tracker``: exactly one MLflow run per training job, whatever the world size.
+
+Rank 0 creates the run and broadcasts its id, so every rank can read ``tracker.run_id``; only
+rank 0 ever talks to MLflow (``main_process_only``), and it does so from a background thread.
+The collective methods (``start``, ``log_averaged_metrics``, ``log_step``, ``log_epoch``)
+must be called by every rank at the same points.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+
+from ..core.context import Context, current, main_process_only
+from . import records, store
+from .params import environment_params, flatten, without_secrets
+from .records import RunSpec
+from .sender import Sender, log
+
+
+class Tracker:
+    """Handle on the job's run; every rank holds one, only rank 0's sends anything."""
+
+    def __init__(self, ctx: Context, run_id: str | None, sender: Sender | None = None,
+                 system_monitor: Any = None):
+        self.ctx = ctx
+        self._run_id = run_id
+        self._sender = sender
+        self._system_monitor = system_monitor
+        self._last_step_time: float | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, the same on every rank; None if the server was unreachable at start
+        (the run is then created later, when the server is back or by ``mlflow-sync``)."""
+        return self._run_id
+
+    @property
+    def sending_run_id(self) -> str | None:
+        """Rank 0: the run's id as the sender knows it, set even when created after start."""
+        return self._sender.spec.run_id if self._sender is not None else self._run_id
+
+    @main_process_only
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._sender.put(records.params_record(flatten(params)))
+
+    @main_process_only
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._sender.put(records.tags_record(tags))
+
+    @main_process_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue ``metrics`` at ``step``; returns at once."""
+        self._sender.put(records.metrics_record(metrics, step))
+
+    @main_process_only
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._sender.put_artifact(path, artifact_path)
+
+    def log_averaged_metrics(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
+        """Collective: average ``metrics`` over ranks, log the result; returns it on every rank."""
+        averaged = self.ctx.average(metrics)
+        self.log_metrics(averaged, step)
+        return averaged
+
+    def log_step(self, step: int, metrics: Mapping[str, float], *, lr: float | None = None,
+                 samples: int | None = None) -> dict[str, float]:
+        """Collective, every N steps: metrics averaged over ranks, the LR, and global samples/s
+        from ``samples`` (this rank's samples since the previous call)."""
+        averaged = self.ctx.average(metrics)
+        extra = {} if lr is None else {"lr": lr}
+        now = time.perf_counter()
+        if samples is not None and self._last_step_time is not None and now > self._last_step_time:
+            extra["samples_per_sec"] = samples * self.ctx.size / (now - self._last_step_time)
+        self._last_step_time = now
+        self.log_metrics({**averaged, **extra}, step)
+        return averaged
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Collective, once per epoch: averaged over ranks; training metrics are logged as
+        ``epoch_<name>``, validation metrics (``val_`` prefix) under their own name."""
+        averaged = self.ctx.average(metrics)
+        self.log_metrics({k if k.startswith("val_") else f"epoch_{k}": v for k, v in averaged.items()}, epoch)
+        return averaged
+
+    @main_process_only
+    def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
+        """End the run; waits up to ``timeout`` s for buffered data. Returns the spill file
+        holding what could not be sent, if any."""
+        if self._system_monitor is not None:
+            self._system_monitor.finish()
+        self._sender.put(records.end_record(status))
+        return self._sender.close(timeout)
+
+
+def start(config: Mapping[str, Any] | None = None, experiment: str | None = None,
+          run_name: str | None = None, tags: Mapping[str, Any] | None = None,
+          system_metrics: bool = False, parent_run_id: str | None = None,
+          spill_dir: str | os.PathLike | None = None, start_timeout: float = 30.0) -> Tracker:
+    """Collective, after ``init()`` on every rank: open the job's one run.
+
+    Follows MLflow's conventions: ``MLFLOW_TRACKING_URI`` (default: MLflow's local sqlite store),
+    ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, ``MLFLOW_RUN_ID`` to resume a run. The run
+    is nested under ``parent_run_id``, or under the active MLflow run of rank 0's process.
+    """
+    ctx = current()
+    hostnames = [ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
+    opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
+                   parent_run_id, spill_dir, start_timeout, hostnames)
+    run_id, sender, monitor = opened or (None, None, None)
+    run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
+    return Tracker(ctx, run_id, sender, monitor)
+
+
+@main_process_only
+def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spill_dir, start_timeout,
+          hostnames):
+    store.bound_http_calls()
+    active = mlflow.active_run()
+    spec = RunSpec(experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+                   experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
+                   run_name=run_name, tags=resolve_tags({k: str(v) for k, v in tags.items()}),
+                   parent_run_id=parent_run_id or (active.info.run_id if active else None),
+                   run_id=os.environ.get("MLFLOW_RUN_ID"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    spill_path = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
+    sender = Sender(MlflowClient(store.tracking_uri()), spec, spill_path)
+    sender.put(records.params_record({**flatten(config), **environment_params(hostnames)}))
+    if config:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            path.write_text(json.dumps(without_secrets(config), indent=1, default=str))
+            sender.put_artifact(path, None)
+    if not sender.first_attempt.wait(start_timeout):
+        log.warning("hvdtrain: MLflow run not created within %.0f s; training continues, tracking "
+                    "data is buffered", start_timeout)
+    monitor = _system_monitor(spec.run_id) if system_metrics and spec.run_id else None
+    return spec.run_id, sender, monitor
+
+
+def _system_monitor(run_id: str):
+    """MLflow's own CPU/memory/disk/network (and GPU, with pynvml) sampler for rank 0's host,
+    logging to the run every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s (default 10)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=bool(os.environ.get("MLFLOW_RUN_ID")))
+    monitor.start()
+    return monitor
