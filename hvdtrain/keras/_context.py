@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from ..core import context as core_context
+from ..core.tuning import apply_horovod_defaults
 
 SUPPORTED_BACKENDS = ("tensorflow",)
 
@@ -61,6 +62,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     augmentation differ between ranks; the broadcast in ``callbacks()`` makes initial weights agree.
     """
     _check_backend()
+    apply_horovod_defaults()
     hvd.init()
     device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
     if seed is not None:

@@ -43,6 +43,8 @@ class _Policy:
                                     for s in range(options.warmup_steps + 1)], dtype=tf.float64)
 
     def clip_gradients(self, grads):
+        if hvd.size() == 1:  # nothing to average; an allreduce would only cost time
+            return self._keras_clip_gradients(grads)
         grads = hvd.grouped_allreduce(list(grads), op=_OP[self.options.op],
                                       compression=_COMPRESSION[self.options.compression])
         return self._keras_clip_gradients(grads)

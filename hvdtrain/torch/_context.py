@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..core import context as core_context
+from ..core.tuning import apply_horovod_defaults
 
 
 def _average(values: Mapping[str, float]) -> dict[str, float]:
@@ -33,6 +34,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     Each rank is seeded with ``seed + rank`` so dropout and augmentation differ between ranks;
     ``wrap_optimizer`` broadcasts rank 0's weights, so initial weights still agree.
     """
+    apply_horovod_defaults()
     hvd.init()
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())

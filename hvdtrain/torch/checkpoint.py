@@ -40,7 +40,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
     Rank 0 reads the file and broadcasts, so other hosts need not see rank 0's disk. The LR is
     re-scaled from the checkpoint's world size to this job's. Returns ``None`` when ``path`` is a
-    directory without checkpoints (a fresh start). Raises ``CheckpointError`` on every rank if the
+    directory without checkpoints, or not created yet (a fresh start). Raises ``CheckpointError`` on every rank if the
     file is unusable.
     """
     ctx = current()
@@ -73,7 +73,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
 
 def _read(path: Path) -> tuple[dict | None, CheckpointMeta | None]:
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:  # a checkpoint directory, possibly not created yet
         found = CheckpointDir(path, EXTENSION).latest()
         if found is None:
             return None, None

@@ -1,0 +1,107 @@
+"""Allreduce of float32 tensors: horovod.torch, horovod.tensorflow and torch.distributed (Gloo)
+in the same processes, window by window, plus the tensor-fusion effect on many small tensors.
+
+Every backend sums (torch.distributed's only mode; Horovod's Average would add a scaling pass).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import horovod.tensorflow as htf
+import horovod.torch as ht
+import tensorflow as tf
+import torch
+import torch.distributed as dist
+
+from .timing import Plan, compete, timed
+
+HVD_TORCH = "horovod.torch"
+HVD_TORCH_QUIET = "horovod.torch, sleeping wait"
+HVD_TF = "horovod.tensorflow"
+TORCH_DIST = "torch.distributed"
+BACKENDS = (HVD_TORCH, HVD_TORCH_QUIET, HVD_TF, TORCH_DIST)
+
+
+def wait_quietly(handle: int, pause: float = 1e-4):
+    """Wait for a horovod.torch handle by polling and sleeping.
+
+    ``hvd.synchronize`` spins (``std::this_thread::yield`` in a loop) until the background
+    thread is done; on a host with fewer free cores than busy threads that spin takes CPU from
+    the very threads doing the reduction.
+    """
+    while not ht.poll(handle):
+        time.sleep(pause)
+    return ht.synchronize(handle)
+
+
+def plan_for(size_bytes: int, quick: bool, windows: int) -> Plan:
+    """About 32 MB moved per window, 2 to 50 operations."""
+    iters = 2 if quick else max(2, min(50, (32 << 20) // size_bytes))
+    return Plan(warmup=iters, windows=windows, iters=iters)
+
+
+def size_contenders(size_bytes: int) -> dict[str, Callable[[int], float]]:
+    n = size_bytes // 4
+    name = f"bench.allreduce.{size_bytes}"
+    hvd_tensor, quiet_tensor, dist_tensor = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    tf_tensor = tf.zeros([n])
+    return {
+        HVD_TORCH: timed(lambda: ht.allreduce_(hvd_tensor, op=ht.Sum, name=name)),
+        HVD_TORCH_QUIET: timed(lambda: wait_quietly(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q"))),
+        HVD_TF: timed(lambda: htf.allreduce(tf_tensor, op=htf.Sum, name=name)),
+        TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor)),
+    }
+
+
+def fusion_contenders(count: int, size_bytes: int) -> dict[str, Callable[[int], float]]:
+    n = size_bytes // 4
+
+    def tensors():
+        return [torch.zeros(n) for _ in range(count)]
+
+    one_by_one, fused, grouped, quiet, dist_each, dist_flat = (tensors() for _ in range(6))
+    tf_tensors = [tf.zeros([n]) for _ in range(count)]
+
+    def hvd_fused():
+        handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.fused.{i}") for i, t in enumerate(fused)]
+        for handle in handles:
+            ht.synchronize(handle)
+
+    def hvd_fused_quiet():
+        handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.quiet.{i}") for i, t in enumerate(quiet)]
+        for handle in handles:
+            wait_quietly(handle)
+
+    def dist_flattened():
+        flat = torch.cat(dist_flat)
+        dist.all_reduce(flat)
+        for tensor, part in zip(dist_flat, flat.split(n)):
+            tensor.copy_(part)
+
+    return {
+        f"{HVD_TORCH} one by one": timed(lambda: [ht.allreduce_(t, op=ht.Sum, name=f"bench.each.{i}")
+                                                  for i, t in enumerate(one_by_one)]),
+        f"{HVD_TORCH} async, fused by Horovod": timed(hvd_fused),
+        f"{HVD_TORCH} async, fused, sleeping wait": timed(hvd_fused_quiet),
+        f"{HVD_TORCH} grouped_allreduce": timed(lambda: ht.grouped_allreduce_(grouped, op=ht.Sum,
+                                                                              name="bench.grouped")),
+        f"{HVD_TF} one by one": timed(lambda: [htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
+                                               for i, t in enumerate(tf_tensors)]),
+        f"{HVD_TF} grouped_allreduce": timed(lambda: htf.grouped_allreduce(tf_tensors, op=htf.Sum,
+                                                                          name="bench.grouped")),
+        f"{TORCH_DIST} one by one": timed(lambda: [dist.all_reduce(t) for t in dist_each]),
+        f"{TORCH_DIST} flattened": timed(dist_flattened),
+    }
+
+
+def run(sizes: list[int], fusion: tuple[int, int], quick: bool, windows: int) -> dict:
+    """Every rank's median seconds per allreduce, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
+    by_size = {size: compete(size_contenders(size), plan_for(size, quick, windows), dist.barrier)
+               for size in sizes}
+    count, size_bytes = fusion
+    fused = compete(fusion_contenders(count, size_bytes), plan_for(count * size_bytes, quick, windows),
+                    dist.barrier)
+    mine = {"sizes": {str(s): t for s, t in by_size.items()}, "fusion": fused}
+    return {"per_rank": ht.allgather_object(mine, name="bench.allreduce.results"),
+            "fusion_shape": {"tensors": count, "tensor_bytes": size_bytes}}

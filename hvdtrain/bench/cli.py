@@ -1,0 +1,129 @@
+"""``hvdtrain bench``: launch the benchmark workers under horovodrun at np=1 and np=N, then print a
+table and write ``bench.json`` and PNG plots to ``--out``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..cli.errors import CliError
+from . import plots, report
+from .worker import PARTS
+
+DEFAULT_SIZES = "4K,16K,64K,256K,1M,4M,16M,64M"
+_SIZE = re.compile(r"^(\d+)([KM]?)B?$", re.IGNORECASE)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="allreduce and training-step benchmarks: hvdtrain vs raw "
+                                                 "Horovod vs torch DDP", description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--np", type=int, default=2, help="workers of the multi-worker runs (np=1 runs too)")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="allreduce sizes, e.g. 4K,1M,64M (binary units)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    parser.add_argument("--fusion", default="200x64K", help="small-tensor fusion case, COUNTxSIZE")
+    parser.add_argument("--windows", type=int, default=None, help="timed windows per contender (default 7, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="toy models and few iterations: a smoke test")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the workers, e.g. HOROVOD_CYCLE_TIME=0.5 (repeatable)")
+    parser.add_argument("--horovod-defaults", action="store_true",
+                        help="run with Horovod's own defaults instead of hvdtrain's tuned settings")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for bench.json and plots")
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise CliError(f"bad size {text!r}: use bytes or K/M units, e.g. 4096, 64K, 16M")
+    value = int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20}[match.group(2).upper()]
+    if value < 4 or value % 4:
+        raise CliError(f"size {text!r} is not a whole number of float32 values (a multiple of 4 bytes)")
+    return value
+
+
+def _validated(args) -> tuple[list[str], list[int], tuple[int, int], dict[str, str], int]:
+    if args.np < 2:
+        raise CliError(f"--np must be >= 2 (np=1 always runs for scaling), got {args.np}")
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise CliError(f"unknown part(s) {', '.join(unknown) or '(none)'}; allowed: {', '.join(PARTS)}")
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    count, _, size = args.fusion.lower().partition("x")
+    if not count.isdigit() or int(count) < 1 or not size:
+        raise CliError(f"bad --fusion {args.fusion!r}: use COUNTxSIZE, e.g. 200x64K")
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"bad --env {item!r}: use KEY=VALUE")
+        env[key] = value
+    if args.horovod_defaults:
+        env["HVDTRAIN_HOROVOD_DEFAULTS"] = "0"
+    windows = args.windows or (3 if args.quick else 7)
+    if windows < 1:
+        raise CliError(f"--windows must be >= 1, got {windows}")
+    return parts, sizes, (int(count), parse_size(size)), env, windows
+
+
+def main(args) -> int:
+    parts, sizes, fusion, env, windows = _validated(args)
+    config = {"np": args.np, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
+              "tensor_bytes": fusion[1]}, "windows": windows, "quick": args.quick, "env": env,
+              "argv": sys.argv}
+    launches = {}
+    step_parts = [p for p in parts if p != "allreduce"]
+    plan = ([(1, step_parts)] if step_parts else []) + [(args.np, parts)]
+    for np, np_parts in plan:
+        print(f"hvdtrain bench: np={np}: {', '.join(np_parts)} ...", flush=True)
+        launches[np] = _launch(np, np_parts, sizes, fusion, windows, args.quick, env)
+    result = report.build(launches, config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = report.write_json(result, args.out)
+    pictures = plots.draw(result, args.out)
+    print(report.table(result))
+    print(f"\nwrote {path}" + "".join(f", {p}" for p in pictures))
+    return 0
+
+
+def _launch(np: int, parts: list[str], sizes: list[int], fusion: tuple[int, int], windows: int, quick: bool,
+            env: dict[str, str]) -> dict:
+    """Run the workers under horovodrun; rank 0's results plus the host's load around the run."""
+    with tempfile.TemporaryDirectory(prefix="hvdtrain-bench-") as tmp:
+        out = Path(tmp) / "results.json"
+        command = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
+                   "--gloo", sys.executable, "-m", "hvdtrain.bench.worker", "--out", str(out),
+                   "--parts", ",".join(parts), "--sizes", ",".join(map(str, sizes)),
+                   "--fusion", f"{fusion[0]},{fusion[1]}", "--windows", str(windows)] + (["--quick"] if quick else [])
+        load_before, started = os.getloadavg(), time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})
+        wall = time.perf_counter() - started
+        if proc.returncode != 0 or not out.exists():
+            errors = [line for line in proc.stdout.splitlines() if "<stderr>" in line and "I0000" not in line]
+            raise CliError(f"the np={np} benchmark workers failed (exit {proc.returncode}):\n"
+                           + "\n".join(errors[-25:] or proc.stderr.splitlines()[-25:]))
+        results = json.loads(out.read_text())
+    results["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
+    results["wall_s"] = wall
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="hvdtrain bench", description=__doc__)
+    add_arguments(parser)
+    try:
+        sys.exit(main(parser.parse_args()))
+    except CliError as err:
+        print(f"hvdtrain: error: {err}", file=sys.stderr)
+        sys.exit(2)

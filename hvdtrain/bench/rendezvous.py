@@ -1,0 +1,27 @@
+"""A fresh Gloo rendezvous server for each extra Horovod init in one process.
+
+horovodrun's rendezvous server serves one init per job: when the ranks finish a scope it clears
+the finished lists of every scope, so the keys of some scopes are never cleared and a second init
+(horovod.tensorflow beside horovod.torch, or an init after a shutdown) can read the first init's
+stale addresses and fail to connect. Before each later init rank 0 starts a new server, the way
+Horovod's elastic driver re-rendezvouses; the benchmark runs on one host, so one plan fits all.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+from horovod.runner.http.http_server import RendezvousServer
+
+
+def fresh_rendezvous(rank: int, size: int, broadcast_object: Callable[[Any], Any]) -> RendezvousServer | None:
+    """Point this rank's next ``hvd.init`` at a new server; rank 0 returns it (stop it at the end)."""
+    server, port = None, None
+    if rank == 0:
+        server = RendezvousServer()
+        port = server.start()
+        hostname = os.environ.get("HOROVOD_HOSTNAME", "localhost")
+        server.init(get_host_assignments(parse_hosts(f"{hostname}:{size}"), size))
+    os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"] = str(broadcast_object(port))
+    return server

@@ -1,0 +1,116 @@
+"""One rank of ``hvdtrain bench``, started by horovodrun; rank 0 writes the job's results.
+
+Phases run in turn, each with only the Horovod instances it measures alive (an idle Horovod
+instance still wakes its background thread every cycle): allreduce with horovod.torch,
+horovod.tensorflow and torch.distributed; torch steps with horovod.torch and torch.distributed;
+Keras steps with horovod.tensorflow alone.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+
+from ..core.context import main_process_only
+from .rendezvous import fresh_rendezvous
+
+PARTS = ("allreduce", "torch", "keras")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True, help="rank 0 writes this JSON file")
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--sizes", default="4096", help="allreduce sizes in bytes, comma-separated")
+    parser.add_argument("--fusion", default="200,65536", help="tensors,bytes each")
+    parser.add_argument("--windows", type=int, default=7)
+    parser.add_argument("--quick", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _start_torch_distributed(rank: int, size: int) -> None:
+    """A Gloo group over the same ranks; rank 0 picks the port and Horovod shares it."""
+    import horovod.torch as hvd
+    import torch.distributed as dist
+
+    port = None
+    if rank == 0:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    port = hvd.broadcast_object(port, root_rank=0, name="bench.port")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+
+
+def _tensorflow_threads(per_rank: int) -> None:
+    """hvdtrain.keras.init's CPU split, set before the allreduce phase starts TensorFlow."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(per_rank)
+    tf.config.threading.set_inter_op_parallelism_threads(per_rank)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    parts = args.parts.split(",")
+    import horovod.torch as hvd
+    import torch
+    import torch.distributed as dist
+
+    import hvdtrain.torch as ht
+
+    ctx = ht.init(seed=0)
+    share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
+    results = {"np": ctx.size, "threads_per_rank": torch.get_num_threads(),
+               "horovod_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HOROVOD_")
+                               and not k.startswith(("HOROVOD_GLOO_RENDEZVOUS", "HOROVOD_HOSTNAME"))}}
+    _start_torch_distributed(ctx.rank, ctx.size)
+    if "keras" in parts or "allreduce" in parts:
+        _tensorflow_threads(torch.get_num_threads())
+    servers = []
+    if "allreduce" in parts and ctx.size > 1:
+        import horovod.tensorflow as htf
+
+        from . import allreduce
+
+        servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
+        htf.init()
+        sizes = [int(s) for s in args.sizes.split(",")]
+        fusion = tuple(int(v) for v in args.fusion.split(","))
+        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows)
+        htf.shutdown()
+        hvd.init()  # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
+    if "torch" in parts:
+        from . import torch_step
+
+        results["torch_steps"] = torch_step.run(args.quick, args.windows)
+    if "keras" in parts:
+        servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
+    dist.destroy_process_group()
+    hvd.shutdown()
+    if "keras" in parts:
+        import hvdtrain.keras as hk
+
+        from . import keras_step
+
+        with warnings.catch_warnings():  # TensorFlow's threads were set above, the same way
+            warnings.filterwarnings("ignore", message=".*came after TensorFlow started.*")
+            hk.init(seed=0)
+        results["keras_steps"] = keras_step.run(args.quick, args.windows)
+    for server in filter(None, servers):
+        server.stop()
+    _write(args.out, results)
+
+
+@main_process_only
+def _write(path: Path, results: dict) -> None:
+    path.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""``hvdtrain bench`` at a toy size: the report's schema and every section and row (not speed)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hvdtrain.bench import cli, report
+from hvdtrain.cli.errors import CliError
+from hvdtrain.core import tuning
+
+TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp"}
+KERAS_LOOPS = {"hvdtrain fit", "raw horovod fit", "hvdtrain loop", "raw horovod loop"}
+BACKENDS = {"horovod.torch", "horovod.torch, sleeping wait", "horovod.tensorflow", "torch.distributed"}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain.bench.cli", "--quick", "--windows", "1", "--sizes", "4K,8K",
+                           "--fusion", "3x4K", "--out", str(out)], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "allreduce_busbw.png").stat().st_size > 1000
+    assert (out / "step_throughput.png").stat().st_size > 1000
+    return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
+
+
+@pytest.mark.slow
+def test_report_header(bench):
+    result = bench["report"]
+    assert result["schema"] == report.SCHEMA
+    assert result["machine"]["cores"] >= 1 and result["machine"]["cpu"]
+    assert {"horovod", "torch", "keras"} <= set(result["machine"]["versions"])
+    assert [launch["np"] for launch in result["launches"]] == [1, 2]
+    for launch in result["launches"]:
+        assert len(launch["load_average"]["before"]) == 3 and launch["wall_s"] > 0
+        # hvdtrain's defaults reached the workers (user settings win, none given here)
+        for key, value in tuning.HOROVOD_DEFAULTS.items():
+            assert launch["horovod_env"][key] == value
+
+
+@pytest.mark.slow
+def test_allreduce_rows(bench):
+    rows = bench["report"]["allreduce"]
+    assert {(r["backend"], r["size_bytes"]) for r in rows} == {(b, s) for b in BACKENDS for s in (4096, 8192)}
+    for row in rows:
+        assert row["np"] == 2 and len(row["per_rank_time_s"]) == 2
+        assert row["time_s"] == pytest.approx(sum(row["per_rank_time_s"]) / 2)
+        assert row["busbw_GBps"] == pytest.approx(row["size_bytes"] / row["time_s"] / 1e9)  # 2(N-1)/N = 1
+    modes = {r["mode"] for r in bench["report"]["fusion"]}
+    assert {"horovod.torch one by one", "horovod.torch grouped_allreduce", "horovod.tensorflow grouped_allreduce",
+            "torch.distributed one by one", "torch.distributed flattened"} <= modes
+    assert all(r["tensors"] == 3 and r["tensor_bytes"] == 4096 for r in bench["report"]["fusion"])
+
+
+@pytest.mark.slow
+def test_step_rows_ratios_and_scaling(bench):
+    result = bench["report"]
+    found = {(r["framework"], r["model"], r["loop"], r["np"]) for r in result["steps"]}
+    expected = {("torch", m, loop, np) for m in ("mlp", "gpt") for loop in TORCH_LOOPS for np in (1, 2)}
+    expected |= {("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)}
+    assert expected <= found
+    for row in result["steps"]:
+        # the total is the sum of every rank's own throughput
+        assert row["samples_per_s_total"] == pytest.approx(sum(row["batch_per_rank"] / t for t in row["per_rank_step_s"]))
+        assert len(row["per_rank_step_s"]) == row["np"]
+    ratios = {(r["framework"], r["model"], r["np"], r["numerator"], r["denominator"]) for r in result["ratios"]}
+    assert ("torch", "mlp", 2, "hvdtrain", "raw horovod") in ratios and ("torch", "gpt", 2, "hvdtrain", "ddp") in ratios
+    assert ("keras", "gpt", 2, "hvdtrain fit", "raw horovod fit") in ratios
+    assert {(r["framework"], r["model"], r["loop"]) for r in result["scaling"]} == \
+        {(f, m, loop) for f, m, loop, _ in expected}
+    assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == BACKENDS - {"torch.distributed"}
+    assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
+
+
+def test_bad_input_is_one_line_error():
+    parser = cli.argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
+                          (["--parts", "mpi"], "allowed: allreduce, torch, keras"), (["--np", "1"], "--np must be"),
+                          (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE")):
+        with pytest.raises(CliError, match=message):
+            cli.main(parser.parse_args(argv))
+
+
+def test_tuning_defaults_yield_to_user_settings():
+    defaults = {"HOROVOD_CYCLE_TIME": "0.5", "HOROVOD_CACHE_CAPACITY": "2048"}
+    environ = {"HOROVOD_CYCLE_TIME": "7"}
+    assert tuning.apply_horovod_defaults(environ, defaults) == {"HOROVOD_CYCLE_TIME": "7",
+                                                                "HOROVOD_CACHE_CAPACITY": "2048"}
+    assert environ == {"HOROVOD_CYCLE_TIME": "7", "HOROVOD_CACHE_CAPACITY": "2048"}
+    switched_off = {tuning.SWITCH: "0"}
+    assert tuning.apply_horovod_defaults(switched_off, defaults) == {} and switched_off == {tuning.SWITCH: "0"}

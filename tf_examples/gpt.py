@@ -1,0 +1,211 @@
+"""A GPT-style byte-level language model (Keras 3 on TensorFlow) trained from scratch, data-parallel
+on Horovod.
+
+A small decoder-only transformer learns to continue Python source code. The text is the
+standard library of the running interpreter, read at run time (``hvdtrain.datasets.text``):
+nothing to download, the same file-level train/validation split on every rank. Training windows
+are sharded by rank, gradients averaged by Horovod; rank 0 prints the validation loss next to
+the unigram baseline (byte frequencies, no context) and samples a few lines of code at the end.
+
+    horovodrun -np 2 -H localhost:2 --gloo python tf_examples/gpt.py
+    hvdtrain run -np 2 tf_examples/gpt.py --epochs 1 --windows 2000 --no-tracking
+
+The PyTorch twin is ``torch_examples/gpt.py``: same data, windows, architecture and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import keras
+import numpy as np
+
+import hvdtrain.keras as hk
+from hvdtrain import tracking
+from hvdtrain.core import args as cli
+from hvdtrain.core.context import Context, main_process_only
+from hvdtrain.datasets import text
+from hvdtrain.keras.tracking import MlflowLogger
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.training_parser("Train a small GPT on the Python standard library's source, Keras 3 on Horovod.",
+                                 epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
+    group = parser.add_argument_group("data")
+    group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
+    group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
+    group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")
+    group = parser.add_argument_group("model")
+    group.add_argument("--block", type=int, default=64, help="context length in bytes")
+    group.add_argument("--d-model", type=int, default=128)
+    group.add_argument("--layers", type=int, default=4)
+    group.add_argument("--heads", type=int, default=4)
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", default="def ")
+    group.add_argument("--sample-bytes", type=int, default=300, help="bytes to generate after the prompt")
+    group.add_argument("--temperature", type=float, default=0.8)
+    return parser
+
+
+@keras.saving.register_keras_serializable("hvdtrain_gpt")
+class AddPositions(keras.layers.Layer):
+    """Adds a learned embedding of each position (up to ``block``) to the byte embeddings."""
+
+    def __init__(self, block: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block = block
+
+    def build(self, input_shape):
+        self.table = self.add_weight(shape=(self.block, input_shape[-1]), initializer="random_normal", name="table")
+
+    def call(self, x):
+        return x + self.table[:keras.ops.shape(x)[1]]
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+def build_model(block: int, d_model: int, layers: int, heads: int) -> keras.Model:
+    """Byte and position embeddings, ``layers`` pre-norm blocks (causal self-attention, then a 4x
+    MLP, each with a residual), a final norm and a dense head to 256 logits."""
+    if d_model % heads:
+        raise ValueError(f"--d-model ({d_model}) must be a multiple of --heads ({heads})")
+    tokens = keras.Input((None,), dtype="int32")  # any length up to block: generation grows it
+    x = AddPositions(block)(keras.layers.Embedding(text.VOCAB_SIZE, d_model)(tokens))
+    for _ in range(layers):
+        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+        # use_causal_mask: each byte sees only its past.
+        x = x + keras.layers.MultiHeadAttention(heads, d_model // heads)(h, h, use_causal_mask=True)
+        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
+        x = x + keras.layers.Dense(d_model)(keras.layers.Dense(4 * d_model, activation="gelu")(h))
+    logits = keras.layers.Dense(text.VOCAB_SIZE)(keras.layers.LayerNormalization(epsilon=1e-5)(x))
+    return keras.Model(tokens, logits)
+
+
+class CosineDecay(keras.callbacks.Callback):
+    """Sets the LR before every batch: the scaled LR decayed along a cosine to a tenth of it at
+    ``total_steps``, so a short budget ends on small, careful steps. Warmup still applies on top."""
+
+    def __init__(self, peak_lr: float, total_steps: int):
+        super().__init__()
+        self.peak_lr, self.total_steps = peak_lr, total_steps
+
+    def on_train_batch_begin(self, batch, logs=None):
+        progress = min(int(self.model.optimizer.iterations.numpy()) / self.total_steps, 1.0)
+        self.model.optimizer.learning_rate = self.peak_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+class SaveCheckpoint(keras.callbacks.Callback):
+    """A resumable checkpoint after every epoch (rank 0 writes it)."""
+
+    def __init__(self, directory: str, config: dict):
+        super().__init__()
+        self.directory, self.config = directory, config
+
+    def on_epoch_end(self, epoch, logs=None):
+        hk.save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
+                           epoch=epoch + 1, config=self.config)
+
+
+@main_process_only
+def generate(model: keras.Model, prompt: str, length: int, temperature: float, block: int, seed: int) -> str:
+    """Continue ``prompt`` one sampled byte at a time, seeing at most ``block`` bytes back.
+
+    The context is right-padded to ``block`` bytes: the causal mask keeps the padding from
+    affecting earlier positions, and one fixed shape lets Keras trace its predict step once.
+    """
+    rng, tokens = np.random.default_rng(seed), list(text.encode(prompt))
+    for _ in range(length):
+        context = tokens[-block:]
+        window = np.zeros((1, block), dtype=np.int32)
+        window[0, :len(context)] = context
+        logits = model.predict_on_batch(window)
+        tokens.append(text.sample_token(logits[0, len(context) - 1], temperature, rng))
+    return text.decode(tokens)
+
+
+@main_process_only
+def describe(corpus: text.ByteCorpus, unigram: float) -> None:
+    print(f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
+          f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+          f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte", flush=True)
+
+
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed)
+    val_inputs, val_targets = text.tiled_windows(corpus.val, args.block)
+    unigram = text.unigram_cross_entropy(corpus.train, val_targets)
+    describe(corpus, unigram)
+
+    model = build_model(args.block, args.d_model, args.layers, args.heads)
+    optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
+                                  lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
+                                  compression=args.compression, op=args.op,
+                                  accumulation_steps=args.accumulation_steps)
+    peak_lr = float(optimizer.learning_rate.numpy())  # scaled for the world size; the decay starts here
+    # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=False)
+    initial_epoch = 0
+    if args.resume:
+        meta = hk.load_checkpoint(args.checkpoint_dir, model)
+        initial_epoch = meta.epoch if meta is not None else 0
+    # Equal shards, so every rank runs the same number of steps; Keras reshuffles each shard per epoch.
+    train_x, train_y = hk.shard(*text.random_windows(corpus.train, args.block, args.windows, args.seed),
+                                seed=args.seed)
+    # optimizer.iterations counts batches, accumulated micro-batches included.
+    callbacks = hk.callbacks() + [CosineDecay(peak_lr, args.epochs * math.ceil(len(train_x) / args.batch_size))]
+    if args.checkpoint_dir:
+        callbacks.append(SaveCheckpoint(args.checkpoint_dir, vars(args)))
+    if tracker is not None:
+        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
+                                                       per_rank_batch_size=args.batch_size),
+                            "parameters": model.count_params(), "unigram_ce": unigram,
+                            "corpus_fingerprint": corpus.fingerprint()})
+        callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
+    val_x, val_y = hk.shard(val_inputs, val_targets, shuffle=False)
+    history = model.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.epochs,
+                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=1,
+                        validation_data=(val_x, val_y), validation_batch_size=64)
+    # A resumed run that had nothing left to train evaluates the restored model (equal shards: plain mean).
+    val_loss = history.history["val_loss"][-1] if history.history else \
+        hk.average_metrics({"loss": model.evaluate(val_x, val_y, batch_size=64, verbose=0)})["loss"]
+    if tracker is not None:
+        tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=int(optimizer.iterations.numpy()))
+    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed)
+    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+
+
+@main_process_only
+def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
+    print(f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
+          f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+    print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"framework": ctx.framework, "example": "gpt", "workers": ctx.size,
+                       "metric_name": "val_loss/unigram_ce", "metric": result["ratio"],
+                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    args = cli.parse(build_parser(), argv)
+    ctx = hk.init(seed=args.seed)
+    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
+    try:
+        result = train(args, ctx, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
+    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""A GPT-style byte-level language model (PyTorch) trained from scratch, data-parallel on Horovod.
+
+A small decoder-only transformer learns to continue Python source code. The text is the
+standard library of the running interpreter, read at run time (``hvdtrain.datasets.text``):
+nothing to download, the same file-level train/validation split on every rank. Training windows
+are sharded by rank, gradients averaged by Horovod; rank 0 prints the validation loss next to
+the unigram baseline (byte frequencies, no context) and samples a few lines of code at the end.
+
+    horovodrun -np 2 -H localhost:2 --gloo python torch_examples/gpt.py
+    hvdtrain run -np 2 torch_examples/gpt.py --epochs 1 --windows 2000 --no-tracking
+
+The Keras twin is ``tf_examples/gpt.py``: same data, windows, architecture and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import TensorDataset
+
+import hvdtrain.torch as ht
+from hvdtrain import tracking
+from hvdtrain.core import args as cli
+from hvdtrain.core.context import Context, main_process_only
+from hvdtrain.datasets import text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.training_parser("Train a small GPT on the Python standard library's source, PyTorch on Horovod.",
+                                 epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
+    group = parser.add_argument_group("data")
+    group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
+    group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
+    group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")
+    group = parser.add_argument_group("model")
+    group.add_argument("--block", type=int, default=64, help="context length in bytes")
+    group.add_argument("--d-model", type=int, default=128)
+    group.add_argument("--layers", type=int, default=4)
+    group.add_argument("--heads", type=int, default=4)
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", default="def ")
+    group.add_argument("--sample-bytes", type=int, default=300, help="bytes to generate after the prompt")
+    group.add_argument("--temperature", type=float, default=0.8)
+    return parser
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention, then a 4x MLP, each with a residual."""
+
+    def __init__(self, d_model: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # each byte sees only its past
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    """Byte and position embeddings, ``layers`` blocks, a final norm and a linear head to 256 logits."""
+
+    def __init__(self, block: int, d_model: int, layers: int, heads: int):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"--d-model ({d_model}) must be a multiple of --heads ({heads})")
+        self.tokens, self.positions = nn.Embedding(text.VOCAB_SIZE, d_model), nn.Embedding(block, d_model)
+        self.blocks = nn.Sequential(*(Block(d_model, heads) for _ in range(layers)))
+        self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, text.VOCAB_SIZE)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long()
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.head(self.norm(self.blocks(self.tokens(tokens) + self.positions(positions))))
+
+
+def next_byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every position of every window: nats per byte."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
+
+
+@main_process_only
+@torch.no_grad()
+def generate(model: GPT, prompt: str, length: int, temperature: float, block: int, seed: int, device: str) -> str:
+    """Continue ``prompt`` one sampled byte at a time, seeing at most ``block`` bytes back."""
+    model.eval()
+    rng, tokens = np.random.default_rng(seed), list(text.encode(prompt))
+    for _ in range(length):
+        logits = model(torch.tensor([tokens[-block:]], device=device))[0, -1]
+        tokens.append(text.sample_token(logits.cpu().numpy(), temperature, rng))
+    return text.decode(tokens)
+
+
+@main_process_only
+def describe(corpus: text.ByteCorpus, unigram: float) -> None:
+    print(f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
+          f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+          f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte", flush=True)
+
+
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed)
+    train_set = TensorDataset(*map(torch.from_numpy, text.random_windows(corpus.train, args.block, args.windows,
+                                                                         args.seed)))
+    val_inputs, val_targets = text.tiled_windows(corpus.val, args.block)
+    unigram = text.unigram_cross_entropy(corpus.train, val_targets)
+    describe(corpus, unigram)
+
+    model = GPT(args.block, args.d_model, args.layers, args.heads).to(ctx.device)
+    optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01), model,
+                                  lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
+                                  compression=args.compression, op=args.op,
+                                  accumulation_steps=args.accumulation_steps, max_grad_norm=1.0)
+    train_loader = ht.distributed_loader(train_set, args.batch_size, seed=args.seed)
+    total_steps = args.epochs * math.ceil(len(train_loader) / args.accumulation_steps)
+    # Cosine decay to a tenth of the LR over the run: a short budget ends on small, careful steps.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+    if tracker is not None:
+        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
+                                                       per_rank_batch_size=args.batch_size),
+                            "parameters": sum(p.numel() for p in model.parameters()),
+                            "unigram_ce": unigram, "corpus_fingerprint": corpus.fingerprint()})
+    val_loader = ht.eval_loader(TensorDataset(torch.from_numpy(val_inputs), torch.from_numpy(val_targets)),
+                                batch_size=64)
+    history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
+                     scheduler=scheduler, scheduler_interval="step", checkpoint_dir=args.checkpoint_dir,
+                     resume=args.resume, tracker=tracker, config=vars(args))
+    # A resumed run that had nothing left to train evaluates the restored model.
+    val_loss = history["val_loss"][-1] if history.epochs else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
+    if tracker is not None:
+        tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=history.global_step)
+    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed, ctx.device)
+    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+
+
+@main_process_only
+def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
+    print(f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
+          f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+    print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"framework": ctx.framework, "example": "gpt", "workers": ctx.size,
+                       "metric_name": "val_loss/unigram_ce", "metric": result["ratio"],
+                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    started = time.perf_counter()
+    args = cli.parse(build_parser(), argv)
+    ctx = ht.init(seed=args.seed)
+    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
+    try:
+        result = train(args, ctx, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
+    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+
+
+if __name__ == "__main__":
+    main()
