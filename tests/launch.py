@@ -25,8 +25,8 @@ def run_script(script: str | Path, *args: str, np: int = 2, timeout: float = 300
                 "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
     if check and proc.returncode != 0:
-        # Workers' tracebacks come through horovodrun's stdout as "[rank]<stderr>:" lines.
-        worker_errors = [l for l in proc.stdout.splitlines() if "<stderr>" in l and "Warning" not in l]
+        # Workers' tracebacks come through horovodrun as "[rank]<stderr>:" lines.
+        worker_errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "<stderr>" in l and "Warning" not in l]
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"
                              + "\n".join(worker_errors[-60:]) + f"\n--- horovodrun ---\n{proc.stderr[-1500:]}")
     return proc

@@ -36,6 +36,13 @@ def train(tmp_path_factory, ckpt) -> list[dict]:
 
 
 @pytest.mark.slow
+def test_sparse_embedding_gradients_average_like_one_process(train):
+    for rank in train:
+        assert rank["sparse"]["moved"] > 1e-3
+        assert rank["sparse"]["max_diff"] < ATOL
+
+
+@pytest.mark.slow
 def test_worked_example_reaches_kernel_2_2(train):
     assert [r["worked_example"] for r in train] == [pytest.approx(2.2, abs=1e-12)] * 2
 

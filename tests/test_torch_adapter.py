@@ -1,6 +1,5 @@
 """Issue 3: hvdtrain.torch on 2 ranks reproduces single-process training, resumes on any world size."""
 import math
-import shutil
 import subprocess
 import sys
 

@@ -13,7 +13,6 @@ The PyTorch twin is ``torch_examples/digits.py``: same data, split, model and ev
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import keras
@@ -26,15 +25,6 @@ from hvdtrain.datasets import digits
 from hvdtrain.keras.tracking import MlflowLogger, log_model
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.training_parser("Train a small CNN on scikit-learn's digits with Keras 3 on Horovod.",
-                                 epochs=15, batch_size=32, lr=1e-3)
-    group = parser.add_argument_group("digits")
-    group.add_argument("--train-samples", type=int, default=None,
-                       help="train on a stratified subset of this many images; default: all of it")
-    group.add_argument("--dropout", type=float, default=0.25)
-    group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
-    return parser
 
 
 def build_model(dropout: float) -> keras.Model:
@@ -68,9 +58,7 @@ class SaveCheckpoint(keras.callbacks.Callback):
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
     splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
     model = build_model(args.dropout)
-    optimizer = hk.wrap_optimizer(keras.optimizers.Adam(args.lr), lr_scaling=args.lr_scaling,
-                                  warmup_steps=args.warmup_steps, compression=args.compression, op=args.op,
-                                  accumulation_steps=args.accumulation_steps)
+    optimizer = hk.wrap_optimizer(keras.optimizers.Adam(args.lr), **cli.optimizer_kwargs(args))
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=False)
@@ -106,26 +94,16 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
 def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
     print(f"test accuracy: {result['test_accuracy']:.4f} on {result['test_samples']} images "
           f"({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump({"framework": ctx.framework, "example": "digits", "workers": ctx.size,
-                       "metric_name": "test_accuracy", "metric": result["test_accuracy"],
-                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+    cli.write_results(args, ctx, example="digits", metric_name="test_accuracy", metric=result["test_accuracy"],
+                      wall_time_s=wall_time_s, run_id=run_id, **result)
 
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(build_parser(), argv)
+    args = cli.parse(digits.example_parser("Keras 3"), argv)
     ctx = hk.init(seed=args.seed)
-    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
-    try:
+    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
         result = train(args, ctx, tracker)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(status="FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 
 

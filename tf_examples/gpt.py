@@ -15,7 +15,6 @@ The PyTorch twin is ``torch_examples/gpt.py``: same data, windows, architecture 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
@@ -31,23 +30,6 @@ from hvdtrain.datasets import text
 from hvdtrain.keras.tracking import MlflowLogger
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.training_parser("Train a small GPT on the Python standard library's source, Keras 3 on Horovod.",
-                                 epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
-    group = parser.add_argument_group("data")
-    group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
-    group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
-    group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")
-    group = parser.add_argument_group("model")
-    group.add_argument("--block", type=int, default=64, help="context length in bytes")
-    group.add_argument("--d-model", type=int, default=128)
-    group.add_argument("--layers", type=int, default=4)
-    group.add_argument("--heads", type=int, default=4)
-    group = parser.add_argument_group("generation")
-    group.add_argument("--prompt", default="def ")
-    group.add_argument("--sample-bytes", type=int, default=300, help="bytes to generate after the prompt")
-    group.add_argument("--temperature", type=float, default=0.8)
-    return parser
 
 
 @keras.saving.register_keras_serializable("hvdtrain_gpt")
@@ -142,9 +124,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
 
     model = build_model(args.block, args.d_model, args.layers, args.heads)
     optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
-                                  lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
-                                  compression=args.compression, op=args.op,
-                                  accumulation_steps=args.accumulation_steps)
+                                  **cli.optimizer_kwargs(args))
     peak_lr = float(optimizer.learning_rate.numpy())  # scaled for the world size; the decay starts here
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -184,26 +164,16 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
     print(f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
           f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump({"framework": ctx.framework, "example": "gpt", "workers": ctx.size,
-                       "metric_name": "val_loss/unigram_ce", "metric": result["ratio"],
-                       "wall_time_s": wall_time_s, "run_id": run_id, **result}, f, indent=1)
+    cli.write_results(args, ctx, example="gpt", metric_name="val_loss/unigram_ce", metric=result["ratio"],
+                      wall_time_s=wall_time_s, run_id=run_id, **result)
 
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(build_parser(), argv)
+    args = cli.parse(text.example_parser("Keras 3"), argv)
     ctx = hk.init(seed=args.seed)
-    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
-    try:
+    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
         result = train(args, ctx, tracker)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish(status="FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 
 

@@ -62,7 +62,7 @@ def _gpt(quick: bool):
     example = models.gpt_example("keras")
     if example is None:
         return None
-    shape = models.gpt_shape(example, quick)
+    shape = models.gpt_shape(quick)
     tokens = tf.random.uniform((shape.batch, shape.block + 1), 0, 256, dtype=tf.int32)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return (lambda: example.build_model(shape.block, shape.d_model, shape.layers, shape.heads),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from ..datasets import text
+
 REPO = Path(__file__).resolve().parents[2]
 GPT_EXAMPLES = {"torch": REPO / "torch_examples" / "gpt.py", "keras": REPO / "tf_examples" / "gpt.py"}
 
@@ -47,9 +49,9 @@ def gpt_example(framework: str) -> ModuleType | None:
     return sys.modules[name]
 
 
-def gpt_shape(example: ModuleType, quick: bool) -> GPTShape:
+def gpt_shape(quick: bool) -> GPTShape:
     """The example's own defaults; a toy size with ``quick``."""
     if quick:
         return GPTShape(block=16, d_model=32, layers=1, heads=2, batch=4)
-    args = example.build_parser().parse_args([])
+    args = text.example_parser("").parse_args([])
     return GPTShape(args.block, args.d_model, args.layers, args.heads, args.batch_size)

@@ -35,7 +35,7 @@ def _gpt(quick: bool):
     example = models.gpt_example("torch")
     if example is None:
         return None
-    shape = models.gpt_shape(example, quick)
+    shape = models.gpt_shape(quick)
     model = example.GPT(shape.block, shape.d_model, shape.layers, shape.heads)
     tokens = torch.randint(0, 256, (shape.batch, shape.block + 1))
     batch = (tokens[:, :-1], tokens[:, 1:])

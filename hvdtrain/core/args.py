@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
+from .context import Context, main_process_only
 from .options import Compression, DistributedOptions, LRScaling, ReduceOp
 
 
@@ -38,9 +41,24 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
 
 
 def distributed_options(args: argparse.Namespace) -> DistributedOptions:
-    return DistributedOptions(lr_scaling=args.lr_scaling, warmup_steps=args.warmup_steps,
-                              compression=args.compression, op=args.op,
-                              accumulation_steps=args.accumulation_steps)
+    return DistributedOptions(**optimizer_kwargs(args))
+
+
+def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as keyword arguments of either adapter's ``wrap_optimizer``."""
+    return {"lr_scaling": args.lr_scaling, "warmup_steps": args.warmup_steps, "compression": args.compression,
+            "op": args.op, "accumulation_steps": args.accumulation_steps}
+
+
+@main_process_only
+def write_results(args: argparse.Namespace, ctx: Context, *, example: str, metric_name: str, metric: float,
+                  wall_time_s: float, run_id: str | None, **extra: Any) -> None:
+    """With ``--results FILE``, rank 0 writes the job's outcome as JSON (read by the demo and tests)."""
+    if args.results:
+        with open(args.results, "w") as f:
+            json.dump({"framework": ctx.framework, "example": example, "workers": ctx.size,
+                       "metric_name": metric_name, "metric": metric, "wall_time_s": wall_time_s,
+                       "run_id": run_id, **extra}, f, indent=1)
 
 
 def _positive(text: str) -> int:

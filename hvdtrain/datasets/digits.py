@@ -7,6 +7,8 @@ small test set. No torch or TensorFlow here; the examples add the channel axis t
 """
 from __future__ import annotations
 
+import argparse
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +17,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from ..core.context import Context, current
+
+from ..core import args as cli
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -90,3 +94,15 @@ def sharded_accuracy(predict: Callable[[np.ndarray], np.ndarray], part: Part, ct
     if totals["count"] == 0:
         raise ValueError("accuracy of an empty set is undefined")
     return totals["correct"] / totals["count"]
+
+
+def example_parser(framework: str) -> argparse.ArgumentParser:
+    """The flags of the digits examples (``framework`` names the twin in ``--help``)."""
+    parser = cli.training_parser(f"Train a small CNN on scikit-learn's digits with {framework} on Horovod.",
+                                 epochs=15, batch_size=32, lr=1e-3)
+    group = parser.add_argument_group("digits")
+    group.add_argument("--train-samples", type=int, default=None,
+                       help="train on a stratified subset of this many images; default: all of it")
+    group.add_argument("--dropout", type=float, default=0.25)
+    group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
+    return parser

@@ -7,12 +7,16 @@ Python version, builds the same corpus without talking to the others.
 """
 from __future__ import annotations
 
+import argparse
+
 import hashlib
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..core import args as cli
 
 VOCAB_SIZE = 256  # bytes
 # Third-party packages differ between machines; test suites are stripped by some builds (the
@@ -143,3 +147,23 @@ def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generato
     scaled = logits / temperature
     probs = np.exp(scaled - scaled.max())
     return int(rng.choice(len(probs), p=probs / probs.sum()))
+
+
+def example_parser(framework: str) -> argparse.ArgumentParser:
+    """The flags of the gpt examples (``framework`` names the twin in ``--help``)."""
+    parser = cli.training_parser(f"Train a small GPT on the Python standard library's source, {framework} on Horovod.",
+                                 epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
+    group = parser.add_argument_group("data")
+    group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
+    group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
+    group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")
+    group = parser.add_argument_group("model")
+    group.add_argument("--block", type=int, default=64, help="context length in bytes")
+    group.add_argument("--d-model", type=int, default=128)
+    group.add_argument("--layers", type=int, default=4)
+    group.add_argument("--heads", type=int, default=4)
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", default="def ")
+    group.add_argument("--sample-bytes", type=int, default=300, help="bytes to generate after the prompt")
+    group.add_argument("--temperature", type=float, default=0.8)
+    return parser

@@ -45,7 +45,10 @@ class _Policy:
     def clip_gradients(self, grads):
         if hvd.size() == 1:  # nothing to average; an allreduce would only cost time
             return self._keras_clip_gradients(grads)
-        grads = hvd.grouped_allreduce(list(grads), op=_OP[self.options.op],
+        # Dense first: Horovod 0.28.1's grouped_allreduce pairs IndexedSlices results with the wrong
+        # inputs unless they lead the list (``Embedding`` gradients are IndexedSlices).
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        grads = hvd.grouped_allreduce(grads, op=_OP[self.options.op],
                                       compression=_COMPRESSION[self.options.compression])
         return self._keras_clip_gradients(grads)
 

@@ -10,6 +10,6 @@ Framework-free: ranks talk only through the core ``Context`` the adapter's ``ini
 from .params import training_params
 from .spill import sync
 from .store import prepare_local_store
-from .tracker import Tracker, start
+from .tracker import Tracker, start, tracked
 
-__all__ = ["Tracker", "prepare_local_store", "start", "sync", "training_params"]
+__all__ = ["Tracker", "prepare_local_store", "start", "sync", "tracked", "training_params"]

@@ -7,13 +7,14 @@ must be called by every rank at the same points.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -99,6 +100,22 @@ class Tracker:
             self._system_monitor.finish()
         self._sender.put(records.end_record(status))
         return self._sender.close(timeout)
+
+
+@contextlib.contextmanager
+def tracked(config: Mapping[str, Any] | None = None, experiment: str | None = None, enabled: bool = True,
+            **start_kwargs: Any) -> Iterator[Tracker | None]:
+    """The job's run for the ``with`` block (``None`` when not ``enabled``): it ends FINISHED, or
+    FAILED when the block raises."""
+    tracker = start(config, experiment, **start_kwargs) if enabled else None
+    try:
+        yield tracker
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(status="FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
 
 
 def start(config: Mapping[str, Any] | None = None, experiment: str | None = None,

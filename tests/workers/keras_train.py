@@ -205,6 +205,40 @@ def saved_model(out) -> dict:
             "probe_x": x[:4].tolist(), "probe_y": model.predict(x[:4], verbose=0).ravel().tolist()}
 
 
+class DenseThenEmbedding(keras.Model):
+    """Its ``Embedding`` gradient (an IndexedSlices) comes after dense ones in the gradient list."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense, self.embed, self.head = keras.layers.Dense(4), keras.layers.Embedding(10, 4), keras.layers.Dense(1)
+
+    def call(self, inputs):
+        ids, x = inputs
+        return self.head(self.dense(x) + keras.ops.sum(self.embed(ids), axis=1))
+
+
+def sparse_gradients(steps: int = 3) -> dict:
+    """Embedding gradients averaged over 2 ranks like one process on the global batch."""
+    rng = np.random.default_rng(5)
+    ids, dense, y = rng.integers(0, 10, (8, 2)), rng.normal(size=(8, 3)), rng.normal(size=(8, 1))
+    model = DenseThenEmbedding()
+    model.compile(optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.1), lr_scaling="none"), loss="mse")
+    model([ids[:1], dense[:1]])
+    hk.broadcast_model(model)
+    start = model.get_weights()
+    mine = slice(4 * hk.current().rank, 4 * hk.current().rank + 4)
+    for _ in range(steps):
+        model.train_on_batch([ids[mine], dense[mine]], y[mine])
+    reference = DenseThenEmbedding()
+    reference([ids[:1], dense[:1]])
+    reference.set_weights(start)
+    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    for _ in range(steps):
+        reference.train_on_batch([ids, dense], y)
+    return {"max_diff": _max_diff(model.get_weights(), reference.get_weights()),
+            "moved": _max_diff(model.get_weights(), start)}
+
+
 def _flat(weights) -> list[float]:
     return np.concatenate([np.ravel(w) for w in weights]).tolist()
 
@@ -224,7 +258,7 @@ def main() -> None:
            fp16=fit_vs_reference(sgd, lambda: keras.optimizers.SGD(0.1), steps=5, batch=4, compression="fp16"),
            loop_apply_gradients=custom_loop(use_apply=False), loop_apply=custom_loop(use_apply=True),
            warmup=warmup(), seeds_and_metrics=seeds_and_metrics(ctx.rank), uneven=uneven(ctx.rank),
-           refusals=refusals(), saved=saved_model(args.out),
+           refusals=refusals(), saved=saved_model(args.out), sparse=sparse_gradients(),
            checkpoint=resume_and_save(args.ckpt, args.out), torch_imported="torch" in sys.modules)
 
 
