@@ -43,17 +43,6 @@ def with_channel(images):
     return images[..., None]
 
 
-class SaveCheckpoint(keras.callbacks.Callback):
-    """A resumable checkpoint after every epoch (rank 0 writes it)."""
-
-    def __init__(self, directory: str, config: dict):
-        super().__init__()
-        self.directory, self.config = directory, config
-
-    def on_epoch_end(self, epoch, logs=None):
-        hk.save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
-                           epoch=epoch + 1, config=self.config)
-
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
     splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
@@ -68,7 +57,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         initial_epoch = meta.epoch if meta is not None else 0
     callbacks = hk.callbacks()
     if args.checkpoint_dir:
-        callbacks.append(SaveCheckpoint(args.checkpoint_dir, vars(args)))
+        callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))

@@ -80,17 +80,6 @@ class CosineDecay(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = self.peak_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-class SaveCheckpoint(keras.callbacks.Callback):
-    """A resumable checkpoint after every epoch (rank 0 writes it)."""
-
-    def __init__(self, directory: str, config: dict):
-        super().__init__()
-        self.directory, self.config = directory, config
-
-    def on_epoch_end(self, epoch, logs=None):
-        hk.save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
-                           epoch=epoch + 1, config=self.config)
-
 
 @main_process_only
 def generate(model: keras.Model, prompt: str, length: int, temperature: float, block: int, seed: int) -> str:
@@ -139,7 +128,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # optimizer.iterations counts batches, accumulated micro-batches included.
     callbacks = hk.callbacks() + [CosineDecay(peak_lr, args.epochs * math.ceil(len(train_x) / args.batch_size))]
     if args.checkpoint_dir:
-        callbacks.append(SaveCheckpoint(args.checkpoint_dir, vars(args)))
+        callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
         tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                        per_rank_batch_size=args.batch_size),

@@ -10,7 +10,6 @@ end rank 0 prints an entity-level precision / recall / F1 report on held-out fil
 """
 from __future__ import annotations
 
-import json
 import time
 
 import keras
@@ -24,17 +23,6 @@ from hvdtrain.datasets import tagging
 from hvdtrain.keras.tracking import MlflowLogger
 
 
-def parse_args(argv=None):
-    parser = cli.training_parser(__doc__.split("\n")[0], epochs=2, batch_size=32, lr=2e-3, warmup_steps=30)
-    group = parser.add_argument_group("data and model")
-    group.add_argument("--files", type=int, default=250, help="standard-library files to read (all: 0)")
-    group.add_argument("--train-lines", type=int, default=40000, help="training lines to use (all: 0)")
-    group.add_argument("--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)")
-    group.add_argument("--max-len", type=int, default=128, help="characters per row of packed lines")
-    group.add_argument("--dim", type=int, default=64, help="model width")
-    group.add_argument("--layers", type=int, default=2, help="transformer encoder layers")
-    group.add_argument("--heads", type=int, default=4, help="attention heads")
-    return cli.parse(parser, argv)
 
 
 class EncoderBlock(keras.layers.Layer):
@@ -92,33 +80,30 @@ def keras_arrays(ids: np.ndarray, labels: np.ndarray):
 
 
 @main_process_only
-def show_results(args, rows: dict, wall_time: float, run_id: str | None, workers: int, data) -> None:
+def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, data) -> None:
     print(f"\nentity-level report on {len(data.heldout_files)} held-out files "
           f"({len(data.heldout_ids)} rows of packed lines):")
     print(tagging.format_report(rows))
     micro_f1 = rows["micro avg"]["f1"]
     print(f"\nheld-out micro F1 {micro_f1:.4f}   wall time {wall_time:.0f} s   MLflow run {run_id}")
-    if args.results:
-        with open(args.results, "w") as out:
-            json.dump({"framework": "keras", "example": "token_tagging", "workers": workers,
-                       "metric_name": "heldout_micro_f1", "metric": micro_f1, "wall_time_s": wall_time,
-                       "run_id": run_id, "report": rows}, out, indent=1)
+    cli.write_results(args, ctx, example="token_tagging", metric_name="heldout_micro_f1", metric=micro_f1,
+                      wall_time_s=wall_time, run_id=run_id, report=rows)
 
 
 def main(argv=None) -> None:
     started = time.perf_counter()
-    args = parse_args(argv)
+    args = cli.parse(tagging.example_parser("Keras 3"), argv)
     options = cli.distributed_options(args)
     ctx = hk.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None)
-    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
-    try:
+    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
                                                         per_rank_batch_size=args.batch_size))
         model = Tagger(args.dim, args.layers, args.heads, args.max_len)
-        optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01), **options.as_params())
+        optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01),
+                                      **cli.optimizer_kwargs(args))
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="char_accuracy")],
                       jit_compile=False)
@@ -134,9 +119,7 @@ def main(argv=None) -> None:
         if tracker is not None:
             callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
         if args.checkpoint_dir:
-            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: hk.save_checkpoint(
-                args.checkpoint_dir, model, step=int(optimizer.iterations.numpy()), epoch=epoch + 1,
-                config=vars(args))))
+            callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, config=vars(args)))
         model.fit(train[0], train[1], sample_weight=train[2], batch_size=args.batch_size, epochs=args.epochs,
                   initial_epoch=initial_epoch, shuffle=True, validation_data=heldout, callbacks=callbacks)
 
@@ -147,13 +130,7 @@ def main(argv=None) -> None:
         if tracker is not None:
             tracker.log_metrics({f"heldout_f1/{name.replace(' ', '_')}": row["f1"] for name, row in rows.items()},
                                 step=int(optimizer.iterations.numpy()))
-        show_results(args, rows, time.perf_counter() - started, tracker.run_id if tracker else None, ctx.size, data)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
+        show_results(args, ctx, rows, time.perf_counter() - started, tracker.run_id if tracker else None, data)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ end rank 0 prints an entity-level precision / recall / F1 report on held-out fil
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -25,17 +24,6 @@ from hvdtrain.core.context import main_process_only
 from hvdtrain.datasets import tagging
 
 
-def parse_args(argv=None):
-    parser = cli.training_parser(__doc__.split("\n")[0], epochs=2, batch_size=32, lr=2e-3, warmup_steps=30)
-    group = parser.add_argument_group("data and model")
-    group.add_argument("--files", type=int, default=250, help="standard-library files to read (all: 0)")
-    group.add_argument("--train-lines", type=int, default=40000, help="training lines to use (all: 0)")
-    group.add_argument("--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)")
-    group.add_argument("--max-len", type=int, default=128, help="characters per row of packed lines")
-    group.add_argument("--dim", type=int, default=64, help="model width")
-    group.add_argument("--layers", type=int, default=2, help="transformer encoder layers")
-    group.add_argument("--heads", type=int, default=4, help="attention heads")
-    return cli.parse(parser, argv)
 
 
 class Tagger(nn.Module):
@@ -78,34 +66,30 @@ def as_dataset(ids: np.ndarray, labels: np.ndarray) -> TensorDataset:
 
 
 @main_process_only
-def show_results(args, rows: dict, wall_time: float, run_id: str | None, workers: int, data) -> None:
+def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, data) -> None:
     print(f"\nentity-level report on {len(data.heldout_files)} held-out files "
           f"({len(data.heldout_ids)} rows of packed lines):")
     print(tagging.format_report(rows))
     micro_f1 = rows["micro avg"]["f1"]
     print(f"\nheld-out micro F1 {micro_f1:.4f}   wall time {wall_time:.0f} s   MLflow run {run_id}")
-    if args.results:
-        with open(args.results, "w") as out:
-            json.dump({"framework": "torch", "example": "token_tagging", "workers": workers,
-                       "metric_name": "heldout_micro_f1", "metric": micro_f1, "wall_time_s": wall_time,
-                       "run_id": run_id, "report": rows}, out, indent=1)
+    cli.write_results(args, ctx, example="token_tagging", metric_name="heldout_micro_f1", metric=micro_f1,
+                      wall_time_s=wall_time, run_id=run_id, report=rows)
 
 
 def main(argv=None) -> None:
     started = time.perf_counter()
-    args = parse_args(argv)
+    args = cli.parse(tagging.example_parser("PyTorch"), argv)
     options = cli.distributed_options(args)
     ctx = ht.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None)
-    tracker = None if args.no_tracking else tracking.start(config=vars(args), experiment=args.experiment)
-    try:
+    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
                                                         per_rank_batch_size=args.batch_size))
         model = Tagger(args.dim, args.layers, args.heads, args.max_len).to(ctx.device)
         optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr), model,
-                                      **options.as_params())
+                                      **cli.optimizer_kwargs(args))
         train_loader = ht.distributed_loader(as_dataset(data.train_ids, data.train_labels), args.batch_size,
                                              seed=args.seed)
         heldout_loader = ht.eval_loader(as_dataset(data.heldout_ids, data.heldout_labels), batch_size=256)
@@ -123,13 +107,7 @@ def main(argv=None) -> None:
         if tracker is not None:
             tracker.log_metrics({f"heldout_f1/{name.replace(' ', '_')}": row["f1"] for name, row in rows.items()},
                                 step=history.global_step)
-        show_results(args, rows, time.perf_counter() - started, tracker.run_id if tracker else None, ctx.size, data)
-    except BaseException:
-        if tracker is not None:
-            tracker.finish("FAILED")
-        raise
-    if tracker is not None:
-        tracker.finish()
+        show_results(args, ctx, rows, time.perf_counter() - started, tracker.run_id if tracker else None, data)
 
 
 if __name__ == "__main__":

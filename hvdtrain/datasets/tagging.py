@@ -10,6 +10,8 @@ rank (and both frameworks) builds the same arrays; ranks must run the same Pytho
 """
 from __future__ import annotations
 
+import argparse
+
 import io
 import keyword
 import tokenize
@@ -19,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..core import args as cli
 from ..core.context import Context
 from .text import source_files, split_files, stdlib_root
 
@@ -225,3 +228,18 @@ def format_report(rows: Mapping[str, Mapping[str, float]]) -> str:
         lines.append(f"{name:>10} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
                      f"{row['support']:>9d}")
     return "\n".join(lines)
+
+
+def example_parser(framework: str) -> argparse.ArgumentParser:
+    """The flags of the token-tagging examples (``framework`` names the twin in ``--help``)."""
+    parser = cli.training_parser(f"BERT-style token classification of Python source, {framework} on Horovod.",
+                                 epochs=2, batch_size=32, lr=2e-3, warmup_steps=30)
+    group = parser.add_argument_group("data and model")
+    group.add_argument("--files", type=int, default=250, help="standard-library files to read (all: 0)")
+    group.add_argument("--train-lines", type=int, default=40000, help="training lines to use (all: 0)")
+    group.add_argument("--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)")
+    group.add_argument("--max-len", type=int, default=128, help="characters per row of packed lines")
+    group.add_argument("--dim", type=int, default=64, help="model width")
+    group.add_argument("--layers", type=int, default=2, help="transformer encoder layers")
+    group.add_argument("--heads", type=int, default=4, help="attention heads")
+    return parser

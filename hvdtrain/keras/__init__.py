@@ -10,9 +10,9 @@ Importing this package imports TensorFlow and Keras, never torch.
 from ..core.checkpoint import CheckpointError
 from ._context import average_metrics, current, init
 from .callbacks import broadcast_model, callbacks
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointCallback, load_checkpoint, save_checkpoint
 from .data import shard, shard_dataset
 from .optimizer import wrap_optimizer
 
-__all__ = ["CheckpointError", "average_metrics", "broadcast_model", "callbacks", "current", "init",
-           "load_checkpoint", "save_checkpoint", "shard", "shard_dataset", "wrap_optimizer"]
+__all__ = ["CheckpointCallback", "CheckpointError", "average_metrics", "broadcast_model", "callbacks", "current",
+           "init", "load_checkpoint", "save_checkpoint", "shard", "shard_dataset", "wrap_optimizer"]

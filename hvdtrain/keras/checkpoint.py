@@ -72,3 +72,15 @@ def _read_on_main(path: Path, model: keras.Model) -> tuple[CheckpointMeta | None
     except CheckpointError as err:
         return None, str(err)
     return meta, None
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """A resumable checkpoint at the end of every epoch (rank 0 writes it; every rank may hold it)."""
+
+    def __init__(self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3):
+        super().__init__()
+        self.directory, self.config, self.keep = directory, config, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
+                        epoch=epoch + 1, config=self.config, keep=self.keep)

@@ -69,7 +69,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     """Train ``model`` with an optimizer from ``wrap_optimizer`` on a ``distributed_loader``.
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
-    metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker); checkpoints every epoch and every
+    metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker);
+    checkpoints every epoch and every
     ``checkpoint_every`` steps; with ``resume`` continues from the newest valid checkpoint in
     ``checkpoint_dir`` on any world size. Only rank 0 shows a progress bar.
     """
@@ -125,8 +126,9 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                 window_samples = 0
             if checkpoint_dir is not None and checkpoint_every and boundary \
                     and history.global_step % checkpoint_every == 0:
+                epoch_samples = (index + 1) * train_loader.batch_size * ctx.size
                 save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch,
-                                config=config, extra={"epoch_samples": (index + 1) * train_loader.batch_size * ctx.size})
+                                config=config, extra={"epoch_samples": epoch_samples})
         bar.close()
         skip_batches = 0
         if scheduler is not None and scheduler_interval == "epoch":
