@@ -97,7 +97,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     for epoch in range(start_epoch, epochs):
         set_epoch(train_loader, epoch)
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ctx.is_main),
-                   initial=skip_batches, leave=False)
+                   initial=skip_batches, leave=False, mininterval=1.0)
         loss_sum, loss_count, window_samples = 0.0, 0, 0
         batches = iter(train_loader)
         for _ in range(skip_batches):
