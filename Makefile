@@ -1,7 +1,7 @@
 # The two commands of the README, plus the pieces they are made of.
 # Both set everything up on a fresh machine; scripts/install.sh is idempotent and reuses the
 # cached Horovod build, so a second run costs seconds.
-PY := .venv/bin/python
+PY := $(or $(filter-out system,$(HVDTRAIN_VENV)),.venv)/bin/python
 
 .PHONY: demo test install lint
 demo: install

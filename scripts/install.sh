@@ -43,9 +43,9 @@ REQ="$REPO/requirements/$FLAVOR.txt"
 if [[ "$VENV" == "system" ]]; then
     PY="$(command -v python3)"
 else
-    if [[ ! -x "$VENV/bin/python" ]]; then
+    if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then  # missing, or half-made (no pip)
         say "creating virtualenv $VENV"
-        run "create virtualenv" "$LOG_DIR/venv.log" python3 -m venv "$VENV"
+        run "create virtualenv" "$LOG_DIR/venv.log" python3 -m venv --clear "$VENV"
     fi
     PY="$VENV/bin/python"
 fi
@@ -63,8 +63,8 @@ else
 fi
 
 # --- 2. Horovod, built once per (versions, flags) ---------------------------------------------
-STEP="detect build flags"
-read -r TORCH_V TF_V PY_V TORCH_CUDA < <("$PY" - <<'EOF'
+STEP="detect build flags"; LOG="$LOG_DIR/detect.log"
+read -r TORCH_V TF_V PY_V TORCH_CUDA < <("$PY" - 2>"$LOG" <<'EOF'
 import sys, importlib.metadata as md
 import torch
 tf_v = None
@@ -78,11 +78,17 @@ EOF
 )
 FLAGS=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1
        HOROVOD_CPU_OPERATIONS=gloo)
-if [[ "$TORCH_CUDA" != "none" ]]; then
+# NCCL for the GPU flavour only: a CUDA build of torch on a machine without the CUDA toolkit
+# (PyPI's default torch wheel on x86) still gets a working Gloo build.
+if [[ "$FLAVOR" == "gpu" && "$TORCH_CUDA" != "none" ]]; then
     # NCCL from the nvidia-nccl-cu12 wheel when no system NCCL is configured.
     if [[ -z "${HOROVOD_NCCL_HOME:-}" ]]; then
         NCCL_HOME="$("$PY" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)"
-        [[ -n "$NCCL_HOME" ]] && FLAGS+=("HOROVOD_NCCL_INCLUDE=$NCCL_HOME/include" "HOROVOD_NCCL_LIB=$NCCL_HOME/lib")
+        if [[ -n "$NCCL_HOME" ]]; then
+            # The wheel ships only libnccl.so.2; Horovod's CMake looks for libnccl.so.
+            [[ -e "$NCCL_HOME/lib/libnccl.so" ]] || ln -s libnccl.so.2 "$NCCL_HOME/lib/libnccl.so"
+            FLAGS+=("HOROVOD_NCCL_INCLUDE=$NCCL_HOME/include" "HOROVOD_NCCL_LIB=$NCCL_HOME/lib")
+        fi
     fi
     FLAGS+=(HOROVOD_GPU_OPERATIONS=NCCL)
 fi
@@ -123,13 +129,16 @@ else
     run "install Horovod runtime deps" "$BUILD_LOG" "${PIP[@]}" install cloudpickle psutil pyyaml packaging
     STEP="check Horovod build"; LOG="$LOG_DIR/check-build.log"
     "$(dirname "$PY")/horovodrun" --check-build >"$LOG" 2>&1
-    grep -E '\[X\] TensorFlow' "$LOG" >/dev/null && grep -E '\[X\] PyTorch' "$LOG" >/dev/null \
-        && grep -E '\[X\] Gloo' "$LOG" >/dev/null
+    for feature in TensorFlow PyTorch Gloo; do
+        grep -qE "\[X\] $feature" "$LOG" || { echo "Horovod was built without $feature" >>"$LOG"; false; }
+    done
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
 fi
 
 # --- 3. hvdtrain itself ------------------------------------------------------------------------
-if ! (cd / && "$PY" -c 'import hvdtrain') >/dev/null 2>&1; then
+# (Re)install when hvdtrain is missing or points at another checkout.
+if ! (cd / && "$PY" -c 'import hvdtrain, sys; sys.exit(not hvdtrain.__file__.startswith(sys.argv[1]))' "$REPO/") \
+        >/dev/null 2>&1; then
     run "install hvdtrain" "$LOG_DIR/hvdtrain.log" "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO"
 fi
 say "done: Horovod $HOROVOD_VERSION with PyTorch, TensorFlow and Gloo; python: $PY"

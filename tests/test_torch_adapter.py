@@ -82,6 +82,7 @@ def test_resume_on_another_world_size(tmp_path, save_np, resume_np):
         np.testing.assert_allclose(rank["continued"], saved["continued"], atol=ATOL, rtol=0)
         # With linear scaling the restored LR is re-scaled to this job's world size.
         assert rank["linear_lr"] == pytest.approx(0.01 * 0.5 * resume_np)
+        assert "does not fit this model or optimizer" in rank["mismatch"]  # on every rank: no hang
 
 
 @pytest.mark.slow

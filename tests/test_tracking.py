@@ -191,3 +191,14 @@ def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, mon
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(7, 0.25)]
     assert open(client.download_artifacts(run_id, "checkpoints/step-7.pt")).read() == "weights"
     assert run.info.status == "FINISHED" and sent == 5  # params, config.json, checkpoint, metrics, end
+    # A synced file is set aside, so syncing again cannot duplicate the run.
+    assert not spill.exists() and spill.with_name(spill.name + ".synced").exists()
+
+
+def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unknownscheme://nowhere")  # MLflow cannot even build a client
+    tracker = tracking.start(config={"lr": 0.1})
+    tracker.log_artifact(tmp_path / "missing.pt")
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    assert tracker.run_id is None and tracker.finish() is None
+    assert "MLflow tracking disabled for this job" in caplog.text

@@ -51,19 +51,26 @@ def _relay_launcher_stderr(stream) -> tuple[int, int] | None:
     """Forward horovodrun's own stderr, minus the Python traceback it prints when a worker fails.
 
     Workers' output reaches horovodrun's stdout (rank-prefixed) and passes straight through.
-    Returns (rank, exit status) of the first failed worker, if horovodrun named one.
+    Returns (rank, exit status) of the first failed worker, if horovodrun named one; any other
+    traceback (a launcher error) is printed in full.
     """
-    in_traceback, rank, status = False, None, None
+    traceback: list[str] = []
+    rank = status = None
     for line in stream:
         if line.startswith("Traceback (most recent call last):"):
-            in_traceback = True
-        if (match := re.match(r"Process name: (\d+)", line)) and in_traceback:
-            rank = int(match.group(1))
-        elif (match := re.match(r"Exit code: (-?\d+)", line)) and in_traceback:
-            status = int(match.group(1))
-        if not in_traceback:
+            traceback = [line]
+        elif traceback:
+            traceback.append(line)
+            if match := re.match(r"Process name: (\d+)", line):
+                rank = int(match.group(1))
+            elif match := re.match(r"Exit code: (-?\d+)", line):
+                status = int(match.group(1))
+        else:
             sys.stderr.write(line)
-    return (rank, status) if rank is not None and status is not None else None
+    if rank is not None and status is not None:
+        return rank, status
+    sys.stderr.writelines(traceback)
+    return None
 
 
 def build_command(args) -> list[str]:

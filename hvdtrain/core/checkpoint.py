@@ -71,6 +71,12 @@ class CheckpointDir:
         return self.root / f"step-{step:08d}{self.extension}"
 
     def save(self, meta: CheckpointMeta, write_payload: Callable[[str], None]) -> Path:
+        newest = self.checkpoints()[-1:]
+        if newest and newest[0][0] > meta.step:
+            # Pruning keeps the highest steps: this save would be deleted at once, and a resume
+            # would pick up the other run.
+            raise CheckpointError(f"{self.root} holds a checkpoint of a later step ({newest[0][0]} > {meta.step}), "
+                                  f"from another run: resume from it or use a new checkpoint directory")
         payload = self.payload_path(meta.step)
         atomic_write(payload, write_payload, suffix=self.extension)
         meta.payload = payload.name

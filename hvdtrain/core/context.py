@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -32,6 +33,12 @@ class Context:
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith(("cuda", "gpu", "/gpu"))
+
+
+def threads_per_rank(local_size: int, threads: int | None = None) -> int:
+    """CPU threads for one rank: the host's cores split between its ranks (oversubscribing slows
+    every rank down), unless the user chose ``threads``."""
+    return threads or max(1, (os.cpu_count() or 1) // local_size)
 
 
 def set_current(ctx: Context) -> Context:

@@ -25,11 +25,6 @@ def samples_per_rank(num_samples: int, size: int, drop_last: bool = False) -> in
     return num_samples // size if drop_last else math.ceil(num_samples / size)
 
 
-def steps_per_epoch(num_samples: int, size: int, batch_size: int, drop_last: bool = False) -> int:
-    """Steps each rank runs per epoch (a partial last batch counts as a step)."""
-    return math.ceil(samples_per_rank(num_samples, size, drop_last) / batch_size)
-
-
 def shard_indices(num_samples: int, rank: int, size: int, *, shuffle: bool = True, seed: int = 0,
                   epoch: int = 0, drop_last: bool = False) -> np.ndarray:
     """Indices of the samples rank ``rank`` sees in epoch ``epoch``."""

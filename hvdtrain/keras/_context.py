@@ -1,7 +1,6 @@
 """``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job in a core ``Context``."""
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Mapping
 
@@ -46,7 +45,7 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
             tf.config.experimental.set_memory_growth(gpus[gpu_index], True)
             tf.config.set_visible_devices(gpus[gpu_index], "GPU")
         else:
-            per_rank = threads or max(1, (os.cpu_count() or 1) // local_size)
+            per_rank = core_context.threads_per_rank(local_size, threads)
             tf.config.threading.set_intra_op_parallelism_threads(per_rank)
             tf.config.threading.set_inter_op_parallelism_threads(per_rank)
     except RuntimeError as err:  # TF's runtime already started: the settings can no longer change

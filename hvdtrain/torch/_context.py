@@ -1,7 +1,6 @@
 """``init``: start Horovod for torch and describe the job in a core ``Context``."""
 from __future__ import annotations
 
-import os
 import random
 from typing import Any, Mapping
 
@@ -41,8 +40,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
         device = f"cuda:{hvd.local_rank()}"
     else:
         device = "cpu"
-        # Ranks on one host share its cores; oversubscription slows every rank down.
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+        torch.set_num_threads(core_context.threads_per_rank(hvd.local_size(), threads))
     if seed is not None:
         rank_seed = seed + hvd.rank()
         random.seed(rank_seed)

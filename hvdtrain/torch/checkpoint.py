@@ -40,8 +40,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
     Rank 0 reads the file and broadcasts, so other hosts need not see rank 0's disk. The LR is
     re-scaled from the checkpoint's world size to this job's. Returns ``None`` when ``path`` is a
-    directory without checkpoints, or not created yet (a fresh start). Raises ``CheckpointError`` on every rank if the
-    file is unusable.
+    directory without checkpoints, or not created yet (a fresh start). Raises ``CheckpointError``
+    on every rank if the file is unusable or does not fit ``model``/``optimizer``.
     """
     ctx = current()
     loaded: tuple[CheckpointMeta | None, str | None] = (None, None)
@@ -49,19 +49,17 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     if ctx.is_main:
         try:
             payload, meta = _read(Path(path))
+            if meta is not None:
+                _restore_on_main(payload, model, optimizer)
             loaded = (meta, None)
-        except CheckpointError as err:
-            loaded = (None, str(err))
+        except Exception as err:  # every rank raises, none is left waiting in a broadcast
+            loaded = (None, str(err) if isinstance(err, CheckpointError) else
+                      f"{path}: does not fit this model or optimizer ({type(err).__name__}: {_first_line(err)})")
     meta, error = ctx.broadcast_object(loaded, 0)
     if error:
         raise CheckpointError(error)
     if meta is None:
         return None
-    if ctx.is_main:
-        model.load_state_dict(payload["model"])
-        if optimizer is not None and "optimizer" in payload:
-            optimizer.load_state_dict(payload["optimizer"])
-        _set_rng_state(payload["rng"])
     broadcast_state(model, optimizer)
     if scheduler is not None:
         state = ctx.broadcast_object(payload.get("scheduler") if ctx.is_main else None, 0)
@@ -72,8 +70,19 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     return meta
 
 
+def _restore_on_main(payload: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    model.load_state_dict(payload["model"])
+    if optimizer is not None and "optimizer" in payload:
+        optimizer.load_state_dict(payload["optimizer"])
+    _set_rng_state(payload["rng"])
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else "no detail"
+
+
 def _read(path: Path) -> tuple[dict | None, CheckpointMeta | None]:
-    if path.is_dir() or not path.suffix:  # a checkpoint directory, possibly not created yet
+    if path.suffix not in (EXTENSION, ".json"):  # a checkpoint directory, possibly not created yet
         found = CheckpointDir(path, EXTENSION).latest()
         if found is None:
             return None, None
@@ -84,7 +93,7 @@ def _read(path: Path) -> tuple[dict | None, CheckpointMeta | None]:
         return torch.load(payload_path, map_location="cpu", weights_only=True), meta
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
         raise CheckpointError(f"{payload_path}: truncated or corrupt checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+                              f"{_first_line(err)})") from None
 
 
 def _rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:

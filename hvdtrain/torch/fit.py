@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..core.context import main_process_only
 from ._context import current
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import set_epoch, to_device
@@ -70,9 +71,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
     metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker);
-    checkpoints every epoch and every
-    ``checkpoint_every`` steps; with ``resume`` continues from the newest valid checkpoint in
-    ``checkpoint_dir`` on any world size. Only rank 0 shows a progress bar.
+    checkpoints every epoch and every ``checkpoint_every`` steps; with ``resume`` continues from
+    the newest valid checkpoint in ``checkpoint_dir`` on any world size. Only rank 0 shows a
+    progress bar. A last accumulation group cut short by the epoch's end is still divided by
+    ``accumulation_steps``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -98,7 +100,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
         set_epoch(train_loader, epoch)
         bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ctx.is_main),
                    initial=skip_batches, leave=False, mininterval=1.0)
-        loss_sum, loss_count, window_samples = 0.0, 0, 0
+        loss_sum, loss_count, window_loss, window_batches, window_samples = 0.0, 0, 0.0, 0, 0
         batches = iter(train_loader)
         for _ in range(skip_batches):
             next(batches)
@@ -114,16 +116,17 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                 history.global_step += 1
                 if scheduler is not None and scheduler_interval == "step":
                     scheduler.step()
-            loss_sum += float(loss.detach())
-            loss_count += 1
-            window_samples += len(targets)
+            loss_value = float(loss.detach())
+            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+            window_loss, window_batches, window_samples = window_loss + loss_value, window_batches + 1, \
+                window_samples + len(targets)
             bar.update()
             if boundary and history.global_step % log_every == 0:
-                local = {"loss": loss_sum / loss_count}
+                local = {"loss": window_loss / window_batches}  # the steps since the last log
                 averaged = (tracker.log_step(history.global_step, local, lr=current_lr(optimizer),
                                              samples=window_samples) if tracker is not None else ctx.average(local))
                 bar.set_postfix(loss=f"{averaged['loss']:.4f}")
-                window_samples = 0
+                window_loss, window_batches, window_samples = 0.0, 0, 0
             if checkpoint_dir is not None and checkpoint_every and boundary \
                     and history.global_step % checkpoint_every == 0:
                 epoch_samples = (index + 1) * train_loader.batch_size * ctx.size
@@ -142,10 +145,14 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch + 1,
                             config=config, extra={"epoch_samples": 0})
-        if ctx.is_main and progress:
-            print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in epoch_metrics.items()),
-                  flush=True)
+        if progress:
+            _print_epoch(epoch, epochs, epoch_metrics)
     return history
+
+
+@main_process_only
+def _print_epoch(epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
+    print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
 
 
 def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:

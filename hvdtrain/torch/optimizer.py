@@ -145,9 +145,9 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     """
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     if optimizer is not None:
-        state = hvd.broadcast_object(optimizer.state_dict() if hvd.rank() == 0 else None, root_rank=0,
-                                     name="hvdtrain.optimizer_state")
-        if hvd.rank() != 0:
+        ctx = current()
+        state = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)
+        if not ctx.is_main:
             optimizer.load_state_dict(state)
 
 

@@ -64,9 +64,14 @@ class Sender:
 
     def put_artifact(self, path: str | os.PathLike, artifact_path: str | None) -> None:
         """Queue a file or directory, linked or copied now: the caller may replace or prune it."""
+        try:
+            self._stage(Path(path), artifact_path)
+        except OSError as err:  # a missing or unreadable file is a warning, never a crash
+            log.warning("hvdtrain: artifact %s not logged: %s", path, err)
+
+    def _stage(self, source: Path, artifact_path: str | None) -> None:
         if self._staging is None:
             self._staging = Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-"))
-        source = Path(path)
         staged = self._staging / str(self._staged) / source.name
         self._staged += 1
         staged.parent.mkdir()
@@ -84,8 +89,12 @@ class Sender:
             self._cond.notify()
         self._thread.join(timeout)
         with self._cond:
-            if self._thread.is_alive() and self._pending:
-                self._spill()  # still busy (a slow upload): keep the backlog, record in flight included
+            if self._pending and not self._abandoned:
+                # Still busy (a slow upload) or the thread died: keep the backlog, record in flight included.
+                try:
+                    self._spill()
+                except OSError as err:
+                    log.warning("hvdtrain: could not write the tracking spill file %s: %s", self.spill_path, err)
             if self._staging is not None and self.spilled is None:
                 shutil.rmtree(self._staging, ignore_errors=True)
         return self.spilled

@@ -19,7 +19,8 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     """Send every record of ``path`` to the tracking server; returns (run id, records sent).
 
     If sending fails part-way the file is rewritten with what is still unsent (and the run id),
-    so running it again sends the rest (a batch in flight at the failure may be sent twice).
+    so running it again sends the rest (a batch in flight at the failure may be sent twice). Once
+    everything is sent the file is renamed ``<name>.synced``, so a second sync cannot duplicate it.
     """
     path = Path(path)
     lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -42,4 +43,5 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
         path.write_text("".join(json.dumps(r) + "\n" for r in (spec.as_record(), *pending[sent:])),
                         encoding="utf-8")
         raise
+    path.rename(path.with_name(path.name + ".synced"))
     return spec.run_id, sent

@@ -2,12 +2,13 @@
 
 Rank 0 creates the run and broadcasts its id, so every rank can read ``tracker.run_id``; only
 rank 0 ever talks to MLflow (``main_process_only``), and it does so from a background thread.
-The collective methods (``start``, ``log_averaged_metrics``, ``log_step``, ``log_epoch``)
+The collective methods (``start``, ``log_step``, ``log_epoch``)
 must be called by every rank at the same points.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -25,6 +26,17 @@ from . import records, store
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
 from .sender import Sender, log
+
+
+def _sending(method):
+    """Only rank 0's tracker sends, and only when tracking is on; elsewhere the call does nothing."""
+
+    @functools.wraps(method)
+    @main_process_only
+    def wrapper(self, *args, **kwargs):
+        return None if self._sender is None else method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Tracker:
@@ -49,28 +61,22 @@ class Tracker:
         """Rank 0: the run's id as the sender knows it, set even when created after start."""
         return self._sender.spec.run_id if self._sender is not None else self._run_id
 
-    @main_process_only
+    @_sending
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._sender.put(records.params_record(flatten(params)))
 
-    @main_process_only
+    @_sending
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._sender.put(records.tags_record(tags))
 
-    @main_process_only
+    @_sending
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue ``metrics`` at ``step``; returns at once."""
         self._sender.put(records.metrics_record(metrics, step))
 
-    @main_process_only
+    @_sending
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._sender.put_artifact(path, artifact_path)
-
-    def log_averaged_metrics(self, metrics: Mapping[str, float], step: int) -> dict[str, float]:
-        """Collective: average ``metrics`` over ranks, log the result; returns it on every rank."""
-        averaged = self.ctx.average(metrics)
-        self.log_metrics(averaged, step)
-        return averaged
 
     def log_step(self, step: int, metrics: Mapping[str, float], *, lr: float | None = None,
                  samples: int | None = None) -> dict[str, float]:
@@ -92,7 +98,7 @@ class Tracker:
         self.log_metrics({k if k.startswith("val_") else f"epoch_{k}": v for k, v in averaged.items()}, epoch)
         return averaged
 
-    @main_process_only
+    @_sending
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
         """End the run; waits up to ``timeout`` s for buffered data. Returns the spill file
         holding what could not be sent, if any."""
@@ -130,8 +136,12 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     """
     ctx = current()
     hostnames = [ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
-    opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
-                   parent_run_id, spill_dir, start_timeout, hostnames)
+    try:
+        opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
+                       parent_run_id, spill_dir, start_timeout, hostnames)
+    except Exception as err:  # a tracking problem must never stop training
+        log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
+        opened = None
     run_id, sender, monitor = opened or (None, None, None)
     run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
     return Tracker(ctx, run_id, sender, monitor)

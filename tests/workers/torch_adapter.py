@@ -165,7 +165,14 @@ def resume():
     # Same checkpoint into an optimizer with linear scaling: its LR must follow this world size.
     model2, opt2, _ = resumable("linear")
     ht.load_checkpoint(args.ckpt, model2, opt2)
-    return {"loaded": loaded, "continued": flat(model), "linear_lr": opt2.param_groups[0]["lr"]}
+    # A checkpoint of another model: rank 0 fails to load it, and every rank must hear so.
+    try:
+        ht.load_checkpoint(args.ckpt, torch.nn.Linear(5, 3))
+        mismatch = None
+    except ht.CheckpointError as err:
+        mismatch = str(err)
+    return {"loaded": loaded, "continued": flat(model), "linear_lr": opt2.param_groups[0]["lr"],
+            "mismatch": mismatch}
 
 
 report(args.out, ctx.rank, size=ctx.size, **{"suite": suite, "save": save, "resume": resume}[args.mode]())
