@@ -16,14 +16,15 @@ REPO = Path(__file__).parent.parent
 
 
 def run_script(script: str | Path, *args: str, np: int = 2, timeout: float = 300,
-               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+               env: dict[str, str] | None = None, check: bool = True,
+               cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run any python ``script`` on ``np`` local ranks; raise with the workers' errors if it fails."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun_bin), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
            sys.executable, str(script), *args]
     full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                 "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
     if check and proc.returncode != 0:
         # Workers' tracebacks come through horovodrun as "[rank]<stderr>:" lines.
         worker_errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "<stderr>" in l and "Warning" not in l]
@@ -37,6 +38,15 @@ def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float =
     """Run ``tests/workers/<script>`` on ``np`` local ranks; results land in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     return run_script(WORKERS / script, "--out", str(out), *args, np=np, timeout=timeout, env=env, check=check)
+
+
+def run_example(script: str, *args: str, out: Path, timeout: float = 240) -> tuple[dict, str]:
+    """An example (path from the repo root) on 2 ranks with ``--results``, run in ``out``:
+    (the results it wrote, horovodrun's output)."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = out / "results.json"
+    proc = run_script(REPO / script, *args, "--results", str(found), timeout=timeout, cwd=out)
+    return json.loads(found.read_text()), proc.stdout
 
 
 def results(out: Path, np: int = 2) -> list[dict]:

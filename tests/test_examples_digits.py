@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 
 from hvdtrain.core.context import Context
 from hvdtrain.datasets import digits
-from tests.launch import REPO
+from tests.launch import REPO, run_example
 
 CHANCE = 1 / digits.NUM_CLASSES
 TINY = ("--no-tracking", "--seed", "1")
@@ -102,18 +102,6 @@ def test_sharded_accuracy_predicts_this_ranks_share_only():
     with pytest.raises(ValueError, match="empty"):
         digits.sharded_accuracy(predict, digits.Part(part.images[:0], part.labels[:0]), single_rank_context())
 
-
-def run_example(script: str, *args: str, out: Path, timeout: float = 180) -> tuple[dict, str]:
-    """``horovodrun -np 2`` on an example, with the environment of ``tests.launch``; (results, output)."""
-    results = out / "results.json"
-    cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-           sys.executable, str(REPO / script), *args, "--results", str(results)]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=out)
-    assert proc.returncode == 0, \
-        f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-1500:]}"
-    return json.loads(results.read_text()), proc.stdout
 
 
 def checkpoint_epochs(directory: Path) -> dict[int, int]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hvdtrain.datasets import text
-from tests.launch import REPO
+from tests.launch import REPO, run_example
 
 CHANCE = math.log(text.VOCAB_SIZE)  # nats/byte of a uniform guess
 TINY = ("--no-tracking", "--max-bytes", "300000", "--val-bytes", "20000", "--windows", "4800", "--block", "32",
@@ -129,19 +129,6 @@ def test_encode_decode_round_trip():
     assert text.decode(text.encode("déf f(x):\n")) == "déf f(x):\n"
     assert text.decode([0x66, 0xFF]) == "f\ufffd"  # a model may emit invalid UTF-8: shown, not raised
 
-
-def run_example(script: str, *args: str, out: Path, timeout: float = 240) -> tuple[dict, str]:
-    """``horovodrun -np 2`` on an example, in the environment of ``tests.launch``; (results, output)."""
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.json"
-    cmd = [str(Path(sys.executable).parent / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
-           sys.executable, str(REPO / script), *args, "--results", str(results)]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=out)
-    assert proc.returncode == 0, \
-        f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-1500:]}"
-    return json.loads(results.read_text()), proc.stdout
 
 
 def check_result(found: dict, stdout: str, framework: str) -> None:

@@ -1,18 +1,13 @@
 """The token-tagging examples (both frameworks) and their data module ``hvdtrain.datasets.tagging``."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hvdtrain.core.context import Context
 from hvdtrain.datasets import tagging
-from tests.launch import REPO
+from tests.launch import REPO, run_example
 
 L = {name: index for index, name in enumerate(tagging.LABELS)}
 X = tagging.IGNORE
@@ -115,24 +110,12 @@ def test_evaluate_scores_a_predictor_on_every_row():
 TINY = ["--files", "40", "--train-lines", "4000", "--heldout-lines", "600", "--epochs", "2", "--no-tracking"]
 
 
-def run_example(path: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    """``path`` under ``horovodrun -np 2 --gloo``, with the environment of ``tests.launch``."""
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                           str(REPO / path), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    return proc
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path, framework", [("torch_examples/token_tagging.py", "torch"),
                                              ("tf_examples/token_tagging.py", "keras")])
 def test_example_tags_heldout_files_far_better_than_chance(tmp_path, path, framework):
-    results = tmp_path / "results.json"
-    proc = run_example(path, *TINY, "--checkpoint-dir", str(tmp_path / "ckpt"), "--results", str(results))
-    found = json.loads(results.read_text())
+    found, stdout = run_example(path, *TINY, "--checkpoint-dir", str(tmp_path / "ckpt"), out=tmp_path)
     assert (found["framework"], found["example"], found["workers"]) == (framework, "token_tagging", 2)
     assert found["metric_name"] == "heldout_micro_f1" and found["metric"] == found["report"]["micro avg"]["f1"]
     # Chance (or all "O") scores ~0: an entity needs its exact span and category.
@@ -140,6 +123,6 @@ def test_example_tags_heldout_files_far_better_than_chance(tmp_path, path, frame
     assert found["report"]["OP"]["f1"] > 0.7
     assert found["report"]["micro avg"]["support"] > 1000
     assert found["run_id"] is None and found["wall_time_s"] > 0
-    assert proc.stdout.count("micro avg") == 1  # only rank 0 prints the report
+    assert stdout.count("micro avg") == 1  # only rank 0 prints the report
     assert sorted(p.suffix for p in (tmp_path / "ckpt").iterdir() if p.suffix != ".json") == \
         [".keras" if framework == "keras" else ".pt"] * 2
