@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .context import Context
+
 _NAME = re.compile(r"^step-(\d+)\.json$")
 
 
@@ -106,6 +108,40 @@ class CheckpointDir:
             meta = json.loads(sidecar.read_text())
             (self.root / meta.get("payload", "")).unlink(missing_ok=True)
             sidecar.unlink(missing_ok=True)
+
+
+def find(path: str | os.PathLike, extension: str) -> tuple[Path, CheckpointMeta] | None:
+    """A checkpoint file (payload or sidecar), or the newest valid one in a directory; ``None`` for
+    a directory without checkpoints, or not created yet (a fresh start)."""
+    path = Path(path)
+    if path.suffix in (extension, ".json"):
+        return read_meta(path)
+    return CheckpointDir(path, extension).latest()
+
+
+def load_on_main(ctx: Context, path: str | os.PathLike, extension: str,
+                 restore: Callable[[Path], None]) -> CheckpointMeta | None:
+    """Rank 0 finds the checkpoint and ``restore``s its payload; every rank returns its metadata
+    (``None``: nothing to resume) or raises the same ``CheckpointError``, so no rank is left
+    waiting in a collective while another has failed. The caller broadcasts the restored state."""
+    outcome: tuple[CheckpointMeta | None, str | None] = (None, None)
+    if ctx.is_main:
+        try:
+            found = find(path, extension)
+            if found is not None:
+                restore(found[0])
+                outcome = (found[1], None)
+        except Exception as err:
+            outcome = (None, str(err) if isinstance(err, CheckpointError) else
+                       f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})")
+    meta, error = ctx.broadcast_object(outcome, 0)
+    if error:
+        raise CheckpointError(error)
+    return meta
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else "no detail"
 
 
 def read_meta(path: str | os.PathLike) -> tuple[Path, CheckpointMeta]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, read_meta
+from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, load_on_main
 from ..core.context import main_process_only
 from ._context import current
 from .callbacks import broadcast_model
@@ -41,37 +41,21 @@ def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMe
     checkpoint's metadata, or ``None`` when the directory holds no checkpoint yet. A damaged
     checkpoint raises ``CheckpointError`` on every rank.
     """
-    ctx = current()
-    meta, error = ctx.broadcast_object(_read_on_main(Path(path), model) if ctx.is_main else None, 0)
-    if error:
-        raise CheckpointError(error)
+    def restore(payload: Path) -> None:
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(payload)
+        except Exception as err:
+            raise CheckpointError(f"{payload}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+
+    meta = load_on_main(current(), path, EXTENSION, restore)
     if meta is None:
         return None
     broadcast_model(model)
     if meta.base_lrs and model.optimizer is not None:
         set_base_learning_rate(model.optimizer, meta.base_lrs[0])
     return meta
-
-
-def _read_on_main(path: Path, model: keras.Model) -> tuple[CheckpointMeta | None, str | None]:
-    """(metadata, None) after loading into ``model``, or (None, message) for the other ranks to raise."""
-    try:
-        if path.suffix in (EXTENSION, ".json"):
-            payload, meta = read_meta(path)
-        else:
-            latest = CheckpointDir(path, EXTENSION).latest()
-            if latest is None:
-                return None, None
-            payload, meta = latest
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(payload)
-        except Exception as err:  # any failure must reach every rank, or the others wait forever
-            raise CheckpointError(f"{payload}: unreadable checkpoint ({type(err).__name__}: {err})") from err
-    except CheckpointError as err:
-        return None, str(err)
-    return meta, None
 
 
 class CheckpointCallback(keras.callbacks.Callback):

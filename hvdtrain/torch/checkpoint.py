@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, read_meta
+from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, first_line, load_on_main
 from ..core.context import main_process_only
 from ..core.lr import lr_scale_factor
 from ._context import current
@@ -44,56 +44,39 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     on every rank if the file is unusable or does not fit ``model``/``optimizer``.
     """
     ctx = current()
-    loaded: tuple[CheckpointMeta | None, str | None] = (None, None)
-    payload = None
-    if ctx.is_main:
+
+    def restore(payload_path: Path) -> None:
+        payload = _read(payload_path)
         try:
-            payload, meta = _read(Path(path))
-            if meta is not None:
-                _restore_on_main(payload, model, optimizer)
-            loaded = (meta, None)
-        except Exception as err:  # every rank raises, none is left waiting in a broadcast
-            loaded = (None, str(err) if isinstance(err, CheckpointError) else
-                      f"{path}: does not fit this model or optimizer ({type(err).__name__}: {_first_line(err)})")
-    meta, error = ctx.broadcast_object(loaded, 0)
-    if error:
-        raise CheckpointError(error)
+            model.load_state_dict(payload["model"])
+            if optimizer is not None and "optimizer" in payload:
+                optimizer.load_state_dict(payload["optimizer"])
+            if scheduler is not None and "scheduler" in payload:
+                scheduler.load_state_dict(payload["scheduler"])
+        except Exception as err:
+            raise CheckpointError(f"{payload_path}: does not fit this model or optimizer "
+                                  f"({type(err).__name__}: {first_line(err)})") from None
+        _set_rng_state(payload["rng"])
+
+    meta = load_on_main(ctx, path, EXTENSION, restore)
     if meta is None:
         return None
     broadcast_state(model, optimizer)
     if scheduler is not None:
-        state = ctx.broadcast_object(payload.get("scheduler") if ctx.is_main else None, 0)
-        if state is not None:
+        state = ctx.broadcast_object(scheduler.state_dict() if ctx.is_main else None, 0)
+        if not ctx.is_main:
             scheduler.load_state_dict(state)
     if optimizer is not None:
         _rescale_lr(optimizer, scheduler)
     return meta
 
 
-def _restore_on_main(payload: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
-    model.load_state_dict(payload["model"])
-    if optimizer is not None and "optimizer" in payload:
-        optimizer.load_state_dict(payload["optimizer"])
-    _set_rng_state(payload["rng"])
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else "no detail"
-
-
-def _read(path: Path) -> tuple[dict | None, CheckpointMeta | None]:
-    if path.suffix not in (EXTENSION, ".json"):  # a checkpoint directory, possibly not created yet
-        found = CheckpointDir(path, EXTENSION).latest()
-        if found is None:
-            return None, None
-        payload_path, meta = found
-    else:
-        payload_path, meta = read_meta(path)
+def _read(payload_path: Path) -> dict:
     try:
-        return torch.load(payload_path, map_location="cpu", weights_only=True), meta
+        return torch.load(payload_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
         raise CheckpointError(f"{payload_path}: truncated or corrupt checkpoint ({type(err).__name__}: "
-                              f"{_first_line(err)})") from None
+                              f"{first_line(err)})") from None
 
 
 def _rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
