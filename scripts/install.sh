@@ -94,7 +94,7 @@ if [[ "$FLAVOR" == "gpu" && "$TORCH_CUDA" != "none" ]]; then
 fi
 if command -v mpicc >/dev/null 2>&1; then FLAGS+=(HOROVOD_WITH_MPI=1); else FLAGS+=(HOROVOD_WITHOUT_MPI=1); fi
 
-FLAGS_HASH="$(printf '%s\n' "${FLAGS[@]}" | sha256sum | cut -c1-10)"
+FLAGS_HASH="$( { printf '%s\n' "${FLAGS[@]}"; cat "$REPO/scripts/patch_horovod.py"; } | sha256sum | cut -c1-10)"
 KEY="horovod-$HOROVOD_VERSION-torch$TORCH_V-tf$TF_V-cuda$TORCH_CUDA-py$PY_V-$FLAGS_HASH"
 WHEEL_DIR="$CACHE/wheels/$KEY"
 BUILD_LOG="$LOG_DIR/build-$KEY.log"

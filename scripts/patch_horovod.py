@@ -14,6 +14,9 @@ FIXES = [
     ("horovod/tensorflow/CMakeLists.txt",
      'list(APPEND TF_SOURCES "${PROJECT_SOURCE_DIR}/horovod/tensorflow/xla_mpi_ops.cc")',
      "# xla_mpi_ops.cc left out by hvdtrain (needs headers TF 2.21 does not ship)"),
+    # Gloo controller bug: ``reserve`` leaves the rank list empty, so the stall inspector checks no
+    # ranks and a job whose ranks diverged hangs forever without a warning.
+    ("horovod/common/gloo/gloo_controller.cc", "  global_ranks_.reserve(size_);", "  global_ranks_.resize(size_);"),
 ]
 
 

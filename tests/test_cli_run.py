@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def test_success_runs_every_worker_with_one_tracking_store(tmp_path, worker):
 def test_a_failing_worker_sets_the_exit_status_and_is_named(tmp_path, worker):
     proc = _run("-np", "2", str(worker), str(tmp_path), "1", "3", cwd=tmp_path)
     assert proc.returncode == 3
-    assert proc.stderr.strip().splitlines()[-1] == "hvdtrain: worker 1 exited with status 3; the job was stopped"
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "hvdtrain: worker 1 on localhost exited with status 3; job stopped after ")
     assert "Traceback" not in proc.stderr  # horovodrun's own traceback is replaced by that line
 
 
@@ -62,9 +64,34 @@ def test_a_failing_worker_sets_the_exit_status_and_is_named(tmp_path, worker):
     (["-np", "2", "--framework", "jax", "{worker}"], "unknown framework 'jax'; allowed: auto, torch, keras"),
     (["-np", "2", "-H", "node1:two", "{worker}"], "bad host 'node1:two': use host:slots, e.g. node1:4"),
     (["-np", "2", "--hostfile", "nofile", "{worker}"], "hostfile not found: nofile"),
+    (["-np", "2", "--hostfile", "{empty}", "{worker}"], "hostfile {empty} lists no hosts ('host slots=N' lines)"),
+    (["-np", "2", "--hostfile", "{comment}", "{worker}"], "hostfile {comment} line 2: 'node1 slots' is not "
+                                                            "'host slots=N'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, worker, args, message):
-    proc = _run(*[a.format(worker=worker) for a in args], cwd=tmp_path)
+    """Checked before any worker starts: the message is the whole of stderr (the bad-input table)."""
+    files = {"worker": worker, "empty": tmp_path / "empty", "comment": tmp_path / "comment"}
+    files["empty"].write_text("")
+    files["comment"].write_text("# my nodes\nnode1 slots\n")
+    proc = _run(*[a.format(**files) for a in args], cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"hvdtrain: error: {message}"
+    assert proc.stderr.strip().startswith(f"hvdtrain: error: {message.format(**files)}")
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "rank0.json").exists()  # nothing was launched
+
+
+def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
+    """192.0.2.1 is TEST-NET-1: never routed, so the SSH probe fails (refused or timed out)."""
+    started = time.monotonic()
+    proc = _run("-np", "2", "-H", "192.0.2.1:2", str(worker), cwd=tmp_path)
+    assert time.monotonic() - started < 30  # the probe's own bound is a few seconds; startup is the rest
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("hvdtrain: error: host 192.0.2.1 is unreachable on SSH port 22 (")
+
+
+def test_hostfile_comments_and_default_slots(tmp_path):
+    from hvdtrain.cli.run import _read_hostfile
+
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\nnode1 slots=4  # big one\n\nnode2\nnode3 slots = 2\n")
+    assert _read_hostfile(hostfile) == [("node1", 4), ("node2", 1), ("node3", 2)]

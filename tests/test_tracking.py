@@ -1,5 +1,6 @@
 """Issue 5, single process (a one-worker job): params policy, the local store, resume, nesting,
-rejected records, artifact staging, spill files. Multi-rank jobs are in test_tracking_torch/keras."""
+rejected records, artifact staging, spill files; issue 8: run files and a resumed job's legs.
+Multi-rank jobs are in test_tracking_torch/keras, resumed examples in test_resume."""
 import argparse
 import json
 import logging
@@ -15,12 +16,14 @@ from mlflow.tracking import MlflowClient
 from hvdtrain import tracking
 from hvdtrain.cli.errors import CliError
 from hvdtrain.core import context
+from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
 from hvdtrain.core.options import DistributedOptions
 from hvdtrain.tracking.cli import register
 from hvdtrain.tracking.params import flatten
 from hvdtrain.tracking.spill import sync
 from tests.launch import REPO
 from tests.mlflow_server import QUIET_SERVER, free_port, wait_healthy
+from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
 
 
 def one_worker(framework="torch", size=1, on_gpu=False):
@@ -202,3 +205,94 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
     tracker.log_metrics({"loss": 1.0}, step=0)
     assert tracker.run_id is None and tracker.finish() is None
     assert "MLflow tracking disabled for this job" in caplog.text
+
+
+def committed_checkpoint(directory, step):
+    """A checkpoint as the adapters commit it (payload, then sidecar): what a resume continues from."""
+    meta = CheckpointMeta(step=step, epoch=1, world_size=2, framework="torch", payload="")
+    CheckpointDir(directory, ".pt").save(meta, lambda tmp: open(tmp, "w").write("weights"))
+
+
+def test_the_run_is_recorded_in_the_run_file_and_the_checkpoint_dir(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HVDTRAIN_RUN_FILE", str(tmp_path / "launcher" / "run.json"))
+    tracker = tracking.start(experiment="recorded", checkpoint_dir=tmp_path / "ckpt")
+    tracker.finish()
+    expected = {"run_id": tracker.run_id, "tracking_uri": store,
+                "experiment_id": MlflowClient(store).get_run(tracker.run_id).info.experiment_id}
+    for path in (tmp_path / "launcher" / "run.json", tmp_path / "ckpt" / "mlflow-run.json"):
+        assert json.loads(path.read_text()) == expected
+
+
+def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = tracking.start(config={"epochs": 1, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True)
+    first.log_params({"world_size": 2})
+    first.log_membership(0, 2)
+    first.log_metrics({"loss": 2.0}, step=1)
+    committed_checkpoint(ckpt, step=1)
+    first.finish(status="FAILED")
+    second = tracking.start(config={"epochs": 2, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True)
+    second.log_params({"world_size": 1})  # MLflow would refuse this change: logged as leg2.world_size
+    second.log_membership(1, 1)
+    second.log_metrics({"loss": 1.0}, step=2)
+    assert second.finish() is None
+    client = MlflowClient(store)
+    run = client.get_run(first.run_id)
+    assert second.run_id == first.run_id and run.info.status == "FINISHED"
+    assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [first.run_id]
+    params = run.data.params
+    assert {k: params[k] for k in ("epochs", "lr", "world_size", "leg2.epochs", "leg2.world_size")} == {
+        "epochs": "1", "lr": "0.1", "world_size": "2", "leg2.epochs": "2", "leg2.world_size": "1"}
+    assert "leg2.lr" not in params  # unchanged values are not repeated
+    assert run.data.tags["hvdtrain.leg"] == "2"
+    assert (run.data.tags["hvdtrain.world_size.step-00000000"], run.data.tags["hvdtrain.world_size.step-00000001"]) \
+        == ("2", "1")
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [(1, 2.0), (2, 1.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "world_size")] == [(0, 2), (1, 1)]
+    configs = {a: json.loads(open(client.download_artifacts(first.run_id, a)).read())["epochs"]
+               for a in ("config.json", "leg2/config.json")}
+    assert configs == {"config.json": 1, "leg2/config.json": 2}  # each leg's config kept
+
+
+def test_a_new_run_when_there_is_no_checkpoint_to_resume_or_the_run_is_elsewhere(store, tmp_path, caplog):
+    ckpt = tmp_path / "ckpt"
+    crashed = tracking.start(experiment="fresh", checkpoint_dir=ckpt)
+    crashed.finish(status="FAILED")  # before its first checkpoint: a resume starts from scratch
+    fresh = tracking.start(experiment="fresh", checkpoint_dir=ckpt, resume=True)
+    fresh.finish()
+    assert fresh.run_id != crashed.run_id
+    assert json.loads((ckpt / "mlflow-run.json").read_text())["run_id"] == fresh.run_id
+    committed_checkpoint(ckpt, step=5)
+    recorded = json.loads((ckpt / "mlflow-run.json").read_text())
+    (ckpt / "mlflow-run.json").write_text(json.dumps({**recorded, "tracking_uri": "http://elsewhere:5000"}))
+    with caplog.at_level(logging.WARNING, logger="hvdtrain.tracking"):
+        other = tracking.start(experiment="fresh", checkpoint_dir=ckpt, resume=True)
+    other.finish()
+    assert other.run_id not in (fresh.run_id, crashed.run_id)
+    assert "is in another tracking store (http://elsewhere:5000)" in caplog.text
+    MlflowClient(store).delete_run(other.run_id)  # continuing a deleted run would fail every retry
+    with caplog.at_level(logging.WARNING, logger="hvdtrain.tracking"):
+        after_delete = tracking.start(experiment="fresh", checkpoint_dir=ckpt, resume=True)
+    after_delete.finish()
+    assert after_delete.run_id != other.run_id
+    assert MlflowClient(store).get_run(after_delete.run_id).info.status == "FINISHED"
+    assert f"MLflow run {other.run_id} to continue is not in {store} (or deleted)" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_run_file_is_written_when_the_run_is_created_after_an_outage(store, tmp_path, monkeypatch,
+                                                                          mlflow_server):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("HVDTRAIN_RUN_FILE", str(tmp_path / "run.json"))
+    mlflow_server.stop()
+    try:
+        tracker = tracking.start(experiment="late", start_timeout=1, spill_dir=tmp_path / "spill")
+        tracker.log_metrics({"loss": 1.0}, step=0)
+        assert tracker.run_id is None and not (tmp_path / "run.json").exists()
+    finally:
+        mlflow_server.start()
+    assert tracker.finish(timeout=60) is None  # the sender created the run once the server was back
+    run_id = tracker.sending_run_id
+    experiment_id = mlflow_server.client().get_run(run_id).info.experiment_id
+    assert json.loads((tmp_path / "run.json").read_text()) == {
+        "run_id": run_id, "tracking_uri": mlflow_server.uri, "experiment_id": experiment_id}

@@ -35,9 +35,10 @@ def test_keras_metric_histories(keras_job):
     server, ranks = keras_job
     client, run_id = server.client(), ranks[0]["run_id"]
     total_steps = 2 * ranks[0]["steps_per_epoch"]
-    for key in ("loss", "mae", "lr"):
-        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(0, total_steps, 2))
+    for key in ("loss", "mae", "lr"):  # at the optimizer's step count after the update, as in the torch adapter
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(2, total_steps + 1, 2))
     assert [m.value for m in client.get_metric_history(run_id, "lr")] == pytest.approx([0.1] * (total_steps // 2))
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "world_size")] == [(0, 2)]
     history = ranks[0]["history"]  # already averaged over ranks by hk.callbacks()
     assert history == ranks[1]["history"]
     for logged, keras_name in (("epoch_loss", "loss"), ("epoch_mae", "mae"), ("val_loss", "val_loss")):

@@ -25,8 +25,6 @@ from hvdtrain.datasets import digits
 from hvdtrain.keras.tracking import MlflowLogger, log_model
 
 
-
-
 def build_model(dropout: float) -> keras.Model:
     """Two 3x3 convolutions, one 2x2 max-pool, two dense layers: ~140k parameters."""
     return keras.Sequential([
@@ -43,7 +41,6 @@ def with_channel(images):
     return images[..., None]
 
 
-
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
     splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
     model = build_model(args.dropout)
@@ -55,19 +52,18 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     if args.resume:
         meta = hk.load_checkpoint(args.checkpoint_dir, model)
         initial_epoch = meta.epoch if meta is not None else 0
-    callbacks = hk.callbacks()
+    callbacks = []
     if args.checkpoint_dir:
         callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))
-        callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
-    # Equal shards, so every rank runs the same number of steps; Keras reshuffles each shard per epoch.
-    train_x, train_y = hk.shard(with_channel(splits.train.images), splits.train.labels, seed=args.seed)
-    val_x, val_y = hk.shard(with_channel(splits.val.images), splits.val.labels, shuffle=False)
-    history = model.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.epochs,
-                        initial_epoch=initial_epoch, validation_data=(val_x, val_y), callbacks=callbacks,
-                        verbose=1)
+        callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
+    # Each rank trains on an equal shard (so all run the same number of steps), after hk.callbacks();
+    # in elastic mode (hvdtrain run --elastic) hk.fit re-shards when workers leave or join.
+    history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=args.batch_size,
+                     epochs=args.epochs, initial_epoch=initial_epoch, seed=args.seed, callbacks=callbacks,
+                     validation_data=(with_channel(splits.val.images), splits.val.labels), verbose=1)
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     if tracker is not None:
@@ -89,9 +85,9 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(digits.example_parser("Keras 3"), argv)
+    args = cli.parse(digits.example_parser("Keras 3"), argv, step_checkpoints=False)
     ctx = hk.init(seed=args.seed)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 

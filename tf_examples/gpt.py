@@ -30,8 +30,6 @@ from hvdtrain.datasets import text
 from hvdtrain.keras.tracking import MlflowLogger
 
 
-
-
 @keras.saving.register_keras_serializable("hvdtrain_gpt")
 class AddPositions(keras.layers.Layer):
     """Adds a learned embedding of each position (up to ``block``) to the byte embeddings."""
@@ -80,7 +78,6 @@ class CosineDecay(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = self.peak_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-
 @main_process_only
 def generate(model: keras.Model, prompt: str, length: int, temperature: float, block: int, seed: int) -> str:
     """Continue ``prompt`` one sampled byte at a time, seeing at most ``block`` bytes back.
@@ -125,8 +122,9 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # Equal shards, so every rank runs the same number of steps; Keras reshuffles each shard per epoch.
     train_x, train_y = hk.shard(*text.random_windows(corpus.train, args.block, args.windows, args.seed),
                                 seed=args.seed)
-    # optimizer.iterations counts batches, accumulated micro-batches included.
-    callbacks = hk.callbacks() + [CosineDecay(peak_lr, args.epochs * math.ceil(len(train_x) / args.batch_size))]
+    # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch twin.
+    updates_per_epoch = math.ceil(math.ceil(len(train_x) / args.batch_size) / args.accumulation_steps)
+    callbacks = hk.callbacks() + [CosineDecay(peak_lr, args.epochs * updates_per_epoch)]
     if args.checkpoint_dir:
         callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
@@ -134,7 +132,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
                                                        per_rank_batch_size=args.batch_size),
                             "parameters": model.count_params(), "unigram_ce": unigram,
                             "corpus_fingerprint": corpus.fingerprint()})
-        callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
+        callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
     val_x, val_y = hk.shard(val_inputs, val_targets, shuffle=False)
     history = model.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.epochs,
                         initial_epoch=initial_epoch, callbacks=callbacks, verbose=1,
@@ -159,9 +157,9 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(text.example_parser("Keras 3"), argv)
+    args = cli.parse(text.example_parser("Keras 3"), argv, step_checkpoints=False)
     ctx = hk.init(seed=args.seed)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 

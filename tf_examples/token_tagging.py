@@ -23,8 +23,6 @@ from hvdtrain.datasets import tagging
 from hvdtrain.keras.tracking import MlflowLogger
 
 
-
-
 class EncoderBlock(keras.layers.Layer):
     """Pre-norm transformer encoder layer: self-attention, then a feed-forward network."""
 
@@ -92,12 +90,12 @@ def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, da
 
 def main(argv=None) -> None:
     started = time.perf_counter()
-    args = cli.parse(tagging.example_parser("Keras 3"), argv)
+    args = cli.parse(tagging.example_parser("Keras 3"), argv, step_checkpoints=False)
     options = cli.distributed_options(args)
     ctx = hk.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
                                                         per_rank_batch_size=args.batch_size))
@@ -117,7 +115,7 @@ def main(argv=None) -> None:
         heldout = keras_arrays(data.heldout_ids[ctx.rank::ctx.size], data.heldout_labels[ctx.rank::ctx.size])
         callbacks = hk.callbacks()
         if tracker is not None:
-            callbacks.append(MlflowLogger(tracker, per_rank_batch_size=args.batch_size))
+            callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
         if args.checkpoint_dir:
             callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, config=vars(args)))
         model.fit(train[0], train[1], sample_weight=train[2], batch_size=args.batch_size, epochs=args.epochs,

@@ -27,8 +27,6 @@ from hvdtrain.datasets import digits
 from hvdtrain.torch.tracking import log_model
 
 
-
-
 def build_model(dropout: float) -> nn.Module:
     """Two 3x3 convolutions, one 2x2 max-pool, two dense layers: ~140k parameters."""
     return nn.Sequential(
@@ -70,8 +68,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     history = ht.fit(model, optimizer, nn.CrossEntropyLoss(),
                      ht.distributed_loader(as_dataset(splits.train), args.batch_size, seed=args.seed),
                      epochs=args.epochs, val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
-                     metrics={"accuracy": batch_accuracy}, checkpoint_dir=args.checkpoint_dir,
-                     resume=args.resume, tracker=tracker, config=vars(args))
+                     metrics={"accuracy": batch_accuracy}, tracker=tracker, **cli.fit_kwargs(args))
     test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
     if tracker is not None:
         tracker.log_metrics({"test_accuracy": test_accuracy}, step=history.global_step)
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(digits.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 

@@ -31,8 +31,6 @@ from hvdtrain.core.context import Context, main_process_only
 from hvdtrain.datasets import text
 
 
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: causal self-attention, then a 4x MLP, each with a residual."""
 
@@ -116,8 +114,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     val_loader = ht.eval_loader(TensorDataset(torch.from_numpy(val_inputs), torch.from_numpy(val_targets)),
                                 batch_size=64)
     history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
-                     scheduler=scheduler, scheduler_interval="step", checkpoint_dir=args.checkpoint_dir,
-                     resume=args.resume, tracker=tracker, config=vars(args))
+                     scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))
     # A resumed run that had nothing left to train evaluates the restored model.
     val_loss = history["val_loss"][-1] if history.epochs else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
     if tracker is not None:
@@ -139,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(text.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
 

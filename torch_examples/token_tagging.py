@@ -24,8 +24,6 @@ from hvdtrain.core.context import main_process_only
 from hvdtrain.datasets import tagging
 
 
-
-
 class Tagger(nn.Module):
     """Character embedding + a local convolution, a pre-norm transformer encoder, and a per-character
     classifier. Each character attends only to its own line (the lines packed into a row are
@@ -83,7 +81,7 @@ def main(argv=None) -> None:
     ctx = ht.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None)
-    with tracking.tracked(vars(args), args.experiment, enabled=not args.no_tracking) as tracker:
+    with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
                                                         per_rank_batch_size=args.batch_size))
@@ -94,8 +92,7 @@ def main(argv=None) -> None:
                                              seed=args.seed)
         heldout_loader = ht.eval_loader(as_dataset(data.heldout_ids, data.heldout_labels), batch_size=256)
         history = ht.fit(model, optimizer, loss_fn, train_loader, epochs=args.epochs, val_loader=heldout_loader,
-               metrics={"char_accuracy": char_accuracy}, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-               tracker=tracker, config=vars(args))
+                         metrics={"char_accuracy": char_accuracy}, tracker=tracker, **cli.fit_kwargs(args))
 
         model.eval()
 

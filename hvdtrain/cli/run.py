@@ -1,105 +1,94 @@
 """``hvdtrain run``: launch a training script on N workers through horovodrun.
 
 What it adds to plain horovodrun: user errors caught before any worker starts (one line each),
-MLflow prepared once and passed to every worker, Gloo by default, and the job's exit status.
+MLflow prepared once and passed to every worker, Gloo by default, bounds on hung jobs
+(``--hang-timeout``), elastic mode checked before launch, and one line that explains a failed
+job (``JobMonitor``) instead of horovodrun's traceback, with the MLflow run marked FAILED.
 """
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from ..core import tuning
 from .errors import CliError
+from .job import JobMonitor
 
 FRAMEWORKS = ("auto", "torch", "keras")
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+DISCOVERY_TIMEOUT_S = 5
+COOLDOWN_LIMITS = (1, 3600)  # what horovodrun accepts for --blacklist-cooldown-range
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("run", help="launch SCRIPT on N workers (horovodrun, Gloo by default)")
-    parser.add_argument("-np", "--num-proc", dest="np", type=int, required=True, help="number of workers")
+    parser.add_argument("-np", "--num-proc", dest="np", type=int, help="number of workers (elastic: to start with)")
     hosts = parser.add_mutually_exclusive_group()
     hosts.add_argument("-H", "--hosts", help="host:slots,... (default localhost:NP)")
     hosts.add_argument("--hostfile", help="file of 'host slots=N' lines")
     parser.add_argument("--mpi", action="store_true", help="use MPI instead of Gloo (Horovod built with MPI)")
     parser.add_argument("--framework", default="auto", help=f"one of {', '.join(FRAMEWORKS)}: checked before launch")
     parser.add_argument("--ssh-port", type=int, default=22, help="SSH port of remote hosts")
+    parser.add_argument("--hang-timeout", type=int, default=None, metavar="SECONDS",
+                        help=f"end a job whose workers froze or diverged within about this long "
+                             f"(default ${tuning.HANG_TIMEOUT_ENV} or {tuning.DEFAULT_HANG_TIMEOUT})")
+    elastic = parser.add_argument_group("elastic mode (Horovod elastic on Gloo)")
+    elastic.add_argument("--elastic", action="store_true", help="survive worker failures; hosts may come and go")
+    elastic.add_argument("--min-np", type=int, help="fewest workers training may continue with")
+    elastic.add_argument("--max-np", type=int, help="most workers the job scales up to")
+    elastic.add_argument("--host-discovery-script", metavar="PATH",
+                         help="executable printing the available 'host:slots' lines")
+    elastic.add_argument("--blacklist-cooldown-range", type=int, nargs=2, metavar=("MIN", "MAX"),
+                         help="let a host whose worker failed rejoin after a cooldown (MIN*2^failures s, "
+                              "at most MAX); without it the host is left out for the rest of the job")
     parser.add_argument("script", help="the training script (python file)")
     parser.add_argument("args", nargs="...", help="arguments passed to the script")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
-    command = build_command(args)
-    env = worker_env(multi_host=any(not _is_local(h) for h, _ in _hosts(args)))
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
-    failure = _relay_launcher_stderr(proc.stderr)
-    returncode = proc.wait()
-    if returncode == 0:
-        return 0
-    if failure is None:
-        return returncode
-    rank, status = failure
-    print(f"hvdtrain: worker {rank} exited with status {status}; the job was stopped", file=sys.stderr)
-    return status if 0 < status < 256 else 1
+    hosts = _check_request(args)
+    command = build_command(args, hosts)
+    fd, run_file = tempfile.mkstemp(prefix="hvdtrain-run-", suffix=".json")
+    os.close(fd)
+    try:
+        env = worker_env(multi_host=any(not _is_local(h) for h, _ in hosts), hang_timeout=args.hang_timeout)
+        env["HVDTRAIN_RUN_FILE"] = run_file
+        monitor = JobMonitor(rank_hosts=_rank_hosts(hosts, args.np) if not args.elastic else {},
+                             elastic=args.elastic, checkpoint_dir=_option(args.args, "--checkpoint-dir"),
+                             run_file=Path(run_file))
+        return monitor.run(command, env)
+    finally:
+        Path(run_file).unlink(missing_ok=True)
 
 
-def _relay_launcher_stderr(stream) -> tuple[int, int] | None:
-    """Forward horovodrun's own stderr, minus the Python traceback it prints when a worker fails.
-
-    Workers' output reaches horovodrun's stdout (rank-prefixed) and passes straight through.
-    Returns (rank, exit status) of the first failed worker, if horovodrun named one; any other
-    traceback (a launcher error) is printed in full.
-    """
-    traceback: list[str] = []
-    rank = status = None
-    for line in stream:
-        if line.startswith("Traceback (most recent call last):"):
-            traceback = [line]
-        elif traceback:
-            traceback.append(line)
-            if match := re.match(r"Process name: (\d+)", line):
-                rank = int(match.group(1))
-            elif match := re.match(r"Exit code: (-?\d+)", line):
-                status = int(match.group(1))
-        else:
-            sys.stderr.write(line)
-    if rank is not None and status is not None:
-        return rank, status
-    sys.stderr.writelines(traceback)
-    return None
-
-
-def build_command(args) -> list[str]:
-    """Validate the request and return the horovodrun command line; ``CliError`` on bad input."""
-    if args.np < 1:
-        raise CliError(f"-np must be >= 1, got {args.np}")
-    if args.framework not in FRAMEWORKS:
-        raise CliError(f"unknown framework {args.framework!r}; allowed: {', '.join(FRAMEWORKS)}")
-    script = Path(args.script)
-    if not script.is_file():
-        raise CliError(f"script not found: {args.script}")
-    hosts = _hosts(args)
-    slots = sum(slot for _, slot in hosts)
-    if args.np > slots:
-        raise CliError(f"-np {args.np} needs {args.np} slots but the hosts offer {slots} "
-                       f"({','.join(f'{h}:{s}' for h, s in hosts)})")
-    for host, _ in hosts:
-        if not _is_local(host):
-            _check_reachable(host, args.ssh_port)
-    if args.framework != "auto":
-        _check_framework(args.framework)
+def build_command(args, hosts: list[tuple[str, int]]) -> list[str]:
+    """The horovodrun command line for a request ``_check_request`` accepted."""
     horovodrun = Path(sys.executable).parent / "horovodrun"
-    return [str(horovodrun), "-np", str(args.np), "-H", ",".join(f"{h}:{s}" for h, s in hosts),
-            "--mpi" if args.mpi else "--gloo", "-p", str(args.ssh_port),
-            sys.executable, str(script), *args.args]
+    if args.elastic:
+        placement = ["--min-np", str(args.min_np), "--host-discovery-script",
+                     shlex.quote(str(Path(args.host_discovery_script).absolute()))]
+        placement += ["--max-np", str(args.max_np)] if args.max_np else []
+        if args.blacklist_cooldown_range:
+            placement += ["--blacklist-cooldown-range", *map(str, args.blacklist_cooldown_range)]
+        if all(_is_local(h) for h, _ in hosts):
+            # Elastic Gloo otherwise waits for a second host to agree on a network interface.
+            placement += ["--network-interface", "lo"]
+    else:
+        placement = ["-H", ",".join(f"{h}:{s}" for h, s in hosts)]
+    return [str(horovodrun), "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo",
+            "-p", str(args.ssh_port), sys.executable, str(args.script), *args.args]
 
 
-def worker_env(multi_host: bool) -> dict[str, str]:
-    """This environment plus the MLflow settings every worker must share."""
+def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, str]:
+    """This environment plus the MLflow settings every worker must share, and the hang bounds
+    (applied here too, so scripts that call ``hvd.init()`` themselves get them)."""
     from ..tracking import prepare_local_store
 
     env = dict(os.environ)
@@ -109,27 +98,165 @@ def worker_env(multi_host: bool) -> dict[str, str]:
                   "is used; set it to a shared tracking server", file=sys.stderr)
         env["MLFLOW_TRACKING_URI"] = prepare_local_store()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if hang_timeout is not None:
+        env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
+    tuning.apply_horovod_defaults(env)
     return env
 
 
-def _hosts(args) -> list[tuple[str, int]]:
-    from horovod.runner.common.util.hosts import parse_host_files
-
-    if args.hostfile:
-        if not Path(args.hostfile).is_file():
-            raise CliError(f"hostfile not found: {args.hostfile}")
-        spec = parse_host_files(args.hostfile)
-        if not spec:
-            raise CliError(f"hostfile {args.hostfile} lists no hosts ('host slots=N' lines)")
+def _check_request(args) -> list[tuple[str, int]]:
+    """Validate the request before anything starts; returns the hosts. ``CliError`` on bad input."""
+    if args.framework not in FRAMEWORKS:
+        raise CliError(f"unknown framework {args.framework!r}; allowed: {', '.join(FRAMEWORKS)}")
+    if args.hang_timeout is not None:
+        try:
+            tuning.check_hang_timeout(args.hang_timeout)
+        except ValueError as err:
+            raise CliError(f"--hang-timeout: {err}") from None
     else:
-        spec = args.hosts or f"localhost:{max(args.np, 1)}"
+        try:
+            tuning.hang_timeout()
+        except ValueError as err:
+            raise CliError(str(err)) from None
+    if args.elastic:
+        hosts = _check_elastic(args)
+    else:
+        hosts = _check_static(args)
+    if not Path(args.script).is_file():
+        raise CliError(f"script not found: {args.script}")
+    for host, _ in hosts:
+        if not _is_local(host):
+            _check_reachable(host, args.ssh_port)
+    if args.framework != "auto":
+        _check_framework(args.framework)
+    return hosts
+
+
+def _check_static(args) -> list[tuple[str, int]]:
+    for flag, value in (("--min-np", args.min_np), ("--max-np", args.max_np),
+                        ("--host-discovery-script", args.host_discovery_script),
+                        ("--blacklist-cooldown-range", args.blacklist_cooldown_range)):
+        if value is not None:
+            raise CliError(f"{flag} needs --elastic")
+    if args.np is None:
+        raise CliError("-np is required (or --elastic with --min-np)")
+    if args.np < 1:
+        raise CliError(f"-np must be >= 1, got {args.np}")
+    hosts = _hosts(args)
+    slots = sum(slot for _, slot in hosts)
+    if args.np > slots:
+        raise CliError(f"-np {args.np} needs {args.np} slots but the hosts offer {slots} "
+                       f"({','.join(f'{h}:{s}' for h, s in hosts)})")
+    return hosts
+
+
+def _check_elastic(args) -> list[tuple[str, int]]:
+    """Elastic flags and the discovery script (run once now); fills in ``args.min_np``/``args.np``."""
+    if args.hosts or args.hostfile:
+        raise CliError("--elastic takes its hosts from --host-discovery-script, not -H/--hostfile")
+    if args.mpi:
+        raise CliError("--elastic runs on Gloo; drop --mpi")
+    if not args.host_discovery_script:
+        raise CliError("--elastic needs --host-discovery-script")
+    args.min_np = args.min_np if args.min_np is not None else args.np
+    if args.min_np is None:
+        raise CliError("--elastic needs --min-np (or -np)")
+    if args.min_np < 1:
+        raise CliError(f"--min-np must be >= 1, got {args.min_np}")
+    if args.max_np is not None and args.max_np < args.min_np:
+        raise CliError(f"--max-np {args.max_np} is below --min-np {args.min_np}")
+    if args.blacklist_cooldown_range:
+        low, high = args.blacklist_cooldown_range
+        if not COOLDOWN_LIMITS[0] <= low <= high <= COOLDOWN_LIMITS[1]:
+            raise CliError(f"--blacklist-cooldown-range {low} {high}: need {COOLDOWN_LIMITS[0]} <= MIN <= MAX "
+                           f"<= {COOLDOWN_LIMITS[1]} seconds")
+    hosts = discover_hosts(args.host_discovery_script)
+    slots = sum(s for _, s in hosts)
+    if args.np is None:
+        args.np = max(args.min_np, min(slots, args.max_np or slots))
+    if not args.min_np <= args.np <= (args.max_np or args.np):
+        raise CliError(f"-np {args.np} must lie between --min-np {args.min_np} and --max-np {args.max_np}")
+    if slots < args.np:
+        print(f"hvdtrain: warning: the discovery script offers {slots} slots for -np {args.np}; horovodrun "
+              f"waits for more (up to its --elastic-timeout)", file=sys.stderr)
+    return hosts
+
+
+def discover_hosts(script: str) -> list[tuple[str, int]]:
+    """Run the host discovery script as horovodrun will, and check what it prints."""
+    path = Path(script)
+    if not path.is_file():
+        raise CliError(f"host discovery script not found: {script}")
+    if not os.access(path, os.X_OK):
+        raise CliError(f"host discovery script {script} is not executable (chmod +x {script})")
+    try:
+        done = subprocess.run([str(path.absolute())], capture_output=True, text=True, timeout=DISCOVERY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise CliError(f"host discovery script {script} did not finish within {DISCOVERY_TIMEOUT_S} s "
+                       f"(horovodrun runs it every second)") from None
+    except OSError as err:
+        raise CliError(f"host discovery script {script} cannot run: {err.strerror or err}") from None
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise CliError(f"host discovery script {script} exited with status {done.returncode}: {detail}")
     hosts = []
-    for item in spec.split(","):
+    for line in filter(None, (l.strip() for l in done.stdout.splitlines())):
+        match = re.fullmatch(r"([^:\s]+):([1-9]\d*)", line)
+        if not match:
+            raise CliError(f"host discovery script {script} printed {line!r}: expected 'host:slots' lines, "
+                           f"e.g. node1:4")
+        hosts.append((match.group(1), int(match.group(2))))
+    if not hosts:
+        raise CliError(f"host discovery script {script} printed no hosts (expected 'host:slots' lines)")
+    return hosts
+
+
+def _hosts(args) -> list[tuple[str, int]]:
+    if args.hostfile:
+        return _read_hostfile(Path(args.hostfile))
+    hosts = []
+    for item in (args.hosts or f"localhost:{max(args.np, 1)}").split(","):
         match = re.fullmatch(r"\s*([^:\s]+)(?::(\d+))?\s*", item)
         if not match:
             raise CliError(f"bad host {item!r}: use host:slots, e.g. node1:4")
         hosts.append((match.group(1), int(match.group(2) or 1)))
     return hosts
+
+
+def _read_hostfile(path: Path) -> list[tuple[str, int]]:
+    """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment), as MPI reads them."""
+    if not path.is_file():
+        raise CliError(f"hostfile not found: {path}")
+    hosts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        match = re.fullmatch(r"(\S+)(?:\s+slots\s*=\s*(\d+))?", text)
+        if not match:
+            raise CliError(f"hostfile {path} line {number}: {text!r} is not 'host slots=N'")
+        hosts.append((match.group(1), int(match.group(2) or 1)))
+    if not hosts:
+        raise CliError(f"hostfile {path} lists no hosts ('host slots=N' lines)")
+    return hosts
+
+
+def _rank_hosts(hosts: list[tuple[str, int]], np: int) -> dict[int, str]:
+    """Rank -> host, by Horovod's own assignment, so names match what horovodrun started."""
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+
+    plan = get_host_assignments(parse_hosts(",".join(f"{h}:{s}" for h, s in hosts)), np)
+    return {slot.rank: slot.hostname for slot in plan}
+
+
+def _option(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in the script's arguments (``--flag V`` or ``--flag=V``), if given."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _is_local(host: str) -> bool:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Any
 
 from .context import Context, main_process_only
@@ -12,7 +14,7 @@ from .options import Compression, DistributedOptions, LRScaling, ReduceOp
 def training_parser(description: str, *, epochs: int, batch_size: int, lr: float,
                     warmup_steps: int = 0) -> argparse.ArgumentParser:
     """A parser with the data-parallel flags; ``batch_size`` is per worker."""
-    parser = argparse.ArgumentParser(description=description,
+    parser = _OneLineErrors(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=_positive, default=epochs)
@@ -26,17 +28,31 @@ def training_parser(description: str, *, epochs: int, batch_size: int, lr: float
     group.add_argument("--seed", type=int, default=0)
     group = parser.add_argument_group("checkpoints and tracking")
     group.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every epoch")
-    group.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --checkpoint-dir")
+    group.add_argument("--checkpoint-every", type=_positive, default=None, metavar="STEPS",
+                       help="also save a checkpoint every STEPS optimizer steps (default: at each epoch's end only)")
+    group.add_argument("--resume", action="store_true",
+                       help="continue from the newest valid checkpoint in --checkpoint-dir, on any number of workers, "
+                            "and continue its MLflow run; with no checkpoint there yet, start from scratch (so it "
+                            "can always be passed)")
+    group.add_argument("--log-every", type=_positive, default=10, metavar="STEPS",
+                       help="log the loss, LR and samples/s to MLflow every STEPS optimizer steps")
     group.add_argument("--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME)")
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     group.add_argument("--results", default=None, help="write the final metrics to this JSON file (rank 0)")
     return parser
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
+          step_checkpoints: bool = True) -> argparse.Namespace:
+    """Parse and check the flags together; ``step_checkpoints=False``: the script saves checkpoints
+    only at each epoch's end, so ``--checkpoint-every`` is refused rather than ignored."""
     args = parser.parse_args(argv)
-    if args.resume and not args.checkpoint_dir:
-        parser.error("--resume needs --checkpoint-dir")
+    for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
+        if value and not args.checkpoint_dir:
+            parser.error(f"{flag} needs --checkpoint-dir")
+    if args.checkpoint_every and not step_checkpoints:
+        parser.error("--checkpoint-every is not supported by this script yet: it saves a checkpoint at each "
+                     "epoch's end")
     return args
 
 
@@ -50,6 +66,19 @@ def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "op": args.op, "accumulation_steps": args.accumulation_steps}
 
 
+def tracking_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as keyword arguments of ``hvdtrain.tracking.tracked``: the config, and the
+    checkpoint directory whose run a resumed job continues."""
+    return {"config": vars(args), "experiment": args.experiment, "enabled": not args.no_tracking,
+            "checkpoint_dir": args.checkpoint_dir, "resume": args.resume}
+
+
+def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as keyword arguments of ``hvdtrain.torch.fit``: checkpoints, resume, logging."""
+    return {"checkpoint_dir": args.checkpoint_dir, "checkpoint_every": args.checkpoint_every,
+            "resume": args.resume, "log_every": args.log_every, "config": vars(args)}
+
+
 @main_process_only
 def write_results(args: argparse.Namespace, ctx: Context, *, example: str, metric_name: str, metric: float,
                   wall_time_s: float, run_id: str | None, **extra: Any) -> None:
@@ -59,6 +88,16 @@ def write_results(args: argparse.Namespace, ctx: Context, *, example: str, metri
             json.dump({"framework": ctx.framework, "example": example, "workers": ctx.size,
                        "metric_name": metric_name, "metric": metric, "wall_time_s": wall_time_s,
                        "run_id": run_id, **extra}, f, indent=1)
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """A bad flag is one line (``prog: error: ...``, exit 2), from rank 0 only under horovodrun,
+    instead of argparse's usage block from every rank; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        if os.environ.get("HOROVOD_RANK", "0") == "0":
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _positive(text: str) -> int:

@@ -7,26 +7,39 @@ Both files are written to a temporary name and renamed, which is atomic on POSIX
 
 Data parallelism keeps every rank's weights identical, so a checkpoint holds one full copy and
 resumes on any number of workers; ``base_lrs`` lets the adapter re-scale the LR for the new size.
+
+Bad input: resuming from a directory skips (with a one-line warning) a partial or corrupt newest
+checkpoint in favour of the previous good one; a checkpoint of another model or framework stops
+the job on every rank; a failed save (full disk, a directory that is a file) removes its temporary
+file, keeps the checkpoints already written and stops the job, all with one line naming the file.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from .context import Context
+from .context import Context, main_process_only
+from .guards import UserError
 
 _NAME = re.compile(r"^step-(\d+)\.json$")
+# Without logging configured, Python prints a warning as its bare message: one line.
+log = logging.getLogger("hvdtrain.checkpoint")
+log.setLevel(logging.WARNING)  # importing mlflow.pytorch raises the root logger's level to ERROR
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file that cannot be used, or written; the message names the file."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A payload that cannot be read at all (truncated, not a checkpoint): an older one may do."""
 
 
 @dataclass
@@ -80,10 +93,17 @@ class CheckpointDir:
             raise CheckpointError(f"{self.root} holds a checkpoint of a later step ({newest[0][0]} > {meta.step}), "
                                   f"from another run: resume from it or use a new checkpoint directory")
         payload = self.payload_path(meta.step)
-        atomic_write(payload, write_payload, suffix=self.extension)
         meta.payload = payload.name
         sidecar = payload.with_suffix(".json")
-        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(asdict(meta), indent=1)))
+        try:
+            atomic_write(payload, write_payload, suffix=self.extension)
+            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(asdict(meta), indent=1)))
+        except Exception as err:  # a full disk surfaces as OSError, or as the framework's own error
+            if payload.exists() and not sidecar.exists():
+                payload.unlink()  # never committed: it would only be a partial checkpoint
+            kept = self.checkpoints()
+            raise CheckpointError(f"{payload}: cannot write checkpoint ({type(err).__name__}: {first_line(err)})"
+                                  + (f"; {kept[-1][1].stem} and older are kept" if kept else "")) from None
         self._prune()
         return payload
 
@@ -95,13 +115,31 @@ class CheckpointDir:
         return sorted(found)
 
     def latest(self) -> tuple[Path, CheckpointMeta] | None:
-        """The newest checkpoint whose sidecar and payload are intact; broken ones are skipped."""
+        """The newest checkpoint whose sidecar and payload are present; broken ones are skipped."""
+        return next(self.candidates(), None)
+
+    def candidates(self) -> Iterator[tuple[Path, CheckpointMeta]]:
+        """(payload, metadata) of each checkpoint, newest first; a partial one (a payload whose
+        save was cut short before its sidecar) or one with a broken sidecar is skipped with a warning."""
+        committed = {sidecar.with_suffix(self.extension) for _, sidecar in self.checkpoints()}
+        if self.root.is_dir():
+            for orphan in sorted(self.root.glob(f"step-*{self.extension}")):
+                if orphan not in committed:
+                    warn_skipped(orphan, f"partial checkpoint ({orphan.with_suffix('.json').name} missing)")
         for _, sidecar in reversed(self.checkpoints()):
             try:
-                return read_meta(sidecar)
+                yield read_meta(sidecar)
             except CheckpointError as err:
-                warnings.warn(f"skipping checkpoint: {err}", stacklevel=2)
-        return None
+                warn_skipped(sidecar, str(err))
+
+    def check_writable(self) -> None:
+        """``CheckpointError`` now, rather than after an epoch of training, if saving must fail."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.root).close()
+        except OSError as err:
+            raise CheckpointError(f"{self.root}: cannot write checkpoints there ({type(err).__name__}: "
+                                  f"{first_line(err)})") from None
 
     def _prune(self) -> None:
         for _, sidecar in self.checkpoints()[: -self.keep]:
@@ -113,35 +151,81 @@ class CheckpointDir:
 def find(path: str | os.PathLike, extension: str) -> tuple[Path, CheckpointMeta] | None:
     """A checkpoint file (payload or sidecar), or the newest valid one in a directory; ``None`` for
     a directory without checkpoints, or not created yet (a fresh start)."""
-    path = Path(path)
-    if path.suffix in (extension, ".json"):
-        return read_meta(path)
-    return CheckpointDir(path, extension).latest()
+    return next(_found(Path(path), extension), None)
+
+
+def _found(path: Path, extension: str) -> Iterator[tuple[Path, CheckpointMeta]]:
+    """The checkpoint a file names, or a directory's checkpoints newest first."""
+    if _names_a_file(path, extension):
+        yield read_meta(path)
+    else:
+        yield from CheckpointDir(path, extension).candidates()
+
+
+def _names_a_file(path: Path, extension: str) -> bool:
+    return path.suffix in (extension, ".json") or path.is_file()
 
 
 def load_on_main(ctx: Context, path: str | os.PathLike, extension: str,
                  restore: Callable[[Path], None]) -> CheckpointMeta | None:
     """Rank 0 finds the checkpoint and ``restore``s its payload; every rank returns its metadata
-    (``None``: nothing to resume) or raises the same ``CheckpointError``, so no rank is left
-    waiting in a collective while another has failed. The caller broadcasts the restored state."""
-    outcome: tuple[CheckpointMeta | None, str | None] = (None, None)
+    (``None``: nothing to resume) or raises the same ``CheckpointError``. The caller broadcasts
+    the restored state.
+
+    In a directory, a checkpoint that ``restore`` finds corrupt (``CorruptCheckpointError``) is
+    skipped with a warning for the next older one; one that does not fit the model is an error.
+    """
+    return _on_main(ctx, path, lambda: _restore_newest(Path(path), extension, restore))
+
+
+def check_writable(ctx: Context, directory: str | os.PathLike) -> None:
+    """Collective, before training: every rank raises the same ``CheckpointError`` if rank 0
+    cannot write checkpoints into ``directory``, instead of rank 0 alone after an epoch."""
+    _on_main(ctx, directory, CheckpointDir(directory, "").check_writable)
+
+
+def _on_main(ctx: Context, path: str | os.PathLike, work: Callable[[], Any]) -> Any:
+    """``work()``'s result on rank 0, broadcast; or the same ``CheckpointError`` on every rank,
+    so no rank is left waiting in a collective while another has failed."""
+    outcome: tuple[Any, str | None] = (None, None)
     if ctx.is_main:
         try:
-            found = find(path, extension)
-            if found is not None:
-                restore(found[0])
-                outcome = (found[1], None)
+            outcome = (work(), None)
         except Exception as err:
             outcome = (None, str(err) if isinstance(err, CheckpointError) else
                        f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})")
-    meta, error = ctx.broadcast_object(outcome, 0)
+    result, error = ctx.broadcast_object(outcome, 0)
     if error:
-        raise CheckpointError(error)
-    return meta
+        raise CheckpointError(error, collective=True)
+    return result
 
 
-def first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else "no detail"
+def _restore_newest(path: Path, extension: str, restore: Callable[[Path], None]) -> CheckpointMeta | None:
+    for payload, meta in _found(path, extension):
+        if not payload.name.endswith(extension):
+            raise CheckpointError(f"{payload}: a {meta.framework} checkpoint; this job needs a {extension} file")
+        try:
+            restore(payload)
+            return meta
+        except CorruptCheckpointError as err:
+            if _names_a_file(path, extension):
+                raise
+            warn_skipped(payload, str(err))
+    log.warning("hvdtrain: warning: no checkpoint to resume from in %s; training from scratch", path)
+    return None
+
+
+@main_process_only
+def warn_skipped(path: Path, reason: str) -> None:
+    log.warning("hvdtrain: warning: skipping checkpoint %s: %s", path.name, reason.replace(f"{path}: ", ""))
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An error's message as one line: its first line, plus the next when the first is only a
+    heading ("Error(s) in loading state_dict for Sequential:"), cut at ``limit`` characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["no detail"]
+    line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def read_meta(path: str | os.PathLike) -> tuple[Path, CheckpointMeta]:

@@ -25,6 +25,13 @@ class Context:
     device: str
     broadcast_object: Callable[[Any, int], Any] = field(repr=False)
     average: Callable[[Mapping[str, float]], dict[str, float]] = field(repr=False)
+    # Rank, size, local rank, local size as Horovod sees them now (None: a job that cannot change).
+    membership: Callable[[], tuple[int, int, int, int]] | None = field(default=None, repr=False)
+
+    def refresh(self) -> None:
+        """Re-read rank, size, local rank and local size after Horovod re-initialised (an elastic
+        membership change); updated in place, so every holder of this context sees the new job."""
+        self.rank, self.size, self.local_rank, self.local_size = self.membership()
 
     @property
     def is_main(self) -> bool:

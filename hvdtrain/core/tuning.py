@@ -1,8 +1,9 @@
 """Horovod settings hvdtrain starts workers with, unless the user set them.
 
 Applied by ``hvdtrain.torch.init`` and ``hvdtrain.keras.init`` right before ``hvd.init()`` (Horovod
-reads them there, once). Each value is justified by ``hvdtrain bench`` runs recorded in
-BENCHMARKS.md. ``HVDTRAIN_HOROVOD_DEFAULTS=0`` keeps Horovod's own defaults.
+reads them there, once), and by ``hvdtrain run`` for every worker. Each performance value is
+justified by ``hvdtrain bench`` runs recorded in BENCHMARKS.md. ``HVDTRAIN_HOROVOD_DEFAULTS=0``
+keeps Horovod's own defaults.
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import os
 from typing import Mapping, MutableMapping
 
 SWITCH = "HVDTRAIN_HOROVOD_DEFAULTS"
+HANG_TIMEOUT_ENV = "HVDTRAIN_HANG_TIMEOUT"
+DEFAULT_HANG_TIMEOUT = 300
+MIN_HANG_TIMEOUT = 8
 
 # Empty on purpose, for now: on the 2-core CPU host every setting tried (HOROVOD_CYCLE_TIME 0.1 and
 # 5 ms, HOROVOD_THREAD_AFFINITY, HOROVOD_CACHE_CAPACITY) made horovod.torch's blocking allreduce
@@ -18,9 +22,47 @@ SWITCH = "HVDTRAIN_HOROVOD_DEFAULTS"
 HOROVOD_DEFAULTS: Mapping[str, str] = {}
 
 
+def hang_settings(timeout: int) -> dict[str, str]:
+    """Horovod's settings that end a hung job within about ``timeout`` seconds.
+
+    A frozen peer: Gloo gives up on a receive after ``HOROVOD_GLOO_TIMEOUT_SECONDS`` (default 30).
+    Diverged ranks (a collective some ranks never submit): Horovod's stall inspector warns after
+    the check time and shuts the job down after the shutdown time (default: never). It checks only
+    every check-time seconds, and a collective served from the response cache first waits one
+    check to be taken out of the cache, so the worst case is 3 check times + the shutdown time:
+    a quarter of the bound each. The Gloo timeout also bounds ``hvd.init``'s rendezvous, hence
+    the minimum.
+    """
+    quarter = str(max(1, timeout // 4))
+    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout), "HOROVOD_STALL_CHECK_TIME_SECONDS": quarter,
+            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": quarter}
+
+
+def hang_timeout(environ: Mapping[str, str] = os.environ) -> int:
+    """``HVDTRAIN_HANG_TIMEOUT`` in seconds (default 300); ``ValueError`` naming it when invalid."""
+    text = environ.get(HANG_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_HANG_TIMEOUT
+    try:
+        return check_hang_timeout(int(text))
+    except ValueError:
+        raise ValueError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
+                         f"got {text!r}") from None
+
+
+def check_hang_timeout(seconds: int) -> int:
+    if seconds < MIN_HANG_TIMEOUT:
+        raise ValueError(f"the hang timeout must be >= {MIN_HANG_TIMEOUT} s (Gloo's rendezvous at start-up "
+                         f"needs that much), got {seconds}")
+    return seconds
+
+
 def apply_horovod_defaults(environ: MutableMapping[str, str] = os.environ,
-                           defaults: Mapping[str, str] = HOROVOD_DEFAULTS) -> dict[str, str]:
-    """Set each default not already in ``environ``; returns the values now in effect for those keys."""
+                           defaults: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Set each default not already in ``environ``; returns the values now in effect for those keys.
+    ``defaults`` (for tests) replaces the performance defaults and the hang settings."""
     if environ.get(SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return {}
+    if defaults is None:
+        defaults = {**HOROVOD_DEFAULTS, **hang_settings(hang_timeout(environ))}
     return {key: environ.setdefault(key, value) for key, value in defaults.items()}

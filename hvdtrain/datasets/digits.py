@@ -8,7 +8,6 @@ small test set. No torch or TensorFlow here; the examples add the channel axis t
 from __future__ import annotations
 
 import argparse
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,9 +15,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ..core.context import Context, current
-
 from ..core import args as cli
+from ..core.context import Context, current
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -101,8 +99,17 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
     parser = cli.training_parser(f"Train a small CNN on scikit-learn's digits with {framework} on Horovod.",
                                  epochs=15, batch_size=32, lr=1e-3)
     group = parser.add_argument_group("digits")
-    group.add_argument("--train-samples", type=int, default=None,
+    group.add_argument("--train-samples", type=_train_samples, default=None,
                        help="train on a stratified subset of this many images; default: all of it")
     group.add_argument("--dropout", type=float, default=0.25)
     group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
     return parser
+
+
+def _train_samples(text: str) -> int:
+    """``--train-samples``, refused at parse time (one line) rather than by every rank after init."""
+    value, most = int(text), len(load_splits().train)  # the split's sizes do not depend on the seed
+    if not NUM_CLASSES <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be between {NUM_CLASSES} (one per class) and {most} "
+                                         f"(the training split), got {value}")
+    return value

@@ -11,7 +11,6 @@ rank (and both frameworks) builds the same arrays; ranks must run the same Pytho
 from __future__ import annotations
 
 import argparse
-
 import io
 import keyword
 import tokenize
@@ -23,7 +22,7 @@ import numpy as np
 
 from ..core import args as cli
 from ..core.context import Context
-from .text import source_files, split_files, stdlib_root
+from .text import data_dir, read_file, source_files, split_files, stdlib_root
 
 CATEGORIES = ("KEYWORD", "NAME", "OP", "NUMBER", "STRING", "COMMENT")
 LABELS = ("O", *(f"{prefix}-{category}" for category in CATEGORIES for prefix in "BI"))
@@ -104,8 +103,7 @@ def read_lines(files: Iterable[Path], max_len: int) -> list[tuple[str, list[int]
     lines = []
     for path in files:
         try:
-            with tokenize.open(path) as source:
-                tagged = list(tag_source(source.read()))
+            tagged = list(tag_source(read_file(path, text=True)))
         except (SyntaxError, UnicodeDecodeError, tokenize.TokenError):
             continue  # not valid Python for this interpreter: nothing to learn from
         lines += [(line, bio_labels(spans, len(line))) for line, spans in tagged if len(line) <= max_len]
@@ -235,6 +233,8 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
     parser = cli.training_parser(f"BERT-style token classification of Python source, {framework} on Horovod.",
                                  epochs=2, batch_size=32, lr=2e-3, warmup_steps=30)
     group = parser.add_argument_group("data and model")
+    group.add_argument("--data-dir", type=data_dir, default=None,
+                       help="tag the .py files under this directory; default: the Python standard library")
     group.add_argument("--files", type=int, default=250, help="standard-library files to read (all: 0)")
     group.add_argument("--train-lines", type=int, default=40000, help="training lines to use (all: 0)")
     group.add_argument("--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)")

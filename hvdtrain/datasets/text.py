@@ -8,15 +8,16 @@ Python version, builds the same corpus without talking to the others.
 from __future__ import annotations
 
 import argparse
-
 import hashlib
 import sysconfig
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core import args as cli
+from ..core.guards import UserError
 
 VOCAB_SIZE = 256  # bytes
 # Third-party packages differ between machines; test suites are stripped by some builds (the
@@ -24,8 +25,26 @@ VOCAB_SIZE = 256  # bytes
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
 
 
+class DataError(UserError, ValueError):
+    """Data that cannot be read; the message names the file or directory."""
+
+
 def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
+
+
+def data_dir(text: str) -> Path:
+    """``--data-dir``: a directory with at least 2 ``.py`` files, checked at parse time, so a
+    wrong path is one argparse line before any worker starts training."""
+    root = Path(text)
+    if not root.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory" if not root.exists() else
+                                         f"{text}: not a directory")
+    found = len(source_files(root))
+    if found < 2:
+        raise argparse.ArgumentTypeError(f"{text}: {found} Python files (outside {', '.join(sorted(EXCLUDED_DIRS))});"
+                                         f" need at least 2 for a train/validation split")
+    return root
 
 
 def source_files(root: str | Path | None = None) -> list[str]:
@@ -59,10 +78,21 @@ def read_bytes(root: str | Path, files: list[str], max_bytes: int) -> np.ndarray
     for name in files:
         if total >= max_bytes:
             break
-        data = (Path(root) / name).read_bytes()[:max_bytes - total]
+        data = read_file(Path(root) / name)[:max_bytes - total]
         chunks.append(data)
         total += len(data)
     return np.frombuffer(b"".join(chunks), dtype=np.uint8)
+
+
+def read_file(path: Path, text: bool = False) -> bytes | str:
+    """The file's bytes, or with ``text`` its decoded source; ``DataError`` naming it if unreadable."""
+    try:
+        if not text:
+            return path.read_bytes()
+        with tokenize.open(path) as source:  # honours the file's encoding declaration
+            return source.read()
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err.strerror or err})") from None
 
 
 @dataclass(frozen=True)
@@ -154,6 +184,8 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
     parser = cli.training_parser(f"Train a small GPT on the Python standard library's source, {framework} on Horovod.",
                                  epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
     group = parser.add_argument_group("data")
+    group.add_argument("--data-dir", type=data_dir, default=None,
+                       help="train on the .py files under this directory; default: the Python standard library")
     group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
     group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
     group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")

@@ -12,7 +12,8 @@ from ._context import average_metrics, current, init
 from .callbacks import broadcast_model, callbacks
 from .checkpoint import CheckpointCallback, load_checkpoint, save_checkpoint
 from .data import shard, shard_dataset
+from .fit import fit
 from .optimizer import wrap_optimizer
 
 __all__ = ["CheckpointCallback", "CheckpointError", "average_metrics", "broadcast_model", "callbacks", "current",
-           "init", "load_checkpoint", "save_checkpoint", "shard", "shard_dataset", "wrap_optimizer"]
+           "fit", "init", "load_checkpoint", "save_checkpoint", "shard", "shard_dataset", "wrap_optimizer"]

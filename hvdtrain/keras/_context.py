@@ -8,7 +8,7 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
-from ..core import context as core_context
+from ..core import context as core_context, failures
 from ..core.tuning import apply_horovod_defaults
 
 SUPPORTED_BACKENDS = ("tensorflow",)
@@ -54,6 +54,10 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
     return "cpu" if gpu_index is None else f"gpu:{gpu_index}"
 
 
+def _membership() -> tuple[int, int, int, int]:
+    return hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size()
+
+
 def init(seed: int | None = 0, threads: int | None = None) -> core_context.Context:
     """Initialise Horovod and this worker: one GPU per local rank, CPU threads, seeds.
 
@@ -61,15 +65,15 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     augmentation differ between ranks; the broadcast in ``callbacks()`` makes initial weights agree.
     """
     _check_backend()
+    failures.install()  # one line per rank, not pages of tracebacks, when a peer fails
     apply_horovod_defaults()
     hvd.init()
     device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
     if seed is not None:
         keras.utils.set_random_seed(seed + hvd.rank())
     return core_context.set_current(core_context.Context(
-        framework="keras", rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
-        local_size=hvd.local_size(), device=device,
-        broadcast_object=_broadcast_object, average=_average))
+        "keras", *_membership(), device=device,
+        broadcast_object=_broadcast_object, average=_average, membership=_membership))
 
 
 def current() -> core_context.Context:

@@ -9,6 +9,7 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
+from ..core.guards import check_finite
 from ._context import current
 from .optimizer import OPTIONS
 
@@ -59,6 +60,33 @@ class AverageMetrics(keras.callbacks.Callback):
             logs.update(current().average(logs))
 
 
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training with ``NonFiniteLossError`` when the rank-averaged loss is NaN or infinite.
+
+    Keras's ``TerminateOnNaN`` looks at one rank's loss: that rank stops and the others wait for
+    it in the next allreduce. This one checks the averaged epoch logs (it comes after
+    ``AverageMetrics``, and before a checkpoint callback could save diverged weights) and, every
+    ``every`` batches, the batch loss averaged with one small allreduce; every rank stops at the
+    same step. Each rank runs the same number of batches (``shard``), so the checks pair up.
+    """
+
+    def __init__(self, every: int = 100):
+        super().__init__()
+        self.every = every
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs and (batch + 1) % self.every == 0:
+            loss = float(keras.ops.convert_to_numpy(logs["loss"]))
+            check_finite(current().average({"loss": loss}), self._step())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs:
+            check_finite(logs, self._step())
+
+    def _step(self) -> int:
+        return int(self.model.optimizer.iterations.numpy())
+
+
 class _QuietProgbar(keras.callbacks.ProgbarLogger):
     """A progress bar forced to ``verbose=0``; its presence stops Keras adding a printing one."""
 
@@ -69,11 +97,12 @@ class _QuietProgbar(keras.callbacks.ProgbarLogger):
 def callbacks() -> list[keras.callbacks.Callback]:
     """Callbacks to put first in ``model.fit(callbacks=[*hk.callbacks(), ...])``.
 
-    Broadcast of rank 0's state, then metric averaging (before any later callback reads the logs);
-    on ranks other than 0, a silent progress bar, so only rank 0 prints whatever ``verbose`` says.
-    LR warmup needs no callback: the wrapped optimizer applies it, in custom loops too.
+    Broadcast of rank 0's state, then metric averaging (before any later callback reads the logs),
+    then the stop on a NaN or infinite averaged loss; on ranks other than 0, a silent progress
+    bar, so only rank 0 prints whatever ``verbose`` says. LR warmup needs no callback: the
+    wrapped optimizer applies it, in custom loops too.
     """
-    found = [BroadcastState(), AverageMetrics()]
+    found = [BroadcastState(), AverageMetrics(), StopOnNonFinite()]
     if not current().is_main:
         found.append(_QuietProgbar())
     return found

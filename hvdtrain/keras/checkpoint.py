@@ -6,12 +6,14 @@ single-worker LR, so a job on a different number of workers re-scales the LR on 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, load_on_main
+from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, check_writable,
+                               first_line, load_on_main)
 from ..core.context import main_process_only
 from ._context import current
 from .callbacks import broadcast_model
@@ -38,16 +40,21 @@ def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMe
 
     ``model`` is built and compiled as for training (with the wrapped optimizer). Rank 0 reads
     the file and broadcasts the state; the LR is re-scaled for this job's world size. Returns the
-    checkpoint's metadata, or ``None`` when the directory holds no checkpoint yet. A damaged
-    checkpoint raises ``CheckpointError`` on every rank.
+    checkpoint's metadata, or ``None`` when the directory holds no checkpoint yet; in a directory,
+    a corrupt newest checkpoint is skipped with a warning for the previous one. A damaged
+    checkpoint, or one of another model, raises ``CheckpointError`` on every rank.
     """
     def restore(payload: Path) -> None:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
             model.load_weights(payload)
+        except (zipfile.BadZipFile, EOFError, OSError) as err:
+            raise CorruptCheckpointError(f"{payload}: truncated or corrupt checkpoint ({type(err).__name__}: "
+                                         f"{first_line(err)})") from None
         except Exception as err:
-            raise CheckpointError(f"{payload}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+            raise CheckpointError(f"{payload}: does not fit this model or optimizer ({type(err).__name__}: "
+                                  f"{first_line(err)})") from None
 
     meta = load_on_main(current(), path, EXTENSION, restore)
     if meta is None:
@@ -59,11 +66,18 @@ def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMe
 
 
 class CheckpointCallback(keras.callbacks.Callback):
-    """A resumable checkpoint at the end of every epoch (rank 0 writes it; every rank may hold it)."""
+    """A resumable checkpoint at the end of every epoch, written by rank 0.
+
+    Every rank must hold it: at the start of training all ranks check together that rank 0 can
+    write to ``directory``, so a bad directory stops the job at once rather than after an epoch.
+    """
 
     def __init__(self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3):
         super().__init__()
         self.directory, self.config, self.keep = directory, config, keep
+
+    def on_train_begin(self, logs=None):
+        check_writable(current(), self.directory)
 
     def on_epoch_end(self, epoch, logs=None):
         save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),

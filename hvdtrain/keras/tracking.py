@@ -14,10 +14,14 @@ from .optimizer import LR_FACTOR, OPTIONS
 
 
 class MlflowLogger(keras.callbacks.Callback):
-    """Log to ``tracker`` every ``log_every`` batches (at the global step: batches since the start
-    of training) the rank-averaged batch logs, the LR and global samples/s, and at each epoch's end
-    the rank-averaged epoch logs, validation included. Every rank must have it in ``callbacks``.
+    """Log to ``tracker`` every ``log_every`` optimizer steps (at the global step: updates since
+    the start of training, ``optimizer.iterations``) the rank-averaged batch logs, the LR and
+    global samples/s, and at each epoch's end the rank-averaged epoch logs, validation included.
+    At the start of training it logs the world size at the step training starts from. Every rank
+    must have it in ``callbacks``.
 
+    The step is the optimizer's own count, restored with a checkpoint, so a resumed job continues
+    the run's step axis; with gradient accumulation it counts updates, not micro-batches.
     ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
     """
 
@@ -30,11 +34,15 @@ class MlflowLogger(keras.callbacks.Callback):
         self._batches_since_log = 0
 
     def on_train_begin(self, logs=None):
-        self._step = int(self.model.optimizer.iterations.numpy())  # continues after a resume
+        self._step = self._iterations()
+        self.tracker.log_membership(self._step, self.tracker.ctx.size)
 
     def on_train_batch_end(self, batch, logs=None):
-        step, self._step = self._step, self._step + 1
+        step = self._iterations()
         self._batches_since_log += 1
+        if step == self._step:  # a micro-batch of an accumulated step: no update yet
+            return
+        self._step = step
         if logs and step % self.log_every == 0:
             samples = self._batches_since_log * self.per_rank_batch_size if self.per_rank_batch_size else None
             self.tracker.log_step(step, _floats(logs), lr=self._learning_rate(step), samples=samples)
@@ -44,8 +52,12 @@ class MlflowLogger(keras.callbacks.Callback):
         if logs:
             self.tracker.log_epoch(epoch, _floats(logs))
 
+    def _iterations(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
     def _learning_rate(self, step: int) -> float:
-        """The LR of the update at ``step``, warmup included, as the wrapped optimizer applies it."""
+        """The LR of the update after ``step`` updates, warmup included, as the wrapped optimizer
+        applies it (what the torch adapter logs too)."""
         optimizer = self.model.optimizer
         lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         options = getattr(optimizer, OPTIONS, None)

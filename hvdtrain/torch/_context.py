@@ -8,7 +8,7 @@ import horovod.torch as hvd
 import numpy as np
 import torch
 
-from ..core import context as core_context
+from ..core import context as core_context, failures
 from ..core.tuning import apply_horovod_defaults
 
 
@@ -27,12 +27,17 @@ def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
     return hvd.broadcast_object(obj, root_rank=root_rank, name="hvdtrain.broadcast_object")
 
 
+def _membership() -> tuple[int, int, int, int]:
+    return hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size()
+
+
 def init(seed: int | None = 0, threads: int | None = None) -> core_context.Context:
     """Initialise Horovod and this worker: one GPU per local rank, CPU threads, seeds.
 
     Each rank is seeded with ``seed + rank`` so dropout and augmentation differ between ranks;
     ``wrap_optimizer`` broadcasts rank 0's weights, so initial weights still agree.
     """
+    failures.install()  # one line per rank, not pages of tracebacks, when a peer fails
     apply_horovod_defaults()
     hvd.init()
     if torch.cuda.is_available():
@@ -47,9 +52,8 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
         np.random.seed(rank_seed)
         torch.manual_seed(rank_seed)
     return core_context.set_current(core_context.Context(
-        framework="torch", rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
-        local_size=hvd.local_size(), device=device,
-        broadcast_object=_broadcast_object, average=_average))
+        "torch", *_membership(), device=device,
+        broadcast_object=_broadcast_object, average=_average, membership=_membership))
 
 
 def current() -> core_context.Context:

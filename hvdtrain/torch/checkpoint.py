@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta, first_line, load_on_main
+from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, first_line,
+                               load_on_main)
 from ..core.context import main_process_only
-from ..core.lr import lr_scale_factor
 from ._context import current
-from .optimizer import BASE_LR, LR_FACTOR, broadcast_state
+from .optimizer import BASE_LR, broadcast_state, rescale_lr
 
 EXTENSION = ".pt"
 
@@ -40,7 +40,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
 
     Rank 0 reads the file and broadcasts, so other hosts need not see rank 0's disk. The LR is
     re-scaled from the checkpoint's world size to this job's. Returns ``None`` when ``path`` is a
-    directory without checkpoints, or not created yet (a fresh start). Raises ``CheckpointError``
+    directory without checkpoints, or not created yet (a fresh start); in a directory, a corrupt
+    newest checkpoint is skipped with a warning for the previous one. Raises ``CheckpointError``
     on every rank if the file is unusable or does not fit ``model``/``optimizer``.
     """
     ctx = current()
@@ -67,7 +68,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
         if not ctx.is_main:
             scheduler.load_state_dict(state)
     if optimizer is not None:
-        _rescale_lr(optimizer, scheduler)
+        rescale_lr(optimizer, scheduler)
     return meta
 
 
@@ -75,28 +76,8 @@ def _read(payload_path: Path) -> dict:
     try:
         return torch.load(payload_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a bad file
-        raise CheckpointError(f"{payload_path}: truncated or corrupt checkpoint ({type(err).__name__}: "
-                              f"{first_line(err)})") from None
-
-
-def _rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    """The checkpoint's LRs were scaled for its world size; scale them for this one."""
-    options = getattr(optimizer, "hvdtrain_options", None)
-    if options is None:
-        return
-    ctx = current()
-    new = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
-    ratios = []
-    for group in optimizer.param_groups:
-        ratio = new / group.get(LR_FACTOR, new)
-        ratios.append(ratio)
-        group["lr"] *= ratio
-        if "initial_lr" in group:
-            group["initial_lr"] *= ratio
-        group[LR_FACTOR] = new
-    if scheduler is not None and hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [lr * r for lr, r in zip(scheduler.base_lrs, ratios)]
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        raise CorruptCheckpointError(f"{payload_path}: truncated or corrupt checkpoint ({type(err).__name__}: "
+                                     f"{first_line(err)})") from None
 
 
 def _rng_state() -> dict:

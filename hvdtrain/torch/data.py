@@ -1,8 +1,10 @@
 """Sharded data loading with the same number of steps on every rank (policy: core.sharding)."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ._context import current
 
@@ -17,11 +19,40 @@ def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = Tru
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ctx = current()
-    sampler = DistributedSampler(dataset, num_replicas=ctx.size, rank=ctx.rank, shuffle=shuffle,
-                                 seed=seed, drop_last=drop_last)
-    loader_kwargs.setdefault("pin_memory", ctx.on_gpu)
+    sampler = _ShardSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    loader_kwargs.setdefault("pin_memory", current().on_gpu)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **loader_kwargs)
+
+
+class _ShardSampler(DistributedSampler):
+    """``DistributedSampler`` that re-reads rank and world size from the job at each ``set_epoch``,
+    so a loader follows elastic membership changes."""
+
+    def __init__(self, dataset: Dataset, **kwargs):
+        ctx = current()
+        super().__init__(dataset, num_replicas=ctx.size, rank=ctx.rank, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        ctx = current()
+        if (ctx.size, ctx.rank) != (self.num_replicas, self.rank):
+            self.__init__(self.dataset, shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last)
+            super().set_epoch(epoch)
+
+
+class EvalShard(Sampler[int]):
+    """Every ``size``-th index from ``rank`` of the job at iteration time: each sample once over ranks."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __iter__(self) -> Iterator[int]:
+        ctx = current()
+        return iter(range(ctx.rank, self.length, ctx.size))
+
+    def __len__(self) -> int:
+        ctx = current()
+        return len(range(ctx.rank, self.length, ctx.size))
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:

@@ -7,13 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..core import elastic
+from ..core.checkpoint import check_writable
 from ..core.context import main_process_only
+from ..core.elastic import Position
+from ..core.guards import check_finite
 from ._context import current
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import set_epoch, to_device
+from .data import EvalShard, set_epoch, to_device
+from .elastic import TorchSnapshot
+from .elastic import run as elastic_run
 from .optimizer import current_lr
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,9 +41,7 @@ def eval_loader(dataset: Dataset, batch_size: int, **loader_kwargs) -> DataLoade
 
     Evaluation runs no collective per batch, so unequal shard sizes cannot stall it.
     """
-    ctx = current()
-    return DataLoader(Subset(dataset, range(ctx.rank, len(dataset), ctx.size)), batch_size=batch_size,
-                      shuffle=False, **loader_kwargs)
+    return DataLoader(dataset, batch_size=batch_size, sampler=EvalShard(len(dataset)), **loader_kwargs)
 
 
 @torch.no_grad()
@@ -66,7 +70,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
         epochs: int, val_loader: DataLoader | None = None, metrics: Mapping[str, Metric] | None = None,
         scheduler: Any = None, scheduler_interval: str = "epoch", checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, resume: bool = False, tracker: Any = None, log_every: int = 10,
-        config: dict | None = None, amp: bool = False, progress: bool = True) -> History:
+        config: dict | None = None, amp: bool = False, progress: bool = True,
+        commit_every: int | None = None) -> History:
     """Train ``model`` with an optimizer from ``wrap_optimizer`` on a ``distributed_loader``.
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
@@ -75,80 +80,127 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     the newest valid checkpoint in ``checkpoint_dir`` on any world size. Only rank 0 shows a
     progress bar. A last accumulation group cut short by the epoch's end is still divided by
     ``accumulation_steps``.
+
+    In elastic mode (``hvdtrain run --elastic``) training survives workers leaving and joining:
+    it rolls back to the last commit (each epoch, each checkpoint and every ``commit_every``
+    steps), re-shards the data, re-scales the LR and logs the new ``world_size`` to ``tracker``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"unknown scheduler_interval {scheduler_interval!r}; allowed: 'epoch', 'step'")
-    ctx = current()
-    metrics = dict(metrics or {})
-    accumulation = getattr(getattr(optimizer, "hvdtrain_options", None), "accumulation_steps", 1)
-    use_amp = amp and ctx.on_gpu
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    history = History()
-    start_epoch, skip_batches = 0, 0
+    loop = _Loop(model, optimizer, loss_fn, train_loader, epochs=epochs, val_loader=val_loader,
+                 metrics=dict(metrics or {}), scheduler=scheduler, step_scheduler=scheduler_interval == "step",
+                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, tracker=tracker,
+                 log_every=log_every, config=config, amp=amp, progress=progress, commit_every=commit_every)
+    position = Position()
+    if elastic.enabled():  # a joining worker must not call collectives outside the elastic loop
+        if resume:
+            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
+                             "in-memory commits; resume from checkpoints in a non-elastic job")
+    elif checkpoint_dir is not None:
+        check_writable(current(), checkpoint_dir)
     if resume and checkpoint_dir is not None:
         meta = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
         if meta is not None:
-            history.global_step = meta.step
-            start_epoch = meta.epoch
-            # Preserve the data position across world sizes: count global samples, not local steps.
-            skip_batches = meta.extra.get("epoch_samples", 0) // (train_loader.batch_size * ctx.size)
+            position = Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
+    if tracker is not None:
+        tracker.log_membership(position.step, current().size)
+    if not elastic.enabled():
+        return loop.train(position, commit=lambda: None)
+    return elastic_run(lambda state: loop.train(state.position, commit=state.commit),
+                       TorchSnapshot(model, optimizer, scheduler), position,
+                       on_membership=elastic.report_membership(tracker))
 
-    model.train()
-    for epoch in range(start_epoch, epochs):
-        set_epoch(train_loader, epoch)
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and ctx.is_main),
-                   initial=skip_batches, leave=False, mininterval=1.0)
-        loss_sum, loss_count, window_loss, window_batches, window_samples = 0.0, 0, 0.0, 0, 0
-        batches = iter(train_loader)
-        for _ in range(skip_batches):
-            next(batches)
-        for index, (inputs, targets) in enumerate(batches, start=skip_batches):
-            inputs, targets = to_device(inputs, ctx.device), to_device(targets, ctx.device)
-            with torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext():
-                loss = loss_fn(model(inputs), targets)
-            (scaler.scale(loss) if scaler else loss).backward()
-            boundary = (index + 1) % accumulation == 0 or index + 1 == len(train_loader)
-            if boundary:
-                _step(optimizer, scaler)
-                optimizer.zero_grad()
-                history.global_step += 1
-                if scheduler is not None and scheduler_interval == "step":
-                    scheduler.step()
-            loss_value = float(loss.detach())
-            loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-            window_loss, window_batches, window_samples = window_loss + loss_value, window_batches + 1, \
-                window_samples + len(targets)
-            bar.update()
-            if boundary and history.global_step % log_every == 0:
-                local = {"loss": window_loss / window_batches}  # the steps since the last log
-                averaged = (tracker.log_step(history.global_step, local, lr=current_lr(optimizer),
-                                             samples=window_samples) if tracker is not None else ctx.average(local))
-                bar.set_postfix(loss=f"{averaged['loss']:.4f}")
-                window_loss, window_batches, window_samples = 0.0, 0, 0
-            if checkpoint_dir is not None and checkpoint_every and boundary \
-                    and history.global_step % checkpoint_every == 0:
-                epoch_samples = (index + 1) * train_loader.batch_size * ctx.size
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch,
-                                config=config, extra={"epoch_samples": epoch_samples})
-        bar.close()
-        skip_batches = 0
-        if scheduler is not None and scheduler_interval == "epoch":
-            scheduler.step()
-        epoch_metrics = {"loss": ctx.average({"loss": loss_sum / max(loss_count, 1)})["loss"]}
-        if val_loader is not None:
-            epoch_metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, loss_fn, metrics).items()})
-        history.epochs.append({"epoch": epoch + 1, **epoch_metrics})
-        if tracker is not None:
-            tracker.log_epoch(epoch, epoch_metrics)
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step=history.global_step, epoch=epoch + 1,
-                            config=config, extra={"epoch_samples": 0})
-        if progress:
-            _print_epoch(epoch, epochs, epoch_metrics)
-    return history
 
+class _Loop:
+    """``fit``'s training loop; ``train`` starts at a ``Position`` and calls ``commit`` where a
+    restart may resume from (a no-op outside elastic mode)."""
+
+    def __init__(self, model, optimizer, loss_fn, train_loader, *, epochs, val_loader, metrics, scheduler,
+                 step_scheduler, checkpoint_dir, checkpoint_every, tracker, log_every, config, amp, progress,
+                 commit_every):
+        self.model, self.optimizer, self.loss_fn, self.train_loader = model, optimizer, loss_fn, train_loader
+        self.epochs, self.val_loader, self.metrics = epochs, val_loader, metrics
+        self.scheduler, self.step_scheduler = scheduler, step_scheduler
+        self.checkpoint_dir, self.checkpoint_every, self.tracker = checkpoint_dir, checkpoint_every, tracker
+        self.log_every, self.config, self.progress, self.commit_every = log_every, config, progress, commit_every
+        self.accumulation = getattr(getattr(optimizer, "hvdtrain_options", None), "accumulation_steps", 1)
+        self.use_amp = amp and current().on_gpu
+        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+
+    def train(self, position: Position, commit: Callable[[], None]) -> History:
+        ctx = current()
+        self.model.train()
+        while position.epoch < self.epochs:
+            epoch = position.epoch
+            set_epoch(self.train_loader, epoch)
+            skip = position.batches_done(self.train_loader.batch_size * ctx.size)
+            bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.epochs}", initial=skip,
+                       disable=not (self.progress and ctx.is_main), leave=False, mininterval=1.0)
+            loss_sum, loss_count, window_loss, window_batches, window_samples = 0.0, 0, 0.0, 0, 0
+            batches = iter(self.train_loader)
+            for _ in range(skip):
+                next(batches)
+            for index, (inputs, targets) in enumerate(batches, start=skip):
+                inputs, targets = to_device(inputs, ctx.device), to_device(targets, ctx.device)
+                with torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext():
+                    loss = self.loss_fn(self.model(inputs), targets)
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                boundary = (index + 1) % self.accumulation == 0 or index + 1 == len(self.train_loader)
+                if boundary:
+                    _step(self.optimizer, self.scaler)
+                    self.optimizer.zero_grad()
+                    position.step += 1
+                    if self.scheduler is not None and self.step_scheduler:
+                        self.scheduler.step()
+                loss_value = float(loss.detach())
+                loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
+                window_loss, window_batches = window_loss + loss_value, window_batches + 1
+                window_samples += len(targets)
+                bar.update()
+                if not boundary:
+                    continue
+                logged = position.step % self.log_every == 0
+                if logged:
+                    local = {"loss": window_loss / window_batches}  # the steps since the last log
+                    averaged = (self.tracker.log_step(position.step, local, lr=current_lr(self.optimizer),
+                                                      samples=window_samples)
+                                if self.tracker is not None else ctx.average(local))
+                    check_finite(averaged, position.step)
+                    bar.set_postfix(loss=f"{averaged['loss']:.4f}")
+                    window_loss, window_batches, window_samples = 0.0, 0, 0
+                position.epoch_samples = (index + 1) * self.train_loader.batch_size * ctx.size
+                checkpoint = bool(self.checkpoint_every) and position.step % self.checkpoint_every == 0
+                if checkpoint:
+                    if not logged:  # never checkpoint diverged weights
+                        check_finite(ctx.average({"loss": loss_value}), position.step)
+                    self._checkpoint(position)
+                if checkpoint or (self.commit_every and position.step % self.commit_every == 0):
+                    commit()
+            bar.close()
+            if self.scheduler is not None and not self.step_scheduler:
+                self.scheduler.step()
+            epoch_metrics = {"loss": ctx.average({"loss": loss_sum / max(loss_count, 1)})["loss"]}
+            if self.val_loader is not None:
+                epoch_metrics.update({f"val_{k}": v for k, v in
+                                      evaluate(self.model, self.val_loader, self.loss_fn, self.metrics).items()})
+            position.epochs.append({"epoch": epoch + 1, **epoch_metrics})
+            if self.tracker is not None:
+                self.tracker.log_epoch(epoch, epoch_metrics)
+            check_finite(epoch_metrics, position.step)
+            position.epoch, position.epoch_samples = epoch + 1, 0
+            self._checkpoint(position)
+            if self.progress:
+                _print_epoch(epoch, self.epochs, epoch_metrics)
+            commit()
+        return History(epochs=list(position.epochs), global_step=position.step)
+
+    def _checkpoint(self, position: Position) -> None:
+        if self.checkpoint_dir is not None:
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, step=position.step,
+                            epoch=position.epoch, config=self.config,
+                            extra={"epoch_samples": position.epoch_samples})
 
 @main_process_only
 def _print_epoch(epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:

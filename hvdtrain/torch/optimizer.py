@@ -4,11 +4,12 @@ from __future__ import annotations
 import contextlib
 import time
 import types
-from typing import Iterator
+from typing import Any, Iterator
 
 import horovod.torch as hvd
 import torch
 
+from ..core import elastic
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ._context import current
@@ -128,7 +129,8 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_
         backward_passes_per_step=options.accumulation_steps, op=_OP[options.op])
     if optimizer.state:
         distributed.load_state_dict(optimizer.state_dict())
-    broadcast_state(model, distributed)
+    if not elastic.enabled():  # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+        broadcast_state(model, distributed)
     distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
     distributed.hvdtrain_options = options
     distributed.synchronize = types.MethodType(_synchronize, distributed)
@@ -149,6 +151,27 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
         state = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)
         if not ctx.is_main:
             optimizer.load_state_dict(state)
+
+
+def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+    """Re-scale LRs set for another world size (a checkpoint's, or before an elastic change) to this one."""
+    options = getattr(optimizer, "hvdtrain_options", None)
+    if options is None:
+        return
+    ctx = current()
+    new = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
+    ratios = []
+    for group in optimizer.param_groups:
+        ratio = new / group.get(LR_FACTOR, new)
+        ratios.append(ratio)
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+        group[LR_FACTOR] = new
+    optimizer.hvdtrain_policy.scale = new  # warmup ramps to the new scaled LR
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * r for lr, r in zip(scheduler.base_lrs, ratios)]
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -50,6 +50,7 @@ class Sender:
         self._abandoned = False
         self._down = False
         self._run_open = False
+        self._previous_params: dict[str, str] = {}  # the run's params before this job (a resumed leg)
         self.first_attempt = threading.Event()  # set once opening the run was tried
         self.spilled: Path | None = None
         self._staging: Path | None = None
@@ -62,14 +63,14 @@ class Sender:
             self._pending.append(record)
             self._cond.notify()
 
-    def put_artifact(self, path: str | os.PathLike, artifact_path: str | None) -> None:
+    def put_artifact(self, path: str | os.PathLike, artifact_path: str | None, per_leg: bool = False) -> None:
         """Queue a file or directory, linked or copied now: the caller may replace or prune it."""
         try:
-            self._stage(Path(path), artifact_path)
+            self._stage(Path(path), artifact_path, per_leg)
         except OSError as err:  # a missing or unreadable file is a warning, never a crash
             log.warning("hvdtrain: artifact %s not logged: %s", path, err)
 
-    def _stage(self, source: Path, artifact_path: str | None) -> None:
+    def _stage(self, source: Path, artifact_path: str | None, per_leg: bool) -> None:
         if self._staging is None:
             self._staging = Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-"))
         staged = self._staging / str(self._staged) / source.name
@@ -79,7 +80,7 @@ class Sender:
             shutil.copytree(source, staged, copy_function=_link_or_copy)
         else:
             _link_or_copy(source, staged)
-        self.put(records.artifact_record(str(staged), artifact_path))
+        self.put(records.artifact_record(str(staged), artifact_path, per_leg))
 
     def close(self, timeout: float) -> Path | None:
         """Send what is left; spill it if the server is down or ``timeout`` passes. Returns the
@@ -145,14 +146,12 @@ class Sender:
     def _send(self, batch: list[dict[str, Any]]) -> None:
         if not self._run_open:
             try:
-                records.open_run(self.client, self.spec)
+                self._previous_params = records.open_run(self.client, self.spec)
                 self._run_open = True
             finally:
                 self.first_attempt.set()
-        if len(batch) == 1:
-            records.send(self.client, self.spec.run_id, batch[0])
-        else:
-            records.send(self.client, self.spec.run_id, {"kind": "metrics", "metrics": records.merge_metrics(batch)})
+        record = batch[0] if len(batch) == 1 else {"kind": "metrics", "metrics": records.merge_metrics(batch)}
+        records.send(self.client, self.spec, record, self._previous_params)
 
     def _pop(self, count: int) -> None:
         with self._cond:

@@ -30,14 +30,14 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     pending = lines[1:]
     store.bound_http_calls()
     client = MlflowClient(tracking_uri or store.tracking_uri())
-    records.open_run(client, spec)
+    previous_params = records.open_run(client, spec)
     sent = 0
     try:
         for is_metrics, group in groupby(pending, key=lambda r: r["kind"] == "metrics"):
             group = list(group)
             batch = [{"kind": "metrics", "metrics": records.merge_metrics(group)}] if is_metrics else group
             for record in batch:
-                records.send(client, spec.run_id, record)
+                records.send(client, spec, record, previous_params)
             sent += len(group)
     except BaseException:
         path.write_text("".join(json.dumps(r) + "\n" for r in (spec.as_record(), *pending[sent:])),

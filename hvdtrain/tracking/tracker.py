@@ -21,8 +21,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
+from ..core import elastic
 from ..core.context import Context, current, main_process_only
-from . import records, store
+from . import legs, records, store
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
 from .sender import Sender, log
@@ -99,6 +100,16 @@ class Tracker:
         return averaged
 
     @_sending
+    def log_membership(self, step: int, size: int) -> None:
+        """The job runs on ``size`` workers from ``step`` on (a leg's start, an elastic change).
+
+        No collective: rank 0 alone logs metric ``world_size`` at ``step`` and the tag
+        ``hvdtrain.world_size.step-<step>``, one tag per change (a param could not change value).
+        """
+        self._sender.put(records.metrics_record({"world_size": size}, step))
+        self._sender.put(records.tags_record({f"hvdtrain.world_size.step-{step:08d}": size}))
+
+    @_sending
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
         """End the run; waits up to ``timeout`` s for buffered data. Returns the spill file
         holding what could not be sent, if any."""
@@ -127,57 +138,68 @@ def tracked(config: Mapping[str, Any] | None = None, experiment: str | None = No
 def start(config: Mapping[str, Any] | None = None, experiment: str | None = None,
           run_name: str | None = None, tags: Mapping[str, Any] | None = None,
           system_metrics: bool = False, parent_run_id: str | None = None,
-          spill_dir: str | os.PathLike | None = None, start_timeout: float = 30.0) -> Tracker:
+          spill_dir: str | os.PathLike | None = None, start_timeout: float = 30.0,
+          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> Tracker:
     """Collective, after ``init()`` on every rank: open the job's one run.
 
     Follows MLflow's conventions: ``MLFLOW_TRACKING_URI`` (default: MLflow's local sqlite store),
     ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, ``MLFLOW_RUN_ID`` to resume a run. The run
     is nested under ``parent_run_id``, or under the active MLflow run of rank 0's process.
+    With ``checkpoint_dir`` the run is recorded there (``legs.RUN_FILE``); with ``resume`` too, a
+    job that will continue from that directory's checkpoints continues the run that wrote them.
     """
     ctx = current()
-    hostnames = [ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
+    # In elastic mode a worker may join while the others sync state: it must not call collectives
+    # here, so nothing is exchanged (rank 0 lists its own host; only rank 0 knows the run id).
+    exchange = not elastic.enabled()
+    hostnames = ([ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
+                 if exchange else [socket.gethostname()])
     try:
         opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
-                       parent_run_id, spill_dir, start_timeout, hostnames)
+                       parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
     except Exception as err:  # a tracking problem must never stop training
         log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
         opened = None
     run_id, sender, monitor = opened or (None, None, None)
-    run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
+    if exchange:
+        run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
     return Tracker(ctx, run_id, sender, monitor)
 
 
 @main_process_only
 def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spill_dir, start_timeout,
-          hostnames):
+          hostnames, checkpoint_dir, resume):
     store.bound_http_calls()
+    uri = store.tracking_uri()
     active = mlflow.active_run()
+    continued = os.environ.get("MLFLOW_RUN_ID") or (
+        legs.continued_run(checkpoint_dir, uri) if resume and checkpoint_dir is not None else None)
     spec = RunSpec(experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
                    experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
                    run_name=run_name, tags=resolve_tags({k: str(v) for k, v in tags.items()}),
-                   parent_run_id=parent_run_id or (active.info.run_id if active else None),
-                   run_id=os.environ.get("MLFLOW_RUN_ID"))
+                   parent_run_id=parent_run_id or (active.info.run_id if active else None), run_id=continued,
+                   run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     spill_path = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
-    sender = Sender(MlflowClient(store.tracking_uri()), spec, spill_path)
+    sender = Sender(MlflowClient(uri), spec, spill_path)
     sender.put(records.params_record({**flatten(config), **environment_params(hostnames)}))
     if config:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.json"
             path.write_text(json.dumps(without_secrets(config), indent=1, default=str))
-            sender.put_artifact(path, None)
+            sender.put_artifact(path, None, per_leg=True)
     if not sender.first_attempt.wait(start_timeout):
         log.warning("hvdtrain: MLflow run not created within %.0f s; training continues, tracking "
                     "data is buffered", start_timeout)
-    monitor = _system_monitor(spec.run_id) if system_metrics and spec.run_id else None
+    monitor = _system_monitor(spec.run_id, bool(continued)) if system_metrics and spec.run_id else None
     return spec.run_id, sender, monitor
 
 
-def _system_monitor(run_id: str):
+def _system_monitor(run_id: str, continued: bool):
     """MLflow's own CPU/memory/disk/network (and GPU, with pynvml) sampler for rank 0's host,
     logging to the run every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s (default 10)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, resume_logging=bool(os.environ.get("MLFLOW_RUN_ID")))
+    monitor = SystemMetricsMonitor(run_id, resume_logging=continued)
     monitor.start()
     return monitor

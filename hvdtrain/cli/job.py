@@ -1,0 +1,251 @@
+"""Watching a launched job: relay horovodrun's output and turn a failure into one line.
+
+Used by ``hvdtrain run``; the texts it reads are parsed in ``core.failures``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..core import failures
+
+GRACE_S = 5.0  # what horovodrun gives a worker between SIGTERM and SIGKILL
+MLFLOW_BOUND_S = 20.0  # longest the launcher waits on MLflow to mark a failed run
+
+
+class JobMonitor:
+    """Runs horovodrun, relays its output and turns a failure into one line.
+
+    Workers' lines pass through, except Horovod's multi-line stall report (summarised). horovodrun's
+    own failure notices and final traceback are replaced by the summary. When a worker fails (not
+    in elastic mode), local workers get SIGTERM at once and SIGKILL after ``GRACE_S``, and
+    horovodrun is not waited on after they are gone: left alone it often adds 5-10 s stopping its
+    own shells.
+    """
+
+    def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path):
+        self.rank_hosts = rank_hosts
+        self.elastic = elastic
+        self.checkpoint_dir = checkpoint_dir
+        self.run_file = run_file
+        self.failed = threading.Event()
+        self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
+        self.frozen: list[int] = []
+        self.stalls: dict[int, failures.StallParser] = {}
+        self.gloo_timeouts: dict[int, float] = {}
+        self.launcher_error: list[str] = []
+        self._lock = threading.Lock()
+
+    def run(self, command: list[str], env: dict[str, str]) -> int:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        relays = [threading.Thread(target=self._relay, args=(stream, out), daemon=True)
+                  for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+        for relay in relays:
+            relay.start()
+        while proc.poll() is None:
+            self._warn_stalls()
+            if self.failed.wait(0.2) and not self.elastic:
+                _stop_job(proc, self)
+                break
+        returncode = proc.wait()
+        stopped = time.monotonic()
+        for relay in relays:
+            relay.join(timeout=2)
+        if returncode == 0 and (self.failure is None or self.elastic):
+            return 0  # elastic: workers that died on the way were replaced
+        return self._report(returncode, stopped)
+
+    def _relay(self, stream, out) -> None:
+        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=""):
+            with self._lock:
+                keep = self._inspect(line)
+            if keep:
+                out.write(line)
+                out.flush()
+
+    def _inspect(self, line: str) -> bool:
+        """Note what ``line`` says about a failure; False for lines the summary replaces."""
+        if worker := failures.split_worker_line(line):
+            rank, stream, text = worker
+            if text.strip() in ("Terminated", "Killed"):
+                return False  # the worker's shell reporting its death: the summary says it
+            if stream == "stderr":
+                return self._inspect_worker_stderr(rank, text)
+            return True
+        if exited := failures.process_exit(line):
+            if exited[1] != 0:
+                self._record_failure(*exited)
+                if self.elastic:
+                    print(f"hvdtrain: worker {exited[0]} {failures.describe_status(exited[1])}; elastic mode: "
+                          f"training goes on with the others", file=sys.stderr, flush=True)
+            return False
+        if failures.is_termination_notice(line):
+            return False
+        if self.launcher_error or line.startswith("Traceback (most recent call last):"):
+            self.launcher_error.append(line)  # horovodrun's own traceback: summarised or printed at the end
+            return False
+        return True
+
+    def _inspect_worker_stderr(self, rank: int, text: str) -> bool:
+        if self.stalls.setdefault(rank, failures.StallParser()).feed(text):
+            return False
+        if (seconds := failures.gloo_timeout_seconds(text)) is not None:
+            self.gloo_timeouts.setdefault(rank, seconds)
+            return False
+        return failures.PEER_FAILURE_MARKERS[1] not in text  # Horovod's C++ line; the rank's own line follows
+
+    def _warn_stalls(self) -> None:
+        """One line per stall warning Horovod printed (the report is complete once its lines stop)."""
+        with self._lock:
+            reports = [r for p in self.stalls.values() for r in p.take_finished(idle_s=0.3)]
+        for report in reports:
+            if not report.shutdown:
+                print(f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is stopped if this "
+                      f"lasts past the hang timeout", file=sys.stderr, flush=True)
+
+    def _record_failure(self, rank: int, status: int) -> None:
+        if self.failure is None:
+            self.failure = (rank, status, time.monotonic())
+            self.failed.set()
+
+    def _report(self, returncode: int, stopped: float) -> int:
+        if self.elastic and self.failure is not None:
+            line = f"hvdtrain: elastic job failed: {_launcher_reason(self.launcher_error)}"
+            print(line, file=sys.stderr, flush=True)
+            _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
+            return returncode if 0 < returncode < 256 else 1
+        if self.failure is None:
+            # horovodrun failed by itself (or an elastic job ended badly): its own message, in full.
+            sys.stderr.writelines(self.launcher_error)
+            return returncode
+        rank, status, seen = self.failure
+        line = f"hvdtrain: {self._reason(rank, status)}; job stopped after {max(0.0, stopped - seen):.1f} s"
+        if self.checkpoint_dir:
+            line += f"; last checkpoint: {_last_checkpoint(self.checkpoint_dir)}"
+        print(line, file=sys.stderr, flush=True)
+        _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
+        return status if 0 < status < 256 else 1
+
+    def _reason(self, rank: int, status: int) -> str:
+        stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
+        if stall is not None:
+            return f"{stall.summary()} (ranks diverged: different step counts, or a collective only some ranks call?)"
+        if self.frozen:
+            waited = f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s" if rank in self.gloo_timeouts else ""
+            return (f"{self._workers(self.frozen)} stopped responding (process frozen, e.g. SIGSTOP){waited}")
+        if rank in self.gloo_timeouts:
+            return (f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
+                    f"(Gloo timeout: a frozen or unreachable worker?)")
+        return f"{self._workers([rank])} {failures.describe_status(status)}"
+
+    def _workers(self, ranks: list[int]) -> str:
+        names = [f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r) for r in sorted(ranks)]
+        return ("worker " if len(names) == 1 else "workers ") + ", ".join(names)
+
+
+def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
+    """End a job after a worker failed: the local workers first (SIGTERM, so runs are finished as
+    FAILED; SIGKILL after the grace period), then whatever horovodrun still runs."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    workers = [p for p in tree if _worker_rank(p) is not None]
+    for p in workers:
+        try:
+            if p.status() == psutil.STATUS_STOPPED:
+                monitor.frozen.append(_worker_rank(p))
+                p.resume()  # a frozen worker can only act on SIGTERM once continued
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(workers, timeout=GRACE_S)
+    for p in alive:
+        p.kill()
+    try:
+        proc.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        for p in [*tree, psutil.Process(proc.pid)]:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _worker_rank(process) -> int | None:
+    """A worker is the topmost process with HOROVOD_RANK in its environment (not its children)."""
+    import psutil
+
+    try:
+        rank = process.environ().get("HOROVOD_RANK")
+        parent = process.parent()
+        if rank is None or (parent is not None and parent.environ().get("HOROVOD_RANK") is not None):
+            return None
+        return int(rank)
+    except (psutil.Error, ValueError):
+        return None
+
+
+def _last_checkpoint(directory: str) -> str:
+    """The newest committed checkpoint's payload (either framework's), quietly: the resume itself
+    warns about the broken ones it skips."""
+    from ..core.checkpoint import CheckpointDir, CheckpointError, read_meta
+
+    for _, sidecar in reversed(CheckpointDir(directory, "").checkpoints()):
+        try:
+            return str(Path(directory) / read_meta(sidecar)[0].name)
+        except CheckpointError:
+            continue
+    return f"none in {directory}"
+
+
+def _launcher_reason(lines: list[str]) -> str:
+    text = "".join(lines)
+    named = re.search(r"Process name: (\S+)\s+Exit code: (-?\d+)", text)
+    if named:
+        return f"worker {named.group(1)} {failures.describe_status(int(named.group(2)))}"
+    last = [l.strip() for l in lines if l.strip()]
+    return last[-1] if last else "horovodrun failed without a message"
+
+
+def _mark_run_failed(run_file: Path, reason: str) -> None:
+    """Mark the job's MLflow run FAILED with ``reason`` (tag hvdtrain.failure), its metrics kept.
+    Rank 0's tracker wrote the run's id to ``run_file``; bounded, so a dead server cannot hold
+    the launcher."""
+    try:
+        run = json.loads(run_file.read_text())
+        run_id, uri = run["run_id"], run["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # tracking was off, or the run was never created
+    errors: list[str] = []
+
+    def mark():
+        from mlflow.tracking import MlflowClient
+
+        from ..core.checkpoint import first_line
+        from ..tracking import store
+
+        store.bound_http_calls()
+        try:
+            client = MlflowClient(uri)
+            client.set_tag(run_id, "hvdtrain.failure", reason)
+            if client.get_run(run_id).info.status != "FAILED":
+                client.set_terminated(run_id, "FAILED")
+        except Exception as err:  # a tracking problem must not hide the job's own failure
+            errors.append(f"{type(err).__name__}: {first_line(err)}")
+
+    worker = threading.Thread(target=mark, daemon=True)
+    worker.start()
+    worker.join(MLFLOW_BOUND_S)
+    if worker.is_alive() or errors:
+        detail = errors[0] if errors else f"no answer within {MLFLOW_BOUND_S:.0f} s"
+        print(f"hvdtrain: warning: MLflow run {run_id} not marked FAILED ({detail})", file=sys.stderr)

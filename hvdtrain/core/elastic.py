@@ -1,0 +1,108 @@
+"""Elastic training on Horovod's elastic mode (Gloo), the policy shared by both adapters.
+
+In elastic mode (``hvdtrain run --elastic``) Horovod keeps the job alive when workers leave or
+join: the survivors get an error from the next collective, roll back to the last *commit*,
+re-form the ring with the new membership, and call the training function again. What must
+survive lives in ``TrainingState``: the model and optimizer (an adapter's ``Snapshot``) and the
+training ``Position``. After every change the context is refreshed, the LR re-scaled for the new
+world size (the global batch is per-rank batch x workers) and the change handed to
+``on_membership`` (the tracker logs it). A joining worker takes rank 0's state in ``sync``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol
+
+from horovod.common.elastic import State
+
+from .context import Context, main_process_only
+
+
+def enabled() -> bool:
+    """True in a worker that ``horovodrun``/``hvdtrain run`` started in elastic mode."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+@dataclass
+class Position:
+    """Where training is; the same on every rank after ``sync``."""
+
+    epoch: int = 0
+    epoch_samples: int = 0  # global samples of ``epoch`` already trained on
+    step: int = 0  # optimizer steps so far
+    epochs: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
+
+    def batches_done(self, global_batch: int) -> int:
+        """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a step."""
+        return self.epoch_samples // global_batch
+
+
+class Snapshot(Protocol):
+    """An adapter's handle on the model and optimizer (and scheduler)."""
+
+    def capture(self) -> Any:
+        """A host-memory copy of their state."""
+
+    def apply(self, saved: Any) -> None:
+        """Put a ``capture`` back."""
+
+    def broadcast(self) -> None:
+        """Give every rank rank 0's state (collective)."""
+
+    def rescale(self) -> None:
+        """Scale the LR for the current world size."""
+
+
+class TrainingState(State):
+    """Horovod elastic ``State`` over a ``Snapshot`` and a ``Position``.
+
+    ``commit()`` (Horovod's) saves both and raises ``HostsUpdatedInterrupt`` when hosts were
+    added or removed, which restarts the training function on the new membership.
+    """
+
+    def __init__(self, ctx: Context, snapshot: Snapshot, position: Position,
+                 on_membership: Callable[[Position, int, int], None] | None = None):
+        super().__init__(bcast_object=lambda obj: ctx.broadcast_object(obj, 0), get_rank=lambda: ctx.rank)
+        self.ctx, self.snapshot, self.position = ctx, snapshot, position
+        self._on_membership = on_membership
+        self._saved: tuple[Any, Position] | None = None
+        self.save()
+
+    def save(self) -> None:
+        self._saved = (self.snapshot.capture(), copy.deepcopy(self.position))
+
+    def restore(self) -> None:
+        saved, position = self._saved
+        self.snapshot.apply(saved)
+        self.position = copy.deepcopy(position)
+
+    def sync(self) -> None:
+        self.snapshot.broadcast()
+        self.position = Position(**self.ctx.broadcast_object(asdict(self.position), 0))
+        self.save()
+
+    def reset(self) -> None:
+        old_size = self.ctx.size
+        self.ctx.refresh()
+        self.snapshot.rescale()
+        if self._on_membership is not None:
+            self._on_membership(self.position, old_size, self.ctx.size)
+
+
+def report_membership(tracker: Any = None) -> Callable[[Position, int, int], None]:
+    """What both adapters do after a change: log the new size to ``tracker`` (an ``hvdtrain.tracking``
+    tracker, if any) at the step training resumes from, and tell the user (rank 0)."""
+
+    def changed(position: Position, old_size: int, new_size: int) -> None:
+        if tracker is not None:
+            tracker.log_membership(position.step, new_size)
+        _announce(old_size, new_size, position.step)
+
+    return changed
+
+
+@main_process_only
+def _announce(old_size: int, new_size: int, step: int) -> None:
+    print(f"hvdtrain: workers changed {old_size} -> {new_size}; resuming from step {step}", flush=True)

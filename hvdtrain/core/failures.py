@@ -1,0 +1,190 @@
+"""How a job's failures look, on the workers and to the launcher.
+
+Worker side (``install``, called by each adapter's ``init``): when one worker dies, every other
+rank's next collective fails with Horovod's "Horovod has been shut down" error, and horovodrun
+then sends them SIGTERM. Left alone, each prints pages of tracebacks and dies without finishing
+its MLflow run. Here a peer's failure prints one line, and SIGTERM raises ``SystemExit`` so
+``tracking.tracked`` ends the run FAILED and flushes within horovodrun's 5 s grace period. A
+user's own exception keeps its traceback: it is the user's bug.
+
+Launcher side: the texts horovodrun and Horovod print about a failure (a worker's exit, the
+stall inspector's report, a Gloo timeout), parsed into what ``hvdtrain run`` tells the user.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import guards
+from .checkpoint import first_line
+
+# Texts Horovod raises or logs on every surviving rank after a peer died or the job was shut down.
+PEER_FAILURE_MARKERS = ("Horovod has been shut down", "Horovod background loop uncaught exception")
+
+
+def install() -> None:
+    """Install the SIGTERM handler and the one-line reports of a peer's failure and of a
+    ``guards.UserError`` (``HVDTRAIN_TRACEBACK=1``: full tracebacks); idempotent."""
+    if sys.excepthook is not _excepthook:
+        _excepthook.previous = sys.excepthook
+        sys.excepthook = _excepthook
+    if sys.unraisablehook is not _unraisablehook:
+        _unraisablehook.previous = sys.unraisablehook
+        sys.unraisablehook = _unraisablehook
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # never replace the user's own handler
+        try:
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        except ValueError:  # not the main thread: Python's default stays
+            pass
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """True for the error a rank sees because another rank failed or Horovod shut down (any
+    framework: HorovodInternalError, or TensorFlow's error type with Horovod's text)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ == "HorovodInternalError" or any(m in str(err) for m in PEER_FAILURE_MARKERS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _excepthook(kind, err, tb) -> None:
+    if os.environ.get("HVDTRAIN_TRACEBACK"):
+        return _excepthook.previous(kind, err, tb)
+    if isinstance(err, guards.UserError):
+        return guards.report(err)
+    if not is_peer_failure(err):
+        return _excepthook.previous(kind, err, tb)
+    rank = os.environ.get("HOROVOD_RANK", "?")
+    print(f"hvdtrain: rank {rank} stopped: another worker failed or the job was shut down "
+          f"({kind.__name__}: {_first_sentence(err)})", file=sys.stderr, flush=True)
+
+
+_excepthook.previous = sys.__excepthook__
+
+
+def _unraisablehook(unraisable) -> None:
+    # SIGTERM landing in an exit handler (say, a weakref finalizer at interpreter exit): the
+    # process is ending anyway; Python would print the SystemExit's traceback.
+    if not isinstance(unraisable.exc_value, SystemExit):
+        _unraisablehook.previous(unraisable)
+
+
+_unraisablehook.previous = sys.__unraisablehook__
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    # Once only: a second SIGTERM must not interrupt the run being finished by the first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
+
+
+def _first_sentence(err: BaseException) -> str:
+    return first_line(err).split(". ")[0].rstrip(".")
+
+
+# --- launcher side: what horovodrun and Horovod print -----------------------------------------
+
+_WORKER_LINE = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
+_PROCESS_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.\s*$")
+_TERMINATING = re.compile(r"^Terminating remaining workers after failure of Process \d+\.\s*$")
+_STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) seconds")
+_STALL_RANK = re.compile(r"^(\d+)(!?): \[(.*)\]\s*$")
+_STALL_SHUTDOWN = re.compile(r"is stalled for longer than (\d+) seconds\. Will shutdown")
+_GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms")
+
+
+def split_worker_line(line: str) -> tuple[int, str, str] | None:
+    """(rank, stream, text) of a line horovodrun relays from a worker, else None."""
+    match = _WORKER_LINE.match(line)
+    return (int(match.group(1)), match.group(2), match.group(3)) if match else None
+
+
+def process_exit(line: str) -> tuple[int, int] | None:
+    """(rank, exit status) from horovodrun's "Process N exit with status code S." line."""
+    match = _PROCESS_EXIT.match(line)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def is_termination_notice(line: str) -> bool:
+    return bool(_TERMINATING.match(line))
+
+
+def describe_status(status: int) -> str:
+    """'was killed by SIGKILL' / 'exited with status 3' (horovodrun reports a signal as 128+N)."""
+    if 128 < status < 128 + signal.NSIG:
+        try:
+            return f"was killed by {signal.Signals(status - 128).name}"
+        except ValueError:
+            pass
+    return f"exited with status {status}"
+
+
+@dataclass
+class StallReport:
+    """Horovod's stall inspector warning: which ranks have not submitted which collectives."""
+    seconds: int
+    missing: dict[int, list[str]] = field(default_factory=dict)
+    shutdown: bool = False
+
+    def summary(self) -> str:
+        tensors = sorted({t for names in self.missing.values() for t in names})
+        more = f" and {len(tensors) - 1} more" if len(tensors) > 1 else ""
+        return (f"ranks {sorted(self.missing)} did not join collective '{tensors[0] if tensors else '?'}'{more} "
+                f"for {self.seconds} s")
+
+
+class StallParser:
+    """Reads one rank's stderr lines and collects Horovod's multi-line stall warning.
+
+    ``feed`` returns True for lines that belong to a warning (the caller hides them). A warning
+    ends with its shutdown line, or when its lines stop coming (``take_finished``).
+    """
+
+    def __init__(self):
+        self.reports: list[StallReport] = []  # every warning seen, the newest last
+        self._open = False
+        self._last_fed = 0.0
+        self._taken = 0
+
+    def feed(self, text: str) -> bool:
+        current = self.reports[-1] if self._open else None
+        if match := _STALL_START.search(text):
+            self.reports.append(StallReport(int(match.group(1))))
+        elif current is None:
+            return False
+        elif match := _STALL_RANK.match(text.strip()):
+            names = [n.strip() for n in match.group(3).replace(" ...", "").split(",") if n.strip()]
+            current.missing[int(match.group(1))] = names
+            current.shutdown |= bool(match.group(2))
+        elif match := _STALL_SHUTDOWN.search(text):
+            current.shutdown = True
+            current.seconds = int(match.group(1))
+            self._open = False
+            return True
+        elif text.strip() != "Missing ranks:":
+            self._open = False
+            return False
+        self._open = True
+        self._last_fed = time.monotonic()
+        return True
+
+    def take_finished(self, idle_s: float) -> list[StallReport]:
+        """Complete warnings not taken before; the open one counts once idle for ``idle_s``."""
+        if self._open and time.monotonic() - self._last_fed > idle_s:
+            self._open = False
+        end = len(self.reports) - (1 if self._open else 0)
+        taken, self._taken = self.reports[self._taken:end], max(self._taken, end)
+        return taken
+
+
+def gloo_timeout_seconds(text: str) -> float | None:
+    """Seconds of the Gloo timeout a rank reports hitting (a peer did not answer), else None."""
+    match = _GLOO_TIMEOUT.search(text)
+    return int(match.group(1)) / 1000 if match and PEER_FAILURE_MARKERS[1] in text else None
