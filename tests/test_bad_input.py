@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hvdtrain.core.checkpoint import read_meta
 from tests.launch import REPO, horovodrun, results
 from tests.workers.bad_common import snapshot
 
@@ -148,6 +149,10 @@ def test_corrupt_or_partial_newest_checkpoint_is_skipped_for_the_previous_one(tm
     assert warnings[1].startswith("hvdtrain: warning: skipping checkpoint step-00000008.pt: truncated or corrupt "
                                   "checkpoint (RuntimeError: PytorchStreamReader failed reading zip archive")
     assert proc.stdout.count("resumed at step 4") == 2  # both ranks, from the previous good checkpoint
+    # The corrupt one is kept aside, out of the way of later saves; training goes on from step 4.
+    assert {"step-00000008.pt.corrupt", "step-00000008.json.corrupt"} <= {p.name for p in ckpt.iterdir()}
+    job("torch", "continue", ckpt, tmp_path / "more", "--epochs", "3", check=True)
+    assert [read_meta(ckpt / f"step-{s:08d}.json")[1].step for s in (8, 12)] == [8, 12]
 
 
 @pytest.mark.slow
@@ -173,7 +178,8 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
     not_a_dir = tmp_path / "ckpt"
     not_a_dir.write_text("my notes")
     proc = job(framework, "save", not_a_dir, tmp_path / "out", "--epochs", "1")
-    assert_one_line(proc, f"{not_a_dir}", "cannot write checkpoint", "FileExistsError")
+    assert_one_line(proc, f"{not_a_dir}: cannot write checkpoints there (FileExistsError")  # before training
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["CheckpointError"] * 2  # every rank stopped
     assert not_a_dir.read_text() == "my notes"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import subprocess
@@ -51,7 +52,9 @@ class JobMonitor:
             relay.start()
         while proc.poll() is None:
             self._warn_stalls()
-            if self.failed.wait(0.2) and not self.elastic:
+            if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
+                time.sleep(0.2)
+            elif self.failed.wait(0.2):
                 _stop_job(proc, self)
                 break
         returncode = proc.wait()
@@ -122,8 +125,11 @@ class JobMonitor:
             _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
             return returncode if 0 < returncode < 256 else 1
         if self.failure is None:
-            # horovodrun failed by itself (or an elastic job ended badly): its own message, in full.
-            sys.stderr.writelines(self.launcher_error)
+            # horovodrun failed by itself: its last line (its traceback with HVDTRAIN_TRACEBACK=1).
+            if os.environ.get("HVDTRAIN_TRACEBACK"):
+                sys.stderr.writelines(self.launcher_error)
+            print(f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}", file=sys.stderr,
+                  flush=True)
             return returncode
         rank, status, seen = self.failure
         line = f"hvdtrain: {self._reason(rank, status)}; job stopped after {max(0.0, stopped - seen):.1f} s"
@@ -156,7 +162,8 @@ def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
     import psutil
 
     try:
-        tree = psutil.Process(proc.pid).children(recursive=True)
+        launcher = psutil.Process(proc.pid)
+        tree = launcher.children(recursive=True)
     except psutil.NoSuchProcess:
         return
     workers = [p for p in tree if _worker_rank(p) is not None]
@@ -164,8 +171,9 @@ def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
         try:
             if p.status() == psutil.STATUS_STOPPED:
                 monitor.frozen.append(_worker_rank(p))
-                p.resume()  # a frozen worker can only act on SIGTERM once continued
-            p.terminate()
+                p.kill()  # a frozen worker cannot finish anything: SIGTERM would only wait out the grace
+            else:
+                p.terminate()
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(workers, timeout=GRACE_S)
@@ -174,7 +182,7 @@ def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
     try:
         proc.wait(timeout=1)
     except subprocess.TimeoutExpired:
-        for p in [*tree, psutil.Process(proc.pid)]:
+        for p in [*tree, launcher]:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:

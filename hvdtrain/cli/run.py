@@ -175,7 +175,8 @@ def _check_elastic(args) -> list[tuple[str, int]]:
     if args.np is None:
         args.np = max(args.min_np, min(slots, args.max_np or slots))
     if not args.min_np <= args.np <= (args.max_np or args.np):
-        raise CliError(f"-np {args.np} must lie between --min-np {args.min_np} and --max-np {args.max_np}")
+        bounds = f"--min-np {args.min_np}" + (f" and --max-np {args.max_np}" if args.max_np else "")
+        raise CliError(f"-np {args.np} must lie within {bounds}")
     if slots < args.np:
         print(f"hvdtrain: warning: the discovery script offers {slots} slots for -np {args.np}; horovodrun "
               f"waits for more (up to its --elastic-timeout)", file=sys.stderr)

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any
 
+from . import elastic
 from .context import Context, main_process_only
 from .options import Compression, DistributedOptions, LRScaling, ReduceOp
 
@@ -53,6 +54,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
     if args.checkpoint_every and not step_checkpoints:
         parser.error("--checkpoint-every is not supported by this script yet: it saves a checkpoint at each "
                      "epoch's end")
+    if args.resume and elastic.enabled():  # loading is a collective a joining worker must not call
+        parser.error("--resume is not supported in elastic mode: elastic jobs continue from their in-memory "
+                     "commits")
     return args
 
 
@@ -92,7 +96,8 @@ def write_results(args: argparse.Namespace, ctx: Context, *, example: str, metri
 
 class _OneLineErrors(argparse.ArgumentParser):
     """A bad flag is one line (``prog: error: ...``, exit 2), from rank 0 only under horovodrun,
-    instead of argparse's usage block from every rank; ``--help`` shows the usage."""
+    instead of argparse's usage block from every rank; ``--help`` shows the usage. Flags are
+    parsed before ``init()``, so the rank comes from horovodrun's environment, not the context."""
 
     def error(self, message: str):
         if os.environ.get("HOROVOD_RANK", "0") == "0":

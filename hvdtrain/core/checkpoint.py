@@ -142,9 +142,8 @@ class CheckpointDir:
                                   f"{first_line(err)})") from None
 
     def _prune(self) -> None:
-        for _, sidecar in self.checkpoints()[: -self.keep]:
-            meta = json.loads(sidecar.read_text())
-            (self.root / meta.get("payload", "")).unlink(missing_ok=True)
+        for step, sidecar in self.checkpoints()[: -self.keep]:
+            self.payload_path(step).unlink(missing_ok=True)
             sidecar.unlink(missing_ok=True)
 
 
@@ -210,9 +209,17 @@ def _restore_newest(path: Path, extension: str, restore: Callable[[Path], None])
         except CorruptCheckpointError as err:
             if _names_a_file(path, extension):
                 raise
-            warn_skipped(payload, str(err))
+            warn_skipped(payload, f"{err}; kept as {_set_aside(payload).name}")
     log.warning("hvdtrain: warning: no checkpoint to resume from in %s; training from scratch", path)
     return None
+
+
+def _set_aside(payload: Path) -> Path:
+    """Rename a corrupt checkpoint's files ``*.corrupt``: kept for inspection, but no longer seen
+    by later saves (a newer step would refuse them) or pruning. Returns the payload's new path."""
+    for path in (payload.with_suffix(".json"), payload):
+        path.rename(path.with_name(path.name + ".corrupt"))
+    return payload.with_name(payload.name + ".corrupt")
 
 
 @main_process_only

@@ -30,12 +30,13 @@ def hang_settings(timeout: int) -> dict[str, str]:
     the check time and shuts the job down after the shutdown time (default: never). It checks only
     every check-time seconds, and a collective served from the response cache first waits one
     check to be taken out of the cache, so the worst case is 3 check times + the shutdown time:
-    a quarter of the bound each. The Gloo timeout also bounds ``hvd.init``'s rendezvous, hence
-    the minimum.
+    a sixth of the bound and half of it. So a rank may work alone (a long evaluation or
+    checkpoint on rank 0) for up to half the bound. The Gloo timeout also bounds ``hvd.init``'s
+    rendezvous, hence the minimum.
     """
-    quarter = str(max(1, timeout // 4))
-    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout), "HOROVOD_STALL_CHECK_TIME_SECONDS": quarter,
-            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": quarter}
+    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
+            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, timeout // 6)),
+            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(1, timeout // 2))}
 
 
 def hang_timeout(environ: Mapping[str, str] = os.environ) -> int:

@@ -66,8 +66,9 @@ class StopOnNonFinite(keras.callbacks.Callback):
     Keras's ``TerminateOnNaN`` looks at one rank's loss: that rank stops and the others wait for
     it in the next allreduce. This one checks the averaged epoch logs (it comes after
     ``AverageMetrics``, and before a checkpoint callback could save diverged weights) and, every
-    ``every`` batches, the batch loss averaged with one small allreduce; every rank stops at the
-    same step. Each rank runs the same number of batches (``shard``), so the checks pair up.
+    ``every`` batches, the epoch's running loss averaged with one small allreduce; every rank
+    stops at the same step. Each rank runs the same number of batches (``shard``), so the checks
+    pair up.
     """
 
     def __init__(self, every: int = 100):

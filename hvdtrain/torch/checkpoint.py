@@ -13,7 +13,7 @@ from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, C
                                load_on_main)
 from ..core.context import main_process_only
 from ._context import current
-from .optimizer import BASE_LR, broadcast_state, rescale_lr
+from .optimizer import BASE_LR, broadcast_scheduler, broadcast_state, rescale_lr
 
 EXTENSION = ".pt"
 
@@ -64,9 +64,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
         return None
     broadcast_state(model, optimizer)
     if scheduler is not None:
-        state = ctx.broadcast_object(scheduler.state_dict() if ctx.is_main else None, 0)
-        if not ctx.is_main:
-            scheduler.load_state_dict(state)
+        broadcast_scheduler(scheduler)
     if optimizer is not None:
         rescale_lr(optimizer, scheduler)
     return meta

@@ -9,7 +9,7 @@ import torch
 
 from ..core.elastic import Position, TrainingState
 from ._context import current
-from .optimizer import broadcast_state, rescale_lr
+from .optimizer import broadcast_scheduler, broadcast_state, rescale_lr
 
 T = TypeVar("T")
 
@@ -29,13 +29,12 @@ class TorchSnapshot:
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
+        self.optimizer.zero_grad()  # after load_state_dict: the interrupted step's gradients must not carry over
 
     def broadcast(self) -> None:
         broadcast_state(self.model, self.optimizer)
         if self.scheduler is not None:
-            ctx = current()
-            state = ctx.broadcast_object(self.scheduler.state_dict() if ctx.is_main else None, 0)
-            self.scheduler.load_state_dict(state)
+            broadcast_scheduler(self.scheduler)
 
     def rescale(self) -> None:
         rescale_lr(self.optimizer, self.scheduler)

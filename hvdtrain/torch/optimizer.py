@@ -153,6 +153,14 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
             optimizer.load_state_dict(state)
 
 
+def broadcast_scheduler(scheduler: Any) -> None:
+    """Every rank takes rank 0's LR scheduler state."""
+    ctx = current()
+    state = ctx.broadcast_object(scheduler.state_dict() if ctx.is_main else None, 0)
+    if not ctx.is_main:
+        scheduler.load_state_dict(state)
+
+
 def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
     """Re-scale LRs set for another world size (a checkpoint's, or before an elastic change) to this one."""
     options = getattr(optimizer, "hvdtrain_options", None)
