@@ -259,6 +259,11 @@ def test_exit_statuses_and_hang_settings():
     assert failures.describe_status(3) == "exited with status 3"
     assert failures.process_exit("Process 1 exit with status code 137.") == (1, 137)
     assert failures.split_worker_line("[1]<stderr>:hello") == (1, "stderr", "hello")
+    gloo = "[unbound_buffer.cc:81] Timed out waiting 12000ms for recv operation to complete"
+    assert failures.gloo_timeout_seconds(f"hvdtrain: rank 0 stopped: another worker failed (HorovodInternalError: "
+                                         f"{gloo})") == 12.0  # the rank's own line
+    assert failures.gloo_timeout_seconds(f"Horovod background loop uncaught exception: {gloo}") == 12.0
+    assert failures.gloo_timeout_seconds(f"my script's log: {gloo}") is None
     assert tuning.hang_settings(300) == {"HOROVOD_GLOO_TIMEOUT_SECONDS": "300",
                                          "HOROVOD_STALL_CHECK_TIME_SECONDS": "50",
                                          "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "150"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..core import failures
 
-GRACE_S = 5.0  # what horovodrun gives a worker between SIGTERM and SIGKILL
+GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun itself waits 5 s)
 MLFLOW_BOUND_S = 20.0  # longest the launcher waits on MLflow to mark a failed run
 
 

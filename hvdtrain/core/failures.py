@@ -185,6 +185,8 @@ class StallParser:
 
 
 def gloo_timeout_seconds(text: str) -> float | None:
-    """Seconds of the Gloo timeout a rank reports hitting (a peer did not answer), else None."""
+    """Seconds of the Gloo timeout a rank reports hitting (a peer did not answer), else None: from
+    Horovod's C++ log line or the rank's own one-line report (either may be the only one seen)."""
     match = _GLOO_TIMEOUT.search(text)
-    return int(match.group(1)) / 1000 if match and PEER_FAILURE_MARKERS[1] in text else None
+    reported = PEER_FAILURE_MARKERS[1] in text or text.startswith("hvdtrain: rank ")
+    return int(match.group(1)) / 1000 if match and reported else None
