@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,14 @@ def test_torch_gpt_learns_the_stdlib(tmp_path):
     # Resumed with nothing left to train: the restored model scores exactly what the trained one did.
     again, _ = run_example("torch_examples/gpt.py", *TINY, *ckpt, "--resume", out=tmp_path / "again")
     assert again["val_loss"] == pytest.approx(found["val_loss"], rel=1e-9)
+    # --data-dir: the corpus is that tree's, not the standard library's.
+    own = tmp_path / "own"
+    shutil.copytree(Path(json.__file__).parent, own / "json", ignore=shutil.ignore_patterns("__pycache__"))
+    mine, _ = run_example("torch_examples/gpt.py", *TINY, "--epochs", "1", "--windows", "480", "--data-dir", str(own),
+                          out=tmp_path / "own_run")
+    corpus = text.load_stdlib(300_000, 20_000, seed=0, root=own)
+    want = text.unigram_cross_entropy(corpus.train, text.tiled_windows(corpus.val, 32)[1])
+    assert mine["unigram_ce"] == pytest.approx(want) and want != pytest.approx(found["unigram_ce"])
 
 
 @pytest.mark.slow

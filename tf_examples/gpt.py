@@ -103,7 +103,7 @@ def describe(corpus: text.ByteCorpus, unigram: float) -> None:
 
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
-    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed)
+    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed, root=args.data_dir)
     val_inputs, val_targets = text.tiled_windows(corpus.val, args.block)
     unigram = text.unigram_cross_entropy(corpus.train, val_targets)
     describe(corpus, unigram)

@@ -94,7 +94,8 @@ def main(argv=None) -> None:
     options = cli.distributed_options(args)
     ctx = hk.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
-                        max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None)
+                        max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None,
+                        root=args.data_dir)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,

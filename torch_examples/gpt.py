@@ -91,7 +91,7 @@ def describe(corpus: text.ByteCorpus, unigram: float) -> None:
 
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
-    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed)
+    corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed, root=args.data_dir)
     train_set = TensorDataset(*map(torch.from_numpy, text.random_windows(corpus.train, args.block, args.windows,
                                                                          args.seed)))
     val_inputs, val_targets = text.tiled_windows(corpus.val, args.block)
