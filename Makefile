@@ -8,6 +8,7 @@ demo: install
 	$(PY) -m hvdtrain.demo
 
 test: install
+	bash scripts/system-packages.sh test
 	$(PY) -m pytest -q
 
 install:

@@ -37,6 +37,9 @@ run() {
     "$@" >>"$LOG" 2>&1
 }
 
+# --- 0. system packages the build uses (Open MPI), when root with apt-get --------------------------
+bash "$REPO/scripts/system-packages.sh" build
+
 # --- 1. virtualenv + pinned frameworks ---------------------------------------------------------
 REQ="$REPO/requirements/$FLAVOR.txt"
 [[ -f "$REQ" ]] || { echo "[install] unknown HVDTRAIN_FLAVOR '$FLAVOR': use cpu or gpu" >&2; exit 2; }

@@ -6,7 +6,7 @@ import sys
 
 from ..bench import cli as bench_cli
 from ..tracking import cli as tracking_cli
-from . import doctor, run
+from . import doctor, run, testhosts
 from .errors import CliError
 
 
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdtrain", description="Data-parallel training of Keras 3 and PyTorch "
                                      "models on Horovod, tracked in MLflow.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (doctor, run, tracking_cli, bench_cli):
+    for module in (doctor, run, tracking_cli, bench_cli, testhosts):
         module.register(subparsers)
     return parser
 

@@ -1,0 +1,36 @@
+"""Shared fixtures. Tests that need something this machine may lack (root for test hosts, ...) skip
+with one line naming it, except in CI (``HVDTRAIN_CI=1``, set by ``.ci/run``), where they must run:
+there a missing requirement fails the test instead of hiding it as a skip."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hvdtrain import testhosts
+
+
+def require(reason: str | None) -> None:
+    """Skip the test with ``reason`` (a requirement this machine lacks); a failure in CI."""
+    if reason is None:
+        return
+    if os.environ.get("HVDTRAIN_CI") == "1":
+        pytest.fail(f"CI must run this test, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def test_hosts():
+    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.testhosts``),
+    all removed when the test ends, whatever happened in it."""
+    require(testhosts.unavailable_reason())
+    made: list[testhosts.TestHosts] = []
+
+    def make(count: int, link_rate: str | None = None) -> testhosts.TestHosts:
+        hosts = testhosts.TestHosts(count, link_rate=link_rate)
+        made.append(hosts)
+        return hosts.up()
+
+    yield make
+    for hosts in made:
+        hosts.down()
