@@ -25,8 +25,11 @@ FIXES = [
     ("horovod/common/gloo/gloo_controller.cc", "  global_ranks_.reserve(size_);", "  global_ranks_.resize(size_);"),
 ]
 
-# Only for the NCCL (gpu flavour) build; both touch code a CPU build does not compile or link.
+# Only for the gpu flavour: its torch (2.14.1; the CPU flavour's 2.13.0 builds as C++17) and its
+# NCCL ops. Kept apart so the CPU build stays byte-for-byte what it was.
 GPU_FIXES = [
+    # torch >= 2.14's headers use C++20 (std::strong_ordering, operator<=> in c10/util/intrusive_ptr.h).
+    ("horovod/torch/CMakeLists.txt", "set(CMAKE_CXX_STANDARD 17)", "set(CMAKE_CXX_STANDARD 20)"),
     # TF >= 2.18 no longer exports stream_executor::gpu::AsGpuStreamValue, which 0.28.1 declares
     # and calls for the cudaStream_t of a TF op: the extension fails to load ("undefined symbol"),
     # so Horovod has no TensorFlow. The stream's platform-specific handle is that cudaStream_t.
