@@ -134,7 +134,9 @@ if [[ "$installed_key" == "$KEY" ]]; then
     say "Horovod $HOROVOD_VERSION already installed for this build ($KEY)"
 else
     if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
-        say "building Horovod $HOROVOD_VERSION ($KEY); about 12 minutes on 2 cores; log: $BUILD_LOG"
+        if [[ "$FLAVOR" == "gpu" ]]; then TAKES="30 minutes or more (CUDA kernels for 7 GPU generations)"
+        else TAKES="about 12 minutes"; fi
+        say "building Horovod $HOROVOD_VERSION ($KEY); $TAKES on 2 cores; log: $BUILD_LOG"
         : >"$BUILD_LOG"
         SRC="$(mktemp -d)"
         run "download Horovod sdist" "$BUILD_LOG" "${PIP[@]}" download --no-deps --no-binary :all: \
