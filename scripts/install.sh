@@ -53,6 +53,7 @@ else
     fi
     PY="$VENV/bin/python"
 fi
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute: the compile runs in another directory
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # A stamp of the requirement files' content skips pip entirely when nothing changed.
