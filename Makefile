@@ -3,7 +3,7 @@
 # cached Horovod build, so a second run costs seconds.
 PY := $(or $(filter-out system,$(HVDTRAIN_VENV)),.venv)/bin/python
 
-.PHONY: demo test install lint
+.PHONY: demo test install lint gpu-check
 demo: install
 	$(PY) -m hvdtrain.demo
 
@@ -16,3 +16,8 @@ install:
 
 lint: install
 	$(PY) -m pytest -q tests/test_docker.py
+
+# On a host with NVIDIA GPUs: installs the gpu flavour into .venv-gpu and runs the acceptance checks
+# (gpu-check-results/). Without a GPU it says so in one line. Never part of demo or test.
+gpu-check:
+	@bash scripts/gpu-check.sh

@@ -8,7 +8,8 @@
 #
 # Environment:
 #   HVDTRAIN_VENV    virtualenv to create/update (default: <repo>/.venv; "system" = current python)
-#   HVDTRAIN_FLAVOR  cpu | gpu  (requirements/<flavor>.txt; default cpu)
+#   HVDTRAIN_FLAVOR  cpu | gpu  (requirements/<flavor>.txt; default cpu; gpu also compiles
+#                    Horovod's NCCL ops and needs the CUDA toolkit named in requirements/gpu.txt)
 #   HVDTRAIN_CACHE   wheel + log cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdtrain)
 #   HOROVOD_VERSION  default 0.28.1
 set -Eeuo pipefail
@@ -52,6 +53,7 @@ else
     fi
     PY="$VENV/bin/python"
 fi
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute: the compile runs in another directory
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # A stamp of the requirement files' content skips pip entirely when nothing changed.
@@ -64,6 +66,17 @@ if [[ ! -f "$STAMP" ]]; then
 else
     say "frameworks already installed (requirements/$FLAVOR.txt unchanged)"
 fi
+# gpu: torch, TensorFlow, the NCCL wheel and nvcc must make one CUDA stack (hvdtrain/cudastack.py);
+# a combination that cannot work stops here with one line, before the long compile.
+cuda_stack() {
+    local out
+    if ! out="$(PYTHONPATH="$REPO" TF_CPP_MIN_LOG_LEVEL=3 "$PY" -m hvdtrain.cudastack "$1" 2>"$LOG_DIR/cudastack.log")"; then
+        printf '[install] the CUDA stack cannot work: %s\n' "$(tail -n 1 <<<"${out:-see $LOG_DIR/cudastack.log}")" >&2
+        exit 1
+    fi
+    printf '%s\n' "$out" | sed 's/^/[install] CUDA stack: /'
+}
+if [[ "$FLAVOR" == "gpu" ]]; then cuda_stack frameworks; fi
 
 # --- 2. Horovod, built once per (versions, flags) ---------------------------------------------
 STEP="detect build flags"; LOG="$LOG_DIR/detect.log"
@@ -81,24 +94,39 @@ EOF
 )
 FLAGS=(HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MXNET=1
        HOROVOD_CPU_OPERATIONS=gloo)
-# NCCL for the GPU flavour only: a CUDA build of torch on a machine without the CUDA toolkit
-# (PyPI's default torch wheel on x86) still gets a working Gloo build.
-if [[ "$FLAVOR" == "gpu" && "$TORCH_CUDA" != "none" ]]; then
-    # NCCL from the nvidia-nccl-cu12 wheel when no system NCCL is configured.
-    if [[ -z "${HOROVOD_NCCL_HOME:-}" ]]; then
-        NCCL_HOME="$("$PY" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)"
-        if [[ -n "$NCCL_HOME" ]]; then
-            # The wheel ships only libnccl.so.2; Horovod's CMake looks for libnccl.so.
-            [[ -e "$NCCL_HOME/lib/libnccl.so" ]] || ln -s libnccl.so.2 "$NCCL_HOME/lib/libnccl.so"
-            FLAGS+=("HOROVOD_NCCL_INCLUDE=$NCCL_HOME/include" "HOROVOD_NCCL_LIB=$NCCL_HOME/lib")
-        fi
-    fi
-    FLAGS+=(HOROVOD_GPU_OPERATIONS=NCCL)
+PATCH_ARGS=()
+BUILD_ENV=()   # paths for the compile that do not change what is built (not in the cache key)
+CUDA_TAG="cuda$TORCH_CUDA"
+if [[ "$FLAVOR" == "gpu" ]]; then
+    # NCCL ops compiled by the CUDA toolkit cudastack checked, linked against the one NCCL wheel
+    # (torch's): its directory is found again at run time through the extensions' RUNPATH.
+    STEP="detect CUDA toolkit and NCCL"; LOG="$LOG_DIR/detect.log"
+    read -r CUDA_HOME_DIR NVCC_V NCCL_HOME NCCL_V < <(PYTHONPATH="$REPO" "$PY" - 2>>"$LOG" <<'EOF'
+import importlib.metadata as md
+from pathlib import Path
+from hvdtrain import cudastack
+home = cudastack.cuda_home()
+wheel = cudastack.nccl_wheels()[0]
+nccl = Path(md.distribution(wheel.dist).locate_file("nvidia/nccl"))
+print(home, cudastack.nvcc_version(home), nccl, wheel.version)
+EOF
+)
+    [[ -n "${NCCL_V:-}" ]] || { echo "could not read the CUDA toolkit and NCCL paths" >>"$LOG"; false; }
+    # The wheel ships only libnccl.so.2; Horovod's CMake looks for libnccl.so.
+    [[ -e "$NCCL_HOME/lib/libnccl.so" ]] || ln -s libnccl.so.2 "$NCCL_HOME/lib/libnccl.so"
+    # The GPUs the CUDA kernels are compiled for: Turing to Blackwell (CUDA 13 dropped older ones).
+    FLAGS+=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_LINK=SHARED
+            "HOROVOD_BUILD_CUDA_CC_LIST=${HVDTRAIN_CUDA_CC_LIST:-75,80,86,89,90,100,120}")
+    BUILD_ENV+=("HOROVOD_CUDA_HOME=$CUDA_HOME_DIR" "CUDA_HOME=$CUDA_HOME_DIR"
+                "HOROVOD_NCCL_INCLUDE=$NCCL_HOME/include" "HOROVOD_NCCL_LIB=$NCCL_HOME/lib")
+    PATCH_ARGS+=(--gpu)
+    CUDA_TAG="cuda$TORCH_CUDA-nvcc$NVCC_V-nccl$NCCL_V"
 fi
 if command -v mpicc >/dev/null 2>&1; then FLAGS+=(HOROVOD_WITH_MPI=1); else FLAGS+=(HOROVOD_WITHOUT_MPI=1); fi
 
-FLAGS_HASH="$( { printf '%s\n' "${FLAGS[@]}"; cat "$REPO/scripts/patch_horovod.py"; } | sha256sum | cut -c1-10)"
-KEY="horovod-$HOROVOD_VERSION-torch$TORCH_V-tf$TF_V-cuda$TORCH_CUDA-py$PY_V-$FLAGS_HASH"
+FLAGS_HASH="$( { printf '%s\n' "${FLAGS[@]}"; "$PY" "$REPO/scripts/patch_horovod.py" --fingerprint "${PATCH_ARGS[@]}"; } \
+               | sha256sum | cut -c1-10)"
+KEY="horovod-$HOROVOD_VERSION-torch$TORCH_V-tf$TF_V-$CUDA_TAG-py$PY_V-$FLAGS_HASH"
 WHEEL_DIR="$CACHE/wheels/$KEY"
 BUILD_LOG="$LOG_DIR/build-$KEY.log"
 
@@ -107,16 +135,19 @@ if [[ "$installed_key" == "$KEY" ]]; then
     say "Horovod $HOROVOD_VERSION already installed for this build ($KEY)"
 else
     if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
-        say "building Horovod $HOROVOD_VERSION ($KEY); about 12 minutes on 2 cores; log: $BUILD_LOG"
+        if [[ "$FLAVOR" == "gpu" ]]; then TAKES="30 minutes or more (CUDA kernels for 7 GPU generations)"
+        else TAKES="about 12 minutes"; fi
+        say "building Horovod $HOROVOD_VERSION ($KEY); $TAKES on 2 cores; log: $BUILD_LOG"
         : >"$BUILD_LOG"
         SRC="$(mktemp -d)"
         run "download Horovod sdist" "$BUILD_LOG" "${PIP[@]}" download --no-deps --no-binary :all: \
             -d "$SRC" "horovod==$HOROVOD_VERSION"
         run "unpack Horovod sdist" "$BUILD_LOG" tar -xzf "$SRC"/horovod-"$HOROVOD_VERSION".tar.gz -C "$SRC"
-        run "patch Horovod sources" "$BUILD_LOG" "$PY" "$REPO/scripts/patch_horovod.py" "$SRC/horovod-$HOROVOD_VERSION"
+        run "patch Horovod sources" "$BUILD_LOG" "$PY" "$REPO/scripts/patch_horovod.py" "$SRC/horovod-$HOROVOD_VERSION" \
+            "${PATCH_ARGS[@]}"
         STEP="compile Horovod"; LOG="$BUILD_LOG"
         (cd "$SRC/horovod-$HOROVOD_VERSION" &&
-         env "${FLAGS[@]}" CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
+         env "${FLAGS[@]}" "${BUILD_ENV[@]}" CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
              PATH="$(dirname "$PY"):$PATH" \
              "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$SRC/dist" . ) >>"$BUILD_LOG" 2>&1
         mkdir -p "$WHEEL_DIR"
@@ -132,9 +163,12 @@ else
     run "install Horovod runtime deps" "$BUILD_LOG" "${PIP[@]}" install cloudpickle psutil pyyaml packaging
     STEP="check Horovod build"; LOG="$LOG_DIR/check-build.log"
     "$(dirname "$PY")/horovodrun" --check-build >"$LOG" 2>&1
-    for feature in TensorFlow PyTorch Gloo; do
+    FEATURES=(TensorFlow PyTorch Gloo)
+    if [[ "$FLAVOR" == "gpu" ]]; then FEATURES+=(NCCL); fi
+    for feature in "${FEATURES[@]}"; do
         grep -qE "\[X\] $feature" "$LOG" || { echo "Horovod was built without $feature" >>"$LOG"; false; }
     done
+    if [[ "$FLAVOR" == "gpu" ]]; then cuda_stack load; fi
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
 fi
 
@@ -144,4 +178,5 @@ if ! (cd / && "$PY" -c 'import hvdtrain, sys; sys.exit(not hvdtrain.__file__.sta
         >/dev/null 2>&1; then
     run "install hvdtrain" "$LOG_DIR/hvdtrain.log" "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO"
 fi
-say "done: Horovod $HOROVOD_VERSION with PyTorch, TensorFlow and Gloo; python: $PY"
+if [[ "$FLAVOR" == "gpu" ]]; then BUILT="PyTorch, TensorFlow, Gloo and NCCL"; else BUILT="PyTorch, TensorFlow and Gloo"; fi
+say "done: Horovod $HOROVOD_VERSION with $BUILT; python: $PY"

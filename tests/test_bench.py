@@ -61,7 +61,8 @@ def test_step_rows_ratios_and_scaling(bench):
     found = {(r["framework"], r["model"], r["loop"], r["np"]) for r in result["steps"]}
     expected = {("torch", m, loop, np) for m in ("mlp", "gpt") for loop in TORCH_LOOPS for np in (1, 2)}
     expected |= {("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)}
-    assert expected <= found
+    plain = {("torch", m, "plain torch", 1) for m in ("mlp", "gpt")}  # no Horovod: one process only
+    assert found == expected | plain
     for row in result["steps"]:
         # the total is the sum of every rank's own throughput
         assert row["samples_per_s_total"] == pytest.approx(sum(row["batch_per_rank"] / t for t in row["per_rank_step_s"]))
@@ -69,6 +70,8 @@ def test_step_rows_ratios_and_scaling(bench):
     ratios = {(r["framework"], r["model"], r["np"], r["numerator"], r["denominator"]) for r in result["ratios"]}
     assert ("torch", "mlp", 2, "hvdtrain", "raw horovod") in ratios and ("torch", "gpt", 2, "hvdtrain", "ddp") in ratios
     assert ("keras", "gpt", 2, "hvdtrain fit", "raw horovod fit") in ratios
+    assert {("torch", m, 1, "hvdtrain", "plain torch") for m in ("mlp", "gpt")} <= ratios
+    assert set(result["targets"]["adapter_vs_plain_torch_step_time"]) == {"torch/mlp/np1", "torch/gpt/np1"}
     assert {(r["framework"], r["model"], r["loop"]) for r in result["scaling"]} == \
         {(f, m, loop) for f, m, loop, _ in expected}
     assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == BACKENDS - {"torch.distributed"}
@@ -79,7 +82,7 @@ def test_bad_input_is_one_line_error():
     parser = cli.argparse.ArgumentParser()
     cli.add_arguments(parser)
     for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
-                          (["--parts", "mpi"], "allowed: allreduce, torch, keras"), (["--np", "1"], "--np must be"),
+                          (["--parts", "mpi"], "allowed: allreduce, torch, keras"), (["--np", "0"], "--np must be >= 1"),
                           (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE")):
         with pytest.raises(CliError, match=message):
             cli.main(parser.parse_args(argv))

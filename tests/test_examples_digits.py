@@ -150,5 +150,6 @@ def test_help_lists_shared_and_digits_flags(script):
                           timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert proc.returncode == 0, proc.stderr
     for flag in ("--epochs", "--lr-scaling", "--warmup-steps", "--compression", "--accumulation-steps",
-                 "--checkpoint-dir", "--resume", "--experiment", "--results", "--train-samples", "--log-model"):
+                 "--checkpoint-dir", "--resume", "--experiment", "--results", "--train-samples", "--log-model",
+                 "--mixed-precision"):
         assert flag in proc.stdout

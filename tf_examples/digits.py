@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(digits.example_parser("Keras 3"), argv, step_checkpoints=False)
     ctx = hk.init(seed=args.seed)
+    if args.mixed_precision:  # bf16 compute, fp32 weights and gradients: no loss scale to agree on
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)

@@ -68,7 +68,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     history = ht.fit(model, optimizer, nn.CrossEntropyLoss(),
                      ht.distributed_loader(as_dataset(splits.train), args.batch_size, seed=args.seed),
                      epochs=args.epochs, val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
-                     metrics={"accuracy": batch_accuracy}, tracker=tracker, **cli.fit_kwargs(args))
+                     metrics={"accuracy": batch_accuracy}, tracker=tracker, amp=args.mixed_precision,
+                     **cli.fit_kwargs(args))
     test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
     if tracker is not None:
         tracker.log_metrics({"test_accuracy": test_accuracy}, step=history.global_step)
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(digits.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)
+    if args.mixed_precision and not ctx.on_gpu:
+        raise SystemExit(f"rank {ctx.rank}: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a GPU; "
+                         f"this worker has none")
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)

@@ -1,5 +1,6 @@
-"""Allreduce of float32 tensors: horovod.torch, horovod.tensorflow and torch.distributed (Gloo)
-in the same processes, window by window, plus the tensor-fusion effect on many small tensors.
+"""Allreduce of float32 tensors: horovod.torch, horovod.tensorflow and torch.distributed (Gloo;
+NCCL on GPU) in the same processes, window by window, plus the tensor-fusion effect on many small
+tensors. On GPU the tensors live on each rank's GPU and a window ends when the GPU is done.
 
 Every backend sums (torch.distributed's only mode; Horovod's Average would add a scaling pass).
 """
@@ -41,27 +42,54 @@ def plan_for(size_bytes: int, quick: bool, windows: int) -> Plan:
     return Plan(warmup=iters, windows=windows, iters=iters)
 
 
-def size_contenders(size_bytes: int) -> dict[str, Callable[[int], float]]:
+def _gpu_sync(device: str) -> Callable[[], None] | None:
+    """Wait for both frameworks' queued GPU work (None on CPU, where every op is synchronous)."""
+    if device == "cpu":
+        return None
+    return lambda: (torch.cuda.synchronize(), tf.test.experimental.sync_devices())
+
+
+def _tf_device(device: str) -> str:
+    return "/CPU:0" if device == "cpu" else "/GPU:0"  # the rank's one visible GPU
+
+
+def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
     name = f"bench.allreduce.{size_bytes}"
-    hvd_tensor, quiet_tensor, dist_tensor = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-    tf_tensor = tf.zeros([n])
+    hvd_tensor, quiet_tensor, dist_tensor = (torch.zeros(n, device=device) for _ in range(3))
+    with tf.device(_tf_device(device)):
+        tf_tensor = tf.zeros([n])
+
+    def tf_allreduce():
+        with tf.device(_tf_device(device)):
+            return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
+
+    sync = _gpu_sync(device)
     return {
-        HVD_TORCH: timed(lambda: ht.allreduce_(hvd_tensor, op=ht.Sum, name=name)),
-        HVD_TORCH_QUIET: timed(lambda: wait_quietly(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q"))),
-        HVD_TF: timed(lambda: htf.allreduce(tf_tensor, op=htf.Sum, name=name)),
-        TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor)),
+        HVD_TORCH: timed(lambda: ht.allreduce_(hvd_tensor, op=ht.Sum, name=name), sync),
+        HVD_TORCH_QUIET: timed(lambda: wait_quietly(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")),
+                               sync),
+        HVD_TF: timed(tf_allreduce, sync),
+        TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor), sync),
     }
 
 
-def fusion_contenders(count: int, size_bytes: int) -> dict[str, Callable[[int], float]]:
+def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
 
     def tensors():
-        return [torch.zeros(n) for _ in range(count)]
+        return [torch.zeros(n, device=device) for _ in range(count)]
 
     one_by_one, fused, grouped, quiet, dist_each, dist_flat = (tensors() for _ in range(6))
-    tf_tensors = [tf.zeros([n]) for _ in range(count)]
+    with tf.device(_tf_device(device)):
+        tf_tensors = [tf.zeros([n]) for _ in range(count)]
+    sync = _gpu_sync(device)
+
+    def on_tf_device(operation):
+        def run():
+            with tf.device(_tf_device(device)):
+                return operation()
+        return run
 
     def hvd_fused():
         handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.fused.{i}") for i, t in enumerate(fused)]
@@ -81,26 +109,26 @@ def fusion_contenders(count: int, size_bytes: int) -> dict[str, Callable[[int], 
 
     return {
         f"{HVD_TORCH} one by one": timed(lambda: [ht.allreduce_(t, op=ht.Sum, name=f"bench.each.{i}")
-                                                  for i, t in enumerate(one_by_one)]),
-        f"{HVD_TORCH} async, fused by Horovod": timed(hvd_fused),
-        f"{HVD_TORCH} async, fused, sleeping wait": timed(hvd_fused_quiet),
+                                                  for i, t in enumerate(one_by_one)], sync),
+        f"{HVD_TORCH} async, fused by Horovod": timed(hvd_fused, sync),
+        f"{HVD_TORCH} async, fused, sleeping wait": timed(hvd_fused_quiet, sync),
         f"{HVD_TORCH} grouped_allreduce": timed(lambda: ht.grouped_allreduce_(grouped, op=ht.Sum,
-                                                                              name="bench.grouped")),
-        f"{HVD_TF} one by one": timed(lambda: [htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
-                                               for i, t in enumerate(tf_tensors)]),
-        f"{HVD_TF} grouped_allreduce": timed(lambda: htf.grouped_allreduce(tf_tensors, op=htf.Sum,
-                                                                          name="bench.grouped")),
-        f"{TORCH_DIST} one by one": timed(lambda: [dist.all_reduce(t) for t in dist_each]),
-        f"{TORCH_DIST} flattened": timed(dist_flattened),
+                                                                              name="bench.grouped"), sync),
+        f"{HVD_TF} one by one": timed(on_tf_device(lambda: [htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
+                                                            for i, t in enumerate(tf_tensors)]), sync),
+        f"{HVD_TF} grouped_allreduce": timed(on_tf_device(lambda: htf.grouped_allreduce(
+            tf_tensors, op=htf.Sum, name="bench.grouped")), sync),
+        f"{TORCH_DIST} one by one": timed(lambda: [dist.all_reduce(t) for t in dist_each], sync),
+        f"{TORCH_DIST} flattened": timed(dist_flattened, sync),
     }
 
 
-def run(sizes: list[int], fusion: tuple[int, int], quick: bool, windows: int) -> dict:
+def run(sizes: list[int], fusion: tuple[int, int], quick: bool, windows: int, device: str = "cpu") -> dict:
     """Every rank's median seconds per allreduce, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
-    by_size = {size: compete(size_contenders(size), plan_for(size, quick, windows), dist.barrier)
+    by_size = {size: compete(size_contenders(size, device), plan_for(size, quick, windows), dist.barrier)
                for size in sizes}
     count, size_bytes = fusion
-    fused = compete(fusion_contenders(count, size_bytes), plan_for(count * size_bytes, quick, windows),
+    fused = compete(fusion_contenders(count, size_bytes, device), plan_for(count * size_bytes, quick, windows),
                     dist.barrier)
     mine = {"sizes": {str(s): t for s, t in by_size.items()}, "fusion": fused}
     return {"per_rank": ht.allgather_object(mine, name="bench.allreduce.results"),

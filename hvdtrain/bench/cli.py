@@ -17,7 +17,7 @@ from . import plots, report
 from .worker import PARTS
 
 DEFAULT_SIZES = "4K,16K,64K,256K,1M,4M,16M,64M"
-_SIZE = re.compile(r"^(\d+)([KM]?)B?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+)([KMG]?)B?$", re.IGNORECASE)
 
 
 def register(subparsers) -> None:
@@ -29,6 +29,8 @@ def register(subparsers) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--np", type=int, default=2, help="workers of the multi-worker runs (np=1 runs too)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: one GPU per worker, NCCL for Horovod and torch.distributed")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="allreduce sizes, e.g. 4K,1M,64M (binary units)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--fusion", default="200x64K", help="small-tensor fusion case, COUNTxSIZE")
@@ -44,16 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_size(text: str) -> int:
     match = _SIZE.match(text.strip())
     if not match:
-        raise CliError(f"bad size {text!r}: use bytes or K/M units, e.g. 4096, 64K, 16M")
-    value = int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20}[match.group(2).upper()]
+        raise CliError(f"bad size {text!r}: use bytes or K/M/G units, e.g. 4096, 64K, 16M, 1G")
+    value = int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2).upper()]
     if value < 4 or value % 4:
         raise CliError(f"size {text!r} is not a whole number of float32 values (a multiple of 4 bytes)")
     return value
 
 
 def _validated(args) -> tuple[list[str], list[int], tuple[int, int], dict[str, str], int]:
-    if args.np < 2:
-        raise CliError(f"--np must be >= 2 (np=1 always runs for scaling), got {args.np}")
+    if args.np < 1:
+        raise CliError(f"--np must be >= 1 (np=1 always runs for scaling), got {args.np}")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -78,15 +80,15 @@ def _validated(args) -> tuple[list[str], list[int], tuple[int, int], dict[str, s
 
 def main(args) -> int:
     parts, sizes, fusion, env, windows = _validated(args)
-    config = {"np": args.np, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
+    config = {"np": args.np, "device": args.device, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
               "tensor_bytes": fusion[1]}, "windows": windows, "quick": args.quick, "env": env,
               "argv": sys.argv}
     launches = {}
     step_parts = [p for p in parts if p != "allreduce"]
-    plan = ([(1, step_parts)] if step_parts else []) + [(args.np, parts)]
+    plan = ([(1, step_parts)] if step_parts and args.np > 1 else []) + [(args.np, parts)]
     for np, np_parts in plan:
         print(f"hvdtrain bench: np={np}: {', '.join(np_parts)} ...", flush=True)
-        launches[np] = _launch(np, np_parts, sizes, fusion, windows, args.quick, env)
+        launches[np] = _launch(np, np_parts, sizes, fusion, windows, args.quick, env, args.device)
     result = report.build(launches, config)
     args.out.mkdir(parents=True, exist_ok=True)
     path = report.write_json(result, args.out)
@@ -97,14 +99,15 @@ def main(args) -> int:
 
 
 def _launch(np: int, parts: list[str], sizes: list[int], fusion: tuple[int, int], windows: int, quick: bool,
-            env: dict[str, str]) -> dict:
+            env: dict[str, str], device: str = "cpu") -> dict:
     """Run the workers under horovodrun; rank 0's results plus the host's load around the run."""
     with tempfile.TemporaryDirectory(prefix="hvdtrain-bench-") as tmp:
         out = Path(tmp) / "results.json"
         command = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
                    "--gloo", sys.executable, "-m", "hvdtrain.bench.worker", "--out", str(out),
                    "--parts", ",".join(parts), "--sizes", ",".join(map(str, sizes)),
-                   "--fusion", f"{fusion[0]},{fusion[1]}", "--windows", str(windows)] + (["--quick"] if quick else [])
+                   "--fusion", f"{fusion[0]},{fusion[1]}", "--windows", str(windows), "--device", device] \
+            + (["--quick"] if quick else [])
         load_before, started = os.getloadavg(), time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})

@@ -132,12 +132,19 @@ def variants(make: Callable[[], keras.Model], batch, loss_fn,
     raw_fit = fresh(RawHorovodModel)
     raw_fit.compile(optimizer=raw_optimizer(), loss=loss_fn, jit_compile=False)
     hvdtrain_loop, raw_loop = fresh(), fresh()
+    sync = _sync if tf.config.list_logical_devices("GPU") else None
     return {
         HVDTRAIN_FIT: _fit_contender(hvdtrain_fit, batch, hk.callbacks()),
         RAW_FIT: _fit_contender(raw_fit, batch, []),
-        HVDTRAIN_LOOP: timed(_loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False)),
-        RAW_LOOP: timed(_loop_step(raw_loop, raw_optimizer(), loss_fn, batch, True)),
+        HVDTRAIN_LOOP: timed(_loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False),
+                             sync),
+        RAW_LOOP: timed(_loop_step(raw_loop, raw_optimizer(), loss_fn, batch, True), sync),
     }
+
+
+def _sync() -> None:
+    """The compiled loop's steps return before a GPU finishes them."""
+    tf.test.experimental.sync_devices()
 
 
 def _barrier() -> None:

@@ -60,7 +60,7 @@ def step_rows(raw: dict, framework: str, np: int) -> list[dict]:
 
 
 # (framework, numerator loop, denominator loop): step-time ratios, > 1 means the numerator is slower.
-RATIOS = [("torch", "hvdtrain", "raw horovod"), ("torch", "hvdtrain", "ddp"),
+RATIOS = [("torch", "hvdtrain", "raw horovod"), ("torch", "hvdtrain", "ddp"), ("torch", "hvdtrain", "plain torch"),
           ("keras", "hvdtrain fit", "raw horovod fit"), ("keras", "hvdtrain loop", "raw horovod loop")]
 
 
@@ -129,8 +129,12 @@ def targets(report: dict) -> dict:
     largest-size bus bandwidth at least torch.distributed's."""
     adapter = {f"{r['framework']}/{r['model']}/np{r['np']}/{r['numerator']}": r["step_time_ratio"]
                for r in report["ratios"] if r["denominator"].startswith("raw")}
+    plain = {f"torch/{r['model']}/np1": r["step_time_ratio"] for r in report["ratios"]
+             if r["denominator"] == "plain torch"}
     found = {"adapter_vs_raw_step_time": adapter,
-             "adapter_within_2pct": all(v <= 1.02 for v in adapter.values()) if adapter else None}
+             "adapter_within_2pct": all(v <= 1.02 for v in adapter.values()) if adapter else None,
+             "adapter_vs_plain_torch_step_time": plain,
+             "adapter_within_2pct_of_plain": all(v <= 1.02 for v in plain.values()) if plain else None}
     if report["allreduce"]:
         largest = max(r["size_bytes"] for r in report["allreduce"])
         bw = {r["backend"]: r["busbw_GBps"] for r in report["allreduce"] if r["size_bytes"] == largest}
@@ -174,7 +178,7 @@ def table(report: dict) -> str:
 
 
 def _size(nbytes: int) -> str:
-    for unit, scale in (("MB", 1 << 20), ("KB", 1 << 10)):
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
         if nbytes >= scale and nbytes % scale == 0:
             return f"{nbytes // scale} {unit}"
     return f"{nbytes} B"

@@ -22,13 +22,16 @@ class Plan:
     iters: int  # operations per window
 
 
-def timed(operation: Callable[[], object]) -> Contender:
-    """A contender that runs ``operation`` back to back and times the whole window."""
+def timed(operation: Callable[[], object], sync: Callable[[], object] | None = None) -> Contender:
+    """A contender that runs ``operation`` back to back and times the whole window; ``sync`` waits
+    for work still queued on a GPU before the clock stops (GPU ops return before they finish)."""
 
     def run(iters: int) -> float:
         start = time.perf_counter()
         for _ in range(iters):
             operation()
+        if sync is not None:
+            sync()
         return time.perf_counter() - start
 
     return run

@@ -1,5 +1,6 @@
 """One training step of the same model on the same batch: (a) hvdtrain.torch, (b) a hand-written
-raw horovod.torch loop, (c) torch DistributedDataParallel on the same Gloo ranks.
+raw horovod.torch loop, (c) torch DistributedDataParallel on the same Gloo ranks (NCCL on GPU),
+and at np=1 (d) plain PyTorch, no Horovod at all: what hvdtrain costs a single-GPU user.
 
 Each loop trains its own copy of one initial model; data loading is left out (a fixed batch).
 """
@@ -20,7 +21,7 @@ import hvdtrain.torch as ht
 from . import models
 from .timing import Plan, compete, timed
 
-HVDTRAIN, RAW, DDP = "hvdtrain", "raw horovod", "ddp"
+HVDTRAIN, RAW, DDP, PLAIN = "hvdtrain", "raw horovod", "ddp", "plain torch"
 
 
 def _mlp(quick: bool):
@@ -45,6 +46,10 @@ def _gpt(quick: bool):
 MODELS = {"mlp": _mlp, "gpt": _gpt}
 
 
+def _on(device: str, model: nn.Module, batch):
+    return model.to(device), tuple(t.to(device) for t in batch)
+
+
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> Callable[[], None]:
     inputs, targets = batch
 
@@ -57,8 +62,9 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
 
 
 def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable) -> dict[str, Callable[[], None]]:
-    """The three data-parallel loops, each on its own copy of ``model``, LR scaled alike."""
-    adapter_model, raw_model, ddp_model = (copy.deepcopy(model) for _ in range(3))
+    """The three data-parallel loops, each on its own copy of ``model`` (on ``batch``'s device), LR
+    scaled alike; at np=1 also the plain loop."""
+    adapter_model, raw_model, ddp_model, plain_model = (copy.deepcopy(model) for _ in range(4))
     adapter = ht.wrap_optimizer(make_optimizer(adapter_model.parameters()), adapter_model)
 
     raw = make_optimizer(raw_model.parameters())
@@ -67,17 +73,22 @@ def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable) 
     raw = hvd.DistributedOptimizer(raw, named_parameters=raw_model.named_parameters())
     hvd.broadcast_parameters(raw_model.state_dict(), root_rank=0)
 
-    ddp_model = DistributedDataParallel(ddp_model)
+    device = batch[0].device
+    ddp_model = DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None)
     ddp = make_optimizer(ddp_model.parameters())
     for group in ddp.param_groups:
         group["lr"] *= dist.get_world_size()
-    return {HVDTRAIN: _step(adapter_model, adapter, loss_fn, batch), RAW: _step(raw_model, raw, loss_fn, batch),
-            DDP: _step(ddp_model, ddp, loss_fn, batch)}
+    found = {HVDTRAIN: _step(adapter_model, adapter, loss_fn, batch), RAW: _step(raw_model, raw, loss_fn, batch),
+             DDP: _step(ddp_model, ddp, loss_fn, batch)}
+    if hvd.size() == 1:
+        found[PLAIN] = _step(plain_model, make_optimizer(plain_model.parameters()), loss_fn, batch)
+    return found
 
 
-def run(quick: bool, windows: int) -> dict:
+def run(quick: bool, windows: int, device: str = "cpu") -> dict:
     """Every rank's median step seconds per model and loop, all-gathered."""
     plan = Plan(warmup=3, windows=windows, iters=3 if quick else 10)
+    sync = torch.cuda.synchronize if device != "cpu" else None
     mine, batches, skipped = {}, {}, []
     for name, build in MODELS.items():
         built = build(quick)
@@ -85,7 +96,8 @@ def run(quick: bool, windows: int) -> dict:
             skipped.append(name)
             continue
         model, batch, loss_fn, make_optimizer, batches[name] = built
-        contenders = {loop: timed(step) for loop, step in loops(model, batch, loss_fn, make_optimizer).items()}
+        model, batch = _on(device, model, batch)
+        contenders = {loop: timed(step, sync) for loop, step in loops(model, batch, loss_fn, make_optimizer).items()}
         mine[name] = compete(contenders, plan, dist.barrier)
     return {"per_rank": hvd.allgather_object(mine, name="bench.torch_step.results"), "batch_per_rank": batches,
             "skipped": skipped}

@@ -3,7 +3,8 @@
 Phases run in turn, each with only the Horovod instances it measures alive (an idle Horovod
 instance still wakes its background thread every cycle): allreduce with horovod.torch,
 horovod.tensorflow and torch.distributed; torch steps with horovod.torch and torch.distributed;
-Keras steps with horovod.tensorflow alone.
+Keras steps with horovod.tensorflow alone. ``--device gpu``: each rank works on the GPU of its
+local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion", default="200,65536", help="tensors,bytes each")
     parser.add_argument("--windows", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     return parser.parse_args(argv)
 
 
-def _start_torch_distributed(rank: int, size: int) -> None:
-    """A Gloo group over the same ranks; rank 0 picks the port and Horovod shares it."""
+def _start_torch_distributed(rank: int, size: int, device: str) -> None:
+    """A Gloo (NCCL on GPU) group over the same ranks; rank 0 picks the port and Horovod shares it."""
     import horovod.torch as hvd
     import torch.distributed as dist
 
@@ -44,13 +46,19 @@ def _start_torch_distributed(rank: int, size: int) -> None:
             port = sock.getsockname()[1]
     port = hvd.broadcast_object(port, root_rank=0, name="bench.port")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+    dist.init_process_group("nccl" if device == "gpu" else "gloo", rank=rank, world_size=size)
 
 
-def _tensorflow_threads(per_rank: int) -> None:
-    """hvdtrain.keras.init's CPU split, set before the allreduce phase starts TensorFlow."""
+def _tensorflow_devices(per_rank: int, device: str, local_rank: int) -> None:
+    """hvdtrain.keras.init's device setup (CPU split, or this rank's GPU only), made before the
+    allreduce phase starts TensorFlow."""
     import tensorflow as tf
 
+    if device == "gpu":
+        gpu = tf.config.list_physical_devices("GPU")[local_rank]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+        return
     tf.config.threading.set_intra_op_parallelism_threads(per_rank)
     tf.config.threading.set_inter_op_parallelism_threads(per_rank)
 
@@ -66,12 +74,14 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = ht.init(seed=0)
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
-    results = {"np": ctx.size, "threads_per_rank": torch.get_num_threads(),
+    if args.device == "gpu" and not ctx.on_gpu:
+        raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
+    results = {"np": ctx.size, "device": args.device, "threads_per_rank": torch.get_num_threads(),
                "horovod_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HOROVOD_")
                                and not k.startswith(("HOROVOD_GLOO_RENDEZVOUS", "HOROVOD_HOSTNAME"))}}
-    _start_torch_distributed(ctx.rank, ctx.size)
+    _start_torch_distributed(ctx.rank, ctx.size, args.device)
     if "keras" in parts or "allreduce" in parts:
-        _tensorflow_threads(torch.get_num_threads())
+        _tensorflow_devices(torch.get_num_threads(), args.device, ctx.local_rank)
     servers = []
     if "allreduce" in parts and ctx.size > 1:
         import horovod.tensorflow as htf
@@ -82,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
         htf.init()
         sizes = [int(s) for s in args.sizes.split(",")]
         fusion = tuple(int(v) for v in args.fusion.split(","))
-        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows)
+        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows, ctx.device)
         htf.shutdown()
         hvd.init()  # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
     if "torch" in parts:
         from . import torch_step
 
-        results["torch_steps"] = torch_step.run(args.quick, args.windows)
+        results["torch_steps"] = torch_step.run(args.quick, args.windows, ctx.device)
     if "keras" in parts:
         servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
     dist.destroy_process_group()

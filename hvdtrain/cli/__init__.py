@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import gpucheck
 from ..bench import cli as bench_cli
 from ..tracking import cli as tracking_cli
 from . import doctor, run, testhosts
@@ -14,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdtrain", description="Data-parallel training of Keras 3 and PyTorch "
                                      "models on Horovod, tracked in MLflow.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (doctor, run, tracking_cli, bench_cli, testhosts):
+    for module in (doctor, run, tracking_cli, bench_cli, testhosts, gpucheck):
         module.register(subparsers)
     return parser
 

@@ -63,10 +63,49 @@ def build_checks() -> list[Check]:
     checks.append(Check("MPI controller", True, "built" if mpi else "not built (optional; needs mpicc at install)"))
     nccl = nccl_built()
     gpu_wanted = _torch_has_cuda()
-    checks.append(Check("NCCL ops", nccl or not gpu_wanted,
-                        "built" if nccl else (f"CUDA torch but Horovod was built without NCCL: {FIX}" if gpu_wanted
-                                              else "not built (CPU install)")))
+    checks.append(Check("NCCL ops", bool(nccl) or not gpu_wanted,
+                        f"built (NCCL {_nccl_code(nccl)})" if nccl else
+                        (f"CUDA torch but Horovod was built without NCCL: {FIX}" if gpu_wanted
+                         else "not built (CPU install)")))
     return checks
+
+
+def _nccl_code(code: int) -> str:
+    """Horovod's ``nccl_built()`` is the NCCL_VERSION_CODE it was compiled with: 23007 -> 2.30.7."""
+    return f"{code // 10000}.{code % 10000 // 100}.{code % 100}"
+
+
+def cuda_stack_checks() -> tuple[list[Check], list[str]]:
+    """A GPU build's CUDA stack: the CUDA each framework and NCCL were built for, whether they load
+    in one process, and the GPUs. No GPU is one line, not a failure: the build can still be checked."""
+    from .. import cudastack
+
+    torch_facts, tf = cudastack.torch_facts(), cudastack.tensorflow_facts()
+    checks = [Check("torch CUDA", torch_facts["cuda"] is not None,
+                    f"torch {torch_facts['version']} built for CUDA {torch_facts['cuda']}"),
+              Check("TensorFlow CUDA", tf["cuda_build"],
+                    f"{tf['dist']} {tf['version']} built for CUDA {tf['cuda']}, cuDNN {tf['cudnn']}"
+                    if tf["cuda_build"] else f"{tf['dist']} {tf['version']} is a CPU build: {FIX}")]
+    wheels = cudastack.nccl_wheels()
+    checks.append(Check("NCCL library", len(wheels) == 1,
+                        ", ".join(f"{w.dist} {w.version} (CUDA {w.cuda_major})" for w in wheels)
+                        + ("" if len(wheels) == 1 else f": exactly one NCCL wheel must be installed; {FIX}")))
+    try:
+        loaded = cudastack.check_load()
+        checks.append(Check("one process", True, "torch, TensorFlow and Horovod's NCCL ops load together: "
+                                                  + loaded[0].split(": ", 1)[1]))
+    except cudastack.StackError as err:
+        checks.append(Check("one process", False, f"{err}; {FIX}"))
+    names, problem = cudastack.gpus()
+    if problem:
+        checks.append(Check("GPUs", False, problem))
+    elif not names:
+        checks.append(Check("GPUs", True, "none on this machine: the NCCL build is checked, not run "
+                                          "(live GPU allreduce skipped)"))
+    else:
+        checks.append(Check("GPUs", True, f"{len(names)} x {names[0]}"
+                                          + ("" if len(set(names)) == 1 else f" (+ {', '.join(sorted(set(names[1:])))})")))
+    return checks, names
 
 
 def _import_error(module: str) -> str | None:
@@ -87,19 +126,20 @@ def _torch_has_cuda() -> bool:
     return torch.version.cuda is not None and torch.cuda.is_available()
 
 
-def live_allreduce(framework: str, np: int, timeout: float) -> Check:
-    """Run ``hvdtrain.cli.allreduce_check`` on ``np`` local ranks through horovodrun."""
+def live_allreduce(framework: str, np: int, timeout: float, device: str = "cpu") -> Check:
+    """Run ``hvdtrain.cli.allreduce_check`` on ``np`` local ranks through horovodrun (``device``
+    gpu: one GPU per rank, so Horovod reduces with NCCL)."""
     horovodrun = Path(sys.executable).parent / "horovodrun"
     cmd = [str(horovodrun), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
-           sys.executable, "-m", "hvdtrain.cli.allreduce_check", framework]
+           sys.executable, "-m", "hvdtrain.cli.allreduce_check", framework, device]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    name = f"{FRAMEWORKS[framework][0]} allreduce x{np}" + (" on GPU (NCCL)" if device == "gpu" else "")
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return Check(f"{FRAMEWORKS[framework][0]} allreduce x{np}", False, f"timed out after {timeout:.0f} s")
+        return Check(name, False, f"timed out after {timeout:.0f} s")
     seconds = time.perf_counter() - start
-    name = f"{FRAMEWORKS[framework][0]} allreduce x{np}"
     if proc.returncode == 0:
         return Check(name, True, f"pass in {seconds:.1f} s")
     lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "Error" in l or "error" in l]
@@ -119,11 +159,24 @@ def run(args) -> int:
     checks = build_checks()
     print("Horovod build")
     _print(checks)
+    gpu_names = []
+    from horovod.common.util import nccl_built  # cached: build_checks already asked
+
+    if nccl_built():
+        stack, gpu_names = cuda_stack_checks()
+        print("CUDA stack")
+        _print(stack)
+        checks += stack
     if all(c.ok for c in checks if c.name in ("PyTorch", "TensorFlow", "Gloo controller")):
         live = [live_allreduce(ext, args.np, args.timeout) for ext in FRAMEWORKS]
         print("Live allreduce (horovodrun, Gloo, localhost)")
         _print(live)
         checks += live
+        if gpu_names and all(c.ok for c in checks):
+            live = [live_allreduce(ext, min(args.np, len(gpu_names)), args.timeout, "gpu") for ext in FRAMEWORKS]
+            print("Live allreduce on GPUs (horovodrun, NCCL, localhost)")
+            _print(live)
+            checks += live
     failed = [c for c in checks if not c.ok]
     print("\n" + ("All checks passed." if not failed else f"{len(failed)} check(s) failed."))
     return 1 if failed else 0

@@ -103,6 +103,9 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
                        help="train on a stratified subset of this many images; default: all of it")
     group.add_argument("--dropout", type=float, default=0.25)
     group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
+    group.add_argument("--mixed-precision", action="store_true",
+                       help="PyTorch: AMP (fp16 autocast and a gradient scaler; needs a GPU); Keras: the "
+                            "mixed_bfloat16 policy (no loss scaling, so every rank takes the same steps)")
     return parser
 
 

@@ -1,4 +1,7 @@
-"""Worker for tests/test_torch_adapter.py: hvdtrain.torch against single-process references."""
+"""Worker for tests/test_torch_adapter.py: hvdtrain.torch against single-process references.
+
+Models and data live on ``ctx.device``: the CPU here, this rank's GPU on a GPU host (``hvdtrain
+gpu-check``), where the same checks then cover Horovod's NCCL allreduce."""
 import os
 import sys
 
@@ -18,12 +21,12 @@ GLOBAL_BATCH = 8
 
 
 def mlp() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(ctx.device)
 
 
 def data(n: int = 400):
     gen = torch.Generator().manual_seed(7)  # identical on every rank
-    return torch.randn(n, 5, generator=gen), torch.randn(n, 3, generator=gen)
+    return torch.randn(n, 5, generator=gen).to(ctx.device), torch.randn(n, 3, generator=gen).to(ctx.device)
 
 
 def flat(model: torch.nn.Module) -> list[float]:
@@ -62,12 +65,12 @@ def reference(initial, make_opt, steps, batch):
 
 
 def worked_example() -> float:
-    model = torch.nn.Linear(1, 1, bias=False)
+    model = torch.nn.Linear(1, 1, bias=False).to(ctx.device)
     with torch.no_grad():
         model.weight.fill_(1.0)
     opt = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, lr_scaling="none")
     x, y = ([[1.0], [2.0]], [[2.0], [4.0]]) if ctx.rank == 0 else ([[3.0], [4.0]], [[16 / 3], [4.0]])
-    ((model(torch.tensor(x)) - torch.tensor(y)) ** 2).sum().backward()
+    ((model(torch.tensor(x, device=ctx.device)) - torch.tensor(y, device=ctx.device)) ** 2).sum().backward()
     local_grad = model.weight.grad.item()
     opt.step()
     return {"local_grad": local_grad, "w": model.weight.item()}
@@ -87,7 +90,7 @@ def equivalence(make_opt, accumulation=1):
 
 def lr_schedule(scaling, warmup, with_scheduler):
     """Effective LR per step, read off the parameter update of a known gradient (d loss/dw = 1)."""
-    w = torch.nn.Parameter(torch.zeros(1))
+    w = torch.nn.Parameter(torch.zeros(1, device=ctx.device))
     holder = torch.nn.Module()
     holder.w = w
     opt = ht.wrap_optimizer(torch.optim.SGD([w], lr=0.1), holder, lr_scaling=scaling, warmup_steps=warmup)
