@@ -18,6 +18,7 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
+from ..core.guards import UnsupportedError
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ._context import current
@@ -62,8 +63,8 @@ class _Policy:
 
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "linear", warmup_steps: int = 0,
-                   compression: str = "none", op: str = "average",
-                   accumulation_steps: int = 1) -> keras.optimizers.Optimizer:
+                   compression: str = "none", op: str = "average", accumulation_steps: int = 1,
+                   shard_optimizer_state: bool = False) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average gradients over all ranks before every update; returns it.
 
     Its LR is scaled for the world size (a float LR; for a ``LearningRateSchedule`` pass
@@ -71,13 +72,17 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     calling ``apply_gradients``/``apply``. Wrap before ``compile``/``fit`` builds the optimizer.
     """
     options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
-                                 op=op, accumulation_steps=accumulation_steps)
+                                 op=op, accumulation_steps=accumulation_steps,
+                                 shard_optimizer_state=shard_optimizer_state)
     if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(optimizer, "_clip_gradients"):
         raise TypeError(f"wrap_optimizer needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
                         f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}")
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise TypeError("wrap_optimizer does not support LossScaleOptimizer yet: its skipped steps differ between "
                         "ranks; wrap a plain optimizer and train in float32")
+    if options.shard_optimizer_state:
+        raise UnsupportedError("shard_optimizer_state=True is not supported by hvdtrain.keras yet; "
+                               "use hvdtrain.torch for optimizer-state sharding")
     if hasattr(optimizer, OPTIONS):
         raise ValueError(f"optimizer {optimizer.name!r} is already wrapped by hvdtrain")
     ctx = current()
