@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Hashable, Iterator, Sequence
 
 DEFAULT_BUCKET_BYTES = 64 << 20  # Horovod's default fusion buffer size
+ELASTIC_REFUSAL = ("shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
+                   "shard of the optimizer state with it; run without --elastic, or unsharded")
 
 
 @dataclass(frozen=True)

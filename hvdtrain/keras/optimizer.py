@@ -18,9 +18,9 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
-from ..core.guards import UnsupportedError
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
+from . import zero
 from ._context import current
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
@@ -70,6 +70,8 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     Its LR is scaled for the world size (a float LR; for a ``LearningRateSchedule`` pass
     ``lr_scaling="none"`` and scale the schedule). Works in ``model.fit`` and in custom loops
     calling ``apply_gradients``/``apply``. Wrap before ``compile``/``fit`` builds the optimizer.
+    ``shard_optimizer_state=True``: ZeRO stage 1 (``zero.py``), each rank keeps the optimizer's
+    state for and updates only its 1/N of the variables.
     """
     options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
                                  op=op, accumulation_steps=accumulation_steps,
@@ -80,9 +82,6 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         raise TypeError("wrap_optimizer does not support LossScaleOptimizer yet: its skipped steps differ between "
                         "ranks; wrap a plain optimizer and train in float32")
-    if options.shard_optimizer_state:
-        raise UnsupportedError("shard_optimizer_state=True is not supported by hvdtrain.keras yet; "
-                               "use hvdtrain.torch for optimizer-state sharding")
     if hasattr(optimizer, OPTIONS):
         raise ValueError(f"optimizer {optimizer.name!r} is already wrapped by hvdtrain")
     ctx = current()
@@ -98,6 +97,8 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     optimizer._clip_gradients = policy.clip_gradients
     if options.warmup_steps and scale != 1.0:
         optimizer.apply = policy.apply
+    if options.shard_optimizer_state:  # ZeRO stage 1: zero.py
+        zero.shard(optimizer, options)
     setattr(optimizer, OPTIONS, options)
     setattr(optimizer, LR_FACTOR, scale)
     return optimizer

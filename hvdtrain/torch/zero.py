@@ -31,14 +31,12 @@ import torch
 from ..core import elastic
 from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
-from ..core.partition import Bucket, ParamSpec, PartitionPlan, plan
+from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, PartitionPlan, plan
 from ._context import current
 from .collectives import wait
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
 _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum}
-ELASTIC_REFUSAL = ("shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
-                   "shard of the optimizer state with it; run without --elastic, or unsharded")
 
 
 class _Layout:
