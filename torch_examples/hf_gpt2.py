@@ -23,12 +23,11 @@ import math  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gpt  # noqa: E402  (the byte-level example beside this file: the training recipe is shared)
 import numpy as np  # noqa: E402
 import tokenizers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.utils.data import TensorDataset  # noqa: E402
 
 import hvdtrain.torch as ht  # noqa: E402
 from hvdtrain import tracking  # noqa: E402
@@ -76,11 +75,6 @@ def write_gpt2(args: argparse.Namespace, corpus: text.ByteCorpus, directory: Pat
     transformers.GPT2LMHeadModel(config).save_pretrained(directory)
 
 
-def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every position of every window: nats per token."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
-
-
 @main_process_only
 @torch.no_grad()
 def generate(model: Logits, tokenizer, prompt: str, length: int, temperature: float, seed: int) -> str:
@@ -104,35 +98,17 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     model = Logits(transformers.AutoModelForCausalLM.from_pretrained(directory)).to(ctx.device)
     train_ids = np.array(tokenizer(as_text(corpus.train))["input_ids"], dtype=np.int32)
     val_ids = np.array(tokenizer(as_text(corpus.val))["input_ids"], dtype=np.int32)
-    train_set = TensorDataset(*map(torch.from_numpy, text.random_windows(train_ids, args.block, args.windows,
-                                                                         args.seed)))
-    val_inputs, val_targets = text.tiled_windows(val_ids, args.block)
+    val_windows = text.tiled_windows(val_ids, args.block)
     vocab = len(tokenizer)
-    unigram = text.unigram_cross_entropy(train_ids, val_targets, vocab_size=vocab)
+    unigram = text.unigram_cross_entropy(train_ids, val_windows[1], vocab_size=vocab)
     describe(corpus, train_ids, vocab, unigram)
-
-    optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01), model,
-                                  **cli.optimizer_kwargs(args), max_grad_norm=1.0)
-    train_loader = ht.distributed_loader(train_set, args.batch_size, seed=args.seed)
-    total_steps = args.epochs * math.ceil(len(train_loader) / args.accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
-    if tracker is not None:
-        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                       per_rank_batch_size=args.batch_size),
-                            "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": vocab,
-                            "unigram_ce": unigram, "corpus_fingerprint": corpus.fingerprint()})
-    val_loader = ht.eval_loader(TensorDataset(torch.from_numpy(val_inputs), torch.from_numpy(val_targets)),
-                                batch_size=64)
-    history = ht.fit(model, optimizer, next_token_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
-                     scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))
-    val_loss = history["val_loss"][-1] if history.epochs else ht.evaluate(model, val_loader, next_token_loss)["loss"]
+    windows = text.random_windows(train_ids, args.block, args.windows, args.seed)
+    val_loss, _ = gpt.fit_language_model(args, ctx, tracker, model, windows, val_windows, unigram,
+                                         {"vocab_size": vocab, "corpus_fingerprint": corpus.fingerprint()})
     model_uri = None
-    if tracker is not None:
-        tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=history.global_step)
-        if args.log_model:
-            # Contiguous: MLflow exports the model for its example's shape and strides.
-            model_uri = log_model(tracker, model, torch.from_numpy(np.ascontiguousarray(val_inputs[:2])).to(ctx.device))
+    if tracker is not None and args.log_model:
+        example = np.ascontiguousarray(val_windows[0][:2])  # MLflow exports for the example's shape and strides
+        model_uri = log_model(tracker, model, torch.from_numpy(example).to(ctx.device))
     sample = generate(model, tokenizer, args.prompt, args.sample_bytes, args.temperature, args.seed)
     return {"val_loss": val_loss, "unigram_ce": unigram, "chance_ce": math.log(vocab), "vocab_size": vocab,
             "ratio": val_loss / unigram, "sample": sample, "model_uri": model_uri}
