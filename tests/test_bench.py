@@ -75,11 +75,29 @@ def test_step_rows_ratios_and_scaling(bench):
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
 
 
+@pytest.mark.slow
+def test_optimizer_state_sharding_rows(bench):
+    result = bench["report"]
+    assert [r["np"] for r in result["zero"]] == [1, 2]
+    for row in result["zero"]:
+        assert row["parameters"] > 0 and len(row["per_rank_state_bytes_sharded"]) == row["np"]
+        # every rank holds 1/N of the state (up to padding and per-bucket step counters)
+        assert 0.99 < row["state_over_ideal"] < 1.01
+        assert len(row["step_ratios"]) == 1 and row["step_ratio_min"] <= row["step_ratio"] <= row["step_ratio_max"]
+    assert {(r["np"], r["mode"]) for r in result["zero_memory"]} == {(n, m) for n in (1, 2)
+                                                                     for m in ("unsharded", "sharded")}
+    for row in result["zero_memory"]:
+        assert row["peak_rss_bytes_max"] >= row["rss_before_bytes_mean"] > 0
+    assert set(result["targets"]) >= {"zero_state_within_5pct_of_1_over_n", "zero_step_ratio_at_most_1_1"}
+    assert "Optimizer-state sharding" in bench["stdout"] and "Peak RSS" in bench["stdout"]
+
+
 def test_bad_input_is_one_line_error():
     parser = cli.argparse.ArgumentParser()
     cli.add_arguments(parser)
     for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
-                          (["--parts", "mpi"], "allowed: allreduce, torch, keras"), (["--np", "1"], "--np must be"),
+                          (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"), (["--np", "1"], "--np must be"),
+                          (["--np", "2,x"], "bad --np '2,x'"),
                           (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE")):
         with pytest.raises(CliError, match=message):
             cli.main(parser.parse_args(argv))

@@ -45,7 +45,7 @@ def _gpt(quick: bool):
 MODELS = {"mlp": _mlp, "gpt": _gpt}
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> Callable[[], None]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> Callable[[], None]:
     inputs, targets = batch
 
     def step():
@@ -71,8 +71,8 @@ def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable) 
     ddp = make_optimizer(ddp_model.parameters())
     for group in ddp.param_groups:
         group["lr"] *= dist.get_world_size()
-    return {HVDTRAIN: _step(adapter_model, adapter, loss_fn, batch), RAW: _step(raw_model, raw, loss_fn, batch),
-            DDP: _step(ddp_model, ddp, loss_fn, batch)}
+    return {HVDTRAIN: train_step(adapter_model, adapter, loss_fn, batch),
+            RAW: train_step(raw_model, raw, loss_fn, batch), DDP: train_step(ddp_model, ddp, loss_fn, batch)}
 
 
 def run(quick: bool, windows: int) -> dict:

@@ -2,8 +2,9 @@
 
 Phases run in turn, each with only the Horovod instances it measures alive (an idle Horovod
 instance still wakes its background thread every cycle): allreduce with horovod.torch,
-horovod.tensorflow and torch.distributed; torch steps with horovod.torch and torch.distributed;
-Keras steps with horovod.tensorflow alone.
+horovod.tensorflow and torch.distributed; torch steps and optimizer-state sharding (``zero``) with
+horovod.torch and torch.distributed; Keras steps with horovod.tensorflow alone. ``--zero-memory``
+runs one optimizer's memory measurement alone.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from ..core.context import main_process_only
 from .rendezvous import fresh_rendezvous
 
-PARTS = ("allreduce", "torch", "keras")
+PARTS = ("allreduce", "torch", "keras", "zero")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion", default="200,65536", help="tensors,bytes each")
     parser.add_argument("--windows", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--zero-memory", choices=("unsharded", "sharded"), default=None,
+                        help="only measure this optimizer's memory (zero_step.memory), in a process of its own")
     return parser.parse_args(argv)
 
 
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     import hvdtrain.torch as ht
 
     ctx = ht.init(seed=0)
+    if args.zero_memory:
+        from . import zero_step
+
+        return _write(args.out, zero_step.memory(args.quick, args.zero_memory))
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
     results = {"np": ctx.size, "threads_per_rank": torch.get_num_threads(),
                "horovod_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HOROVOD_")
@@ -89,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import torch_step
 
         results["torch_steps"] = torch_step.run(args.quick, args.windows)
+    if "zero" in parts:
+        from . import zero_step
+
+        results["zero"] = zero_step.run(args.quick, args.windows)
     if "keras" in parts:
         servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
     dist.destroy_process_group()
