@@ -20,7 +20,8 @@ BACKENDS = {"horovod.torch", "horovod.torch, sleeping wait", "horovod.tensorflow
 def bench(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run([sys.executable, "-m", "hvdtrain.bench.cli", "--quick", "--windows", "1", "--sizes", "4K,8K",
-                           "--fusion", "3x4K", "--out", str(out)], capture_output=True, text=True, timeout=400)
+                           "--fusion", "3x4K", "--parts", "allreduce,torch,keras", "--out", str(out)],
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "allreduce_busbw.png").stat().st_size > 1000
     assert (out / "step_throughput.png").stat().st_size > 1000
@@ -78,11 +79,40 @@ def test_step_rows_ratios_and_scaling(bench):
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
 
 
+@pytest.fixture(scope="module")
+def zero_bench(tmp_path_factory) -> dict:
+    """The zero part alone: its memory measurements start a job per optimizer and world size."""
+    out = tmp_path_factory.mktemp("zero_bench")
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain.bench.cli", "--quick", "--windows", "1", "--parts", "zero",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)  # 6 launches
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
+
+
+@pytest.mark.slow
+def test_optimizer_state_sharding_rows(zero_bench):
+    bench = zero_bench
+    result = bench["report"]
+    assert [r["np"] for r in result["zero"]] == [1, 2]
+    for row in result["zero"]:
+        assert row["parameters"] > 0 and len(row["per_rank_state_bytes_sharded"]) == row["np"]
+        # every rank holds 1/N of the state (up to padding and per-bucket step counters)
+        assert 0.99 < row["state_over_ideal"] < 1.01
+        assert len(row["step_ratios"]) == 1 and row["step_ratio_min"] <= row["step_ratio"] <= row["step_ratio_max"]
+    assert {(r["np"], r["mode"]) for r in result["zero_memory"]} == {(n, m) for n in (1, 2)
+                                                                     for m in ("unsharded", "sharded")}
+    for row in result["zero_memory"]:
+        assert row["peak_rss_bytes_max"] >= row["rss_before_bytes_mean"] > 0
+    assert set(result["targets"]) >= {"zero_state_within_5pct_of_1_over_n", "zero_step_ratio_at_most_1_1"}
+    assert "Optimizer-state sharding" in bench["stdout"] and "Peak RSS" in bench["stdout"]
+
+
 def test_bad_input_is_one_line_error():
     parser = cli.argparse.ArgumentParser()
     cli.add_arguments(parser)
     for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
-                          (["--parts", "mpi"], "allowed: allreduce, torch, keras"), (["--np", "0"], "--np must be >= 1"),
+                          (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"), (["--np", "0"], "--np must be >= 1"),
+                          (["--np", "2,x"], "bad --np '2,x'"),
                           (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE")):
         with pytest.raises(CliError, match=message):
             cli.main(parser.parse_args(argv))

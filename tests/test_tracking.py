@@ -67,7 +67,8 @@ def test_training_params_follow_the_lr_policy():
     options = DistributedOptions(lr_scaling="sqrt", accumulation_steps=2, compression="fp16")
     params = tracking.training_params(one_worker(size=4), options, base_lr=0.1, per_rank_batch_size=32)
     assert params == {"framework": "torch", "world_size": 4, "lr_scaling": "sqrt", "warmup_steps": 0,
-                      "compression": "fp16", "op": "average", "accumulation_steps": 2, "base_lr": 0.1,
+                      "compression": "fp16", "op": "average", "accumulation_steps": 2,
+                      "shard_optimizer_state": False, "base_lr": 0.1,
                       "scaled_lr": pytest.approx(0.2), "per_rank_batch_size": 32, "global_batch_size": 256}
     adasum = tracking.training_params(one_worker(size=4), DistributedOptions(op="adasum"), base_lr=0.1,
                                       per_rank_batch_size=32)

@@ -67,7 +67,7 @@ class GPT(nn.Module):
 
 
 def next_byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every position of every window: nats per byte."""
+    """Mean cross-entropy over every position of every window: nats per byte (per token for BPE)."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
 
 
@@ -92,16 +92,27 @@ def describe(corpus: text.ByteCorpus, unigram: float) -> None:
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
     corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed, root=args.data_dir)
-    train_set = TensorDataset(*map(torch.from_numpy, text.random_windows(corpus.train, args.block, args.windows,
-                                                                         args.seed)))
-    val_inputs, val_targets = text.tiled_windows(corpus.val, args.block)
-    unigram = text.unigram_cross_entropy(corpus.train, val_targets)
+    windows = text.random_windows(corpus.train, args.block, args.windows, args.seed)
+    val_windows = text.tiled_windows(corpus.val, args.block)
+    unigram = text.unigram_cross_entropy(corpus.train, val_windows[1])
     describe(corpus, unigram)
 
     model = GPT(args.block, args.d_model, args.layers, args.heads).to(ctx.device)
+    val_loss, _ = fit_language_model(args, ctx, tracker, model, windows, val_windows, unigram,
+                                     {"corpus_fingerprint": corpus.fingerprint()})
+    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed, ctx.device)
+    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+
+
+def fit_language_model(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None, model: nn.Module,
+                       windows: tuple[np.ndarray, np.ndarray], val_windows: tuple[np.ndarray, np.ndarray],
+                       unigram: float, params: dict) -> tuple[float, ht.History]:
+    """The recipe, shared with ``hf_gpt2.py``: AdamW with clipping, a cosine schedule over the run,
+    ``ht.fit`` on the (inputs, next symbols) windows. Returns the final validation loss and the history."""
     optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01), model,
                                   **cli.optimizer_kwargs(args), max_grad_norm=1.0)
-    train_loader = ht.distributed_loader(train_set, args.batch_size, seed=args.seed)
+    train_loader = ht.distributed_loader(TensorDataset(*map(torch.from_numpy, windows)), args.batch_size,
+                                         seed=args.seed)
     total_steps = args.epochs * math.ceil(len(train_loader) / args.accumulation_steps)
     # Cosine decay to a tenth of the LR over the run: a short budget ends on small, careful steps.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -109,18 +120,15 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     if tracker is not None:
         tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                        per_rank_batch_size=args.batch_size),
-                            "parameters": sum(p.numel() for p in model.parameters()),
-                            "unigram_ce": unigram, "corpus_fingerprint": corpus.fingerprint()})
-    val_loader = ht.eval_loader(TensorDataset(torch.from_numpy(val_inputs), torch.from_numpy(val_targets)),
-                                batch_size=64)
+                            "parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram, **params})
+    val_loader = ht.eval_loader(TensorDataset(*map(torch.from_numpy, val_windows)), batch_size=64)
     history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
                      scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))
     # A resumed run that had nothing left to train evaluates the restored model.
     val_loss = history["val_loss"][-1] if history.epochs else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
     if tracker is not None:
         tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=history.global_step)
-    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed, ctx.device)
-    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+    return val_loss, history
 
 
 @main_process_only

@@ -64,19 +64,26 @@ def as_dataset(ids: np.ndarray, labels: np.ndarray) -> TensorDataset:
 
 
 @main_process_only
-def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, data) -> None:
+def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, data,
+                 example: str = "token_tagging", model_uri: str | None = None) -> None:
     print(f"\nentity-level report on {len(data.heldout_files)} held-out files "
           f"({len(data.heldout_ids)} rows of packed lines):")
     print(tagging.format_report(rows))
     micro_f1 = rows["micro avg"]["f1"]
     print(f"\nheld-out micro F1 {micro_f1:.4f}   wall time {wall_time:.0f} s   MLflow run {run_id}")
-    cli.write_results(args, ctx, example="token_tagging", metric_name="heldout_micro_f1", metric=micro_f1,
-                      wall_time_s=wall_time, run_id=run_id, report=rows)
+    cli.write_results(args, ctx, example=example, metric_name="heldout_micro_f1", metric=micro_f1,
+                      wall_time_s=wall_time, run_id=run_id, report=rows, model_uri=model_uri)
 
 
-def main(argv=None) -> None:
+def build_tagger(args, ctx) -> nn.Module:
+    return Tagger(args.dim, args.layers, args.heads, args.max_len)
+
+
+def main(argv=None, *, parser=None, build_model=build_tagger, log_model=None, example="token_tagging") -> None:
+    """Train and report; ``build_model(args, ctx)`` makes the model and, with ``--log-model``,
+    ``log_model(tracker, model, ids)`` logs it (``hf_token_tagging.py`` passes both and the flag)."""
     started = time.perf_counter()
-    args = cli.parse(tagging.example_parser("PyTorch"), argv)
+    args = cli.parse(parser or tagging.example_parser("PyTorch"), argv)
     options = cli.distributed_options(args)
     ctx = ht.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
@@ -86,7 +93,7 @@ def main(argv=None) -> None:
         if tracker is not None:
             tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
                                                         per_rank_batch_size=args.batch_size))
-        model = Tagger(args.dim, args.layers, args.heads, args.max_len).to(ctx.device)
+        model = build_model(args, ctx).to(ctx.device)
         optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr), model,
                                       **cli.optimizer_kwargs(args))
         train_loader = ht.distributed_loader(as_dataset(data.train_ids, data.train_labels), args.batch_size,
@@ -105,7 +112,11 @@ def main(argv=None) -> None:
         if tracker is not None:
             tracker.log_metrics({f"heldout_f1/{name.replace(' ', '_')}": row["f1"] for name, row in rows.items()},
                                 step=history.global_step)
-        show_results(args, ctx, rows, time.perf_counter() - started, tracker.run_id if tracker else None, data)
+        model_uri = None
+        if tracker is not None and log_model is not None and args.log_model:
+            model_uri = log_model(tracker, model, torch.from_numpy(data.heldout_ids[:4]).long().to(ctx.device))
+        show_results(args, ctx, rows, time.perf_counter() - started, tracker.run_id if tracker else None, data,
+                     example, model_uri)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``hvdtrain bench``: launch the benchmark workers under horovodrun at np=1 and np=N, then print a
-table and write ``bench.json`` and PNG plots to ``--out``."""
+"""``hvdtrain bench``: launch the benchmark workers under horovodrun at np=1 and at each np=N, then
+print a table and write ``bench.json`` and PNG plots to ``--out``."""
 from __future__ import annotations
 
 import argparse
@@ -22,13 +22,14 @@ _SIZE = re.compile(r"^(\d+)([KMG]?)B?$", re.IGNORECASE)
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="allreduce and training-step benchmarks: hvdtrain vs raw "
-                                                 "Horovod vs torch DDP", description=__doc__)
+                                                 "Horovod vs torch DDP; optimizer-state sharding",
+                                   description=__doc__)
     add_arguments(parser)
     parser.set_defaults(func=main)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--np", type=int, default=2, help="workers of the multi-worker runs (np=1 runs too)")
+    parser.add_argument("--np", default="2", help="workers of the multi-worker runs, e.g. 2 or 2,4 (np=1 runs too)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="gpu: one GPU per worker, NCCL for Horovod and torch.distributed")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="allreduce sizes, e.g. 4K,1M,64M (binary units)")
@@ -53,9 +54,18 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _validated(args) -> tuple[list[str], list[int], tuple[int, int], dict[str, str], int]:
-    if args.np < 1:
-        raise CliError(f"--np must be >= 1 (np=1 always runs for scaling), got {args.np}")
+def parse_np(text: str) -> list[int]:
+    try:
+        counts = sorted({int(n) for n in str(text).split(",")})
+    except ValueError:
+        raise CliError(f"bad --np {text!r}: use worker counts, e.g. 2 or 2,4") from None
+    if counts[0] < 1:
+        raise CliError(f"--np must be >= 1 (np=1 always runs for scaling), got {text}")
+    return counts
+
+
+def _validated(args) -> tuple[list[int], list[str], list[int], tuple[int, int], dict[str, str], int]:
+    counts = parse_np(args.np)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
@@ -75,21 +85,26 @@ def _validated(args) -> tuple[list[str], list[int], tuple[int, int], dict[str, s
     windows = args.windows or (3 if args.quick else 7)
     if windows < 1:
         raise CliError(f"--windows must be >= 1, got {windows}")
-    return parts, sizes, (int(count), parse_size(size)), env, windows
+    return counts, parts, sizes, (int(count), parse_size(size)), env, windows
 
 
 def main(args) -> int:
-    parts, sizes, fusion, env, windows = _validated(args)
-    config = {"np": args.np, "device": args.device, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
+    counts, parts, sizes, fusion, env, windows = _validated(args)
+    config = {"np": counts, "device": args.device, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
               "tensor_bytes": fusion[1]}, "windows": windows, "quick": args.quick, "env": env,
               "argv": sys.argv}
-    launches = {}
+    launches, memory = {}, []
     step_parts = [p for p in parts if p != "allreduce"]
-    plan = ([(1, step_parts)] if step_parts and args.np > 1 else []) + [(args.np, parts)]
+    plan = ([(1, step_parts)] if step_parts and 1 not in counts else []) + [(np, parts) for np in counts]
     for np, np_parts in plan:
         print(f"hvdtrain bench: np={np}: {', '.join(np_parts)} ...", flush=True)
         launches[np] = _launch(np, np_parts, sizes, fusion, windows, args.quick, env, args.device)
-    result = report.build(launches, config)
+        if "zero" in np_parts:  # peak RSS: one process per optimizer
+            for mode in ("unsharded", "sharded"):
+                print(f"hvdtrain bench: np={np}: zero memory, {mode} ...", flush=True)
+                memory.append({"np": np, **_launch(np, [], sizes, fusion, windows, args.quick, env, args.device,
+                                                   mode)})
+    result = report.build(launches, config, memory)
     args.out.mkdir(parents=True, exist_ok=True)
     path = report.write_json(result, args.out)
     pictures = plots.draw(result, args.out)
@@ -99,15 +114,16 @@ def main(args) -> int:
 
 
 def _launch(np: int, parts: list[str], sizes: list[int], fusion: tuple[int, int], windows: int, quick: bool,
-            env: dict[str, str], device: str = "cpu") -> dict:
-    """Run the workers under horovodrun; rank 0's results plus the host's load around the run."""
+            env: dict[str, str], device: str = "cpu", zero_memory: str | None = None) -> dict:
+    """Run the workers under horovodrun; rank 0's results plus the host's load around the run.
+    ``zero_memory``: instead of ``parts``, that optimizer's memory measurement."""
     with tempfile.TemporaryDirectory(prefix="hvdtrain-bench-") as tmp:
         out = Path(tmp) / "results.json"
         command = [str(Path(sys.executable).parent / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}",
                    "--gloo", sys.executable, "-m", "hvdtrain.bench.worker", "--out", str(out),
                    "--parts", ",".join(parts), "--sizes", ",".join(map(str, sizes)),
                    "--fusion", f"{fusion[0]},{fusion[1]}", "--windows", str(windows), "--device", device] \
-            + (["--quick"] if quick else [])
+            + (["--quick"] if quick else []) + (["--zero-memory", zero_memory] if zero_memory else [])
         load_before, started = os.getloadavg(), time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env})

@@ -49,6 +49,13 @@ def gpt_example(framework: str) -> ModuleType | None:
     return sys.modules[name]
 
 
+def zero_gpt_shape(quick: bool) -> GPTShape:
+    """The examples' GPT at ~50M parameters (16 blocks of 12 x 512^2), for optimizer-state sharding;
+    a short context and batch keep its step to about a second a rank on a CPU."""
+    return GPTShape(block=16, d_model=32, layers=1, heads=2, batch=2) if quick else \
+        GPTShape(block=32, d_model=512, layers=16, heads=8, batch=2)
+
+
 def gpt_shape(quick: bool) -> GPTShape:
     """The example's own defaults; a toy size with ``quick``."""
     if quick:

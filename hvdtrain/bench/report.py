@@ -84,6 +84,36 @@ def scaling_rows(steps: list[dict]) -> list[dict]:
             for r in steps if r["np"] > 1 and (r["framework"], r["model"], r["loop"]) in single]
 
 
+ZERO_STATE_TARGET = 1.05  # sharded state per rank within 5% of 1/N of the unsharded
+ZERO_STEP_TARGET = 1.10  # sharded step time at most 1.1x the unsharded
+
+
+def zero_row(raw: dict, np: int) -> dict:
+    """State bytes per rank and the step-time ratio of sharded over unsharded, with its spread:
+    the ratio is taken per window (the two ran back to back), of the ranks' mean times."""
+    per_rank = raw["per_rank"]
+    state = {mode: [rank["state_bytes"][mode] for rank in per_rank] for mode in ("unsharded", "sharded")}
+    times = {mode: [statistics.fmean(window) for window in zip(*(rank["windows"][mode] for rank in per_rank))]
+             for mode in ("unsharded", "sharded")}
+    ratios = [s / u for s, u in zip(times["sharded"], times["unsharded"])]
+    ideal = statistics.fmean(state["unsharded"]) / np
+    return {"np": np, "parameters": raw["parameters"], "batch_per_rank": raw["batch_per_rank"],
+            "state_bytes_unsharded": statistics.fmean(state["unsharded"]), "state_bytes_sharded_max": max(state["sharded"]),
+            "per_rank_state_bytes_sharded": state["sharded"], "state_over_ideal": max(state["sharded"]) / ideal,
+            "step_s_unsharded": statistics.median(times["unsharded"]), "step_s_sharded": statistics.median(times["sharded"]),
+            "step_ratio": statistics.median(ratios), "step_ratio_min": min(ratios), "step_ratio_max": max(ratios),
+            "step_ratios": ratios}
+
+
+def memory_row(launch: dict) -> dict:
+    per_rank = launch["per_rank"]
+    return {"np": launch["np"], "mode": launch["mode"], "parameters": launch["parameters"],
+            "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in per_rank),
+            "peak_rss_bytes_mean": statistics.fmean(r["peak_rss_bytes"] for r in per_rank),
+            "rss_before_bytes_mean": statistics.fmean(r["rss_before_bytes"] for r in per_rank),
+            "state_bytes_max": max(r["state_bytes"] for r in per_rank)}
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
@@ -104,13 +134,14 @@ def _gpu() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 
 
-def build(launches: dict[int, dict], config: dict) -> dict:
-    """The report from ``{np: worker results}``."""
+def build(launches: dict[int, dict], config: dict, memory: list[dict] = ()) -> dict:
+    """The report from ``{np: worker results}`` and the optimizer-state sharding memory launches."""
     report = {"schema": SCHEMA, "machine": machine(), "config": config,
               "launches": [{"np": np, "horovod_env": r["horovod_env"], "threads_per_rank": r["threads_per_rank"],
                             "load_average": r["load_average"], "wall_s": r["wall_s"]}
                            for np, r in sorted(launches.items())],
-              "allreduce": [], "fusion": [], "steps": []}
+              "allreduce": [], "fusion": [], "steps": [], "zero": [],
+              "zero_memory": [memory_row(launch) for launch in memory]}
     for np, raw in sorted(launches.items()):
         if "allreduce" in raw:
             report["allreduce"] += [{"np": np, **row} for row in allreduce_rows(raw["allreduce"], np)]
@@ -118,6 +149,8 @@ def build(launches: dict[int, dict], config: dict) -> dict:
         for framework in ("torch", "keras"):
             if f"{framework}_steps" in raw:
                 report["steps"] += step_rows(raw[f"{framework}_steps"], framework, np)
+        if "zero" in raw:
+            report["zero"].append(zero_row(raw["zero"], np))
     report["ratios"] = ratio_rows(report["steps"])
     report["scaling"] = scaling_rows(report["steps"])
     report["targets"] = targets(report)
@@ -142,6 +175,11 @@ def targets(report: dict) -> dict:
         found["busbw_GBps"] = bw
         found["horovod_busbw_over_torch_distributed"] = {b: v / bw["torch.distributed"] for b, v in bw.items()
                                                           if b.startswith("horovod")}
+    sharded = [r for r in report["zero"] if r["np"] > 1]
+    if sharded:
+        # A claim holds only when its whole spread is on the right side.
+        found["zero_state_within_5pct_of_1_over_n"] = all(r["state_over_ideal"] <= ZERO_STATE_TARGET for r in sharded)
+        found["zero_step_ratio_at_most_1_1"] = all(r["step_ratio_max"] <= ZERO_STEP_TARGET for r in sharded)
     return found
 
 
@@ -174,6 +212,23 @@ def table(report: dict) -> str:
         lines += ["", "Scaling efficiency (samples/s at np=N over N x np=1)"]
         lines += [f"{r['framework']:<6} {r['model']:<5} {r['loop']:<18} np={r['np']}: {r['efficiency']:.2f}"
                   for r in report["scaling"]]
+    mib = 1 << 20
+    if report["zero"]:
+        lines += ["", f"Optimizer-state sharding: GPT of {report['zero'][0]['parameters'] / 1e6:.1f} M parameters, "
+                      f"AdamW, batch {report['zero'][0]['batch_per_rank']} per rank (ratio: median over windows "
+                      f"[min, max])",
+                  f"{'np':>3} {'state MiB/rank':>15} {'sharded':>8} {'x 1/N':>6} {'step s':>8} {'sharded':>8} "
+                  f"{'step ratio':>22}"]
+        lines += [f"{r['np']:>3} {r['state_bytes_unsharded'] / mib:>15.1f} {r['state_bytes_sharded_max'] / mib:>8.1f} "
+                  f"{r['state_over_ideal']:>6.3f} {r['step_s_unsharded']:>8.3f} {r['step_s_sharded']:>8.3f} "
+                  f"{r['step_ratio']:>8.3f} [{r['step_ratio_min']:.3f}, {r['step_ratio_max']:.3f}]"
+                  for r in report["zero"]]
+    if report["zero_memory"]:
+        lines += ["", "Peak RSS per rank (a process per optimizer; max over ranks)",
+                  f"{'np':>3} {'optimizer':<10} {'before MiB':>11} {'peak MiB':>9} {'state MiB':>10}"]
+        lines += [f"{r['np']:>3} {r['mode']:<10} {r['rss_before_bytes_mean'] / mib:>11.0f} "
+                  f"{r['peak_rss_bytes_max'] / mib:>9.0f} {r['state_bytes_max'] / mib:>10.1f}"
+                  for r in report["zero_memory"]]
     return "\n".join(lines)
 
 

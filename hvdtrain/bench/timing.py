@@ -39,6 +39,12 @@ def timed(operation: Callable[[], object], sync: Callable[[], object] | None = N
 
 def compete(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, float]:
     """Median seconds per operation of each contender; ``barrier`` lines the ranks up per window."""
+    return {name: statistics.median(values) for name, values in windows(contenders, plan, barrier).items()}
+
+
+def windows(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds per operation of each contender in each window, in window order (window k of two
+    contenders ran back to back, so their ratio in window k is a like-for-like figure)."""
     names = list(contenders)
     for name in names:
         contenders[name](plan.warmup)
@@ -48,4 +54,4 @@ def compete(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], 
         for name in names[shift:] + names[:shift]:
             barrier()
             per_op[name].append(contenders[name](plan.iters) / plan.iters)
-    return {name: statistics.median(values) for name, values in per_op.items()}
+    return per_op

@@ -50,7 +50,7 @@ def _on(device: str, model: nn.Module, batch):
     return model.to(device), tuple(t.to(device) for t in batch)
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> Callable[[], None]:
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch) -> Callable[[], None]:
     inputs, targets = batch
 
     def step():
@@ -78,10 +78,10 @@ def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable) 
     ddp = make_optimizer(ddp_model.parameters())
     for group in ddp.param_groups:
         group["lr"] *= dist.get_world_size()
-    found = {HVDTRAIN: _step(adapter_model, adapter, loss_fn, batch), RAW: _step(raw_model, raw, loss_fn, batch),
-             DDP: _step(ddp_model, ddp, loss_fn, batch)}
+    found = {HVDTRAIN: train_step(adapter_model, adapter, loss_fn, batch),
+             RAW: train_step(raw_model, raw, loss_fn, batch), DDP: train_step(ddp_model, ddp, loss_fn, batch)}
     if hvd.size() == 1:
-        found[PLAIN] = _step(plain_model, make_optimizer(plain_model.parameters()), loss_fn, batch)
+        found[PLAIN] = train_step(plain_model, make_optimizer(plain_model.parameters()), loss_fn, batch)
     return found
 
 

@@ -2,8 +2,9 @@
 
 Phases run in turn, each with only the Horovod instances it measures alive (an idle Horovod
 instance still wakes its background thread every cycle): allreduce with horovod.torch,
-horovod.tensorflow and torch.distributed; torch steps with horovod.torch and torch.distributed;
-Keras steps with horovod.tensorflow alone. ``--device gpu``: each rank works on the GPU of its
+horovod.tensorflow and torch.distributed; torch steps and optimizer-state sharding (``zero``) with
+horovod.torch and torch.distributed; Keras steps with horovod.tensorflow alone. ``--zero-memory``
+runs one optimizer's memory measurement alone. ``--device gpu``: each rank works on the GPU of its
 local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from ..core.context import main_process_only
 from .rendezvous import fresh_rendezvous
 
-PARTS = ("allreduce", "torch", "keras")
+PARTS = ("allreduce", "torch", "keras", "zero")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--zero-memory", choices=("unsharded", "sharded"), default=None,
+                        help="only measure this optimizer's memory (zero_step.memory), in a process of its own")
     return parser.parse_args(argv)
 
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     import hvdtrain.torch as ht
 
     ctx = ht.init(seed=0)
+    if args.zero_memory:
+        from . import zero_step
+
+        return _write(args.out, zero_step.memory(args.quick, args.zero_memory))
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
     if args.device == "gpu" and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
@@ -99,6 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import torch_step
 
         results["torch_steps"] = torch_step.run(args.quick, args.windows, ctx.device)
+    if "zero" in parts:
+        from . import zero_step
+
+        results["zero"] = zero_step.run(args.quick, args.windows)
     if "keras" in parts:
         servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
     dist.destroy_process_group()

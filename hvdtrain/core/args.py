@@ -26,6 +26,8 @@ def training_parser(description: str, *, epochs: int, batch_size: int, lr: float
     group.add_argument("--compression", choices=[c.value for c in Compression], default=Compression.NONE.value)
     group.add_argument("--op", choices=[c.value for c in ReduceOp], default=ReduceOp.AVERAGE.value)
     group.add_argument("--accumulation-steps", type=_positive, default=1)
+    group.add_argument("--shard-optimizer-state", action="store_true",
+                       help="ZeRO stage 1: each worker keeps optimizer state for, and updates, 1/N of the parameters")
     group.add_argument("--seed", type=int, default=0)
     group = parser.add_argument_group("checkpoints and tracking")
     group.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every epoch")
@@ -67,7 +69,8 @@ def distributed_options(args: argparse.Namespace) -> DistributedOptions:
 def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The flags as keyword arguments of either adapter's ``wrap_optimizer``."""
     return {"lr_scaling": args.lr_scaling, "warmup_steps": args.warmup_steps, "compression": args.compression,
-            "op": args.op, "accumulation_steps": args.accumulation_steps}
+            "op": args.op, "accumulation_steps": args.accumulation_steps,
+            "shard_optimizer_state": args.shard_optimizer_state}
 
 
 def tracking_kwargs(args: argparse.Namespace) -> dict[str, Any]:

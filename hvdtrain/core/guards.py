@@ -26,6 +26,12 @@ class UserError(Exception):
             self.collective = collective
 
 
+class UnsupportedError(UserError, ValueError):
+    """A combination of features hvdtrain refuses at start, on every rank alike."""
+
+    collective = True
+
+
 class NonFiniteLossError(UserError, RuntimeError):
     """The rank-averaged loss (or another metric) became NaN or infinite."""
 

@@ -43,6 +43,8 @@ class DistributedOptions:
     compression: Compression = Compression.NONE
     op: ReduceOp = ReduceOp.AVERAGE
     accumulation_steps: int = 1
+    # ZeRO stage 1: each rank keeps optimizer state for, and updates, 1/N of the parameters.
+    shard_optimizer_state: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_scaling", LRScaling.parse(self.lr_scaling, "lr_scaling"))
@@ -52,6 +54,11 @@ class DistributedOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
+        if not isinstance(self.shard_optimizer_state, bool):
+            raise ValueError(f"shard_optimizer_state must be True or False, got {self.shard_optimizer_state!r}")
+        if self.shard_optimizer_state and self.op is ReduceOp.ADASUM:
+            raise ValueError("shard_optimizer_state=True needs op 'average' or 'sum': Adasum combines whole "
+                             "gradients, which a reduce-scatter never holds")
         if self.accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {self.accumulation_steps}")
         if self.warmup_steps < 0:
@@ -65,4 +72,5 @@ class DistributedOptions:
             "compression": self.compression.value,
             "op": self.op.value,
             "accumulation_steps": self.accumulation_steps,
+            "shard_optimizer_state": self.shard_optimizer_state,
         }

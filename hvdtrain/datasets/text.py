@@ -119,14 +119,16 @@ def load_stdlib(max_bytes: int, val_bytes: int, val_fraction: float = 0.1, seed:
                       train_files, val_files)
 
 
-def unigram_cross_entropy(train: np.ndarray, evaluated: np.ndarray, smoothing: float = 1.0) -> float:
-    """Nats per byte of ``evaluated`` under byte frequencies counted on ``train`` (add-``smoothing``).
+def unigram_cross_entropy(train: np.ndarray, evaluated: np.ndarray, smoothing: float = 1.0,
+                          vocab_size: int = VOCAB_SIZE) -> float:
+    """Nats per byte (token) of ``evaluated`` under byte (token) frequencies counted on ``train``
+    (add-``smoothing``, over ``vocab_size`` symbols).
 
     The baseline a language model must beat: it knows how common each byte is, but no context.
     """
     if smoothing <= 0:
         raise ValueError(f"smoothing must be > 0 (an unseen byte would cost infinitely many nats), got {smoothing}")
-    counts = np.bincount(np.asarray(train, dtype=np.int64).ravel(), minlength=VOCAB_SIZE) + smoothing
+    counts = np.bincount(np.asarray(train, dtype=np.int64).ravel(), minlength=vocab_size) + smoothing
     log_probs = np.log(counts) - np.log(counts.sum())
     return float(-log_probs[np.asarray(evaluated, dtype=np.int64).ravel()].mean())
 

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from ..core.guards import check_finite
+from . import zero
 from ._context import current
 from .optimizer import OPTIONS
 
@@ -32,7 +33,8 @@ def broadcast_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | 
     if optimizer is not None:
         if not optimizer.built:
             optimizer.build(model.trainable_variables)
-        variables += optimizer.variables
+        if zero.sharding_of(optimizer) is None:  # a sharded state has one owner per shard: nothing to send
+            variables += optimizer.variables
     broadcast_variables(variables, root_rank)
 
 

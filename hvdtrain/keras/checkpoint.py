@@ -15,6 +15,7 @@ import keras
 from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, check_writable,
                                first_line, load_on_main)
 from ..core.context import main_process_only
+from . import zero
 from ._context import current
 from .callbacks import broadcast_model
 from .optimizer import base_learning_rate, set_base_learning_rate
@@ -22,13 +23,22 @@ from .optimizer import base_learning_rate, set_base_learning_rate
 EXTENSION = ".keras"
 
 
-@main_process_only
 def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int = 0,
                     config: dict[str, Any] | None = None, keep: int = 3) -> Path | None:
-    """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; rank 0 only.
+    """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; call it on every
+    rank: a sharded optimizer's state is gathered from all of them. Rank 0 writes.
 
     Keeps the newest ``keep`` checkpoints. Returns the payload path (``None`` on other ranks).
     """
+    sharding = zero.sharding_of(model.optimizer)
+    if sharding is not None:
+        sharding.gather()
+    return _write(directory, model, step, epoch, config, keep)
+
+
+@main_process_only
+def _write(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int, config: dict[str, Any] | None,
+           keep: int) -> Path:
     base_lr = base_learning_rate(model.optimizer) if model.optimizer is not None else None
     meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="keras", payload="",
                           base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}))
@@ -56,10 +66,16 @@ def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMe
             raise CheckpointError(f"{payload}: does not fit this model or optimizer ({type(err).__name__}: "
                                   f"{first_line(err)})") from None
 
-    meta = load_on_main(current(), path, EXTENSION, restore)
+    ctx = current()
+    meta = load_on_main(ctx, path, EXTENSION, restore)
     if meta is None:
         return None
     broadcast_model(model)
+    sharding = zero.sharding_of(model.optimizer)
+    if sharding is not None:  # the file's full state, which rank 0 read; each rank keeps its slices
+        state = ctx.broadcast_object(sharding.loaded if ctx.is_main else None, 0)
+        if state is not None and not ctx.is_main:
+            sharding.load(state)
     if meta.base_lrs and model.optimizer is not None:
         set_base_learning_rate(model.optimizer, meta.base_lrs[0])
     return meta

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
+from . import zero
 from ._context import current
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
@@ -62,16 +63,19 @@ class _Policy:
 
 
 def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "linear", warmup_steps: int = 0,
-                   compression: str = "none", op: str = "average",
-                   accumulation_steps: int = 1) -> keras.optimizers.Optimizer:
+                   compression: str = "none", op: str = "average", accumulation_steps: int = 1,
+                   shard_optimizer_state: bool = False) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average gradients over all ranks before every update; returns it.
 
     Its LR is scaled for the world size (a float LR; for a ``LearningRateSchedule`` pass
     ``lr_scaling="none"`` and scale the schedule). Works in ``model.fit`` and in custom loops
     calling ``apply_gradients``/``apply``. Wrap before ``compile``/``fit`` builds the optimizer.
+    ``shard_optimizer_state=True``: ZeRO stage 1 (``zero.py``), each rank keeps the optimizer's
+    state for and updates only its 1/N of the variables.
     """
     options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
-                                 op=op, accumulation_steps=accumulation_steps)
+                                 op=op, accumulation_steps=accumulation_steps,
+                                 shard_optimizer_state=shard_optimizer_state)
     if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(optimizer, "_clip_gradients"):
         raise TypeError(f"wrap_optimizer needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
                         f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}")
@@ -93,6 +97,8 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     optimizer._clip_gradients = policy.clip_gradients
     if options.warmup_steps and scale != 1.0:
         optimizer.apply = policy.apply
+    if options.shard_optimizer_state:  # ZeRO stage 1: zero.py
+        zero.shard(optimizer, options)
     setattr(optimizer, OPTIONS, options)
     setattr(optimizer, LR_FACTOR, scale)
     return optimizer

@@ -18,14 +18,23 @@ from .optimizer import BASE_LR, broadcast_scheduler, broadcast_state, rescale_lr
 EXTENSION = ".pt"
 
 
-@main_process_only
 def save_checkpoint(directory: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, *, step: int,
-                    epoch: int, config: dict | None = None, keep: int = 3, extra: dict | None = None) -> Path:
-    """Write ``directory/step-<step>.pt`` atomically (rank 0 only; returns its path there)."""
+                    epoch: int, config: dict | None = None, keep: int = 3, extra: dict | None = None) -> Path | None:
+    """Write ``directory/step-<step>.pt`` atomically; call it on every rank: a sharded optimizer's
+    state is gathered from all of them. Rank 0 writes, and returns the path there."""
+    optimizer_state = optimizer.state_dict() if optimizer is not None else None
+    return _write(directory, model, optimizer, optimizer_state, scheduler, step=step, epoch=epoch, config=config,
+                  keep=keep, extra=extra)
+
+
+@main_process_only
+def _write(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+           optimizer_state: dict | None, scheduler: Any, *, step: int, epoch: int, config: dict | None, keep: int,
+           extra: dict | None) -> Path:
     payload = {"model": model.state_dict(), "rng": _rng_state()}
     if optimizer is not None:
-        payload["optimizer"] = optimizer.state_dict()
+        payload["optimizer"] = optimizer_state
     if scheduler is not None:
         payload["scheduler"] = scheduler.state_dict()
     meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="torch", payload="",
@@ -45,6 +54,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     on every rank if the file is unusable or does not fit ``model``/``optimizer``.
     """
     ctx = current()
+    restored: dict[str, Any] = {}
 
     def restore(payload_path: Path) -> None:
         payload = _read(payload_path)
@@ -52,6 +62,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
             model.load_state_dict(payload["model"])
             if optimizer is not None and "optimizer" in payload:
                 optimizer.load_state_dict(payload["optimizer"])
+                restored["optimizer"] = payload["optimizer"]
             if scheduler is not None and "scheduler" in payload:
                 scheduler.load_state_dict(payload["scheduler"])
         except Exception as err:
@@ -62,7 +73,12 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     meta = load_on_main(ctx, path, EXTENSION, restore)
     if meta is None:
         return None
-    broadcast_state(model, optimizer)
+    broadcast_state(model)
+    if optimizer is not None:
+        # The file's optimizer state, not rank 0's: a sharded optimizer holds only its own partition.
+        optimizer_state = ctx.broadcast_object(restored.get("optimizer"), 0)
+        if optimizer_state is not None and not ctx.is_main:
+            optimizer.load_state_dict(optimizer_state)
     if scheduler is not None:
         broadcast_scheduler(scheduler)
     if optimizer is not None:

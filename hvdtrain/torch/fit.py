@@ -15,6 +15,7 @@ from ..core.checkpoint import check_writable
 from ..core.context import main_process_only
 from ..core.elastic import Position
 from ..core.guards import check_finite
+from . import zero
 from ._context import current
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import EvalShard, set_epoch, to_device
@@ -214,6 +215,8 @@ def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None)
     # AMP: allreduce first, unscale the averaged gradients, then step without a second allreduce.
     optimizer.synchronize()
     scaler.unscale_(optimizer)
+    if zero.is_sharded(optimizer):
+        zero.agree_on_overflow(optimizer, scaler)
     with optimizer.skip_synchronize():
         scaler.step(optimizer)
     scaler.update()

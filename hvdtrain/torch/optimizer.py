@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 import types
 from typing import Any, Iterator
 
@@ -12,7 +11,9 @@ import torch
 from ..core import elastic
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
+from . import zero
 from ._context import current
+from .collectives import sleep_until_done
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
 _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hvd.Adasum}
@@ -22,7 +23,6 @@ _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hv
 BASE_LR = "hvdtrain_base_lr"
 LR_FACTOR = "hvdtrain_lr_factor"
 STEP = "hvdtrain_step"
-POLL_INTERVAL_S = 1e-4
 
 
 class _Policy:
@@ -38,6 +38,15 @@ class _Policy:
         self.horovod_synchronize = opt.synchronize
         self.horovod_step = opt.step
         self.adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
+
+    def clip(self, opt: torch.optim.Optimizer) -> None:
+        torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), self.max_grad_norm)
+
+    def apply(self, opt: torch.optim.Optimizer, closure=None):
+        if self.adasum:
+            return self.horovod_step(closure)
+        with opt.skip_synchronize():
+            return self.horovod_step(closure)
 
 
 # Plain functions bound to the optimizer instance: LR schedulers re-bind ``step.__func__`` to it.
@@ -57,30 +66,20 @@ def _step(opt: torch.optim.Optimizer, closure=None):
     if not policy.adasum and opt._should_synchronize:  # False inside skip_synchronize()
         opt.synchronize()
     if policy.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), policy.max_grad_norm)
+        policy.clip(opt)
     multiplier = warmup_multiplier(opt.param_groups[0].get(STEP, 0), policy.options.warmup_steps, policy.scale)
     with _scaled_lr(opt, multiplier):
-        if policy.adasum:
-            result = policy.horovod_step(closure)
-        else:
-            with opt.skip_synchronize():
-                result = policy.horovod_step(closure)
+        result = policy.apply(opt, closure)
     for group in opt.param_groups:
         group[STEP] = group.get(STEP, 0) + 1
     return result
 
 
 def _wait_without_spinning(opt: torch.optim.Optimizer) -> None:
-    """Sleep until the pending allreduces are done, before Horovod's own (spinning) wait.
-
-    Horovod's wait loops on ``yield``; with one core per rank that loop takes CPU from the
-    background thread doing the reduction. ``hvdtrain bench``: 64 MB allreduce bus bandwidth
-    0.24 GB/s spinning vs 0.72 GB/s sleeping (torch.distributed: 0.69), BENCHMARKS.md.
-    """
+    """Sleep until the pending allreduces are done, before Horovod's own (spinning) wait."""
     for handle, _ in list(opt._handles.values()):
         if handle is not None and not callable(handle):
-            while not hvd.poll(handle):
-                time.sleep(POLL_INTERVAL_S)
+            sleep_until_done(handle)
 
 
 def _params_with_grad(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
@@ -104,15 +103,21 @@ def _scaled_lr(opt: torch.optim.Optimizer, multiplier: float):
 
 def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_scaling: str = "linear",
                    warmup_steps: int = 0, compression: str = "none", op: str = "average",
-                   accumulation_steps: int = 1, max_grad_norm: float | None = None) -> torch.optim.Optimizer:
+                   accumulation_steps: int = 1, max_grad_norm: float | None = None,
+                   shard_optimizer_state: bool = False) -> torch.optim.Optimizer:
     """Return a Horovod ``DistributedOptimizer`` over ``optimizer`` with every rank in step.
 
     Scales each param group's LR for the world size, broadcasts rank 0's model parameters,
     buffers and optimizer state, and allreduces gradients once per ``accumulation_steps``
     backward passes. Create LR schedulers on the returned optimizer.
+
+    ``shard_optimizer_state=True`` (ZeRO stage 1, ``zero.py``): gradients are reduce-scattered
+    instead, each rank keeps optimizer state for and updates only its 1/N of the parameters,
+    and the updated parameters are all-gathered; ``state_dict()`` then becomes a collective.
     """
     options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
-                                 op=op, accumulation_steps=accumulation_steps)
+                                 op=op, accumulation_steps=accumulation_steps,
+                                 shard_optimizer_state=shard_optimizer_state)
     if max_grad_norm is not None and max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
     ctx = current()
@@ -124,16 +129,19 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_
         if "initial_lr" in group:
             group["initial_lr"] = group[BASE_LR] * scale
 
-    distributed = hvd.DistributedOptimizer(
-        optimizer, named_parameters=model.named_parameters(), compression=_COMPRESSION[options.compression],
-        backward_passes_per_step=options.accumulation_steps, op=_OP[options.op])
-    if optimizer.state:
-        distributed.load_state_dict(optimizer.state_dict())
-    if not elastic.enabled():  # elastic: the state's sync broadcasts; a joining worker must not call collectives here
-        broadcast_state(model, distributed)
-    distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
+    if options.shard_optimizer_state:
+        distributed = zero.shard(optimizer, model, options, scale, max_grad_norm)
+    else:
+        distributed = hvd.DistributedOptimizer(
+            optimizer, named_parameters=model.named_parameters(), compression=_COMPRESSION[options.compression],
+            backward_passes_per_step=options.accumulation_steps, op=_OP[options.op])
+        if optimizer.state:
+            distributed.load_state_dict(optimizer.state_dict())
+        if not elastic.enabled():  # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+            broadcast_state(model, distributed)
+        distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
+        distributed.synchronize = types.MethodType(_synchronize, distributed)
     distributed.hvdtrain_options = options
-    distributed.synchronize = types.MethodType(_synchronize, distributed)
     distributed.step = types.MethodType(_step, distributed)
     return distributed
 
@@ -144,9 +152,10 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     The optimizer state goes as one object rather than through
     ``hvd.broadcast_optimizer_state``: that one initialises empty state with a zero-gradient
     step, which applies weight decay and advances Adam's step count on a fresh optimizer.
+    A sharded optimizer's state has one owner per partition: nothing of it to broadcast.
     """
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    if optimizer is not None:
+    if optimizer is not None and not zero.is_sharded(optimizer):
         ctx = current()
         state = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)
         if not ctx.is_main:

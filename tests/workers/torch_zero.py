@@ -1,0 +1,157 @@
+"""Worker for tests/test_zero_torch.py: optimizer-state sharding against the unsharded optimizer."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import copy  # noqa: E402
+
+import torch  # noqa: E402
+
+import hvdtrain.torch as ht  # noqa: E402
+from hvdtrain.torch import zero  # noqa: E402
+from tests.workers.common import parse_args, report  # noqa: E402
+
+torch.set_default_dtype(torch.float64)
+args = parse_args(mode=str, ckpt=str, out_ckpt=str, steps=int)
+ctx = ht.init(seed=100)  # seed + rank: every rank starts from different random weights
+GLOBAL_BATCH = 12  # divisible by 1, 2 and 3 workers
+MAX_GRAD_NORM = 0.3  # below the early gradient norms: clipping really acts
+OPTIMIZERS = {
+    "sgd": lambda groups: torch.optim.SGD(groups, lr=0.05, momentum=0.9),
+    "adamw": lambda groups: torch.optim.AdamW(groups, lr=0.01, weight_decay=0.1),
+}
+
+
+def mlp() -> torch.nn.Module:
+    """83 parameters (weights 70, biases 13): divisible by neither 2 nor 3 workers."""
+    return torch.nn.Sequential(torch.nn.Linear(4, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3))
+
+
+def param_groups(model):
+    """Two groups, as LLM recipes have: weights with weight decay, biases without."""
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    return [{"params": weights}, {"params": biases, "weight_decay": 0.0}]
+
+
+def data(n: int = 2000):
+    gen = torch.Generator().manual_seed(7)  # identical on every rank
+    return torch.randn(n, 4, generator=gen), torch.randn(n, 3, generator=gen)
+
+
+def flat(model) -> list[float]:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+
+
+def train(model, opt, sched, first, steps, accumulation=1):
+    """Steps ``first``..: each global batch of GLOBAL_BATCH * accumulation samples split over the ranks."""
+    x, y = data()
+    per_rank = GLOBAL_BATCH // ctx.size
+    for step in range(first, first + steps):
+        for micro in range(accumulation):
+            start = (step * accumulation + micro) * GLOBAL_BATCH + ctx.rank * per_rank
+            torch.nn.functional.mse_loss(model(x[start:start + per_rank]), y[start:start + per_rank]).backward()
+        opt.step()
+        opt.zero_grad()
+        if sched is not None:
+            sched.step()
+
+
+def wrapped(model, name, shard, accumulation=1, compression="none", lr_scaling="none", warmup_steps=0,
+            max_grad_norm=MAX_GRAD_NORM):
+    opt = ht.wrap_optimizer(OPTIMIZERS[name](param_groups(model)), model, lr_scaling=lr_scaling,
+                            warmup_steps=warmup_steps, accumulation_steps=accumulation,
+                            max_grad_norm=max_grad_norm, compression=compression, shard_optimizer_state=shard)
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
+
+
+def state_numels(opt) -> dict:
+    """Per state key, the elements this rank holds, summed over its state entries."""
+    found: dict[str, int] = {}
+    for state in opt.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                found[key] = found.get(key, 0) + value.numel()
+    return found
+
+
+def equivalence(name, accumulation, compression="none"):
+    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a scheduler,
+    accumulation and clipping."""
+    model = mlp()
+    runs = {}
+    for shard in (False, True):
+        copy_ = copy.deepcopy(model)
+        opt, sched = wrapped(copy_, name, shard, accumulation, compression, lr_scaling="linear", warmup_steps=3)
+        train(copy_, opt, sched, 0, 20, accumulation)
+        runs[shard] = {"final": flat(copy_), "state": state_numels(opt), "state_bytes": zero.state_bytes(opt),
+                       "lr": opt.param_groups[0]["lr"], "sharded": zero.is_sharded(opt),
+                       "is_instance": isinstance(opt, torch.optim.AdamW if name == "adamw" else torch.optim.SGD),
+                       "state_entries": len(opt.state)}
+    unclipped = copy.deepcopy(model)  # the same without clipping: proves clipping acted
+    opt, sched = wrapped(unclipped, name, True, accumulation, compression, "linear", 3, max_grad_norm=None)
+    train(unclipped, opt, sched, 0, 20, accumulation)
+    return {"unsharded": runs[False], "sharded": runs[True], "unclipped": flat(unclipped)}
+
+
+def suite():
+    return {f"{name}-{accumulation}": equivalence(name, accumulation) for name in OPTIMIZERS for accumulation in (1, 2)
+            } | {"adamw-fp16": equivalence("adamw", 2, "fp16"), "overflow": overflow()}
+
+
+def overflow():
+    """AMP: an inf in one rank's gradient lands in one rank's shard; every rank must skip the step."""
+    model = mlp()
+    opt, _ = wrapped(model, "adamw", shard=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    x, y = data()
+    before = flat(model)
+    scales, weights = [], []
+    for step in range(2):
+        loss = torch.nn.functional.mse_loss(model(x[step * 6:(step + 1) * 6]), y[step * 6:(step + 1) * 6])
+        scaler.scale(loss).backward()
+        if step == 0 and ctx.rank == ctx.size - 1:
+            model[0].weight.grad[0, 0] = float("inf")  # element 0: in rank 0's shard after the reduce-scatter
+        opt.synchronize()
+        scaler.unscale_(opt)
+        zero.agree_on_overflow(opt, scaler)
+        with opt.skip_synchronize():
+            scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        scales.append(scaler.get_scale())
+        weights.append(flat(model))
+    return {"before": before, "weights": weights, "scales": scales}
+
+
+def save():
+    """Sharded: k steps, checkpoint, then 2k more uninterrupted (the reference trajectory)."""
+    model = mlp()
+    opt, sched = wrapped(model, "adamw", shard=True)
+    k = args.steps
+    train(model, opt, sched, 0, k)
+    ht.save_checkpoint(args.ckpt, model, opt, sched, step=k, epoch=0)
+    saved = {"weights": flat(model), "state": state_numels(opt)}
+    train(model, opt, sched, k, k)
+    at_2k = flat(model)
+    train(model, opt, sched, 2 * k, k)
+    return {"saved": saved, "at_2k": at_2k, "at_3k": flat(model)}
+
+
+def resume():
+    """Load the newest checkpoint in --ckpt (sharded when --mode resume-sharded), train k steps,
+    optionally save to --out-ckpt."""
+    model = mlp()
+    opt, sched = wrapped(model, "adamw", shard=args.mode == "resume-sharded")
+    meta = ht.load_checkpoint(args.ckpt, model, opt, sched)
+    loaded = {"step": meta.step, "saved_world_size": meta.world_size, "weights": flat(model),
+              "adam_steps": sorted({float(s["step"]) for s in opt.state.values()}), "state": state_numels(opt),
+              "lr": opt.param_groups[0]["lr"]}
+    train(model, opt, sched, meta.step, args.steps)
+    if args.out_ckpt:
+        ht.save_checkpoint(args.out_ckpt, model, opt, sched, step=meta.step + args.steps, epoch=0)
+    return {"loaded": loaded, "continued": flat(model), "sharded": zero.is_sharded(opt)}
+
+
+modes = {"suite": suite, "save": save, "resume": resume, "resume-sharded": resume}
+report(args.out, ctx.rank, size=ctx.size, **modes[args.mode]())
