@@ -2,8 +2,8 @@
 jars (``spark-class``), each worker with its own cores, memory and work directory, all in one
 temporary directory removed afterwards with every process, whatever happened in the test.
 
-Use: ``from tests.spark_cluster import spark_standalone`` in a test module, then
-``cluster = spark_standalone(workers=2)`` and ``cluster.url`` as the session's master.
+Use: ``from tests.spark_cluster import spark_standalone`` in a test module; ``spark_standalone.url``
+is the master to submit to.
 """
 from __future__ import annotations
 
@@ -119,18 +119,13 @@ class SparkStandalone:
                 env=spark_env(SPARK_WORKER_DIR=str(self.root), SPARK_LOG_DIR=str(self.root))))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def spark_standalone():
-    """``spark_standalone(workers=2, cores=1, memory="2g")``: a master and that many workers on
-    127.0.0.1; all removed when the test ends."""
+    """A master and 2 workers (1 core, 2 GB each) on 127.0.0.1, shared by a module's tests (a
+    JVM each: tens of seconds to start); all removed after them."""
     require(unavailable_reason())
-    made: list[SparkStandalone] = []
-
-    def make(workers: int = 2, cores: int = 1, memory: str = "2g") -> SparkStandalone:
-        cluster = SparkStandalone(Path(tempfile.mkdtemp(prefix="hvdtrain-spark-")), workers, cores, memory)
-        made.append(cluster)
-        return cluster.up()
-
-    yield make
-    for cluster in made:
+    cluster = SparkStandalone(Path(tempfile.mkdtemp(prefix="hvdtrain-spark-")), workers=2, cores=1, memory="2g")
+    try:
+        yield cluster.up()
+    finally:
         cluster.down()

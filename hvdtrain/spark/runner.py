@@ -1,6 +1,7 @@
 """``run``: Horovod's ``horovod.spark.run`` with what ``hvdtrain run`` adds to horovodrun.
 
-What it adds: Gloo always (Horovod would pick MPI when built with it, and then needs mpirun on
+What it adds: the ranks' output on the driver (Horovod leaves it in the executors' logs unless
+asked), Gloo always (Horovod would pick MPI when built with it, and then needs mpirun on
 every executor), MLflow prepared once on the driver and handed to every rank (one run per job,
 like ``hvdtrain run``: ``MLFLOW_TRACKING_URI``, a run file through which the driver learns the
 run), the hang bounds, and a failure as one line (``SparkJobError``) with the run marked FAILED,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -69,7 +71,9 @@ def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: 
             try:
                 return horovod.spark.run(train_fn, args=tuple(args), kwargs=dict(kwargs or {}), num_proc=num_proc,
                                          start_timeout=start_timeout, use_gloo=True, env=workers, verbose=verbose,
-                                         nics=set(nics) if nics else None)
+                                         nics=set(nics) if nics else None,
+                                         # else the ranks' output stays in the executors' logs
+                                         stdout=sys.stdout, stderr=sys.stderr)
             except Exception as err:
                 reason = _reason(err, spark_errors)
         legs.mark_failed(Path(run_file), f"Spark job failed: {reason}")
