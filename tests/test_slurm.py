@@ -201,8 +201,8 @@ def test_scancel_ends_the_job_with_one_line_and_a_failed_run(slurm_cluster, brid
     completed = cluster.completed(job_id)
     ended = time.monotonic() - cancelled
     k = cluster.hosts.instance
-    # jobcomp/filetxt writes the record when the job is cancelled, before its script has exited:
-    # the state says it all, the exit code stays 0:0 (slurmdbd would add the batch step's 0:15).
+    # jobcomp/filetxt writes the record when the job is cancelled, before hvdtrain run has exited:
+    # the state says it, the exit code is 0:0 (hvdtrain run's own 143 comes later).
     assert (completed.state, completed.exit_code, completed.nodes) == ("CANCELLED", "0:0", f"t{k}h[2-3]")
     lines = hvdtrain_lines(job_output(cluster, job_id))
     assert len(lines) == 1, job_output(cluster, job_id)[-3000:]
@@ -216,7 +216,7 @@ def test_scancel_ends_the_job_with_one_line_and_a_failed_run(slurm_cluster, brid
 
 
 @pytest.mark.multihost
-def test_refused_launches_in_an_allocation(slurm_cluster, tmp_path):
+def test_refused_launches_in_an_allocation(slurm_cluster):
     """One line and exit 2 before anything starts; a batch job's status reaches sacct."""
     cluster = slurm_cluster(nodes=2)
     k = cluster.hosts.instance
