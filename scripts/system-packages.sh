@@ -2,7 +2,8 @@
 # System packages the build and the tests need, installed with apt-get when missing.
 #   bash scripts/system-packages.sh build   Open MPI: Horovod's MPI controller is compiled when mpicc exists
 #   bash scripts/system-packages.sh test    what the tests drive for real (sshd and iproute2 for the test
-#                                           hosts, tmux for the console tests)
+#                                           hosts, tmux for the console tests, Slurm and munge for the
+#                                           Slurm cluster, Java for Spark)
 # Installs only as root on a machine with apt-get (Debian/Ubuntu, CI); anywhere else it prints one
 # line naming what is missing and what that means, and succeeds: the build goes on without MPI, and
 # the tests that need the missing parts are skipped, each with its reason.
@@ -13,7 +14,9 @@ GROUP="${1:?usage: system-packages.sh build|test}"
 # command:package pairs; a package is installed when its command is missing.
 case "$GROUP" in
     build) NEEDS=(mpicc:libopenmpi-dev mpirun:openmpi-bin) ;;
-    test)  NEEDS=(/usr/sbin/sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 tmux:tmux) ;;
+    test)  NEEDS=(/usr/sbin/sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 tmux:tmux
+                  /usr/sbin/slurmctld:slurmctld /usr/sbin/slurmd:slurmd sbatch:slurm-client /usr/sbin/munged:munge
+                  java:openjdk-17-jre-headless) ;;
     *) echo "[system-packages] unknown group '$GROUP': use build or test" >&2; exit 2 ;;
 esac
 

@@ -1,5 +1,5 @@
-"""A real ``mlflow server`` for tests: 127.0.0.1, a free port, sqlite backend and artifact root in
-a temp dir. ``stop``/``start`` keep the port and the store, so tests can stage an outage.
+"""A real ``mlflow server`` for tests: 127.0.0.1 (or another local address), a free port, sqlite
+backend and artifact root in a temp dir. ``stop``/``start`` keep the port and the store, so tests can stage an outage.
 
 Use it by importing both fixtures into a test module:
 ``from tests.mlflow_server import mlflow_server, mlflow_server_session``.
@@ -23,9 +23,9 @@ from mlflow.tracking import MlflowClient
 QUIET_SERVER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -45,14 +45,17 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 class MlflowServer:
-    def __init__(self, root: Path):
+    """``host``: the address it listens on; test hosts reach the machine on their bridge's."""
+
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = root
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.proc: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -64,7 +67,7 @@ class MlflowServer:
     def start(self, timeout: float = 90) -> None:
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: stop kills workers too

@@ -16,9 +16,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hvdtrain.cli import job
 from hvdtrain.core import failures, tuning
 from hvdtrain.core.checkpoint import CheckpointDir, read_meta
+from hvdtrain.tracking import legs
 from tests.launch import REPO, WORKERS
 from tests.mlflow_server import free_port
 
@@ -300,11 +300,11 @@ def test_dead_tracking_server_when_a_job_fails_is_one_warning(tmp_path):
     """The launcher marks the failed job's run FAILED; a dead server costs one warning, bounded."""
     run_file = tmp_path / "run.json"
     run_file.write_text(json.dumps({"run_id": "0123abcd", "tracking_uri": f"http://127.0.0.1:{free_port()}"}))
-    code = ("import sys, time\nfrom pathlib import Path\nfrom hvdtrain.cli.job import _mark_run_failed\n"
-            "since = time.monotonic()\n_mark_run_failed(Path(sys.argv[1]), 'worker 1 was killed by SIGKILL')\n"
+    code = ("import sys, time\nfrom pathlib import Path\nfrom hvdtrain.tracking.legs import mark_failed\n"
+            "since = time.monotonic()\nmark_failed(Path(sys.argv[1]), 'worker 1 was killed by SIGKILL')\n"
             "print(time.monotonic() - since)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(run_file)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("hvdtrain: warning: MLflow run 0123abcd not marked FAILED (")
-    assert float(proc.stdout) < job.MLFLOW_BOUND_S + 5
+    assert float(proc.stdout) < legs.MLFLOW_BOUND_S + 5

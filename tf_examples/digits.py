@@ -7,6 +7,7 @@ test set and printed by rank 0.
 
     horovodrun -np 2 -H localhost:2 --gloo python tf_examples/digits.py
     hvdtrain run -np 2 tf_examples/digits.py --epochs 5 --no-tracking
+    python tf_examples/spark_digits.py --master local[2] --epochs 5     # on Spark, data from Parquet
 
 The PyTorch twin is ``torch_examples/digits.py``: same data, split, model and evaluation.
 """
@@ -41,7 +42,10 @@ def with_channel(images):
     return images[..., None]
 
 
-def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None,
+          shard: digits.Part | None = None) -> dict:
+    """``shard``: this rank's training rows, already sharded (on Spark, read from Parquet);
+    default: the whole training split, sharded by ``hk.fit``."""
     splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
     model = build_model(args.dropout)
     optimizer = hk.wrap_optimizer(keras.optimizers.Adam(args.lr), **cli.optimizer_kwargs(args))
@@ -61,9 +65,15 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
     # Each rank trains on an equal shard (so all run the same number of steps), after hk.callbacks();
     # in elastic mode (hvdtrain run --elastic) hk.fit re-shards when workers leave or join.
-    history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=args.batch_size,
-                     epochs=args.epochs, initial_epoch=initial_epoch, seed=args.seed, callbacks=callbacks,
-                     validation_data=(with_channel(splits.val.images), splits.val.labels), verbose=1)
+    validation = (with_channel(splits.val.images), splits.val.labels)
+    if shard is None:
+        history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=args.batch_size,
+                         epochs=args.epochs, initial_epoch=initial_epoch, seed=args.seed, callbacks=callbacks,
+                         validation_data=validation, verbose=1)
+    else:  # already this rank's equal share: Keras's own fit, after hk.callbacks()
+        history = model.fit(with_channel(shard.images), shard.labels, batch_size=args.batch_size, epochs=args.epochs,
+                            initial_epoch=initial_epoch, callbacks=[*hk.callbacks(), *callbacks],
+                            validation_data=hk.shard(*validation, shuffle=False), verbose=1)
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     if tracker is not None:
@@ -83,15 +93,18 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
                       wall_time_s=wall_time_s, run_id=run_id, **result)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, parquet: str | None = None) -> dict:
+    """``parquet``: train on this rank's shard of that dataset (``spark_digits.py``)."""
     started = time.perf_counter()
     args = cli.parse(digits.example_parser("Keras 3"), argv, step_checkpoints=False)
     ctx = hk.init(seed=args.seed)
     if args.mixed_precision:  # bf16 compute, fp32 weights and gradients: no loss scale to agree on
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    shard = digits.read_parquet_shard(parquet) if parquet else None
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
-        result = train(args, ctx, tracker)
+        result = train(args, ctx, tracker, shard)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+    return {**result, "run_id": tracker.run_id if tracker else None}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ test set and printed by rank 0.
 
     horovodrun -np 2 -H localhost:2 --gloo python torch_examples/digits.py
     hvdtrain run -np 2 torch_examples/digits.py --epochs 5 --no-tracking
+    python torch_examples/spark_digits.py --master local[2] --epochs 5     # on Spark, data from Parquet
 
 The Keras twin is ``tf_examples/digits.py``: same data, split, model and evaluation.
 """
@@ -17,7 +18,7 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import hvdtrain.torch as ht
 from hvdtrain import tracking
@@ -57,17 +58,24 @@ def predictor(model: nn.Module, device: str):
     return predict
 
 
-def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
+def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None,
+          shard: digits.Part | None = None) -> dict:
+    """``shard``: this rank's training rows, already sharded (on Spark, read from Parquet);
+    default: the whole training split, sharded here."""
     splits = digits.load_splits(seed=args.seed, train_samples=args.train_samples)
+    if shard is None:
+        train_loader = ht.distributed_loader(as_dataset(splits.train), args.batch_size, seed=args.seed)
+    else:
+        train_loader = DataLoader(as_dataset(shard), args.batch_size, shuffle=True,
+                                  generator=torch.Generator().manual_seed(args.seed + ctx.rank))
     model = build_model(args.dropout).to(ctx.device)
     optimizer = ht.wrap_optimizer(torch.optim.Adam(model.parameters(), lr=args.lr), model,
                                   **cli.optimizer_kwargs(args))
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))
-    history = ht.fit(model, optimizer, nn.CrossEntropyLoss(),
-                     ht.distributed_loader(as_dataset(splits.train), args.batch_size, seed=args.seed),
-                     epochs=args.epochs, val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
+    history = ht.fit(model, optimizer, nn.CrossEntropyLoss(), train_loader, epochs=args.epochs,
+                     val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
                      metrics={"accuracy": batch_accuracy}, tracker=tracker, amp=args.mixed_precision,
                      **cli.fit_kwargs(args))
     test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
@@ -87,16 +95,19 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
                       wall_time_s=wall_time_s, run_id=run_id, **result)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, parquet: str | None = None) -> dict:
+    """``parquet``: train on this rank's shard of that dataset (``spark_digits.py``)."""
     started = time.perf_counter()
     args = cli.parse(digits.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)
     if args.mixed_precision and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a GPU; "
                          f"this worker has none")
+    shard = digits.read_parquet_shard(parquet) if parquet else None
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
-        result = train(args, ctx, tracker)
+        result = train(args, ctx, tracker, shard)
     report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+    return {**result, "run_id": tracker.run_id if tracker else None}
 
 
 if __name__ == "__main__":

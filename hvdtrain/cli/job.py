@@ -5,9 +5,7 @@ Used by ``hvdtrain run``; the texts it reads are parsed in ``core.failures``.
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,7 +16,6 @@ from pathlib import Path
 from ..core import failures
 
 GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun itself waits 5 s)
-MLFLOW_BOUND_S = 20.0  # longest the launcher waits on MLflow to mark a failed run
 
 
 class JobMonitor:
@@ -28,7 +25,8 @@ class JobMonitor:
     own failure notices and final traceback are replaced by the summary. When a worker fails (not
     in elastic mode), local workers get SIGTERM at once and SIGKILL after ``GRACE_S``, and
     horovodrun is not waited on after they are gone: left alone it often adds 5-10 s stopping its
-    own shells.
+    own shells. SIGTERM to the launcher (a scheduler ending the job: scancel, a time limit,
+    preemption) stops the job the same way, reported as cancelled.
     """
 
     def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path):
@@ -38,6 +36,7 @@ class JobMonitor:
         self.run_file = run_file
         self.failed = threading.Event()
         self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
+        self.cancelled: float | None = None  # when SIGTERM came
         self.frozen: list[int] = []
         self.stalls: dict[int, failures.StallParser] = {}
         self.gloo_timeouts: dict[int, float] = {}
@@ -50,20 +49,39 @@ class JobMonitor:
                   for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
         for relay in relays:
             relay.start()
-        while proc.poll() is None:
-            self._warn_stalls()
-            if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
-                time.sleep(0.2)
-            elif self.failed.wait(0.2):
-                _stop_job(proc, self)
-                break
-        returncode = proc.wait()
+        previous = _on_sigterm(self._cancel)
+        try:
+            while proc.poll() is None:
+                self._warn_stalls()
+                if self.cancelled is not None:
+                    _stop_job(proc, self)
+                    break
+                if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
+                    time.sleep(0.2)
+                elif self.failed.wait(0.2):
+                    _stop_job(proc, self)
+                    break
+            returncode = proc.wait()
+        finally:
+            _on_sigterm(previous)
         stopped = time.monotonic()
         for relay in relays:
             relay.join(timeout=2)
+        if self.cancelled is not None:
+            return self._report_cancelled(stopped)
         if returncode == 0 and (self.failure is None or self.elastic):
             return 0  # elastic: workers that died on the way were replaced
         return self._report(returncode, stopped)
+
+    def _cancel(self, signum, frame) -> None:
+        """SIGTERM: the scheduler ends the job (Slurm's scancel, time limit, preemption)."""
+        if self.cancelled is None:
+            self.cancelled = time.monotonic()
+            self.failed.set()
+
+    def _report_cancelled(self, stopped: float) -> int:
+        self._announce("job cancelled: SIGTERM (scancel, time limit or preemption)", self.cancelled, stopped)
+        return 128 + signal.SIGTERM
 
     def _relay(self, stream, out) -> None:
         for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=""):
@@ -132,12 +150,16 @@ class JobMonitor:
                   flush=True)
             return returncode
         rank, status, seen = self.failure
-        line = f"hvdtrain: {self._reason(rank, status)}; job stopped after {max(0.0, stopped - seen):.1f} s"
+        self._announce(self._reason(rank, status), seen, stopped)
+        return status if 0 < status < 256 else 1
+
+    def _announce(self, what: str, since: float, stopped: float) -> None:
+        """The job's one failure line, also set on its MLflow run, which is marked FAILED."""
+        line = f"hvdtrain: {what}; job stopped after {max(0.0, stopped - since):.1f} s"
         if self.checkpoint_dir:
             line += f"; last checkpoint: {_last_checkpoint(self.checkpoint_dir)}"
         print(line, file=sys.stderr, flush=True)
         _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
-        return status if 0 < status < 256 else 1
 
     def _reason(self, rank: int, status: int) -> str:
         stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
@@ -154,6 +176,15 @@ class JobMonitor:
     def _workers(self, ranks: list[int]) -> str:
         names = [f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r) for r in sorted(ranks)]
         return ("worker " if len(names) == 1 else "workers ") + ", ".join(names)
+
+
+def _on_sigterm(handler):
+    """Install ``handler`` for SIGTERM (main thread only: elsewhere Python's default stays);
+    returns the one it replaced."""
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return signal.getsignal(signal.SIGTERM)
 
 
 def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
@@ -217,43 +248,14 @@ def _last_checkpoint(directory: str) -> str:
 
 
 def _launcher_reason(lines: list[str]) -> str:
-    text = "".join(lines)
-    named = re.search(r"Process name: (\S+)\s+Exit code: (-?\d+)", text)
+    named = failures.first_exit("".join(lines))
     if named:
-        return f"worker {named.group(1)} {failures.describe_status(int(named.group(2)))}"
+        return named
     last = [l.strip() for l in lines if l.strip()]
     return last[-1] if last else "horovodrun failed without a message"
 
 
 def _mark_run_failed(run_file: Path, reason: str) -> None:
-    """Mark the job's MLflow run FAILED with ``reason`` (tag hvdtrain.failure), its metrics kept.
-    Rank 0's tracker wrote the run's id to ``run_file``; bounded, so a dead server cannot hold
-    the launcher."""
-    try:
-        run = json.loads(run_file.read_text())
-        run_id, uri = run["run_id"], run["tracking_uri"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # tracking was off, or the run was never created
-    errors: list[str] = []
+    from ..tracking.legs import mark_failed  # imports MLflow: only when a job failed
 
-    def mark():
-        from mlflow.tracking import MlflowClient
-
-        from ..core.checkpoint import first_line
-        from ..tracking import store
-
-        store.bound_http_calls()
-        try:
-            client = MlflowClient(uri)
-            client.set_tag(run_id, "hvdtrain.failure", reason)
-            if client.get_run(run_id).info.status != "FAILED":
-                client.set_terminated(run_id, "FAILED")
-        except Exception as err:  # a tracking problem must not hide the job's own failure
-            errors.append(f"{type(err).__name__}: {first_line(err)}")
-
-    worker = threading.Thread(target=mark, daemon=True)
-    worker.start()
-    worker.join(MLFLOW_BOUND_S)
-    if worker.is_alive() or errors:
-        detail = errors[0] if errors else f"no answer within {MLFLOW_BOUND_S:.0f} s"
-        print(f"hvdtrain: warning: MLflow run {run_id} not marked FAILED ({detail})", file=sys.stderr)
+    mark_failed(run_file, reason)

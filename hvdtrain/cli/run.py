@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core import tuning
+from ..core import slurm, tuning
 from .errors import CliError
 from .job import JobMonitor
 
@@ -28,9 +28,10 @@ COOLDOWN_LIMITS = (1, 3600)  # what horovodrun accepts for --blacklist-cooldown-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("run", help="launch SCRIPT on N workers (horovodrun, Gloo by default)")
-    parser.add_argument("-np", "--num-proc", dest="np", type=int, help="number of workers (elastic: to start with)")
+    parser.add_argument("-np", "--num-proc", dest="np", type=int,
+                        help="number of workers (elastic: to start with; in a Slurm allocation: its task count)")
     hosts = parser.add_mutually_exclusive_group()
-    hosts.add_argument("-H", "--hosts", help="host:slots,... (default localhost:NP)")
+    hosts.add_argument("-H", "--hosts", help="host:slots,... (default: the Slurm allocation's, else localhost:NP)")
     hosts.add_argument("--hostfile", help="file of 'host slots=N' lines")
     parser.add_argument("--mpi", action="store_true", help="use MPI instead of Gloo (Horovod built with MPI)")
     parser.add_argument("--framework", default="auto", help=f"one of {', '.join(FRAMEWORKS)}: checked before launch")
@@ -118,6 +119,10 @@ def _check_request(args) -> list[tuple[str, int]]:
             tuning.hang_timeout()
         except ValueError as err:
             raise CliError(str(err)) from None
+    try:
+        slurm.check_launcher()
+    except slurm.SlurmError as err:
+        raise CliError(str(err)) from None
     if args.elastic:
         hosts = _check_elastic(args)
     else:
@@ -138,11 +143,12 @@ def _check_static(args) -> list[tuple[str, int]]:
                         ("--blacklist-cooldown-range", args.blacklist_cooldown_range)):
         if value is not None:
             raise CliError(f"{flag} needs --elastic")
+    allocation = _slurm_allocation(args)
     if args.np is None:
         raise CliError("-np is required (or --elastic with --min-np)")
     if args.np < 1:
         raise CliError(f"-np must be >= 1, got {args.np}")
-    hosts = _hosts(args)
+    hosts = allocation.hosts if allocation else _hosts(args)
     slots = sum(slot for _, slot in hosts)
     if args.np > slots:
         raise CliError(f"-np {args.np} needs {args.np} slots but the hosts offer {slots} "
@@ -210,6 +216,20 @@ def discover_hosts(script: str) -> list[tuple[str, int]]:
     if not hosts:
         raise CliError(f"host discovery script {script} printed no hosts (expected 'host:slots' lines)")
     return hosts
+
+
+def _slurm_allocation(args) -> slurm.Allocation | None:
+    """Inside a Slurm allocation without -H/--hostfile: its hosts, one worker per task (sets
+    ``args.np``; a different -np is refused)."""
+    if args.hosts or args.hostfile:
+        return None
+    try:
+        allocation = slurm.allocation()
+        if allocation is not None:
+            args.np = slurm.check_world_size(allocation, args.np)
+    except slurm.SlurmError as err:
+        raise CliError(str(err)) from None
+    return allocation
 
 
 def _hosts(args) -> list[tuple[str, int]]:

@@ -67,8 +67,14 @@ def main_process_only(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if _current is not None and not _current.is_main:
+        if not _on_main_process():
             return None
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _on_main_process() -> bool:
+    # A function, not ``_current`` read in ``wrapper``: a wrapper pickled by value (a script's
+    # function sent to Spark executors) would carry a copy of ``_current`` from pickling time.
+    return _current is None or _current.is_main

@@ -98,6 +98,7 @@ _STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) s
 _STALL_RANK = re.compile(r"^(\d+)(!?): \[(.*)\]\s*$")
 _STALL_SHUTDOWN = re.compile(r"is stalled for longer than (\d+) seconds\. Will shutdown")
 _GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms")
+_FIRST_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 
 
 def split_worker_line(line: str) -> tuple[int, str, str] | None:
@@ -114,6 +115,13 @@ def process_exit(line: str) -> tuple[int, int] | None:
 
 def is_termination_notice(line: str) -> bool:
     return bool(_TERMINATING.match(line))
+
+
+def first_exit(text: str) -> str | None:
+    """'worker 1 exited with status 3' from the error Horovod's launchers raise when a worker
+    failed (horovodrun's last lines, ``horovod.spark.run``'s RuntimeError), else None."""
+    named = _FIRST_EXIT.search(text)
+    return f"worker {named.group(1)} {describe_status(int(named.group(2)))}" if named else None
 
 
 def describe_status(status: int) -> str:

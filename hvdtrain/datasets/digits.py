@@ -8,6 +8,8 @@ small test set. No torch or TensorFlow here; the examples add the channel axis t
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -116,3 +118,56 @@ def _train_samples(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be between {NUM_CLASSES} (one per class) and {most} "
                                          f"(the training split), got {value}")
     return value
+
+
+# --- on Spark: the training split as a Parquet dataset, each rank reading its own shard -------------
+
+PARQUET_SCHEMA = "image array<float>, label long"  # image: the 64 pixels of one 8x8 digit, row-major
+
+
+def write_parquet(spark, part: Part, path: str) -> None:
+    """``part`` as a Spark user keeps data: a DataFrame (``PARQUET_SCHEMA``) written to Parquet,
+    one file per partition of the session's default parallelism."""
+    rows = [(image.ravel().tolist(), int(label)) for image, label in zip(part.images, part.labels)]
+    spark.createDataFrame(rows, PARQUET_SCHEMA).write.mode("overwrite").parquet(path)
+
+
+def read_parquet_shard(path: str) -> Part:
+    """This rank's equal share of a dataset ``write_parquet`` wrote (``hvdtrain.spark.read_shard``)."""
+    from ..spark import read_shard
+
+    table = read_shard(path, columns=["image", "label"])
+    pixels = table.column("image").combine_chunks().flatten().to_numpy()
+    return Part(pixels.astype(np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
+                table.column("label").to_numpy().astype(np.int64))
+
+
+def spark_main(example_main: Callable, framework: str, argv: list[str] | None = None) -> list:
+    """Driver of the Spark twins of the digits examples: write the training split to Parquet,
+    then run ``example_main(flags, parquet)`` on ``--num-proc`` Spark tasks (``hvdtrain.spark.run``).
+    The example's own flags pass through; rank 0 prints the test accuracy as without Spark."""
+    import tempfile
+
+    from pyspark.sql import SparkSession
+
+    from .. import spark as hs
+
+    parser = argparse.ArgumentParser(description=f"The digits example ({framework}) on Spark; other flags: "
+                                     f"the example's.", add_help=False)
+    parser.add_argument("--master", default="local[2]", help="Spark master URL (default local[2])")
+    parser.add_argument("--num-proc", type=int, default=2, help="Horovod workers = Spark tasks running at once")
+    parser.add_argument("--parquet", default=None, help="where the training split is written (default: a temp dir; "
+                        "on a cluster: a path every executor reads, e.g. a shared file system)")
+    parser.add_argument("--nics", default=None, help="network interfaces for Gloo, comma-separated (default: lo in "
+                        "local mode, else Horovod's pick)")
+    spark_args, flags = parser.parse_known_args(argv)
+    args = cli.parse(example_parser(framework), flags)  # refused here, once, before Spark starts
+    spark = (SparkSession.builder.master(spark_args.master).appName(f"hvdtrain digits ({framework})")
+             .config("spark.ui.enabled", "false")
+             # Executors run this virtualenv's Python (on a cluster: the same path on every host).
+             .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable)).getOrCreate())
+    with tempfile.TemporaryDirectory(prefix="hvdtrain-digits-") as tmp:
+        path = spark_args.parquet or f"{tmp}/train.parquet"
+        write_parquet(spark, load_splits(seed=args.seed, train_samples=args.train_samples).train, path)
+        return hs.run(example_main, num_proc=spark_args.num_proc, args=(flags, path),
+                      nics=spark_args.nics.split(",") if spark_args.nics else None)

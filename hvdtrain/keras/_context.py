@@ -8,7 +8,7 @@ import horovod.tensorflow as hvd
 import keras
 import tensorflow as tf
 
-from ..core import context as core_context, failures
+from ..core import context as core_context, failures, slurm
 from ..core.tuning import apply_horovod_defaults
 
 SUPPORTED_BACKENDS = ("tensorflow",)
@@ -67,6 +67,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     _check_backend()
     failures.install()  # one line per rank, not pages of tracebacks, when a peer fails
     apply_horovod_defaults()
+    slurm.check_direct_launch()  # srun without a launcher: N lone rank-0 workers
     hvd.init()
     device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
     if seed is not None:

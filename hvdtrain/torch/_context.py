@@ -8,7 +8,7 @@ import horovod.torch as hvd
 import numpy as np
 import torch
 
-from ..core import context as core_context, failures
+from ..core import context as core_context, failures, slurm
 from ..core.tuning import apply_horovod_defaults
 
 
@@ -39,6 +39,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     """
     failures.install()  # one line per rank, not pages of tracebacks, when a peer fails
     apply_horovod_defaults()
+    slurm.check_direct_launch()  # srun without a launcher: N lone rank-0 workers
     hvd.init()
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())

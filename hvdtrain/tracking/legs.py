@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -24,6 +26,8 @@ log = logging.getLogger("hvdtrain.tracking")
 RUN_FILE = "mlflow-run.json"
 RUN_FILE_ENV = "HVDTRAIN_RUN_FILE"
 LEG_TAG = "hvdtrain.leg"
+FAILURE_TAG = "hvdtrain.failure"
+MLFLOW_BOUND_S = 20.0  # longest a launcher waits on MLflow to mark a failed run
 
 
 def run_file(checkpoint_dir: str | os.PathLike) -> Path:
@@ -73,3 +77,37 @@ def leg_artifact_path(artifact_path: str | None, leg: int) -> str | None:
     if leg <= 1:
         return artifact_path
     return f"leg{leg}" if artifact_path is None else f"leg{leg}/{artifact_path}"
+
+
+def mark_failed(run_file: Path, reason: str) -> None:
+    """Mark the job's MLflow run FAILED with ``reason`` (tag hvdtrain.failure), its metrics kept:
+    what a launcher (``hvdtrain run``, ``hvdtrain.spark.run``) does when the job failed. Rank 0's
+    tracker wrote the run's id to ``run_file``; bounded, so a dead server cannot hold the launcher."""
+    try:
+        run = json.loads(run_file.read_text())
+        run_id, uri = run["run_id"], run["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # tracking was off, or the run was never created
+    errors: list[str] = []
+
+    def mark():
+        from mlflow.tracking import MlflowClient
+
+        from ..core.checkpoint import first_line
+        from . import store
+
+        store.bound_http_calls()
+        try:
+            client = MlflowClient(uri)
+            client.set_tag(run_id, FAILURE_TAG, reason)
+            if client.get_run(run_id).info.status != "FAILED":
+                client.set_terminated(run_id, "FAILED")
+        except Exception as err:  # a tracking problem must not hide the job's own failure
+            errors.append(f"{type(err).__name__}: {first_line(err)}")
+
+    worker = threading.Thread(target=mark, daemon=True)
+    worker.start()
+    worker.join(MLFLOW_BOUND_S)
+    if worker.is_alive() or errors:
+        detail = errors[0] if errors else f"no answer within {MLFLOW_BOUND_S:.0f} s"
+        print(f"hvdtrain: warning: MLflow run {run_id} not marked FAILED ({detail})", file=sys.stderr)
