@@ -46,14 +46,25 @@ def _version(dist: str) -> str | None:
 
 
 def build_checks() -> list[Check]:
-    """What Horovod was built with; a missing framework or controller is a failed check."""
+    """What Horovod was built with and for; a missing framework or controller, or a framework
+    other than the one Horovod was compiled against, is a failed check."""
     from horovod.common.util import extension_available, gloo_built, mpi_built, nccl_built
 
-    checks = []
+    from ..core import versions
+
+    key = versions.recorded()
+    mismatched = versions.mismatches()
+    checks = [Check("Build key", not mismatched,
+                    f"{mismatched[0]}: {versions.FIX}" if mismatched else
+                    (_key_text(key) if key else "not recorded (Horovod not installed by scripts/install.sh)"))]
     for ext, (display, module) in FRAMEWORKS.items():
         error = _import_error(module)
+        adapter = "torch" if ext == "torch" else "keras"
+        wrong = versions.mismatches(adapter, key) if key else []
         if error:
             checks.append(Check(display, False, f"{display} cannot be imported ({error}): {FIX}"))
+        elif wrong:  # Horovod's extension fails to load: say why, not "built without"
+            checks.append(Check(display, False, f"{wrong[0]}: {versions.FIX}"))
         elif not extension_available(ext):
             checks.append(Check(display, False, f"Horovod was built without {display}: {FIX}"))
         else:
@@ -67,6 +78,11 @@ def build_checks() -> list[Check]:
                         "built" if nccl else (f"CUDA torch but Horovod was built without NCCL: {FIX}" if gpu_wanted
                                               else "not built (CPU install)")))
     return checks
+
+
+def _key_text(key) -> str:
+    return (f"Horovod {key.horovod} for torch {key.torch}, TensorFlow {key.tensorflow}, "
+            f"Python {key.python[0]}.{key.python[1:]}, CUDA {key.cuda}")
 
 
 def _import_error(module: str) -> str | None:
@@ -119,7 +135,7 @@ def run(args) -> int:
     checks = build_checks()
     print("Horovod build")
     _print(checks)
-    if all(c.ok for c in checks if c.name in ("PyTorch", "TensorFlow", "Gloo controller")):
+    if all(c.ok for c in checks if c.name in ("Build key", "PyTorch", "TensorFlow", "Gloo controller")):
         live = [live_allreduce(ext, args.np, args.timeout) for ext in FRAMEWORKS]
         print("Live allreduce (horovodrun, Gloo, localhost)")
         _print(live)

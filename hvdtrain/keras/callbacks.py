@@ -12,6 +12,7 @@ import tensorflow as tf
 from ..core.guards import check_finite
 from ._context import current
 from .optimizer import OPTIONS
+from .tripwire import Tripwire
 
 
 def broadcast_variables(variables, root_rank: int = 0) -> None:
@@ -99,11 +100,12 @@ def callbacks() -> list[keras.callbacks.Callback]:
     """Callbacks to put first in ``model.fit(callbacks=[*hk.callbacks(), ...])``.
 
     Broadcast of rank 0's state, then metric averaging (before any later callback reads the logs),
-    then the stop on a NaN or infinite averaged loss; on ranks other than 0, a silent progress
-    bar, so only rank 0 prints whatever ``verbose`` says. LR warmup needs no callback: the
-    wrapped optimizer applies it, in custom loops too.
+    then the stop on a NaN or infinite averaged loss, then the data-parallel tripwire
+    (``core.tripwire``); on ranks other than 0, a silent progress bar, so only rank 0 prints
+    whatever ``verbose`` says. LR warmup needs no callback: the wrapped optimizer applies it, in
+    custom loops too.
     """
-    found = [BroadcastState(), AverageMetrics(), StopOnNonFinite()]
+    found = [BroadcastState(), AverageMetrics(), StopOnNonFinite(), Tripwire()]
     if not current().is_main:
         found.append(_QuietProgbar())
     return found
