@@ -229,7 +229,7 @@ def test_elastic_command_line(tmp_path, discovery):
     args = build_parser().parse_args(["run", "--elastic", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
                                       str(script), "--blacklist-cooldown-range", "2", "10", str(worker), "--x"])
     command = build_command(args, _check_request(args))
-    assert command[1:] == ["-np", "2", "--min-np", "1", "--host-discovery-script", str(script), "--max-np", "2",
+    assert command[3:] == ["-np", "2", "--min-np", "1", "--host-discovery-script", str(script), "--max-np", "2",
                            "--blacklist-cooldown-range", "2", "10", "--network-interface", "lo", "--gloo",
                            "-p", "22", sys.executable, str(worker), "--x"]
 

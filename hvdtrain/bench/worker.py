@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 from ..core.context import main_process_only
-from .rendezvous import fresh_rendezvous
 
 PARTS = ("allreduce", "torch", "keras")
 
@@ -63,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
     import hvdtrain.torch as ht
+
+    from .rendezvous import fresh_rendezvous
 
     ctx = ht.init(seed=0)
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")

@@ -1,7 +1,6 @@
 """``hvdtrain doctor``: is this install able to train? Versions, Horovod's build, a live allreduce."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import subprocess
@@ -39,6 +38,8 @@ def versions() -> dict[str, str | None]:
 
 
 def _version(dist: str) -> str | None:
+    import importlib.metadata as md  # ~0.1 s of start-up: only when doctor runs
+
     try:
         return md.version(dist)
     except md.PackageNotFoundError:

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 
 from ..core import elastic
-from ..core.elastic import Position, TrainingState
+from ..core.elastic import Position
+from ..elastic import TrainingState
 from .callbacks import callbacks as distributed_callbacks
 from .data import shard
 from .elastic import run as elastic_run

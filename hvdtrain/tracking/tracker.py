@@ -3,7 +3,8 @@
 Rank 0 creates the run and broadcasts its id, so every rank can read ``tracker.run_id``; only
 rank 0 ever talks to MLflow (``main_process_only``), and it does so from a background thread.
 The collective methods (``start``, ``log_step``, ``log_epoch``)
-must be called by every rank at the same points.
+must be called by every rank at the same points. MLflow is imported by rank 0 when tracking is
+on, never by a job that runs ``tracked(enabled=False)``.
 """
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import mlflow
-from mlflow.tracking import MlflowClient
-from mlflow.tracking.context.registry import resolve_tags
-
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
-from . import legs, records, store
+from . import legs, records
+from .legs import log
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
-from .sender import Sender, log
 
 
 def _sending(method):
@@ -111,8 +108,8 @@ class Tracker:
 
     @_sending
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
-        """End the run; waits up to ``timeout`` s for buffered data. Returns the spill file
-        holding what could not be sent, if any."""
+        """End the run; waits up to ``timeout`` s for buffered data. Returns the journal when it
+        still holds what could not be sent (``hvdtrain mlflow-sync`` sends it later)."""
         if self._system_monitor is not None:
             self._system_monitor.finish()
         self._sender.put(records.end_record(status))
@@ -169,6 +166,13 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
 @main_process_only
 def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spill_dir, start_timeout,
           hostnames, checkpoint_dir, resume):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+
+    from . import store
+    from .sender import Sender
+
     store.bound_http_calls()
     uri = store.tracking_uri()
     active = mlflow.active_run()
@@ -180,8 +184,8 @@ def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spi
                    parent_run_id=parent_run_id or (active.info.run_id if active else None), run_id=continued,
                    run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())])
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    spill_path = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
-    sender = Sender(MlflowClient(uri), spec, spill_path)
+    journal = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
+    sender = Sender(MlflowClient(uri), spec, journal)
     sender.put(records.params_record({**flatten(config), **environment_params(hostnames)}))
     if config:
         with tempfile.TemporaryDirectory() as tmp:
