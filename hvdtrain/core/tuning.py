@@ -30,9 +30,10 @@ def hang_settings(timeout: int) -> dict[str, str]:
     the check time and shuts the job down after the shutdown time (default: never). It checks only
     every check-time seconds, and a collective served from the response cache first waits one
     check to be taken out of the cache, so the worst case is 3 check times + the shutdown time:
-    a sixth of the bound and half of it. So a rank may work alone (a long evaluation or
-    checkpoint on rank 0) for up to half the bound. The Gloo timeout also bounds ``hvd.init``'s
-    rendezvous, hence the minimum.
+    a sixth of the bound and half of it. So a rank may work alone while the others wait in a
+    collective for up to half the bound; hvdtrain's own rank-0 work (checkpoint saves and loads,
+    model uploads) keeps the others in step while it runs (``core.on_main``), so it may take any
+    time. The Gloo timeout also bounds ``hvd.init``'s rendezvous, hence the minimum.
     """
     return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
             "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, timeout // 6)),

@@ -15,6 +15,7 @@ import keras
 from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, check_writable,
                                first_line, load_on_main)
 from ..core.context import main_process_only
+from ..core.on_main import on_main
 from ._context import current
 from .callbacks import broadcast_model
 from .optimizer import base_learning_rate, set_base_learning_rate
@@ -69,7 +70,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     """A resumable checkpoint at the end of every epoch, written by rank 0.
 
     Every rank must hold it: at the start of training all ranks check together that rank 0 can
-    write to ``directory``, so a bad directory stops the job at once rather than after an epoch.
+    write to ``directory``, so a bad directory stops the job at once rather than after an epoch,
+    and the others wait with rank 0 while it saves (``on_main``: a slow save is no hang).
     """
 
     def __init__(self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3):
@@ -80,5 +82,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         check_writable(current(), self.directory)
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
-                        epoch=epoch + 1, config=self.config, keep=self.keep)
+        step = int(self.model.optimizer.iterations.numpy())
+        on_main(current(), lambda: save_checkpoint(self.directory, self.model, step=step, epoch=epoch + 1,
+                                                   config=self.config, keep=self.keep), "saving a checkpoint")

@@ -15,6 +15,7 @@ from ..core.checkpoint import check_writable
 from ..core.context import main_process_only
 from ..core.elastic import Position
 from ..core.guards import check_finite
+from ..core.on_main import on_main
 from ._context import current
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import EvalShard, set_epoch, to_device
@@ -197,10 +198,12 @@ class _Loop:
         return History(epochs=list(position.epochs), global_step=position.step)
 
     def _checkpoint(self, position: Position) -> None:
+        """Collective: rank 0 saves while the others wait with it (``on_main``: a slow save is no hang)."""
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, step=position.step,
-                            epoch=position.epoch, config=self.config,
-                            extra={"epoch_samples": position.epoch_samples})
+            on_main(current(), lambda: save_checkpoint(
+                self.checkpoint_dir, self.model, self.optimizer, self.scheduler, step=position.step,
+                epoch=position.epoch, config=self.config, extra={"epoch_samples": position.epoch_samples}),
+                "saving a checkpoint")
 
 @main_process_only
 def _print_epoch(epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
