@@ -22,7 +22,7 @@ from hvdtrain import tracking
 from hvdtrain.core import args as cli
 from hvdtrain.core.context import Context, main_process_only
 from hvdtrain.datasets import digits
-from hvdtrain.keras.tracking import MlflowLogger, log_model
+from hvdtrain.keras.tracking import log_model
 
 
 def build_model(dropout: float) -> keras.Model:
@@ -48,22 +48,14 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=False)
-    initial_epoch = 0
-    if args.resume:
-        meta = hk.load_checkpoint(args.checkpoint_dir, model)
-        initial_epoch = meta.epoch if meta is not None else 0
-    callbacks = []
-    if args.checkpoint_dir:
-        callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))
-        callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
-    # Each rank trains on an equal shard (so all run the same number of steps), after hk.callbacks();
-    # in elastic mode (hvdtrain run --elastic) hk.fit re-shards when workers leave or join.
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number
+    # of steps); checkpoints, resume, tracking and elastic restarts are hk.fit's, as ht.fit's in the torch twin.
     history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=args.batch_size,
-                     epochs=args.epochs, initial_epoch=initial_epoch, seed=args.seed, callbacks=callbacks,
-                     validation_data=(with_channel(splits.val.images), splits.val.labels), verbose=1)
+                     epochs=args.epochs, seed=args.seed, tracker=tracker,
+                     validation_data=(with_channel(splits.val.images), splits.val.labels), **cli.fit_kwargs(args))
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     if tracker is not None:
@@ -85,7 +77,7 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(digits.example_parser("Keras 3"), argv, step_checkpoints=False)
+    args = cli.parse(digits.example_parser("Keras 3"), argv)
     ctx = hk.init(seed=args.seed)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)

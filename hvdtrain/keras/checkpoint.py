@@ -25,14 +25,15 @@ EXTENSION = ".keras"
 
 @main_process_only
 def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int = 0,
-                    config: dict[str, Any] | None = None, keep: int = 3) -> Path | None:
+                    config: dict[str, Any] | None = None, keep: int = 3, extra: dict | None = None) -> Path | None:
     """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; rank 0 only.
 
     Keeps the newest ``keep`` checkpoints. Returns the payload path (``None`` on other ranks).
     """
     base_lr = base_learning_rate(model.optimizer) if model.optimizer is not None else None
     meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="keras", payload="",
-                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}))
+                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}),
+                          extra=extra or {})
     return CheckpointDir(directory, EXTENSION, keep=keep).save(meta, model.save)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
+from ..core.on_main import on_main
 from . import legs, records
 from .legs import log
 from .params import environment_params, flatten, without_secrets
@@ -151,12 +152,17 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     exchange = not elastic.enabled()
     hostnames = ([ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
                  if exchange else [socket.gethostname()])
-    try:
-        opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
-                       parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
-    except Exception as err:  # a tracking problem must never stop training
-        log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
-        opened = None
+
+    def open_run():
+        try:
+            return _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
+                         parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
+        except Exception as err:  # a tracking problem must never stop training
+            log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
+            return None
+
+    # Rank 0 may take a while (importing MLflow, waiting for the server): the others wait with it.
+    opened = on_main(ctx, open_run, "opening the MLflow run") if exchange else open_run()
     run_id, sender, monitor = opened or (None, None, None)
     if exchange:
         run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank

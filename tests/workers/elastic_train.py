@@ -50,7 +50,6 @@ def train_keras(args, tracker):
     import keras
 
     import hvdtrain.keras as hk
-    from hvdtrain.keras.tracking import MlflowLogger
     from tf_examples.digits import build_model, with_channel
 
     ctx = hk.current()
@@ -67,7 +66,8 @@ def train_keras(args, tracker):
 
     history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=BATCH,
                      epochs=args.epochs, validation_data=(with_channel(splits.val.images), splits.val.labels),
-                     callbacks=[Progress(), *([MlflowLogger(tracker, log_every=1)] if tracker else [])], verbose=0)
+                     callbacks=[Progress()], tracker=tracker, log_every=1, commit_every=args.commit_every,
+                     progress=False)
     accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     return {"steps": int(model.optimizer.iterations.numpy()), "test_accuracy": accuracy,
