@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from hvdtrain.core import context
@@ -20,7 +19,7 @@ from hvdtrain.tracking import records
 from hvdtrain.tracking.journal import replay
 from hvdtrain.tracking.records import RunSpec
 from hvdtrain.tracking.sender import Sender
-from tests.launch import REPO, WORKERS
+from tests.launch import REPO, WORKERS, worker_process
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
 
 HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
@@ -37,17 +36,6 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180)
         assert proc.poll() is None, f"the job ended before {what}: {proc.communicate()}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
-
-
-def worker_process(proc: subprocess.Popen, rank: int) -> psutil.Process:
-    """The training process of ``rank`` among the launcher's descendants."""
-    for p in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if p.environ().get("HOROVOD_RANK") == str(rank) and "HOROVOD_RANK" not in p.parent().environ():
-                return p
-        except psutil.Error:
-            continue
-    raise AssertionError(f"no worker of rank {rank}")
 
 
 @pytest.mark.slow

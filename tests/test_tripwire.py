@@ -6,10 +6,14 @@ overhead`` (BENCHMARKS.md), not here."""
 import pytest
 
 from hvdtrain.core import tripwire
+from tests import readme_table
 from tests.launch import horovodrun, results
 from tests.workers.tripwire import STEPS
 
 EVERY = {"HVDTRAIN_TRIPWIRE_EVERY": "2"}
+ROWS = {"unreduced": "an update that skipped the gradient allreduce (torch: step() inside skip_synchronize(); Keras: "
+                     "an optimizer that no longer calls _clip_gradients)",
+        "diverged": "a rank that changed its weights by itself"}
 ERROR = "hvdtrain: error: "
 CAUSES = {
     ("torch", "unreduced"): "DataParallelError: data parallelism is off at step 1: every rank updated the weights "
@@ -46,6 +50,8 @@ def test_broken_gradient_averaging_stops_the_job_at_the_first_check(tmp_path, fr
     assert ranks[0]["error"] == ranks[1]["error"] and ranks[0]["error"].startswith(CAUSES[framework, fault])
     lines = [line.split(ERROR, 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if ERROR in line]
     assert lines == [ranks[0]["error"].split(": ", 1)[1]]  # one line, from rank 0
+    row = readme_table.row(ROWS[fault])
+    assert row.check(proc.stdout + proc.stderr, proc.returncode) == ERROR + lines[0]
 
 
 def test_checks_come_after_the_first_step_and_at_the_interval():

@@ -36,6 +36,12 @@ def timed(operation: Callable[[], object]) -> Contender:
 
 def compete(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, float]:
     """Median seconds per operation of each contender; ``barrier`` lines the ranks up per window."""
+    return {name: statistics.median(values) for name, values in windows(contenders, plan, barrier).items()}
+
+
+def windows(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds per operation of each contender in each window, windows in order (so contenders can
+    be compared window by window: the same minutes of machine noise)."""
     names = list(contenders)
     for name in names:
         contenders[name](plan.warmup)
@@ -45,4 +51,4 @@ def compete(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], 
         for name in names[shift:] + names[:shift]:
             barrier()
             per_op[name].append(contenders[name](plan.iters) / plan.iters)
-    return {name: statistics.median(values) for name, values in per_op.items()}
+    return per_op

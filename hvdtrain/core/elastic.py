@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from .context import main_process_only
+from .checkpoint import CheckpointMeta, check_writable
+from .context import Context, main_process_only
 
 
 def enabled() -> bool:
@@ -35,6 +36,24 @@ class Position:
     def batches_done(self, global_batch: int) -> int:
         """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a step."""
         return self.epoch_samples // global_batch
+
+
+def starting_position(ctx: Context, checkpoint_dir: str | os.PathLike | None, resume: bool,
+                      load: Callable[[], CheckpointMeta | None]) -> Position:
+    """Where an adapter's ``fit`` starts (collective): the checkpoint ``load`` restores with
+    ``resume``, else the beginning. Outside elastic mode every rank first checks together that
+    rank 0 can write checkpoints; in elastic mode neither happens, since a joining worker must not
+    call collectives outside the elastic loop and elastic jobs continue from their commits."""
+    if enabled():
+        if resume:
+            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
+                             "in-memory commits; resume from checkpoints in a non-elastic job")
+    elif checkpoint_dir is not None:
+        check_writable(ctx, checkpoint_dir)
+    meta = load() if resume and checkpoint_dir is not None else None
+    if meta is None:
+        return Position()
+    return Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
 
 
 class Snapshot(Protocol):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, MutableMapping
 
+from .guards import UserError
+
 SWITCH = "HVDTRAIN_HOROVOD_DEFAULTS"
 HANG_TIMEOUT_ENV = "HVDTRAIN_HANG_TIMEOUT"
 DEFAULT_HANG_TIMEOUT = 300
@@ -40,16 +42,23 @@ def hang_settings(timeout: int) -> dict[str, str]:
             "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(1, timeout // 2))}
 
 
+class HangTimeoutError(UserError, ValueError):
+    """A bad ``HVDTRAIN_HANG_TIMEOUT``: the same on every rank of a host (its environment)."""
+
+    per_host = True
+
+
 def hang_timeout(environ: Mapping[str, str] = os.environ) -> int:
-    """``HVDTRAIN_HANG_TIMEOUT`` in seconds (default 300); ``ValueError`` naming it when invalid."""
+    """``HVDTRAIN_HANG_TIMEOUT`` in seconds (default 300); ``HangTimeoutError`` (a ``ValueError``)
+    naming it when invalid, one line in a worker."""
     text = environ.get(HANG_TIMEOUT_ENV, "").strip()
     if not text:
         return DEFAULT_HANG_TIMEOUT
     try:
         return check_hang_timeout(int(text))
     except ValueError:
-        raise ValueError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
-                         f"got {text!r}") from None
+        raise HangTimeoutError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
+                               f"got {text!r}") from None
 
 
 def check_hang_timeout(seconds: int) -> int:

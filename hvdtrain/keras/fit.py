@@ -18,7 +18,6 @@ import keras
 import numpy as np
 
 from ..core import elastic
-from ..core.checkpoint import check_writable
 from ..core.elastic import Position
 from ..core.guards import check_finite
 from ..core.on_main import on_main
@@ -63,18 +62,8 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: i
     loop = _Loop(model, _Data(x, y, sample_weight), batch_size, epochs, validation_data, list(callbacks),
                  checkpoint_dir, checkpoint_every, tracker, log_every, config, commit_every, seed, drop_last,
                  fit_kwargs)
-    position = Position()
-    if elastic.enabled():  # a joining worker must not call collectives outside the elastic loop
-        if resume:
-            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
-                             "in-memory commits; resume from checkpoints in a non-elastic job")
-    elif checkpoint_dir is not None:
-        check_writable(current(), checkpoint_dir)
-    if resume and checkpoint_dir is not None:
-        loop.build()
-        meta = load_checkpoint(checkpoint_dir, model)
-        if meta is not None:
-            position = Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
+    position = elastic.starting_position(current(), checkpoint_dir, resume,
+                                         lambda: loop.build() or load_checkpoint(checkpoint_dir, model))
     if not elastic.enabled():
         loop.train(position, commit=lambda: None)
     else:
@@ -126,9 +115,11 @@ class _Loop:
         inner = [*distributed_callbacks(val_count=val_count), progress, *self.callbacks]
         if self.tracker is not None:
             inner.insert(len(inner) - len(self.callbacks), MlflowLogger(self.tracker, self.log_every, self.batch_size))
-        quiet = [cb for cb in inner if isinstance(cb, keras.callbacks.ProgbarLogger)]  # must stay visible to Keras
-        training = _OneTraining([cb for cb in inner if cb not in quiet])
-        while position.epoch < self.epochs and not progress.stopped:
+        # A progress bar must stay visible to Keras, or it adds its own: rank 0's counts all epochs.
+        bars = [cb for cb in inner if isinstance(cb, keras.callbacks.ProgbarLogger)] or [_Progbar(self.epochs)]
+        training = _OneTraining([cb for cb in inner if cb not in bars])
+        stopped = False  # a callback (EarlyStopping) set model.stop_training
+        while position.epoch < self.epochs and not stopped:
             epoch = position.epoch
             index = shard_indices(self.data.size, ctx.rank, ctx.size, seed=self.seed, epoch=epoch,
                                   drop_last=self.drop_last)
@@ -136,14 +127,14 @@ class _Loop:
             x, y, sample_weight = self.data.take(index[progress.skip * self.batch_size:])
             self.model.fit(x, y, sample_weight=sample_weight, batch_size=self.batch_size, epochs=epoch + 1,
                            initial_epoch=epoch, shuffle=False, validation_data=validation,
-                           callbacks=[*quiet, training], **self.fit_kwargs)
-            progress.stopped = progress.stopped or self.model.stop_training
+                           callbacks=[*bars, training], **self.fit_kwargs)
+            stopped = self.model.stop_training
         training.finish({})
 
-    def _validation(self) -> tuple[tuple | None, int]:
+    def _validation(self) -> tuple[tuple | None, int | None]:
         """This rank's every size-th validation sample (each sample once over the ranks), and how many."""
         if self.validation_data is None:
-            return None, 0
+            return None, None
         ctx = current()
         shard = keras.tree.map_structure(lambda a: None if a is None else np.asarray(a)[ctx.rank::ctx.size],
                                          tuple(self.validation_data))
@@ -169,13 +160,13 @@ class _Loop:
 
 
 class _Progress(keras.callbacks.Callback):
-    """Keeps the ``Position`` (step, samples of the epoch, epochs done) and checkpoints, commits
-    and stops where ``fit`` says."""
+    """Keeps the ``Position`` (step, samples of the epoch, epochs done), and checkpoints and
+    commits where ``fit`` says."""
 
     def __init__(self, loop: _Loop, position: Position, commit: Callable[[], None]):
         super().__init__()
         self.loop, self.position, self.commit = loop, position, commit
-        self.skip, self.stopped = 0, False
+        self.skip = 0  # batches of this epoch trained before a resume or restart
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -198,6 +189,18 @@ class _Progress(keras.callbacks.Callback):
         position.epoch, position.epoch_samples = epoch + 1, 0
         self.loop.checkpoint(position)
         self.commit()
+
+
+class _Progbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, numbering the epochs of the whole ``fit`` ("Epoch 3/4"), not those
+    of the one-epoch ``model.fit`` call it is shown in."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.total = epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total})
 
 
 class _OneTraining(keras.callbacks.Callback):

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,10 @@ logging.getLogger("urllib3.connectionpool").addFilter(_QuietRetries())
 class Sender:
     """Owns rank 0's MLflow traffic: opens the run, then sends journalled records in order."""
 
-    def __init__(self, client: MlflowClient, spec: RunSpec, journal_path: Path,
+    def __init__(self, client: MlflowClient, spec: RunSpec, journal_path: Path | None,
                  retry_interval: float = 1.0, max_retry_interval: float = 10.0, max_queued: int = MAX_QUEUED):
+        """``journal_path`` None: no journal, records wait in memory only (what the journal's cost
+        is measured against)."""
         self.client, self.spec = client, spec
         self.retry_interval, self.max_retry_interval, self.max_queued = retry_interval, max_retry_interval, max_queued
         self._queue: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
@@ -57,9 +60,10 @@ class Sender:
         self._previous_params: dict[str, str] = {}  # the run's params before this job (a resumed leg)
         self.first_attempt = threading.Event()  # set once opening the run was tried
         self.kept: Path | None = None  # the journal, when it still holds unsent records at close
-        self._journal = _open_journal(journal_path, spec)
+        self._journal = _open_journal(journal_path, spec) if journal_path is not None else None
         self._writable = self._journal is not None
-        self._artifacts = journal_path.with_name(journal_path.stem + "-artifacts")
+        self._artifacts = (journal_path.with_name(journal_path.stem + "-artifacts") if journal_path is not None
+                           else Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-")))
         self._staged = 0
         self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
         self._thread.start()
@@ -115,9 +119,10 @@ class Sender:
             elif unsent:
                 log.warning("hvdtrain: MLflow tracking data not sent: the server is unreachable and there is no "
                             "journal to keep it in (see the warning above)")
+            if not unsent:
+                shutil.rmtree(self._artifacts, ignore_errors=True)
             if self._journal is not None and not unsent:
                 self._journal.close(delete=True)
-                shutil.rmtree(self._artifacts, ignore_errors=True)
                 _remove_if_empty(self._journal.path.parent)
                 self._journal, self._writable = None, False
             elif self._journal is not None and not self._thread.is_alive():

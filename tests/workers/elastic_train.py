@@ -1,14 +1,16 @@
 """Elastic digits training for tests/test_elastic.py, either framework, tracked in MLflow.
 
 Each training batch appends ``{"pid", "host", "rank", "size"}`` to ``<out>/progress.jsonl`` and
-sleeps ``--batch-sleep`` s, so the test can remove and add workers while training runs. Rank 0
-writes ``<out>/result.json`` at the end.
+sleeps ``--batch-sleep`` s, so the test can remove and add workers while training runs. Each
+commit (``save``), rollback (``restore``) and membership change (``sync``) of the elastic state
+appends the digest of the model and optimizer state right after it to ``<out>/state.jsonl``.
+Rank 0 writes ``<out>/result.json`` at the end.
 """
 import json
 import os
 import time
 
-from hvdtrain import tracking
+from hvdtrain import elastic, tracking
 from hvdtrain.datasets import digits
 from tests.workers.common import parse_args
 
@@ -74,6 +76,21 @@ def train_keras(args, tracker):
             "epochs": [{"epoch": e + 1, "loss": loss} for e, loss in zip(history.epoch, history.history["loss"])]}
 
 
+def record_state_events(out) -> None:
+    """Wrap the elastic state's save, restore and sync to log the state's digest after each."""
+    for name in ("save", "restore", "sync"):
+        original = getattr(elastic.TrainingState, name)
+
+        def recorded(self, _original=original, _name=name):
+            _original(self)
+            with open(out / "state.jsonl", "a") as f:
+                f.write(json.dumps({"event": _name, "pid": os.getpid(), "rank": self.ctx.rank, "size": self.ctx.size,
+                                    "step": self.position.step, "time": time.time(),
+                                    "digest": elastic.digest(self.snapshot.capture())}) + "\n")
+
+        setattr(elastic.TrainingState, name, recorded)
+
+
 def main():
     args = parse_args(framework=str, epochs=int, train_samples=int, batch_sleep=float, commit_every=int,
                       tracking=int)
@@ -82,6 +99,7 @@ def main():
     else:
         import hvdtrain.keras as adapter
     ctx = adapter.init(seed=0)
+    record_state_events(args.out)
     with tracking.tracked({"framework": args.framework}, "elastic", enabled=bool(args.tracking)) as tracker:
         result = (train_torch if args.framework == "torch" else train_keras)(args, tracker)
     if ctx.is_main:
