@@ -63,6 +63,13 @@ def due(step: int, every: int) -> bool:
     return step == 1 or (every > 0 and step % every == 0)
 
 
+def next_due(step: int, every: int) -> int | None:
+    """The first step after ``step`` with a check; None when no further check comes."""
+    if step < 1:
+        return 1
+    return (step // every + 1) * every if every > 0 else None
+
+
 def check(ctx: Context, step: int, reduced: bool, sums: Sequence[float], magnitudes: Sequence[float],
           names: Sequence[str], causes: Causes) -> None:
     """Collective, at a step ``due`` on every rank: ``reduced``, whether this rank's last update went

@@ -1,5 +1,6 @@
-"""The Keras side of ``core.tripwire``: a callback that, at a due step, checks that the update went
-through ``wrap_optimizer``'s allreduce and that every rank holds the same trainable weights."""
+"""The Keras side of ``core.tripwire``: a callback that, at a due step, checks that every update
+since the last check went through ``wrap_optimizer``'s allreduce and that every rank holds the same
+trainable weights."""
 from __future__ import annotations
 
 import keras
@@ -17,25 +18,39 @@ CAUSES = tripwire.Causes(
 
 
 class Tripwire(keras.callbacks.Callback):
-    """Per batch it reads two counters (optimizer updates and gradient allreduces); at a due step
-    it runs the collective check. Every rank must have it (``callbacks()`` puts it there)."""
+    """Every rank must have it (``callbacks()`` puts it there). Reading the optimizer's counters
+    costs a few hundred microseconds, so it reads them only when a check may be due: each batch
+    makes at most one update, so it counts batches down to the next due step. The proof that the
+    allreduce ran: it counted one allreduce per update since the last check (``reductions``,
+    counted inside the traced step)."""
 
     def __init__(self):
         super().__init__()
         self.every = tripwire.interval()
-        self._before = (0, 0)
+        self._since = (0, 0)  # (updates, allreduces) at the last check or the start of training
+        self._batches_left = 1
 
-    def on_train_batch_begin(self, batch, logs=None):
-        self._before = self._counters()
+    def on_train_begin(self, logs=None):
+        self._since = self._counters()
+        self._batches_left = self._until_due(self._since[0])
 
     def on_train_batch_end(self, batch, logs=None):
-        (steps_before, reductions_before), (step, reductions) = self._before, self._counters()
-        if step == steps_before or current().size == 1 or not tripwire.due(step, self.every):
-            return  # a micro-batch of an accumulated update, one worker, or no check due
-        variables = self.model.trainable_variables
-        values = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for v in variables]
-        tripwire.check(current(), step, reductions > reductions_before, [float(v.sum()) for v in values],
-                       [float(np.abs(v).sum()) for v in values], [v.path for v in variables], CAUSES)
+        self._batches_left -= 1
+        if self._batches_left > 0:
+            return
+        step, reductions = self._counters()
+        if step != self._since[0] and tripwire.due(step, self.every) and current().size > 1:
+            variables = self.model.trainable_variables
+            values = [np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for v in variables]
+            updates, allreduces = step - self._since[0], reductions - self._since[1]
+            tripwire.check(current(), step, allreduces == updates, [float(v.sum()) for v in values],
+                           [float(np.abs(v).sum()) for v in values], [v.path for v in variables], CAUSES)
+            self._since = (step, reductions)
+        self._batches_left = self._until_due(step)
+
+    def _until_due(self, step: int) -> int:
+        due = tripwire.next_due(step, self.every)
+        return due - step if due is not None else 2 ** 62
 
     def _counters(self) -> tuple[int, int]:
         optimizer = self.model.optimizer

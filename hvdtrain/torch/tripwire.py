@@ -22,8 +22,8 @@ def after_step(optimizer: torch.optim.Optimizer, step: int, reduced: bool, every
         return
     params = [p for group in optimizer.param_groups for p in group["params"]]
     names = getattr(optimizer, "_parameter_names", {})  # Horovod's names, for the message only
-    with torch.no_grad():
-        sums = torch.stack([p.detach().double().sum() for p in params]).tolist()
-        magnitudes = torch.stack([p.detach().double().abs().sum() for p in params]).tolist()
+    with torch.no_grad():  # float64 accumulators, no float64 copies of the parameters
+        sums = torch.stack([p.sum(dtype=torch.float64) for p in params]).tolist()
+        magnitudes = torch.stack([torch.linalg.vector_norm(p, 1, dtype=torch.float64) for p in params]).tolist()
     tripwire.check(ctx, step, reduced, sums, magnitudes, [names.get(p, f"parameter {i}") for i, p in
                                                           enumerate(params)], CAUSES)
