@@ -2,7 +2,8 @@
 with the survivor, a host added back by the discovery script is used again, one MLflow run
 records the membership (2, 1, 2) and the LR re-scaled for each size. Issue 13, item 6: after each
 rollback and each membership change the model and optimizer state is proven right by digests of
-its bytes: the committed state after a rollback, rank 0's on every rank after a change."""
+its bytes: the committed state after a rollback, rank 0's on every rank after a change (with rank
+0's weights those it had before the change; its LR is re-scaled for the new size)."""
 import json
 import os
 import signal
@@ -109,10 +110,10 @@ def assert_state_checked(out: Path) -> None:
                 restores += 1
                 committed = next(e for e in reversed(mine[:i]) if e["event"] == "save")
                 assert (event["step"], event["digest"]) == (committed["step"], committed["digest"])
-            if event["event"] == "sync" and event["rank"] == 0:  # rank 0's state is what it had before the change
+            if event["event"] == "sync" and event["rank"] == 0:  # rank 0's weights are those it had before the change
                 syncs += 1
-                before = mine[i - 2]  # mine[i - 1] is the sync's own save
-                assert (event["step"], event["digest"]) == (before["step"], before["digest"]), (before, event)
+                before = mine[i - 2]  # mine[i - 1] is the sync's own save; the LR was re-scaled in between
+                assert (event["step"], event["weights"]) == (before["step"], before["weights"]), (before, event)
     assert restores >= 1 and syncs >= 3  # the start, the worker killed, the worker added
     groups: dict[tuple[int, int], list[dict]] = {}
     for event in events:

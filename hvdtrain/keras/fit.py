@@ -64,6 +64,8 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: i
                  fit_kwargs)
     position = elastic.starting_position(current(), checkpoint_dir, resume,
                                          lambda: loop.build() or load_checkpoint(checkpoint_dir, model))
+    if tracker is not None:
+        tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
         loop.train(position, commit=lambda: None)
     else:
@@ -113,8 +115,9 @@ class _Loop:
         validation, val_count = self._validation()
         progress = _Progress(self, position, commit)
         inner = [*distributed_callbacks(val_count=val_count), progress, *self.callbacks]
-        if self.tracker is not None:
-            inner.insert(len(inner) - len(self.callbacks), MlflowLogger(self.tracker, self.log_every, self.batch_size))
+        if self.tracker is not None:  # the world size is logged by fit and at each elastic change
+            logger = MlflowLogger(self.tracker, self.log_every, self.batch_size, log_membership=False)
+            inner.insert(len(inner) - len(self.callbacks), logger)
         # A progress bar must stay visible to Keras, or it adds its own: rank 0's counts all epochs.
         bars = [cb for cb in inner if isinstance(cb, keras.callbacks.ProgbarLogger)] or [_Progbar(self.epochs)]
         training = _OneTraining([cb for cb in inner if cb not in bars])

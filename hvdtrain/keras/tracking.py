@@ -27,17 +27,20 @@ class MlflowLogger(keras.callbacks.Callback):
     ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
     """
 
-    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None):
+    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None,
+                 log_membership: bool = True):
         super().__init__()
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.tracker, self.log_every, self.per_rank_batch_size = tracker, log_every, per_rank_batch_size
+        self.log_membership = log_membership  # False: the caller logs the world size (hk.fit)
         self._step = 0
         self._batches_since_log = 0
 
     def on_train_begin(self, logs=None):
         self._step = self._iterations()
-        self.tracker.log_membership(self._step, self.tracker.ctx.size)
+        if self.log_membership:
+            self.tracker.log_membership(self._step, self.tracker.ctx.size)
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._iterations()

@@ -76,8 +76,15 @@ def train_keras(args, tracker):
             "epochs": [{"epoch": e + 1, "loss": loss} for e, loss in zip(history.epoch, history.history["loss"])]}
 
 
+def model_weights(snapshot) -> list:
+    """The model's weights alone (a membership change re-scales the LR in the optimizer's state)."""
+    model = snapshot.model
+    return [model.state_dict()] if hasattr(model, "state_dict") else [v.numpy() for v in model.weights]
+
+
 def record_state_events(out) -> None:
-    """Wrap the elastic state's save, restore and sync to log the state's digest after each."""
+    """Wrap the elastic state's save, restore and sync to log the digests of the whole state
+    (model and optimizer) and of the model's weights after each."""
     for name in ("save", "restore", "sync"):
         original = getattr(elastic.TrainingState, name)
 
@@ -86,7 +93,8 @@ def record_state_events(out) -> None:
             with open(out / "state.jsonl", "a") as f:
                 f.write(json.dumps({"event": _name, "pid": os.getpid(), "rank": self.ctx.rank, "size": self.ctx.size,
                                     "step": self.position.step, "time": time.time(),
-                                    "digest": elastic.digest(self.snapshot.capture())}) + "\n")
+                                    "digest": elastic.digest(self.snapshot.capture()),
+                                    "weights": elastic.digest(model_weights(self.snapshot))}) + "\n")
 
         setattr(elastic.TrainingState, name, recorded)
 
