@@ -9,11 +9,14 @@ setup(
     packages=find_packages(include=["hvdtrain", "hvdtrain.*"]),
     python_requires=">=3.10",
     # Horovod must be built against the installed frameworks (scripts/install.sh does it),
-    # so it is not a pip dependency here; the pinned, tested set is requirements/cpu.txt.
-    install_requires=["mlflow>=3.0", "tqdm", "psutil"],
+    # so it is not a pip dependency here; the pinned, tested set is requirements/cpu.txt. Each
+    # framework is bounded to the tested minor release: hvdtrain.keras hooks Keras optimizer
+    # internals and Horovod links against one torch and one TensorFlow, so a newer release must be
+    # tested (and Horovod rebuilt) before the bound moves.
+    install_requires=["mlflow>=3.17,<3.18", "tqdm", "psutil"],
     extras_require={
-        "torch": ["torch>=2.1"],
-        "tensorflow": ["tensorflow>=2.16", "keras>=3.0"],
+        "torch": ["torch>=2.13,<2.14"],
+        "tensorflow": ["tensorflow>=2.21,<2.22", "keras>=3.15,<3.16"],
         "test": ["pytest"],
     },
     entry_points={"console_scripts": ["hvdtrain=hvdtrain.cli:main"]},

@@ -131,7 +131,8 @@ WHEEL_DIR="$CACHE/wheels/$KEY"
 BUILD_LOG="$LOG_DIR/build-$KEY.log"
 
 installed_key="$("$PY" -c 'import sys, pathlib; p = pathlib.Path(sys.prefix, ".hvdtrain-horovod"); print(p.read_text().strip() if p.exists() else "")')"
-if [[ "$installed_key" == "$KEY" ]]; then
+BUILD_INFO="$("$PY" -c 'import sys; print(sys.prefix)')/.hvdtrain-horovod.json"
+if [[ "$installed_key" == "$KEY" && -f "$BUILD_INFO" ]]; then
     say "Horovod $HOROVOD_VERSION already installed for this build ($KEY)"
 else
     if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
@@ -169,6 +170,10 @@ else
         grep -qE "\[X\] $feature" "$LOG" || { echo "Horovod was built without $feature" >>"$LOG"; false; }
     done
     if [[ "$FLAVOR" == "gpu" ]]; then cuda_stack load; fi
+    # The controllers built, so `hvdtrain run` need not probe them by importing TensorFlow (core/versions.py).
+    "$PY" -c 'import json, re, sys, pathlib; pathlib.Path(sys.argv[1]).write_text(json.dumps({"key": sys.argv[2],
+        "controllers": sorted({c.lower() for c in re.findall(r"\[X\] (Gloo|MPI)", open(sys.argv[3]).read())})}))' \
+        "$BUILD_INFO" "$KEY" "$LOG"
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
 fi
 

@@ -9,7 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
@@ -52,3 +55,19 @@ def run_example(script: str, *args: str, out: Path, timeout: float = 240) -> tup
 def results(out: Path, np: int = 2) -> list[dict]:
     """Each rank's report, rank order."""
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(np)]
+
+
+def worker_process(launcher: subprocess.Popen, rank: int, timeout: float = 120) -> psutil.Process:
+    """The training process of ``rank`` under a running ``hvdtrain run``: the launcher's descendant
+    whose environment says so (not one of its children)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if p.environ().get("HOROVOD_RANK") == str(rank) and "HOROVOD_RANK" not in p.parent().environ():
+                    return p
+            except psutil.Error:
+                continue
+        assert launcher.poll() is None, launcher.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank} within {timeout} s")

@@ -8,6 +8,7 @@ is horovodrun's output: each rank's lines prefixed ``[rank]<stderr>:``.
 from __future__ import annotations
 
 import runpy
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from hvdtrain.core.checkpoint import read_meta
+from tests import readme_table
 from tests.launch import REPO, horovodrun, results
 from tests.workers.bad_common import snapshot
 
@@ -32,12 +34,11 @@ def workers_output(proc: subprocess.CompletedProcess) -> str:
     return "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("["))
 
 
-def assert_one_line(proc: subprocess.CompletedProcess, *parts: str) -> str:
-    """The job failed with exactly one hvdtrain error line, containing ``parts``, and no traceback."""
-    assert proc.returncode != 0
-    [line] = error_lines(proc)
-    for part in parts:
-        assert part in line, line
+def assert_row(proc: subprocess.CompletedProcess, key: str, **fill: str) -> str:
+    """The job ended as the README's bad-input row ``key`` says (its exit status, exactly one line
+    of its answer), with no other error line and no traceback; returns that line."""
+    line = readme_table.row(key).check(proc.stdout + proc.stderr, proc.returncode, **fill)
+    assert len(error_lines(proc)) <= 1, error_lines(proc)  # no second error, from another rank
     assert "Traceback" not in workers_output(proc), workers_output(proc)[-3000:]
     return line
 
@@ -66,49 +67,34 @@ def copy_of(ckpt: Path, into: Path) -> Path:
 
 # --- flags of the example scripts: argparse, exit 2, before Horovod starts -----------------------
 
-FLAG_ROWS = [
-    ("torch_examples/digits.py", ["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),
-    ("torch_examples/digits.py", ["--batch-size", "-1"], "argument --batch-size: must be >= 1, got -1"),
-    ("torch_examples/digits.py", ["--lr-scaling", "bogus"],
-     "argument --lr-scaling: invalid choice: 'bogus' (choose from 'linear', 'sqrt', 'none')"),
-    ("torch_examples/digits.py", ["--resume"], "--resume needs --checkpoint-dir"),
-    ("torch_examples/digits.py", ["--train-samples", "0"],
-     "argument --train-samples: must be between 10 (one per class) and 1257 (the training split), got 0"),
-    ("tf_examples/digits.py", ["--train-samples", "5000"],
-     "argument --train-samples: must be between 10 (one per class) and 1257 (the training split), got 5000"),
-    ("torch_examples/gpt.py", ["--data-dir", "no/such/dir"], "argument --data-dir: no/such/dir: no such directory"),
-    ("torch_examples/token_tagging.py", ["--data-dir", "{empty}"],
-     "argument --data-dir: {empty}: 0 Python files (outside dist-packages, idle_test, site-packages, test, tests); "
-     "need at least 2 for a train/validation split"),
-]
+FLAG_ROWS = readme_table.rows_for("test_bad_input.py::test_bad_flag_is_an_argparse_error_exit_2")
 
 
-@pytest.mark.parametrize("script,args,message", FLAG_ROWS, ids=[" ".join(r[1]) for r in FLAG_ROWS])
-def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, script, args, message):
-    """The example runs in this process (its imports are cached): it stops before ``init``."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
+@pytest.mark.parametrize("row", FLAG_ROWS, ids=[r.command for r in FLAG_ROWS])
+def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, row):
+    """The README's command; the example runs in this process (its imports are cached) and stops
+    before ``init``."""
+    (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [script, *(a.format(empty=empty) for a in args)])
+    script, *args = shlex.split(row.command)
+    monkeypatch.setattr(sys, "argv", [script, *args])
     with pytest.raises(SystemExit) as stopped:
         runpy.run_path(str(REPO / script), run_name="__main__")
-    assert stopped.value.code == 2
-    want = f"{Path(script).name}: error: {message.format(empty=empty)}"
-    assert capsys.readouterr().err.strip().splitlines() == [want]
-    assert list(tmp_path.iterdir()) == [empty]  # nothing written: no store, no checkpoint
+    err = capsys.readouterr().err
+    assert row.check(err, stopped.value.code) == err.strip()  # that line only: no usage block
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]  # nothing written: no store, no checkpoint
 
 
 @pytest.mark.slow
 def test_bad_flag_under_hvdtrain_run_stops_the_job_with_status_2(tmp_path):
-    proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "run", "-np", "2",
-                           str(REPO / "torch_examples/digits.py"), "--epochs", "0"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert proc.returncode == 2
+    row = readme_table.row("hvdtrain run -np 2 torch_examples/digits.py --epochs 0 (a bad flag under the launcher)")
+    proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), *shlex.split(row.command)[1:]],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
     # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to exit.
+    assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip().splitlines()[-1]
     output = proc.stdout + proc.stderr
     assert output.count("digits.py: error: argument --epochs: must be >= 1, got 0") == 1
     assert "usage:" not in output
-    assert "exited with status 2" in proc.stderr.strip().splitlines()[-1]
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -118,8 +104,7 @@ def test_checkpoint_of_another_model_stops_every_rank_torch(tmp_path, torch_ckpt
     ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
     before = snapshot(ckpt)
     proc = job("torch", "continue", ckpt, tmp_path, "--epochs", "3", "--width", "16")
-    assert_one_line(proc, f"{ckpt}/step-00000008.pt: does not fit this model or optimizer",
-                    "size mismatch for 0.weight")
+    assert_row(proc, "resume from a checkpoint of another model (torch)", ckpt=str(ckpt))
     assert [r["error_type"] for r in results(tmp_path)] == ["CheckpointError"] * 2  # every rank stopped
     assert snapshot(ckpt) == before
 
@@ -129,7 +114,7 @@ def test_checkpoint_of_the_other_framework_is_refused(tmp_path, torch_ckpt):
     ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
     before = snapshot(ckpt)
     proc = job("keras", "continue", ckpt, tmp_path, "--epochs", "3")
-    assert_one_line(proc, f"{ckpt}/step-00000008.pt: a torch checkpoint; this job needs a .keras file")
+    assert_row(proc, "resume from the other framework's checkpoints", ckpt=str(ckpt))
     assert [r["error_type"] for r in results(tmp_path)] == ["CheckpointError"] * 2
     assert snapshot(ckpt) == before
 
@@ -143,11 +128,8 @@ def test_corrupt_or_partial_newest_checkpoint_is_skipped_for_the_previous_one(tm
     proc = job("torch", "resume", ckpt, tmp_path, check=True)
     warnings = [line.split("<stderr>:", 1)[1] for line in (proc.stdout + proc.stderr).splitlines()
                 if "hvdtrain: warning" in line]
-    assert warnings == [
-        "hvdtrain: warning: skipping checkpoint step-00000012.pt: partial checkpoint (step-00000012.json missing)",
-        warnings[1]]
-    assert warnings[1].startswith("hvdtrain: warning: skipping checkpoint step-00000008.pt: truncated or corrupt "
-                                  "checkpoint (RuntimeError: PytorchStreamReader failed reading zip archive")
+    assert warnings == [assert_row(proc, "newest checkpoint partial (payload, no sidecar: a save cut short)"),
+                        assert_row(proc, "newest checkpoint truncated or corrupt (torch)")]
     assert proc.stdout.count("resumed at step 4") == 2  # both ranks, from the previous good checkpoint
     # The corrupt one is kept aside, out of the way of later saves; training goes on from step 4.
     assert {"step-00000008.pt.corrupt", "step-00000008.json.corrupt"} <= {p.name for p in ckpt.iterdir()}
@@ -162,13 +144,14 @@ def test_keras_corrupt_newest_checkpoint_is_skipped_and_another_model_refused(tm
     newest = sorted(ckpt.glob("*.keras"))[-1]
     newest.write_bytes(newest.read_bytes()[:500])
     proc = job("keras", "resume", ckpt, tmp_path / "resume", check=True)
-    output = proc.stdout + proc.stderr
-    assert output.count(f"hvdtrain: warning: skipping checkpoint {newest.name}: truncated or corrupt") == 1
+    assert newest.name == "step-00000008.keras"
+    assert_row(proc, "newest checkpoint truncated or corrupt (Keras)")
     assert proc.stdout.count("resumed at step 4") == 2
     before = snapshot(ckpt)
     proc = job("keras", "resume", ckpt, tmp_path / "other", "--width", "16")
-    assert_one_line(proc, f"{ckpt}/step-00000004.keras: does not fit this model or optimizer",
-                    "variable.shape=(4, 16), Received: value.shape=(4, 8)")
+    line = assert_row(proc, "resume from a checkpoint of another model (Keras)", ckpt=str(ckpt))
+    assert line.startswith(f"hvdtrain: error: {ckpt}/step-00000004.keras: ")  # step 8 was set aside as corrupt
+    assert "variable.shape=(4, 16), Received: value.shape=(4, 8)" in line
     assert snapshot(ckpt) == before
 
 
@@ -178,7 +161,7 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
     not_a_dir = tmp_path / "ckpt"
     not_a_dir.write_text("my notes")
     proc = job(framework, "save", not_a_dir, tmp_path / "out", "--epochs", "1")
-    assert_one_line(proc, f"{not_a_dir}: cannot write checkpoints there (FileExistsError")  # before training
+    assert_row(proc, "--checkpoint-dir is a file (or under one)", ckpt=str(not_a_dir))  # before training
     assert [r["error_type"] for r in results(tmp_path / "out")] == ["CheckpointError"] * 2  # every rank stopped
     assert not_a_dir.read_text() == "my notes"
 
@@ -189,7 +172,7 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
     before = snapshot(ckpt)
     # Rank 0 may write no file over 1 kB: the sidecar (~0.4 kB) would fit, the payload cannot.
     proc = job("torch", "continue", ckpt, tmp_path / "full", "--epochs", "3", "--fsize", "1000")
-    assert_one_line(proc, f"{ckpt}/step-00000012.pt: cannot write checkpoint", "step-00000008 and older are kept")
+    assert_row(proc, "disk full while saving a checkpoint", ckpt=str(ckpt))
     assert snapshot(ckpt) == before  # no temporary file left, nothing pruned or overwritten
     state = torch.load(ckpt / "step-00000008.pt", weights_only=True)  # and the newest one still loads
     assert state["model"]["0.weight"].shape == (8, 4)
@@ -204,7 +187,7 @@ def test_nan_loss_stops_every_rank_at_the_same_step(tmp_path, framework):
     every rank stops at the same step with the same error, and no checkpoint holds the diverged
     weights."""
     proc = job(framework, "nan", tmp_path / "ckpt", tmp_path, "--epochs", "2")
-    line = assert_one_line(proc, "loss is nan at step ", "; stopping: lower the learning rate or check the data")
+    line = assert_row(proc, "NaN or infinite loss (lr too high, a NaN in the data)").removeprefix(ERROR)
     ranks = results(tmp_path)
     assert [r["error"] for r in ranks] == [line] * 2  # both ranks, same step
     assert snapshot(tmp_path / "ckpt") == ranks[0]["before"] and len(ranks[0]["before"]) == 2

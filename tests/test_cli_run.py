@@ -1,12 +1,15 @@
 """Issue 6: ``hvdtrain run`` launches, passes MLflow settings, returns the job's status, refuses bad input."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests import readme_table
 
 HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
 
@@ -22,7 +25,7 @@ if rank == int(sys.argv[2]):
 
 
 def _run(*args, cwd, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HVDTRAIN_"))}
     return subprocess.run([HVDTRAIN, "run", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
                           env={**full_env, **(env or {})})
 
@@ -49,44 +52,37 @@ def test_success_runs_every_worker_with_one_tracking_store(tmp_path, worker):
 @pytest.mark.slow
 def test_a_failing_worker_sets_the_exit_status_and_is_named(tmp_path, worker):
     proc = _run("-np", "2", str(worker), str(tmp_path), "1", "3", cwd=tmp_path)
-    assert proc.returncode == 3
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "hvdtrain: worker 1 on localhost exited with status 3; job stopped after ")
+    row = readme_table.row("a script that fails on one rank (sys.exit(3))")
+    assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr  # horovodrun's own traceback is replaced by that line
 
 
-@pytest.mark.parametrize("args,message", [
-    (["-np", "0", "{worker}"], "-np must be >= 1, got 0"),
-    (["-np", "2", "missing.py"], "script not found: missing.py"),
-    (["-np", "3", "-H", "localhost:2", "{worker}"], "-np 3 needs 3 slots but the hosts offer 2 (localhost:2)"),
-    (["-np", "1", "-H", "127.0.0.2:1", "--ssh-port", "1", "{worker}"],
-     "host 127.0.0.2 is unreachable on SSH port 1 (Connection refused)"),
-    (["-np", "2", "--framework", "jax", "{worker}"], "unknown framework 'jax'; allowed: auto, torch, keras"),
-    (["-np", "2", "-H", "node1:two", "{worker}"], "bad host 'node1:two': use host:slots, e.g. node1:4"),
-    (["-np", "2", "--hostfile", "nofile", "{worker}"], "hostfile not found: nofile"),
-    (["-np", "2", "--hostfile", "{empty}", "{worker}"], "hostfile {empty} lists no hosts ('host slots=N' lines)"),
-    (["-np", "2", "--hostfile", "{comment}", "{worker}"], "hostfile {comment} line 2: 'node1 slots' is not "
-                                                            "'host slots=N'"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, worker, args, message):
-    """Checked before any worker starts: the message is the whole of stderr (the bad-input table)."""
-    files = {"worker": worker, "empty": tmp_path / "empty", "comment": tmp_path / "comment"}
-    files["empty"].write_text("")
-    files["comment"].write_text("# my nodes\nnode1 slots\n")
-    proc = _run(*[a.format(**files) for a in args], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith(f"hvdtrain: error: {message.format(**files)}")
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "rank0.json").exists()  # nothing was launched
+LAUNCH_ROWS = readme_table.rows_for("test_cli_run.py::test_bad_launch_command_is_one_line_and_exit_2")
+
+
+@pytest.mark.parametrize("row", LAUNCH_ROWS, ids=[r.command for r in LAUNCH_ROWS])
+def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
+    """The README's command, run as it reads: refused before any worker starts, the answer the
+    whole of stderr."""
+    (tmp_path / "train.py").write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
+    (tmp_path / "hosts.txt").write_text("# my nodes\nnode1 slots\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "discover.sh").write_text("#!/bin/sh\necho localhost:2\n")
+    (tmp_path / "discover.sh").chmod(0o755)
+    words = shlex.split(row.command)
+    at = words.index("hvdtrain")  # VAR=value words before it are the environment
+    proc = _run(*words[at + 2:], cwd=tmp_path, env=dict(word.split("=", 1) for word in words[:at]))
+    assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
+    assert not (tmp_path / "started").exists()  # nothing was launched
 
 
 def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
     """192.0.2.1 is TEST-NET-1: never routed, so the SSH probe fails (refused or timed out)."""
+    row = readme_table.row("hvdtrain run -np 2 -H 192.0.2.1:2 train.py (an unroutable host)")
     started = time.monotonic()
-    proc = _run("-np", "2", "-H", "192.0.2.1:2", str(worker), cwd=tmp_path)
+    proc = _run(*shlex.split(row.command)[2:-1], str(worker), cwd=tmp_path)
     assert time.monotonic() - started < 30  # the probe's own bound is a few seconds; startup is the rest
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("hvdtrain: error: host 192.0.2.1 is unreachable on SSH port 22 (")
+    assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
 
 
 def test_hostfile_comments_and_default_slots(tmp_path):

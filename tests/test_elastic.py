@@ -1,6 +1,9 @@
 """Issue 8: elastic training on localhost, both frameworks: a worker is killed, training goes on
 with the survivor, a host added back by the discovery script is used again, one MLflow run
-records the membership (2, 1, 2) and the LR re-scaled for each size."""
+records the membership (2, 1, 2) and the LR re-scaled for each size. Issue 13, item 6: after each
+rollback and each membership change the model and optimizer state is proven right by digests of
+its bytes: the committed state after a rollback, rank 0's on every rank after a change (with rank
+0's weights those it had before the change; its LR is re-scaled for the new size)."""
 import json
 import os
 import signal
@@ -83,6 +86,8 @@ def test_worker_dies_survivor_continues_and_added_host_rejoins(framework, tmp_pa
     assert [e["epoch"] for e in result["epochs"]] == list(range(1, EPOCHS + 1))
     assert result["test_accuracy"] > 0.85
 
+    assert_state_checked(tmp_path)
+
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("elastic").experiment_id])
     assert [r.info.run_id for r in runs] == [result["run_id"]] and runs[0].info.status == "FINISHED"
@@ -91,3 +96,31 @@ def test_worker_dies_survivor_continues_and_added_host_rejoins(framework, tmp_pa
     assert sizes_logged == [2, 1, 2]
     lrs = {round(m.value, 9) for m in client.get_metric_history(result["run_id"], "lr")}
     assert lrs == {BASE_LR, 2 * BASE_LR}  # linear scaling: 1 worker, 2 workers
+
+
+def assert_state_checked(out: Path) -> None:
+    events = [json.loads(line) for line in (out / "state.jsonl").read_text().splitlines()]
+    by_process: dict[int, list[dict]] = {}
+    for event in sorted(events, key=lambda e: e["time"]):
+        by_process.setdefault(event["pid"], []).append(event)
+    restores = syncs = 0
+    for mine in by_process.values():
+        for i, event in enumerate(mine):
+            if event["event"] == "restore":  # the rollback put back the last commit (or sync) of this process
+                restores += 1
+                committed = next(e for e in reversed(mine[:i]) if e["event"] == "save")
+                assert (event["step"], event["digest"]) == (committed["step"], committed["digest"])
+            if event["event"] == "sync" and event["rank"] == 0:  # rank 0's weights are those it had before the change
+                syncs += 1
+                before = mine[i - 2]  # mine[i - 1] is the sync's own save; the LR was re-scaled in between
+                assert (event["step"], event["weights"]) == (before["step"], before["weights"]), (before, event)
+    assert restores >= 1 and syncs >= 3  # the start, the worker killed, the worker added
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for event in events:
+        if event["event"] == "sync":
+            groups.setdefault((event["size"], event["step"]), []).append(event)
+    sizes = [size for size, _ in sorted(groups, key=lambda k: k[1])]
+    assert [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]] == [2, 1, 2]
+    for (size, step), group in groups.items():  # after each change every rank holds rank 0's state
+        assert sorted(e["rank"] for e in group) == list(range(size)), group
+        assert len({e["digest"] for e in group}) == 1, group

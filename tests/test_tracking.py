@@ -20,7 +20,8 @@ from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
 from hvdtrain.core.options import DistributedOptions
 from hvdtrain.tracking.cli import register
 from hvdtrain.tracking.params import flatten
-from hvdtrain.tracking.spill import sync
+from hvdtrain.tracking.sync import sync
+from tests import readme_table
 from tests.launch import REPO
 from tests.mlflow_server import QUIET_SERVER, free_port, wait_healthy
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
@@ -133,10 +134,10 @@ def test_a_rejected_record_is_dropped_with_a_warning_and_the_rest_still_sent(sto
     assert "rejected a params record" in caplog.text
 
 
-def test_sync_refuses_what_is_not_a_spill_file_in_one_line(tmp_path):
+def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path):
     bad = tmp_path / "notes.jsonl"
     bad.write_text('{"kind": "metrics", "metrics": []}\n')
-    with pytest.raises(ValueError, match="not an hvdtrain MLflow spill file"):
+    with pytest.raises(ValueError, match="not an hvdtrain tracking journal"):
         sync(bad)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -205,7 +206,8 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
     tracker.log_artifact(tmp_path / "missing.pt")
     tracker.log_metrics({"loss": 1.0}, step=0)
     assert tracker.run_id is None and tracker.finish() is None
-    assert "MLflow tracking disabled for this job" in caplog.text
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    readme_table.row("MLFLOW_TRACKING_URI with an unknown scheme").check(messages, 0)
 
 
 def committed_checkpoint(directory, step):

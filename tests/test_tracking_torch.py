@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from hvdtrain.tracking.cli import register
+from hvdtrain.tracking.journal import replay
+from tests import readme_table
 from tests.launch import REPO, horovodrun, results
 from tests.mlflow_server import free_port, mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
 
@@ -138,12 +140,13 @@ def test_outage_buffers_and_resends_without_slowing_training(tmp_path, mlflow_se
 def test_server_never_back_spills_and_sync_uploads_everything(tmp_path, mlflow_server):
     ranks = outage_job(mlflow_server, tmp_path, "torch-spill", restart=False)
     assert ranks[0]["finish_seconds"] < 30 and ranks[1]["spill"] is None
+    journal = replay(Path(ranks[0]["spill"]))  # what the job could not send, kept in its journal
+    assert journal.spec.run_id == ranks[0]["run_id"]
+    unsent = [record for _, record in journal.unsent]
+    unsent_steps = sorted({m[3] for r in unsent if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "loss"})
+    assert unsent_steps[-1] == 39 and unsent_steps == list(range(unsent_steps[0], 40))
+    assert unsent[-1]["kind"] == "end" and journal.has_end
     spill = Path(ranks[0]["spill"])
-    spilled = [json.loads(line) for line in spill.read_text().splitlines()]
-    assert spilled[0]["kind"] == "run" and spilled[0]["run_id"] == ranks[0]["run_id"]
-    spilled_steps = sorted({m[3] for r in spilled if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "loss"})
-    assert spilled_steps[-1] == 39 and spilled_steps == list(range(spilled_steps[0], 40))
-    assert spilled[-1]["kind"] == "end"
 
     mlflow_server.start()
     mlflow_sync(spill, mlflow_server.uri)
@@ -163,6 +166,7 @@ def test_unreachable_server_at_start_warns_once_and_training_runs(tmp_path, mlfl
     assert ranks[0]["run_id"] is None and ranks[1]["run_id"] is None
     assert ranks[0]["weights"] == ranks[1]["weights"] and len(ranks[0]["losses"]) == 5
     output = proc.stdout + proc.stderr
+    readme_table.row("MLFLOW_TRACKING_URI on a dead port").check(output, proc.returncode)
     assert output.count("is unreachable") == 1, output[-3000:]
     assert output.count("hvdtrain mlflow-sync") == 1
 

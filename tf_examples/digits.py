@@ -23,7 +23,7 @@ from hvdtrain import tracking
 from hvdtrain.core import args as cli
 from hvdtrain.core.context import Context, main_process_only
 from hvdtrain.datasets import digits
-from hvdtrain.keras.tracking import MlflowLogger, log_model
+from hvdtrain.keras.tracking import log_model
 
 
 def build_model(dropout: float) -> keras.Model:
@@ -52,28 +52,16 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=False)
-    initial_epoch = 0
-    if args.resume:
-        meta = hk.load_checkpoint(args.checkpoint_dir, model)
-        initial_epoch = meta.epoch if meta is not None else 0
-    callbacks = []
-    if args.checkpoint_dir:
-        callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))
-        callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
-    # Each rank trains on an equal shard (so all run the same number of steps), after hk.callbacks();
-    # in elastic mode (hvdtrain run --elastic) hk.fit re-shards when workers leave or join.
-    validation = (with_channel(splits.val.images), splits.val.labels)
-    if shard is None:
-        history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=args.batch_size,
-                         epochs=args.epochs, initial_epoch=initial_epoch, seed=args.seed, callbacks=callbacks,
-                         validation_data=validation, verbose=1)
-    else:  # already this rank's equal share: Keras's own fit, after hk.callbacks()
-        history = model.fit(with_channel(shard.images), shard.labels, batch_size=args.batch_size, epochs=args.epochs,
-                            initial_epoch=initial_epoch, callbacks=[*hk.callbacks(), *callbacks],
-                            validation_data=hk.shard(*validation, shuffle=False), verbose=1)
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number
+    # of steps), or within its Parquet shard on Spark; checkpoints, resume, tracking and elastic restarts
+    # are hk.fit's, as ht.fit's in the torch twin.
+    train_part = splits.train if shard is None else shard
+    history = hk.fit(model, with_channel(train_part.images), train_part.labels, batch_size=args.batch_size,
+                     epochs=args.epochs, seed=args.seed, tracker=tracker, sharded=shard is not None,
+                     validation_data=(with_channel(splits.val.images), splits.val.labels), **cli.fit_kwargs(args))
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     if tracker is not None:
@@ -96,7 +84,7 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
 def main(argv: list[str] | None = None, parquet: str | None = None) -> dict:
     """``parquet``: train on this rank's shard of that dataset (``spark_digits.py``)."""
     started = time.perf_counter()
-    args = cli.parse(digits.example_parser("Keras 3"), argv, step_checkpoints=False)
+    args = cli.parse(digits.example_parser("Keras 3"), argv)
     ctx = hk.init(seed=args.seed)
     if args.mixed_precision:  # bf16 compute, fp32 weights and gradients: no loss scale to agree on
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

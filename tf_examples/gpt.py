@@ -26,8 +26,8 @@ import hvdtrain.keras as hk
 from hvdtrain import tracking
 from hvdtrain.core import args as cli
 from hvdtrain.core.context import Context, main_process_only
+from hvdtrain.core.sharding import samples_per_rank
 from hvdtrain.datasets import text
-from hvdtrain.keras.tracking import MlflowLogger
 
 
 @keras.saving.register_keras_serializable("hvdtrain_gpt")
@@ -95,6 +95,16 @@ def generate(model: keras.Model, prompt: str, length: int, temperature: float, b
     return text.decode(tokens)
 
 
+def validation_loss(model: keras.Model, inputs: np.ndarray, targets: np.ndarray) -> float:
+    """The loss over every validation window, each rank evaluating every size-th one."""
+    ctx = hk.current()
+    mine = slice(ctx.rank, None, ctx.size)
+    count = len(inputs[mine])
+    loss = float(model.evaluate(inputs[mine], targets[mine], batch_size=64, verbose=0)) * count
+    totals = hk.average_metrics({"loss": loss, "count": count})
+    return totals["loss"] / totals["count"]
+
+
 @main_process_only
 def describe(corpus: text.ByteCorpus, unigram: float) -> None:
     print(f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
@@ -115,31 +125,22 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=False)
-    initial_epoch = 0
-    if args.resume:
-        meta = hk.load_checkpoint(args.checkpoint_dir, model)
-        initial_epoch = meta.epoch if meta is not None else 0
-    # Equal shards, so every rank runs the same number of steps; Keras reshuffles each shard per epoch.
-    train_x, train_y = hk.shard(*text.random_windows(corpus.train, args.block, args.windows, args.seed),
-                                seed=args.seed)
+    windows = text.random_windows(corpus.train, args.block, args.windows, args.seed)
     # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch twin.
-    updates_per_epoch = math.ceil(math.ceil(len(train_x) / args.batch_size) / args.accumulation_steps)
-    callbacks = hk.callbacks() + [CosineDecay(peak_lr, args.epochs * updates_per_epoch)]
-    if args.checkpoint_dir:
-        callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, vars(args)))
+    updates_per_epoch = math.ceil(math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
+                                  / args.accumulation_steps)
     if tracker is not None:
         tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                        per_rank_batch_size=args.batch_size),
                             "parameters": model.count_params(), "unigram_ce": unigram,
                             "corpus_fingerprint": corpus.fingerprint()})
-        callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
-    val_x, val_y = hk.shard(val_inputs, val_targets, shuffle=False)
-    history = model.fit(train_x, train_y, batch_size=args.batch_size, epochs=args.epochs,
-                        initial_epoch=initial_epoch, callbacks=callbacks, verbose=1,
-                        validation_data=(val_x, val_y), validation_batch_size=64)
-    # A resumed run that had nothing left to train evaluates the restored model (equal shards: plain mean).
-    val_loss = history.history["val_loss"][-1] if history.history else \
-        hk.average_metrics({"loss": model.evaluate(val_x, val_y, batch_size=64, verbose=0)})["loss"]
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number of
+    # steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
+    history = hk.fit(model, *windows, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                     validation_data=(val_inputs, val_targets), validation_batch_size=64, tracker=tracker,
+                     callbacks=[CosineDecay(peak_lr, args.epochs * updates_per_epoch)], **cli.fit_kwargs(args))
+    # A resumed run that had nothing left to train evaluates the restored model (every window once over the ranks).
+    val_loss = history.history["val_loss"][-1] if history.history else validation_loss(model, val_inputs, val_targets)
     if tracker is not None:
         tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=int(optimizer.iterations.numpy()))
     sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed)
@@ -157,7 +158,7 @@ def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: fl
 
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
-    args = cli.parse(text.example_parser("Keras 3"), argv, step_checkpoints=False)
+    args = cli.parse(text.example_parser("Keras 3"), argv)
     ctx = hk.init(seed=args.seed)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)

@@ -20,7 +20,6 @@ from hvdtrain import tracking
 from hvdtrain.core import args as cli
 from hvdtrain.core.context import main_process_only
 from hvdtrain.datasets import tagging
-from hvdtrain.keras.tracking import MlflowLogger
 
 
 class EncoderBlock(keras.layers.Layer):
@@ -90,7 +89,7 @@ def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, da
 
 def main(argv=None) -> None:
     started = time.perf_counter()
-    args = cli.parse(tagging.example_parser("Keras 3"), argv, step_checkpoints=False)
+    args = cli.parse(tagging.example_parser("Keras 3"), argv)
     options = cli.distributed_options(args)
     ctx = hk.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
@@ -106,21 +105,12 @@ def main(argv=None) -> None:
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                       weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="char_accuracy")],
                       jit_compile=False)
-        model(data.train_ids[:1])  # build the weights, so a checkpoint can be loaded into them
-        initial_epoch = 0
-        if args.resume:
-            meta = hk.load_checkpoint(args.checkpoint_dir, model)
-            initial_epoch = meta.epoch if meta else 0
-        train = hk.shard(*keras_arrays(data.train_ids, data.train_labels), seed=args.seed)
-        # Each rank validates on every size-th row: all rows once, no padding (AverageMetrics averages).
-        heldout = keras_arrays(data.heldout_ids[ctx.rank::ctx.size], data.heldout_labels[ctx.rank::ctx.size])
-        callbacks = hk.callbacks()
-        if tracker is not None:
-            callbacks.append(MlflowLogger(tracker, log_every=args.log_every, per_rank_batch_size=args.batch_size))
-        if args.checkpoint_dir:
-            callbacks.append(hk.CheckpointCallback(args.checkpoint_dir, config=vars(args)))
-        model.fit(train[0], train[1], sample_weight=train[2], batch_size=args.batch_size, epochs=args.epochs,
-                  initial_epoch=initial_epoch, shuffle=True, validation_data=heldout, callbacks=callbacks)
+        # Each epoch every rank trains on its equal share of a fresh permutation and validates on every
+        # size-th held-out row; checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
+        ids, labels, weights = keras_arrays(data.train_ids, data.train_labels)
+        hk.fit(model, ids, labels, sample_weight=weights, batch_size=args.batch_size, epochs=args.epochs,
+               seed=args.seed, tracker=tracker, validation_data=keras_arrays(data.heldout_ids, data.heldout_labels),
+               **cli.fit_kwargs(args))
 
         def predict(ids: np.ndarray) -> np.ndarray:
             return np.argmax(model.predict_on_batch(ids), axis=-1)

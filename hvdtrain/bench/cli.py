@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from ..cli.errors import CliError
-from . import plots, report
 from .worker import PARTS
 
 DEFAULT_SIZES = "4K,16K,64K,256K,1M,4M,16M,64M"
@@ -89,6 +88,8 @@ def _validated(args) -> tuple[list[int], list[str], list[int], tuple[int, int], 
 
 
 def main(args) -> int:
+    from . import plots, report  # matplotlib: only when the command runs
+
     counts, parts, sizes, fusion, env, windows = _validated(args)
     config = {"np": counts, "device": args.device, "parts": parts, "sizes_bytes": sizes, "fusion": {"tensors": fusion[0],
               "tensor_bytes": fusion[1]}, "windows": windows, "quick": args.quick, "env": env,

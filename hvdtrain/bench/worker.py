@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 from ..core.context import main_process_only
-from .rendezvous import fresh_rendezvous
 
 PARTS = ("allreduce", "torch", "keras", "zero")
 
@@ -74,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch.distributed as dist
 
     import hvdtrain.torch as ht
+
+    from .rendezvous import fresh_rendezvous
 
     ctx = ht.init(seed=0)
     if args.zero_memory:

@@ -1,7 +1,6 @@
 """``hvdtrain doctor``: is this install able to train? Versions, Horovod's build, a live allreduce."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import subprocess
@@ -39,6 +38,8 @@ def versions() -> dict[str, str | None]:
 
 
 def _version(dist: str) -> str | None:
+    import importlib.metadata as md  # ~0.1 s of start-up: only when doctor runs
+
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
@@ -46,14 +47,25 @@ def _version(dist: str) -> str | None:
 
 
 def build_checks() -> list[Check]:
-    """What Horovod was built with; a missing framework or controller is a failed check."""
+    """What Horovod was built with and for; a missing framework or controller, or a framework
+    other than the one Horovod was compiled against, is a failed check."""
     from horovod.common.util import extension_available, gloo_built, mpi_built, nccl_built
 
-    checks = []
+    from ..core import versions
+
+    key = versions.recorded()
+    mismatched = versions.mismatches()
+    checks = [Check("Build key", not mismatched,
+                    f"{mismatched[0]}: {versions.FIX}" if mismatched else
+                    (_key_text(key) if key else "not recorded (Horovod not installed by scripts/install.sh)"))]
     for ext, (display, module) in FRAMEWORKS.items():
         error = _import_error(module)
+        adapter = "torch" if ext == "torch" else "keras"
+        wrong = versions.mismatches(adapter, key) if key else []
         if error:
             checks.append(Check(display, False, f"{display} cannot be imported ({error}): {FIX}"))
+        elif wrong:  # Horovod's extension fails to load: say why, not "built without"
+            checks.append(Check(display, False, f"{wrong[0]}: {versions.FIX}"))
         elif not extension_available(ext):
             checks.append(Check(display, False, f"Horovod was built without {display}: {FIX}"))
         else:
@@ -106,6 +118,11 @@ def cuda_stack_checks() -> tuple[list[Check], list[str]]:
         checks.append(Check("GPUs", True, f"{len(names)} x {names[0]}"
                                           + ("" if len(set(names)) == 1 else f" (+ {', '.join(sorted(set(names[1:])))})")))
     return checks, names
+
+
+def _key_text(key) -> str:
+    return (f"Horovod {key.horovod} for torch {key.torch}, TensorFlow {key.tensorflow}, "
+            f"Python {key.python[0]}.{key.python[1:]}, CUDA {key.cuda}")
 
 
 def _import_error(module: str) -> str | None:
@@ -167,7 +184,7 @@ def run(args) -> int:
         print("CUDA stack")
         _print(stack)
         checks += stack
-    if all(c.ok for c in checks if c.name in ("PyTorch", "TensorFlow", "Gloo controller")):
+    if all(c.ok for c in checks if c.name in ("Build key", "PyTorch", "TensorFlow", "Gloo controller")):
         live = [live_allreduce(ext, args.np, args.timeout) for ext in FRAMEWORKS]
         print("Live allreduce (horovodrun, Gloo, localhost)")
         _print(live)

@@ -24,6 +24,7 @@ FRAMEWORKS = ("auto", "torch", "keras")
 _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 DISCOVERY_TIMEOUT_S = 5
 COOLDOWN_LIMITS = (1, 3600)  # what horovodrun accepts for --blacklist-cooldown-range
+HOROVODRUN = (sys.executable, "-m", "hvdtrain.cli.horovodrun")  # horovodrun without its TensorFlow-importing probe
 
 
 def register(subparsers) -> None:
@@ -71,7 +72,6 @@ def main(args) -> int:
 
 def build_command(args, hosts: list[tuple[str, int]]) -> list[str]:
     """The horovodrun command line for a request ``_check_request`` accepted."""
-    horovodrun = Path(sys.executable).parent / "horovodrun"
     if args.elastic:
         placement = ["--min-np", str(args.min_np), "--host-discovery-script",
                      shlex.quote(str(Path(args.host_discovery_script).absolute()))]
@@ -83,7 +83,7 @@ def build_command(args, hosts: list[tuple[str, int]]) -> list[str]:
             placement += ["--network-interface", "lo"]
     else:
         placement = ["-H", ",".join(f"{h}:{s}" for h, s in hosts)]
-    return [str(horovodrun), "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo",
+    return [*HOROVODRUN, "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo",
             "-p", str(args.ssh_port), sys.executable, str(args.script), *args.args]
 
 

@@ -45,17 +45,12 @@ def training_parser(description: str, *, epochs: int, batch_size: int, lr: float
     return parser
 
 
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None, *,
-          step_checkpoints: bool = True) -> argparse.Namespace:
-    """Parse and check the flags together; ``step_checkpoints=False``: the script saves checkpoints
-    only at each epoch's end, so ``--checkpoint-every`` is refused rather than ignored."""
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the flags together."""
     args = parser.parse_args(argv)
     for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
         if value and not args.checkpoint_dir:
             parser.error(f"{flag} needs --checkpoint-dir")
-    if args.checkpoint_every and not step_checkpoints:
-        parser.error("--checkpoint-every is not supported by this script yet: it saves a checkpoint at each "
-                     "epoch's end")
     if args.resume and elastic.enabled():  # loading is a collective a joining worker must not call
         parser.error("--resume is not supported in elastic mode: elastic jobs continue from their in-memory "
                      "commits")
@@ -81,7 +76,7 @@ def tracking_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as keyword arguments of ``hvdtrain.torch.fit``: checkpoints, resume, logging."""
+    """The flags as keyword arguments of either adapter's ``fit``: checkpoints, resume, logging."""
     return {"checkpoint_dir": args.checkpoint_dir, "checkpoint_every": args.checkpoint_every,
             "resume": args.resume, "log_every": args.log_every, "config": vars(args)}
 

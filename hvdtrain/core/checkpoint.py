@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from .context import Context, main_process_only
 from .guards import UserError
+from .on_main import on_main
 
 _NAME = re.compile(r"^step-(\d+)\.json$")
 # Without logging configured, Python prints a warning as its bare message: one line.
@@ -185,18 +186,18 @@ def check_writable(ctx: Context, directory: str | os.PathLike) -> None:
 
 def _on_main(ctx: Context, path: str | os.PathLike, work: Callable[[], Any]) -> Any:
     """``work()``'s result on rank 0, broadcast; or the same ``CheckpointError`` on every rank,
-    so no rank is left waiting in a collective while another has failed."""
-    outcome: tuple[Any, str | None] = (None, None)
-    if ctx.is_main:
+    so no rank is left waiting in a collective while another has failed. The others wait in
+    ``on_main``, so a load longer than half the hang timeout is not taken for a hang."""
+    def guarded() -> Any:
         try:
-            outcome = (work(), None)
+            return work()
+        except CheckpointError:
+            raise
         except Exception as err:
-            outcome = (None, str(err) if isinstance(err, CheckpointError) else
-                       f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})")
-    result, error = ctx.broadcast_object(outcome, 0)
-    if error:
-        raise CheckpointError(error, collective=True)
-    return result
+            raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})") from None
+
+    result = on_main(ctx, guarded, f"reading {path}")
+    return ctx.broadcast_object(result if ctx.is_main else None, 0)
 
 
 def _restore_newest(path: Path, extension: str, restore: Callable[[Path], None]) -> CheckpointMeta | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 _current: "Context | None" = None
 
@@ -13,7 +13,7 @@ _current: "Context | None" = None
 class Context:
     """The job as seen from one worker.
 
-    ``broadcast_object`` and ``average`` are the adapter's collectives, so framework-free code
+    ``broadcast_object``, ``average`` and ``gather`` are the adapter's collectives, so framework-free code
     (tracking, checkpoint policy) can talk to other ranks without importing a framework.
     """
 
@@ -25,6 +25,8 @@ class Context:
     device: str
     broadcast_object: Callable[[Any, int], Any] = field(repr=False)
     average: Callable[[Mapping[str, float]], dict[str, float]] = field(repr=False)
+    # Every rank's list of floats (the same length on each), in rank order.
+    gather: Callable[[Sequence[float]], list[list[float]]] | None = field(default=None, repr=False)
     # Rank, size, local rank, local size as Horovod sees them now (None: a job that cannot change).
     membership: Callable[[], tuple[int, int, int, int]] | None = field(default=None, repr=False)
 

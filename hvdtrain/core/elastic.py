@@ -7,16 +7,15 @@ survive lives in ``TrainingState``: the model and optimizer (an adapter's ``Snap
 training ``Position``. After every change the context is refreshed, the LR re-scaled for the new
 world size (the global batch is per-rank batch x workers) and the change handed to
 ``on_membership`` (the tracker logs it). A joining worker takes rank 0's state in ``sync``.
+Horovod's ``State`` itself is subclassed outside the core, in ``hvdtrain.elastic``.
 """
 from __future__ import annotations
 
-import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from horovod.common.elastic import State
-
+from .checkpoint import CheckpointMeta, check_writable
 from .context import Context, main_process_only
 
 
@@ -39,6 +38,24 @@ class Position:
         return self.epoch_samples // global_batch
 
 
+def starting_position(ctx: Context, checkpoint_dir: str | os.PathLike | None, resume: bool,
+                      load: Callable[[], CheckpointMeta | None]) -> Position:
+    """Where an adapter's ``fit`` starts (collective): the checkpoint ``load`` restores with
+    ``resume``, else the beginning. Outside elastic mode every rank first checks together that
+    rank 0 can write checkpoints; in elastic mode neither happens, since a joining worker must not
+    call collectives outside the elastic loop and elastic jobs continue from their commits."""
+    if enabled():
+        if resume:
+            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
+                             "in-memory commits; resume from checkpoints in a non-elastic job")
+    elif checkpoint_dir is not None:
+        check_writable(ctx, checkpoint_dir)
+    meta = load() if resume and checkpoint_dir is not None else None
+    if meta is None:
+        return Position()
+    return Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
+
+
 class Snapshot(Protocol):
     """An adapter's handle on the model and optimizer (and scheduler)."""
 
@@ -53,42 +70,6 @@ class Snapshot(Protocol):
 
     def rescale(self) -> None:
         """Scale the LR for the current world size."""
-
-
-class TrainingState(State):
-    """Horovod elastic ``State`` over a ``Snapshot`` and a ``Position``.
-
-    ``commit()`` (Horovod's) saves both and raises ``HostsUpdatedInterrupt`` when hosts were
-    added or removed, which restarts the training function on the new membership.
-    """
-
-    def __init__(self, ctx: Context, snapshot: Snapshot, position: Position,
-                 on_membership: Callable[[Position, int, int], None] | None = None):
-        super().__init__(bcast_object=lambda obj: ctx.broadcast_object(obj, 0), get_rank=lambda: ctx.rank)
-        self.ctx, self.snapshot, self.position = ctx, snapshot, position
-        self._on_membership = on_membership
-        self._saved: tuple[Any, Position] | None = None
-        self.save()
-
-    def save(self) -> None:
-        self._saved = (self.snapshot.capture(), copy.deepcopy(self.position))
-
-    def restore(self) -> None:
-        saved, position = self._saved
-        self.snapshot.apply(saved)
-        self.position = copy.deepcopy(position)
-
-    def sync(self) -> None:
-        self.snapshot.broadcast()
-        self.position = Position(**self.ctx.broadcast_object(asdict(self.position), 0))
-        self.save()
-
-    def reset(self) -> None:
-        old_size = self.ctx.size
-        self.ctx.refresh()
-        self.snapshot.rescale()
-        if self._on_membership is not None:
-            self._on_membership(self.position, old_size, self.ctx.size)
 
 
 def report_membership(tracker: Any = None) -> Callable[[Position, int, int], None]:

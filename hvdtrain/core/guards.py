@@ -3,12 +3,14 @@
 ``UserError`` marks an error the user can fix from its message alone (a bad checkpoint, bad
 data, a diverged loss); uncaught, it prints as a single ``hvdtrain: error: ...`` line
 (``failures.install``, called by each adapter's ``init``). An error that every rank raises at the same point (``collective``:
-decided on rank-averaged values or broadcast from rank 0) is printed by rank 0 only; any other
-by the rank that raised it. Set ``HVDTRAIN_TRACEBACK=1`` to get the full traceback back.
+decided on rank-averaged values or broadcast from rank 0) is printed by rank 0 only; one that
+depends on the host only (``per_host``: the installed versions) by each host's first local rank;
+any other by the rank that raised it. Set ``HVDTRAIN_TRACEBACK=1`` to get the full traceback back.
 """
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Mapping
 
@@ -16,9 +18,11 @@ from .context import main_process_only
 
 
 class UserError(Exception):
-    """An error whose message is the whole story; ``collective``: every rank raises it alike."""
+    """An error whose message is the whole story; ``collective``: every rank raises it alike;
+    ``per_host``: every rank of a host raises it alike (its first local rank prints it)."""
 
     collective = False
+    per_host = False
 
     def __init__(self, message: str, *, collective: bool | None = None):
         super().__init__(message)
@@ -53,8 +57,13 @@ def check_finite(metrics: Mapping[str, float], step: int) -> None:
 
 
 def report(error: UserError) -> None:
-    """Print ``error`` as its one line: by rank 0 when every rank raised it, else by this rank."""
-    (_print_on_main if error.collective else _print)(f"hvdtrain: error: {error}")
+    """Print ``error`` as its one line: by rank 0 when every rank raised it, by each host's first
+    local rank when each rank of a host did, else by this rank."""
+    line = f"hvdtrain: error: {error}"
+    if error.collective:
+        _print_on_main(line)
+    elif not error.per_host or os.environ.get("HOROVOD_LOCAL_RANK", "0") == "0":
+        _print(line)
 
 
 def _print(line: str) -> None:

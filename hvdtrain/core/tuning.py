@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, MutableMapping
 
+from .guards import UserError
+
 SWITCH = "HVDTRAIN_HOROVOD_DEFAULTS"
 HANG_TIMEOUT_ENV = "HVDTRAIN_HANG_TIMEOUT"
 DEFAULT_HANG_TIMEOUT = 300
@@ -30,25 +32,33 @@ def hang_settings(timeout: int) -> dict[str, str]:
     the check time and shuts the job down after the shutdown time (default: never). It checks only
     every check-time seconds, and a collective served from the response cache first waits one
     check to be taken out of the cache, so the worst case is 3 check times + the shutdown time:
-    a sixth of the bound and half of it. So a rank may work alone (a long evaluation or
-    checkpoint on rank 0) for up to half the bound. The Gloo timeout also bounds ``hvd.init``'s
-    rendezvous, hence the minimum.
+    a sixth of the bound and half of it. So a rank may work alone while the others wait in a
+    collective for up to half the bound; hvdtrain's own rank-0 work (checkpoint saves and loads,
+    model uploads) keeps the others in step while it runs (``core.on_main``), so it may take any
+    time. The Gloo timeout also bounds ``hvd.init``'s rendezvous, hence the minimum.
     """
     return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
             "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, timeout // 6)),
             "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(1, timeout // 2))}
 
 
+class HangTimeoutError(UserError, ValueError):
+    """A bad ``HVDTRAIN_HANG_TIMEOUT``: the same on every rank of a host (its environment)."""
+
+    per_host = True
+
+
 def hang_timeout(environ: Mapping[str, str] = os.environ) -> int:
-    """``HVDTRAIN_HANG_TIMEOUT`` in seconds (default 300); ``ValueError`` naming it when invalid."""
+    """``HVDTRAIN_HANG_TIMEOUT`` in seconds (default 300); ``HangTimeoutError`` (a ``ValueError``)
+    naming it when invalid, one line in a worker."""
     text = environ.get(HANG_TIMEOUT_ENV, "").strip()
     if not text:
         return DEFAULT_HANG_TIMEOUT
     try:
         return check_hang_timeout(int(text))
     except ValueError:
-        raise ValueError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
-                         f"got {text!r}") from None
+        raise HangTimeoutError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
+                               f"got {text!r}") from None
 
 
 def check_hang_timeout(seconds: int) -> int:

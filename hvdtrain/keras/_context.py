@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-import horovod.tensorflow as hvd
-import keras
-import tensorflow as tf
+from ..core import context as core_context, failures, slurm, versions
 
-from ..core import context as core_context, failures, slurm
-from ..core.tuning import apply_horovod_defaults
+versions.check("keras")  # before Horovod's extension loads: a mismatched build fails inside its import
+
+import horovod.tensorflow as hvd  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ..core.tuning import apply_horovod_defaults  # noqa: E402
 
 SUPPORTED_BACKENDS = ("tensorflow",)
 
@@ -21,6 +24,11 @@ def _average(values: Mapping[str, float]) -> dict[str, float]:
     tensor = tf.constant([float(values[k]) for k in keys], dtype=tf.float64)
     averaged = hvd.allreduce(tensor, op=hvd.Average, name="hvdtrain.average." + ",".join(keys))
     return dict(zip(keys, averaged.numpy().tolist()))
+
+
+def _gather(values: Sequence[float]) -> list[list[float]]:
+    row = tf.constant([list(values)], dtype=tf.float64)
+    return hvd.allgather(row, name=f"hvdtrain.gather.{row.shape[1]}").numpy().tolist()
 
 
 def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
@@ -74,7 +82,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
         keras.utils.set_random_seed(seed + hvd.rank())
     return core_context.set_current(core_context.Context(
         "keras", *_membership(), device=device,
-        broadcast_object=_broadcast_object, average=_average, membership=_membership))
+        broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
 
 
 def current() -> core_context.Context:

@@ -13,6 +13,7 @@ from ..core.guards import check_finite
 from . import zero
 from ._context import current
 from .optimizer import OPTIONS
+from .tripwire import Tripwire
 
 
 def broadcast_variables(variables, root_rank: int = 0) -> None:
@@ -50,16 +51,31 @@ class BroadcastState(keras.callbacks.Callback):
         broadcast_model(self.model)
 
 
+_COUNT = "hvdtrain.val_count"
+
+
 class AverageMetrics(keras.callbacks.Callback):
     """Replaces each epoch's logs (training and validation metrics) by their mean over ranks.
 
     It edits the logs dict in place, so every callback after it, ``History`` and the progress bar
-    included, sees the averages.
+    included, sees the averages. With ``val_count`` (this rank's validation samples, when the
+    ranks validate on shards of different sizes) validation metrics are weighted by it, so they
+    are the metrics of the whole validation set.
     """
 
+    def __init__(self, val_count: int | None = None):
+        super().__init__()
+        self.val_count = val_count
+
     def on_epoch_end(self, epoch, logs=None):
-        if logs:
+        if not logs:
+            return
+        if self.val_count is None:
             logs.update(current().average(logs))
+            return
+        weight = {k: self.val_count if k.startswith("val_") else 1 for k in logs}
+        means = current().average({**{k: float(v) * weight[k] for k, v in logs.items()}, _COUNT: self.val_count})
+        logs.update({k: means[k] / (means[_COUNT] if k.startswith("val_") else 1) for k in logs})
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -97,15 +113,16 @@ class _QuietProgbar(keras.callbacks.ProgbarLogger):
         super().set_params({**params, "verbose": 0})
 
 
-def callbacks() -> list[keras.callbacks.Callback]:
+def callbacks(val_count: int | None = None) -> list[keras.callbacks.Callback]:
     """Callbacks to put first in ``model.fit(callbacks=[*hk.callbacks(), ...])``.
 
     Broadcast of rank 0's state, then metric averaging (before any later callback reads the logs),
-    then the stop on a NaN or infinite averaged loss; on ranks other than 0, a silent progress
-    bar, so only rank 0 prints whatever ``verbose`` says. LR warmup needs no callback: the
-    wrapped optimizer applies it, in custom loops too.
+    then the stop on a NaN or infinite averaged loss, then the data-parallel tripwire
+    (``core.tripwire``); on ranks other than 0, a silent progress bar, so only rank 0 prints
+    whatever ``verbose`` says. LR warmup needs no callback: the wrapped optimizer applies it, in
+    custom loops too. ``val_count``: see ``AverageMetrics``.
     """
-    found = [BroadcastState(), AverageMetrics(), StopOnNonFinite()]
+    found = [BroadcastState(), AverageMetrics(val_count), StopOnNonFinite(), Tripwire()]
     if not current().is_main:
         found.append(_QuietProgbar())
     return found

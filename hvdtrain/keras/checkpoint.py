@@ -14,8 +14,8 @@ import keras
 
 from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, check_writable,
                                first_line, load_on_main)
-from ..core.context import main_process_only
 from . import zero
+from ..core.on_main import on_main
 from ._context import current
 from .callbacks import broadcast_model
 from .optimizer import base_learning_rate, set_base_learning_rate
@@ -24,24 +24,25 @@ EXTENSION = ".keras"
 
 
 def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int = 0,
-                    config: dict[str, Any] | None = None, keep: int = 3) -> Path | None:
+                    config: dict[str, Any] | None = None, keep: int = 3, extra: dict | None = None) -> Path | None:
     """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; call it on every
-    rank: a sharded optimizer's state is gathered from all of them. Rank 0 writes.
+    rank: a sharded optimizer's state is gathered from all of them, then rank 0 writes while the
+    others wait with it (``on_main``: a slow save is no hang).
 
     Keeps the newest ``keep`` checkpoints. Returns the payload path (``None`` on other ranks).
     """
     sharding = zero.sharding_of(model.optimizer)
     if sharding is not None:
         sharding.gather()
-    return _write(directory, model, step, epoch, config, keep)
+    return on_main(current(), lambda: _write(directory, model, step, epoch, config, keep, extra), "saving a checkpoint")
 
 
-@main_process_only
 def _write(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int, config: dict[str, Any] | None,
-           keep: int) -> Path:
+           keep: int, extra: dict | None) -> Path:
     base_lr = base_learning_rate(model.optimizer) if model.optimizer is not None else None
     meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="keras", payload="",
-                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}))
+                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}),
+                          extra=extra or {})
     return CheckpointDir(directory, EXTENSION, keep=keep).save(meta, model.save)
 
 
@@ -85,7 +86,8 @@ class CheckpointCallback(keras.callbacks.Callback):
     """A resumable checkpoint at the end of every epoch, written by rank 0.
 
     Every rank must hold it: at the start of training all ranks check together that rank 0 can
-    write to ``directory``, so a bad directory stops the job at once rather than after an epoch.
+    write to ``directory``, so a bad directory stops the job at once rather than after an epoch,
+    and the others wait with rank 0 while it saves (``on_main``: a slow save is no hang).
     """
 
     def __init__(self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3):
@@ -96,5 +98,5 @@ class CheckpointCallback(keras.callbacks.Callback):
         check_writable(current(), self.directory)
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.directory, self.model, step=int(self.model.optimizer.iterations.numpy()),
-                        epoch=epoch + 1, config=self.config, keep=self.keep)
+        step = int(self.model.optimizer.iterations.numpy())
+        save_checkpoint(self.directory, self.model, step=step, epoch=epoch + 1, config=self.config, keep=self.keep)

@@ -10,8 +10,9 @@ import tensorflow as tf
 from horovod.common.elastic import run_fn
 from horovod.common.exceptions import HorovodInternalError
 
-from ..core.elastic import Position, TrainingState
+from ..core.elastic import Position
 from ..core.lr import lr_scale_factor
+from ..elastic import TrainingState
 from ._context import current
 from .callbacks import broadcast_model
 from .optimizer import LR_FACTOR, OPTIONS, base_learning_rate, set_base_learning_rate

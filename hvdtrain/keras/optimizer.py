@@ -29,6 +29,7 @@ _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hv
 # Attributes hvdtrain sets on a wrapped optimizer instance.
 OPTIONS = "hvdtrain_options"
 LR_FACTOR = "hvdtrain_lr_factor"
+POLICY = "hvdtrain_policy"
 
 
 class _Policy:
@@ -38,6 +39,9 @@ class _Policy:
         self.opt, self.options = opt, options
         self._keras_clip_gradients = opt._clip_gradients
         self._keras_apply = opt.apply
+        # Allreduces of gradients so far, counted inside the traced step: the tripwire's proof that
+        # Keras still calls the hook (not a Keras variable, so never saved with the model).
+        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdtrain_reductions")
         # The multiplier of each warmup step, from the shared rule; the last entry (1.0) holds
         # from ``warmup_steps`` on. A table keeps the rule out of the traced graph.
         self._warmup = tf.constant([warmup_multiplier(s, options.warmup_steps, scale)
@@ -51,6 +55,8 @@ class _Policy:
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         grads = hvd.grouped_allreduce(grads, op=_OP[self.options.op],
                                       compression=_COMPRESSION[self.options.compression])
+        with tf.control_dependencies([g for g in grads if g is not None]):
+            self.reductions.assign_add(1)
         return self._keras_clip_gradients(grads)
 
     def apply(self, grads, trainable_variables=None):
@@ -94,6 +100,7 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     if lr_is_variable:
         optimizer.learning_rate = float(optimizer.learning_rate.numpy()) * scale
     policy = _Policy(optimizer, options, scale)
+    setattr(optimizer, POLICY, policy)
     optimizer._clip_gradients = policy.clip_gradients
     if options.warmup_steps and scale != 1.0:
         optimizer.apply = policy.apply

@@ -1,16 +1,18 @@
 """Keras side of MLflow tracking: a callback that feeds the shared tracker from Keras's ``logs``,
-and model logging with ``mlflow.keras``."""
+and model logging with ``mlflow.keras`` (imported when a model is logged)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
-import mlflow.keras
 import numpy as np
 
-from ..core.context import main_process_only
+from ..core.on_main import on_main
 from ..core.lr import warmup_multiplier
-from ..tracking import Tracker
-from ..tracking.models import log_model as _log_flavor_model
 from .optimizer import LR_FACTOR, OPTIONS
+
+if TYPE_CHECKING:
+    from ..tracking import Tracker
 
 
 class MlflowLogger(keras.callbacks.Callback):
@@ -25,17 +27,20 @@ class MlflowLogger(keras.callbacks.Callback):
     ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
     """
 
-    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None):
+    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None,
+                 log_membership: bool = True):
         super().__init__()
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
         self.tracker, self.log_every, self.per_rank_batch_size = tracker, log_every, per_rank_batch_size
+        self.log_membership = log_membership  # False: the caller logs the world size (hk.fit)
         self._step = 0
         self._batches_since_log = 0
 
     def on_train_begin(self, logs=None):
         self._step = self._iterations()
-        self.tracker.log_membership(self._step, self.tracker.ctx.size)
+        if self.log_membership:
+            self.tracker.log_membership(self._step, self.tracker.ctx.size)
 
     def on_train_batch_end(self, batch, logs=None):
         step = self._iterations()
@@ -70,12 +75,20 @@ def _floats(logs) -> dict[str, float]:
     return {k: float(keras.ops.convert_to_numpy(v)) for k, v in logs.items()}
 
 
-@main_process_only
 def log_model(tracker: Tracker, model: keras.Model, input_example: np.ndarray, name: str = "model",
               registered_model_name: str | None = None) -> str | None:
-    """Log ``model`` to the job's run (rank 0), signature inferred from ``input_example`` and the
-    model's output on it. Returns the model URI, or None (with a warning) if it could not be logged."""
-    input_example = np.asarray(input_example)
-    output = np.asarray(model.predict(input_example, verbose=0))
-    return _log_flavor_model(tracker, mlflow.keras, "model", model, input_example, output, name=name,
-                             registered_model_name=registered_model_name, save_first=True)
+    """Collective: rank 0 logs ``model`` to the job's run, signature inferred from ``input_example``
+    and the model's output on it, while the other ranks wait with it (``on_main``: a long upload
+    is no hang). Returns the model URI on rank 0, or None (with a warning) if it could not be
+    logged; None on the other ranks."""
+    import mlflow.keras
+
+    from ..tracking.models import log_model as log_flavor_model
+
+    def log() -> str | None:
+        example = np.asarray(input_example)
+        output = np.asarray(model.predict(example, verbose=0))
+        return log_flavor_model(tracker, mlflow.keras, "model", model, example, output, name=name,
+                                registered_model_name=registered_model_name, save_first=True)
+
+    return on_main(tracker.ctx, log, "logging the model")

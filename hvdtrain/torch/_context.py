@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-import horovod.torch as hvd
-import numpy as np
-import torch
+from ..core import context as core_context, failures, slurm, versions
 
-from ..core import context as core_context, failures, slurm
-from ..core.tuning import apply_horovod_defaults
+versions.check("torch")  # before Horovod's extension loads: a mismatched build fails inside its import
+
+import horovod.torch as hvd  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..core.tuning import apply_horovod_defaults  # noqa: E402
 
 
 def _average(values: Mapping[str, float]) -> dict[str, float]:
@@ -19,6 +22,11 @@ def _average(values: Mapping[str, float]) -> dict[str, float]:
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     averaged = hvd.allreduce(tensor, op=hvd.Average, name="hvdtrain.average." + ",".join(keys))
     return dict(zip(keys, averaged.tolist()))
+
+
+def _gather(values: Sequence[float]) -> list[list[float]]:
+    row = torch.tensor([list(values)], dtype=torch.float64)
+    return hvd.allgather(row, name=f"hvdtrain.gather.{len(row[0])}").tolist()
 
 
 def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
@@ -54,7 +62,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
         torch.manual_seed(rank_seed)
     return core_context.set_current(core_context.Context(
         "torch", *_membership(), device=device,
-        broadcast_object=_broadcast_object, average=_average, membership=_membership))
+        broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
 
 
 def current() -> core_context.Context:

@@ -11,7 +11,7 @@ import torch
 
 from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, first_line,
                                load_on_main)
-from ..core.context import main_process_only
+from ..core.on_main import on_main
 from ._context import current
 from .optimizer import BASE_LR, broadcast_scheduler, broadcast_state, rescale_lr
 
@@ -22,13 +22,13 @@ def save_checkpoint(directory: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, *, step: int,
                     epoch: int, config: dict | None = None, keep: int = 3, extra: dict | None = None) -> Path | None:
     """Write ``directory/step-<step>.pt`` atomically; call it on every rank: a sharded optimizer's
-    state is gathered from all of them. Rank 0 writes, and returns the path there."""
+    state is gathered from all of them, then rank 0 writes while the others wait with it (``on_main``:
+    a slow save is no hang). Returns the path on rank 0."""
     optimizer_state = optimizer.state_dict() if optimizer is not None else None
-    return _write(directory, model, optimizer, optimizer_state, scheduler, step=step, epoch=epoch, config=config,
-                  keep=keep, extra=extra)
+    return on_main(current(), lambda: _write(directory, model, optimizer, optimizer_state, scheduler, step=step,
+                                             epoch=epoch, config=config, keep=keep, extra=extra), "saving a checkpoint")
 
 
-@main_process_only
 def _write(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
            optimizer_state: dict | None, scheduler: Any, *, step: int, epoch: int, config: dict | None, keep: int,
            extra: dict | None) -> Path:

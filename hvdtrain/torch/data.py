@@ -6,6 +6,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..core.sharding import samples_per_rank, shard_indices
 from ._context import current
 
 
@@ -13,9 +14,11 @@ def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = Tru
                        seed: int = 0, **loader_kwargs) -> DataLoader:
     """A ``DataLoader`` over this rank's shard of ``dataset``; ``batch_size`` is per rank.
 
-    Uses ``DistributedSampler``, whose padding (``drop_last=False``) or truncation
-    (``drop_last=True``) gives every rank the same sample count, hence the same step count.
-    Call ``set_epoch(loader, epoch)`` each epoch so shuffling differs between epochs.
+    Every epoch each rank takes its share of a permutation drawn from ``seed`` and the epoch
+    (``core.sharding``, the rule ``hvdtrain.keras.fit`` follows too): shards reshuffle across ranks
+    from epoch to epoch, and padding (``drop_last=False``) or truncation (``drop_last=True``)
+    gives every rank the same sample count, hence the same step count. Call
+    ``set_epoch(loader, epoch)`` each epoch (``fit`` does).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -25,8 +28,9 @@ def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = Tru
 
 
 class _ShardSampler(DistributedSampler):
-    """``DistributedSampler`` that re-reads rank and world size from the job at each ``set_epoch``,
-    so a loader follows elastic membership changes."""
+    """This rank's indices by ``core.sharding``, for the job as it is at each ``set_epoch`` (so a
+    loader follows elastic membership changes). A ``DistributedSampler``, so code that calls
+    ``set_epoch`` on one keeps working."""
 
     def __init__(self, dataset: Dataset, **kwargs):
         ctx = current()
@@ -35,9 +39,14 @@ class _ShardSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         ctx = current()
-        if (ctx.size, ctx.rank) != (self.num_replicas, self.rank):
-            self.__init__(self.dataset, shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last)
-            super().set_epoch(epoch)
+        self.num_replicas, self.rank = ctx.size, ctx.rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shard_indices(len(self.dataset), self.rank, self.num_replicas, shuffle=self.shuffle,
+                                  seed=self.seed, epoch=self.epoch, drop_last=self.drop_last).tolist())
+
+    def __len__(self) -> int:
+        return samples_per_rank(len(self.dataset), self.num_replicas, self.drop_last)
 
 
 class EvalShard(Sampler[int]):

@@ -7,7 +7,8 @@ from typing import Any, Callable, TypeVar
 import horovod.torch.elastic as hvd_elastic
 import torch
 
-from ..core.elastic import Position, TrainingState
+from ..core.elastic import Position
+from ..elastic import TrainingState
 from ._context import current
 from .optimizer import broadcast_scheduler, broadcast_state, rescale_lr
 

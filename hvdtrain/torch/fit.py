@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..core import elastic
-from ..core.checkpoint import check_writable
 from ..core.context import main_process_only
 from ..core.elastic import Position
 from ..core.guards import check_finite
@@ -94,17 +93,8 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                  metrics=dict(metrics or {}), scheduler=scheduler, step_scheduler=scheduler_interval == "step",
                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, tracker=tracker,
                  log_every=log_every, config=config, amp=amp, progress=progress, commit_every=commit_every)
-    position = Position()
-    if elastic.enabled():  # a joining worker must not call collectives outside the elastic loop
-        if resume:
-            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
-                             "in-memory commits; resume from checkpoints in a non-elastic job")
-    elif checkpoint_dir is not None:
-        check_writable(current(), checkpoint_dir)
-    if resume and checkpoint_dir is not None:
-        meta = load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
-        if meta is not None:
-            position = Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
+    position = elastic.starting_position(current(), checkpoint_dir, resume,
+                                         lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler))
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
@@ -198,10 +188,10 @@ class _Loop:
         return History(epochs=list(position.epochs), global_step=position.step)
 
     def _checkpoint(self, position: Position) -> None:
+        """Collective: rank 0 saves while the others wait with it (``save_checkpoint``)."""
         if self.checkpoint_dir is not None:
             save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, step=position.step,
-                            epoch=position.epoch, config=self.config,
-                            extra={"epoch_samples": position.epoch_samples})
+                            epoch=position.epoch, config=self.config, extra={"epoch_samples": position.epoch_samples})
 
 @main_process_only
 def _print_epoch(epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:

@@ -8,12 +8,13 @@ from typing import Any, Iterator
 import horovod.torch as hvd
 import torch
 
-from ..core import elastic
+from ..core import elastic, tripwire
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from . import zero
 from ._context import current
 from .collectives import sleep_until_done
+from .tripwire import after_step
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
 _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hvd.Adasum}
@@ -29,7 +30,7 @@ class _Policy:
     """hvdtrain's state on a Horovod optimizer, whose ``step``/``synchronize`` it replaces.
 
     Order per step: allreduce (once), average accumulated micro-batches, clip, apply with the
-    warmup multiplier. The instance keeps its class, so schedulers and ``isinstance`` still work.
+    warmup multiplier, then at a due step the tripwire (``core.tripwire``). The instance keeps its class, so schedulers and ``isinstance`` still work.
     """
 
     def __init__(self, opt: torch.optim.Optimizer, options: DistributedOptions, scale: float,
@@ -38,12 +39,19 @@ class _Policy:
         self.horovod_synchronize = opt.synchronize
         self.horovod_step = opt.step
         self.adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
+        self.reduced = False  # the gradients were allreduced since the last step (the tripwire's proof)
+        self.tripwire_every = tripwire.interval()
 
     def clip(self, opt: torch.optim.Optimizer) -> None:
         torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), self.max_grad_norm)
 
+    def parameters(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The model's parameters this optimizer updates (what the tripwire compares across ranks)."""
+        return [p for group in opt.param_groups for p in group["params"]]
+
     def apply(self, opt: torch.optim.Optimizer, closure=None):
         if self.adasum:
+            self.reduced = True  # Adasum reduces the updates inside its step
             return self.horovod_step(closure)
         with opt.skip_synchronize():
             return self.horovod_step(closure)
@@ -54,6 +62,7 @@ def _synchronize(opt: torch.optim.Optimizer) -> None:
     policy = opt.hvdtrain_policy
     _wait_without_spinning(opt)
     policy.horovod_synchronize()
+    policy.reduced = True
     if policy.options.accumulation_steps > 1:
         # Horovod sums the micro-batches' gradients; average them so k steps of batch B
         # update like one step of batch k*B.
@@ -72,6 +81,8 @@ def _step(opt: torch.optim.Optimizer, closure=None):
         result = policy.apply(opt, closure)
     for group in opt.param_groups:
         group[STEP] = group.get(STEP, 0) + 1
+    reduced, policy.reduced = policy.reduced, False
+    after_step(opt, policy.parameters(opt), opt.param_groups[0][STEP], reduced, policy.tripwire_every)
     return result
 
 

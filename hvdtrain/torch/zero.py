@@ -28,7 +28,7 @@ from typing import Any, Iterable
 import horovod.torch as hvd
 import torch
 
-from ..core import elastic
+from ..core import elastic, tripwire
 from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, PartitionPlan, plan
@@ -116,6 +116,7 @@ class _ShardedOptimizer:
                 # Micro-batches' gradients were summed: k steps of batch B update like one of k*B.
                 grad.div_(layout.options.accumulation_steps)
             shard.grad = grad
+        self.hvdtrain_policy.reduced = True
 
     @contextlib.contextmanager
     def skip_synchronize(self):
@@ -208,6 +209,12 @@ class ShardedPolicy:
 
     def __init__(self, options: DistributedOptions, scale: float, max_grad_norm: float | None):
         self.options, self.scale, self.max_grad_norm = options, scale, max_grad_norm
+        self.reduced = False  # set by the reduce-scatter, read by the tripwire
+        self.tripwire_every = tripwire.interval()
+
+    def parameters(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The whole model's parameters (the param groups hold only this rank's shards)."""
+        return opt._zero.params
 
     def clip(self, opt: torch.optim.Optimizer) -> None:
         """``clip_grad_norm_`` over the whole model: the norm from every rank's shard."""

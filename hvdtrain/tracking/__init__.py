@@ -7,10 +7,18 @@
 
 A job resumed from ``ckpt``'s checkpoints continues the run that wrote them (``legs``).
 Framework-free: ranks talk only through the core ``Context`` the adapter's ``init`` made.
+The names below are imported when first used, so ``tracked(enabled=False)`` and the CLI never
+import MLflow.
 """
-from .params import training_params
-from .spill import sync
-from .store import prepare_local_store
-from .tracker import Tracker, start, tracked
+import importlib
 
-__all__ = ["Tracker", "prepare_local_store", "start", "sync", "tracked", "training_params"]
+_HOMES = {"Tracker": "tracker", "start": "tracker", "tracked": "tracker", "sync": "sync",
+          "prepare_local_store": "store", "training_params": "params"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

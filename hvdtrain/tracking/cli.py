@@ -1,4 +1,5 @@
-"""``hvdtrain mlflow-sync FILE`` and ``hvdtrain ui``: the tracking subcommands of the CLI."""
+"""``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow is
+imported when one of them runs, not when the CLI starts)."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from ..cli.errors import CliError
-from . import spill, store
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the tracking subcommands; each sets ``func(args) -> exit code``."""
-    sync = subparsers.add_parser("mlflow-sync", help="upload a tracking spill file written while the "
-                                 "MLflow server was unreachable")
-    sync.add_argument("file", type=Path, help="the .jsonl file named in the job's warning")
+    sync = subparsers.add_parser("mlflow-sync", help="upload what a job's tracking journal holds and the MLflow "
+                                 "server never received (server down, job killed)")
+    sync.add_argument("file", type=Path, help="the journal (.jsonl) named in the job's warning")
     sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the local store")
     sync.set_defaults(func=_sync)
 
@@ -27,8 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _sync(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from .journal import JournalInUse
+    from .sync import sync
+
     try:
-        run_id, sent = spill.sync(args.file, args.tracking_uri)
+        run_id, sent = sync(args.file, args.tracking_uri)
+    except JournalInUse as err:
+        raise CliError(f"mlflow-sync: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
         raise CliError(f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
                        "run the command again)") from None
@@ -37,6 +42,8 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from . import store
+
     uri = store.prepare_local_store()
     print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,

@@ -22,6 +22,7 @@ from typing import Mapping
 from ..core.checkpoint import CheckpointDir, atomic_write
 
 log = logging.getLogger("hvdtrain.tracking")
+log.setLevel(logging.WARNING)  # some imports (mlflow.pytorch's) raise the root logger to ERROR
 
 RUN_FILE = "mlflow-run.json"
 RUN_FILE_ENV = "HVDTRAIN_RUN_FILE"

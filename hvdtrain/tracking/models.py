@@ -1,8 +1,9 @@
 """Log the trained model to the job's run through an MLflow flavor (``mlflow.pytorch``,
 ``mlflow.keras``), with a signature and input example so it can be served and validated.
 
-Model logging is one large upload at the end of training, so it runs on rank 0's own thread;
-a failure (server down) is a warning, never a crash.
+Model logging is one large upload, run by rank 0 on its own thread while the other ranks wait
+with it (the adapters' ``log_model``, through ``core.on_main``); a failure (server down) is a
+warning, never a crash.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mlflow.models import Model, infer_signature
 from mlflow.tracking import MlflowClient
 
 from ..core.context import main_process_only
-from .sender import log
+from .legs import log
 from .tracker import Tracker
 
 

@@ -1,14 +1,16 @@
 """Background sender: tracking calls return at once, MLflow is talked to off the training thread.
 
-Records wait in a buffer until sent, so nothing is lost while the server is down: the thread
-retries with growing pauses and sends the backlog when the server is back. At ``close`` it makes
-one more attempt; if the server is still down what is left goes to a JSONL spill file, which
-``hvdtrain mlflow-sync FILE`` uploads later.
+Every record goes to the journal on disk first (``journal``), then to a queue the thread sends
+from in order, with growing pauses between retries while the server is down. At most
+``MAX_QUEUED`` records wait in memory: during a long outage the rest wait only in the journal
+and are read back from it as the queue drains. Whatever happens to the process, the journal holds
+every record not yet acknowledged, and ``hvdtrain mlflow-sync JOURNAL`` sends them; a job that
+sent everything deletes its journal at the end.
 """
 from __future__ import annotations
 
 import collections
-import json
+import contextlib
 import logging
 import os
 import shutil
@@ -19,12 +21,14 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from . import records
+from . import delivery, records
+from .journal import Journal, records_between
+from .legs import log
 from .records import RunSpec
 
-log = logging.getLogger("hvdtrain.tracking")
-log.setLevel(logging.WARNING)  # some imports (mlflow.pytorch's) raise the root logger to ERROR
 THREAD_NAME = "hvdtrain-mlflow-sender"
+MAX_QUEUED = 10_000  # records held in memory; the journal holds any more
+BATCH = 100  # metrics records sent in one request
 
 
 class _QuietRetries(logging.Filter):
@@ -38,13 +42,16 @@ logging.getLogger("urllib3.connectionpool").addFilter(_QuietRetries())
 
 
 class Sender:
-    """Owns rank 0's MLflow traffic: opens the run, then sends queued records in order."""
+    """Owns rank 0's MLflow traffic: opens the run, then sends journalled records in order."""
 
-    def __init__(self, client: MlflowClient, spec: RunSpec, spill_path: Path,
-                 retry_interval: float = 1.0, max_retry_interval: float = 10.0):
-        self.client, self.spec, self.spill_path = client, spec, spill_path
-        self.retry_interval, self.max_retry_interval = retry_interval, max_retry_interval
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+    def __init__(self, client: MlflowClient, spec: RunSpec, journal_path: Path | None,
+                 retry_interval: float = 1.0, max_retry_interval: float = 10.0, max_queued: int = MAX_QUEUED):
+        """``journal_path`` None: no journal, records wait in memory only (what the journal's cost
+        is measured against)."""
+        self.client, self.spec = client, spec
+        self.retry_interval, self.max_retry_interval, self.max_queued = retry_interval, max_retry_interval, max_queued
+        self._queue: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self._on_disk_from: int | None = None  # journal offset of the first record not in the queue
         self._cond = threading.Condition()
         self._closing = False
         self._abandoned = False
@@ -52,141 +59,190 @@ class Sender:
         self._run_open = False
         self._previous_params: dict[str, str] = {}  # the run's params before this job (a resumed leg)
         self.first_attempt = threading.Event()  # set once opening the run was tried
-        self.spilled: Path | None = None
-        self._staging: Path | None = None
+        self.kept: Path | None = None  # the journal, when it still holds unsent records at close
+        self._journal = _open_journal(journal_path, spec) if journal_path is not None else None
+        self._writable = self._journal is not None
+        self._artifacts = (journal_path.with_name(journal_path.stem + "-artifacts") if journal_path is not None
+                           else Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-")))
         self._staged = 0
         self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
+        """Journal ``record``, then queue it (or leave it to the journal while the queue is full)."""
         with self._cond:
-            self._pending.append(record)
+            if not self._writable:  # no journal (a warning said why): memory only, unbounded
+                self._queue.append((0, record))
+            else:
+                offset = self._journal.size
+                seq = self._append(record)
+                if seq is None:
+                    self._queue.append((0, record))
+                elif self._on_disk_from is None and len(self._queue) < self.max_queued:
+                    self._queue.append((seq, record))
+                elif self._on_disk_from is None:
+                    self._on_disk_from = offset
             self._cond.notify()
 
     def put_artifact(self, path: str | os.PathLike, artifact_path: str | None, per_leg: bool = False) -> None:
-        """Queue a file or directory, linked or copied now: the caller may replace or prune it."""
+        """Queue a file or directory, linked or copied now next to the journal: the caller may
+        replace or prune it, and a killed job's ``mlflow-sync`` still finds it."""
+        source = Path(path)
+        staged = self._artifacts / str(self._staged) / source.name
+        self._staged += 1
         try:
-            self._stage(Path(path), artifact_path, per_leg)
+            staged.parent.mkdir(parents=True)
+            if source.is_dir():
+                shutil.copytree(source, staged, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, staged)
         except OSError as err:  # a missing or unreadable file is a warning, never a crash
             log.warning("hvdtrain: artifact %s not logged: %s", path, err)
-
-    def _stage(self, source: Path, artifact_path: str | None, per_leg: bool) -> None:
-        if self._staging is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-"))
-        staged = self._staging / str(self._staged) / source.name
-        self._staged += 1
-        staged.parent.mkdir()
-        if source.is_dir():
-            shutil.copytree(source, staged, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(source, staged)
+            return
         self.put(records.artifact_record(str(staged), artifact_path, per_leg))
 
     def close(self, timeout: float) -> Path | None:
-        """Send what is left; spill it if the server is down or ``timeout`` passes. Returns the
-        spill file, if one was written."""
+        """Send what is left within ``timeout`` s. Returns the journal if it still holds unsent
+        records (the server is down or slow); otherwise the journal is deleted."""
         with self._cond:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout)
         with self._cond:
-            if self._pending and not self._abandoned:
-                # Still busy (a slow upload) or the thread died: keep the backlog, record in flight included.
-                try:
-                    self._spill()
-                except OSError as err:
-                    log.warning("hvdtrain: could not write the tracking spill file %s: %s", self.spill_path, err)
-            if self._staging is not None and self.spilled is None:
-                shutil.rmtree(self._staging, ignore_errors=True)
-        return self.spilled
+            self._abandoned = True  # a send still in flight may finish; nothing new starts
+            unsent = bool(self._queue) or self._on_disk_from is not None
+            if self._writable and unsent:
+                self.kept = self._journal.path
+                log.warning("hvdtrain: MLflow tracking server still unreachable at the end of training; "
+                            "unsent tracking data is kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                            self.kept, self.kept)
+            elif unsent:
+                log.warning("hvdtrain: MLflow tracking data not sent: the server is unreachable and there is no "
+                            "journal to keep it in (see the warning above)")
+            if not unsent:
+                shutil.rmtree(self._artifacts, ignore_errors=True)
+            if self._journal is not None and not unsent:
+                self._journal.close(delete=True)
+                _remove_if_empty(self._journal.path.parent)
+                self._journal, self._writable = None, False
+            elif self._journal is not None and not self._thread.is_alive():
+                self._journal.close(delete=False)  # nothing in flight: the lock is released for a sync
+                self._journal, self._writable = None, False
+        return self.kept
+
+    def _append(self, record: dict[str, Any]) -> int | None:
+        try:
+            return self._journal.append(record)
+        except OSError as err:  # a full disk: keep tracking in memory, as without a journal
+            log.warning("hvdtrain: tracking journal %s cannot be written (%s); unsent tracking data is kept in "
+                        "memory only from now on", self._journal.path, err)
+            self._writable = False
+            return None
 
     def _loop(self) -> None:
         delay = self.retry_interval
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
+                while not self._queue and self._on_disk_from is None and not self._closing:
                     self._cond.wait()
-                if not self._pending or self._abandoned:
+                if self._abandoned:
                     return
+            self._refill()
+            with self._cond:
+                if not self._queue:
+                    return  # closing, everything sent
                 batch = self._head()
             try:
-                self._send(batch)
+                self._send([record for _, record in batch])
             except Exception as err:  # noqa: BLE001 - any tracking failure is a warning, never a crash
-                if self._run_open and not records.is_retryable(err):
-                    log.warning("hvdtrain: MLflow rejected a %s record, dropping it: %s", batch[0]["kind"], err)
-                    self._pop(len(batch))
+                if self._run_open and not delivery.is_retryable(err):
+                    log.warning("hvdtrain: MLflow rejected a %s record, dropping it: %s", batch[0][1]["kind"], err)
+                    self._done(batch)
                     continue
                 self._note_down(err)
                 with self._cond:
                     if self._closing:
-                        if not self._abandoned:  # close() may have spilled already
-                            self._spill()
-                        return
+                        return  # close() keeps the journal
                     self._cond.wait(delay)
                 delay = min(2 * delay, self.max_retry_interval)
                 continue
-            self._pop(len(batch))
+            self._done(batch)
             delay = self.retry_interval
             if self._down:
                 self._down = False
                 log.warning("hvdtrain: MLflow tracking server is reachable again; buffered data sent")
 
-    def _head(self) -> list[dict[str, Any]]:
+    def _refill(self) -> None:
+        """Move records that waited only in the journal back into the emptied queue."""
+        with self._cond:
+            if self._queue or self._on_disk_from is None or self._journal is None:
+                return
+            start, end = self._on_disk_from, self._journal.size
+            path = self._journal.path
+        found, stop = records_between(path, start, end, self.max_queued)
+        with self._cond:
+            self._queue.extend(found)
+            caught_up = self._journal is not None and stop >= self._journal.size
+            self._on_disk_from = None if caught_up else stop
+
+    def _head(self) -> list[tuple[int, dict[str, Any]]]:
         """The next record, or the run of consecutive metrics records at the head as one batch."""
-        first = self._pending[0]
-        if first["kind"] != "metrics":
+        first = self._queue[0]
+        if first[1]["kind"] != "metrics":
             return [first]
         batch = []
-        for record in self._pending:
-            if record["kind"] != "metrics" or len(batch) >= 100:
+        for entry in self._queue:
+            if entry[1]["kind"] != "metrics" or len(batch) >= BATCH:
                 break
-            batch.append(record)
+            batch.append(entry)
         return batch
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
         if not self._run_open:
             try:
-                self._previous_params = records.open_run(self.client, self.spec)
+                self._previous_params = delivery.open_run(self.client, self.spec)
                 self._run_open = True
+                with self._cond, contextlib.suppress(OSError):  # unrecorded: sync finds the run by its tag
+                    if self._writable:
+                        self._journal.mark_opened(self.spec)
             finally:
                 self.first_attempt.set()
         record = batch[0] if len(batch) == 1 else {"kind": "metrics", "metrics": records.merge_metrics(batch)}
-        records.send(self.client, self.spec, record, self._previous_params)
+        delivery.send(self.client, self.spec, record, self._previous_params)
 
-    def _pop(self, count: int) -> None:
+    def _done(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        """``batch`` was acknowledged: mark it sent in the journal, then drop it from the queue."""
         with self._cond:
-            if self._abandoned:
-                return
-            for _ in range(count):
-                self._pending.popleft()
+            if self._writable and batch[-1][0]:
+                try:
+                    self._journal.mark_sent(batch[-1][0])
+                except OSError:
+                    pass  # the records stay unmarked: a later sync skips what MLflow already has
+            for _ in batch:
+                self._queue.popleft()
 
     def _note_down(self, err: Exception) -> None:
         if not self._down:
             self._down = True
             log.warning("hvdtrain: MLflow tracking at %s is unreachable (%s); training continues, tracking "
-                        "data is buffered and retried in the background, and written to a spill file if "
-                        "the server is still down at the end", self.client.tracking_uri, str(err)[:300])
+                        "data is kept in the journal and retried in the background", self.client.tracking_uri,
+                        str(err)[:300])
 
-    def _spill(self) -> None:
-        """Write the run spec and every pending record to the spill file (caller holds the lock)."""
-        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        if self._staging is not None:
-            # Staged artifacts move next to the spill file, where mlflow-sync finds them.
-            kept = self.spill_path.with_name(self.spill_path.stem + "-artifacts")
-            shutil.move(self._staging, kept)
-            for record in self._pending:
-                if record["kind"] == "artifact":
-                    record["path"] = str(kept / Path(record["path"]).relative_to(self._staging))
-            self._staging = None
-        with open(self.spill_path, "w", encoding="utf-8") as f:
-            for record in (self.spec.as_record(), *self._pending):
-                f.write(json.dumps(record) + "\n")
-        self.spilled = self.spill_path
-        self._pending.clear()
-        self._abandoned = True  # nothing is left to send
-        log.warning("hvdtrain: MLflow tracking server still unreachable at the end of training; "
-                    "tracking data written to %s, upload it with: hvdtrain mlflow-sync %s",
-                    self.spill_path, self.spill_path)
+
+def _open_journal(path: Path, spec: RunSpec) -> Journal | None:
+    try:
+        return Journal(path, spec)
+    except OSError as err:
+        log.warning("hvdtrain: tracking journal %s cannot be created (%s); unsent tracking data is kept in "
+                    "memory only", path, err)
+        return None
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass  # not empty (other jobs' journals) or already gone
 
 
 def _link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -3,7 +3,8 @@
 Rank 0 creates the run and broadcasts its id, so every rank can read ``tracker.run_id``; only
 rank 0 ever talks to MLflow (``main_process_only``), and it does so from a background thread.
 The collective methods (``start``, ``log_step``, ``log_epoch``)
-must be called by every rank at the same points.
+must be called by every rank at the same points. MLflow is imported by rank 0 when tracking is
+on, never by a job that runs ``tracked(enabled=False)``.
 """
 from __future__ import annotations
 
@@ -17,16 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import mlflow
-from mlflow.tracking import MlflowClient
-from mlflow.tracking.context.registry import resolve_tags
-
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
-from . import legs, records, store
+from ..core.on_main import on_main
+from . import legs, records
+from .legs import log
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
-from .sender import Sender, log
 
 
 def _sending(method):
@@ -111,8 +109,8 @@ class Tracker:
 
     @_sending
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
-        """End the run; waits up to ``timeout`` s for buffered data. Returns the spill file
-        holding what could not be sent, if any."""
+        """End the run; waits up to ``timeout`` s for buffered data. Returns the journal when it
+        still holds what could not be sent (``hvdtrain mlflow-sync`` sends it later)."""
         if self._system_monitor is not None:
             self._system_monitor.finish()
         self._sender.put(records.end_record(status))
@@ -154,12 +152,17 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     exchange = not elastic.enabled()
     hostnames = ([ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
                  if exchange else [socket.gethostname()])
-    try:
-        opened = _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
-                       parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
-    except Exception as err:  # a tracking problem must never stop training
-        log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
-        opened = None
+
+    def open_run():
+        try:
+            return _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
+                         parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
+        except Exception as err:  # a tracking problem must never stop training
+            log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
+            return None
+
+    # Rank 0 may take a while (importing MLflow, waiting for the server): the others wait with it.
+    opened = on_main(ctx, open_run, "opening the MLflow run") if exchange else open_run()
     run_id, sender, monitor = opened or (None, None, None)
     if exchange:
         run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
@@ -169,6 +172,13 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
 @main_process_only
 def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spill_dir, start_timeout,
           hostnames, checkpoint_dir, resume):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+
+    from . import store
+    from .sender import Sender
+
     store.bound_http_calls()
     uri = store.tracking_uri()
     active = mlflow.active_run()
@@ -180,8 +190,8 @@ def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spi
                    parent_run_id=parent_run_id or (active.info.run_id if active else None), run_id=continued,
                    run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())])
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    spill_path = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
-    sender = Sender(MlflowClient(uri), spec, spill_path)
+    journal = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
+    sender = Sender(MlflowClient(uri), spec, journal)
     sender.put(records.params_record({**flatten(config), **environment_params(hostnames)}))
     if config:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,14 +1,16 @@
 """Elastic digits training for tests/test_elastic.py, either framework, tracked in MLflow.
 
 Each training batch appends ``{"pid", "host", "rank", "size"}`` to ``<out>/progress.jsonl`` and
-sleeps ``--batch-sleep`` s, so the test can remove and add workers while training runs. Rank 0
-writes ``<out>/result.json`` at the end.
+sleeps ``--batch-sleep`` s, so the test can remove and add workers while training runs. Each
+commit (``save``), rollback (``restore``) and membership change (``sync``) of the elastic state
+appends the digest of the model and optimizer state right after it to ``<out>/state.jsonl``.
+Rank 0 writes ``<out>/result.json`` at the end.
 """
 import json
 import os
 import time
 
-from hvdtrain import tracking
+from hvdtrain import elastic, tracking
 from hvdtrain.datasets import digits
 from tests.workers.common import parse_args
 
@@ -50,7 +52,6 @@ def train_keras(args, tracker):
     import keras
 
     import hvdtrain.keras as hk
-    from hvdtrain.keras.tracking import MlflowLogger
     from tf_examples.digits import build_model, with_channel
 
     ctx = hk.current()
@@ -67,11 +68,35 @@ def train_keras(args, tracker):
 
     history = hk.fit(model, with_channel(splits.train.images), splits.train.labels, batch_size=BATCH,
                      epochs=args.epochs, validation_data=(with_channel(splits.val.images), splits.val.labels),
-                     callbacks=[Progress(), *([MlflowLogger(tracker, log_every=1)] if tracker else [])], verbose=0)
+                     callbacks=[Progress()], tracker=tracker, log_every=1, commit_every=args.commit_every,
+                     progress=False)
     accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     return {"steps": int(model.optimizer.iterations.numpy()), "test_accuracy": accuracy,
             "epochs": [{"epoch": e + 1, "loss": loss} for e, loss in zip(history.epoch, history.history["loss"])]}
+
+
+def model_weights(snapshot) -> list:
+    """The model's weights alone (a membership change re-scales the LR in the optimizer's state)."""
+    model = snapshot.model
+    return [model.state_dict()] if hasattr(model, "state_dict") else [v.numpy() for v in model.weights]
+
+
+def record_state_events(out) -> None:
+    """Wrap the elastic state's save, restore and sync to log the digests of the whole state
+    (model and optimizer) and of the model's weights after each."""
+    for name in ("save", "restore", "sync"):
+        original = getattr(elastic.TrainingState, name)
+
+        def recorded(self, _original=original, _name=name):
+            _original(self)
+            with open(out / "state.jsonl", "a") as f:
+                f.write(json.dumps({"event": _name, "pid": os.getpid(), "rank": self.ctx.rank, "size": self.ctx.size,
+                                    "step": self.position.step, "time": time.time(),
+                                    "digest": elastic.digest(self.snapshot.capture()),
+                                    "weights": elastic.digest(model_weights(self.snapshot))}) + "\n")
+
+        setattr(elastic.TrainingState, name, recorded)
 
 
 def main():
@@ -82,6 +107,7 @@ def main():
     else:
         import hvdtrain.keras as adapter
     ctx = adapter.init(seed=0)
+    record_state_events(args.out)
     with tracking.tracked({"framework": args.framework}, "elastic", enabled=bool(args.tracking)) as tracker:
         result = (train_torch if args.framework == "torch" else train_keras)(args, tracker)
     if ctx.is_main:

@@ -1,0 +1,89 @@
+"""Issue 13, item 4: each part imports only what it needs, checked in fresh interpreters.
+
+The core and tracking never import Horovod or a framework; the CLI imports a subcommand's
+dependencies only when that subcommand runs; ``hvdtrain run`` and the horovodrun it starts never
+import TensorFlow (or torch); an example run with ``--no-tracking`` never imports MLflow.
+How fast ``hvdtrain --help`` answers is measured with farm-bench (README), not here.
+"""
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hvdtrain.core
+import hvdtrain.tracking
+from tests.launch import REPO
+
+FRAMEWORKS = ("horovod", "torch", "tensorflow", "keras")
+
+
+def imported_after(code: str, watched: tuple[str, ...], **kwargs) -> dict:
+    """Run ``code`` in a fresh interpreter; it sets ``found`` (a dict), printed as JSON at the end."""
+    report = f"\nimport json, sys\nprint(json.dumps(found))"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", f"WATCHED = {watched!r}\n{code}{report}"], capture_output=True,
+                          text=True, env=env, timeout=900, **kwargs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_core_and_tracking_modules_import_no_horovod_or_framework():
+    modules = [f"{package.__name__}.{m.name}" for package in (hvdtrain.core, hvdtrain.tracking)
+               for m in pkgutil.iter_modules(package.__path__)]
+    assert "hvdtrain.core.elastic" in modules and "hvdtrain.tracking.sync" in modules
+    code = ("import importlib, sys\nfound = {}\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    found[name] = [w for w in WATCHED if w in sys.modules]\n")
+    found = imported_after(code, FRAMEWORKS)
+    assert {name: pulled for name, pulled in found.items() if pulled} == {}
+
+
+def test_the_cli_imports_no_tracking_plotting_or_framework():
+    code = "import sys\nimport hvdtrain.cli\nfound = {'pulled': [w for w in WATCHED if w in sys.modules]}"
+    assert imported_after(code, ("mlflow", "matplotlib", *FRAMEWORKS))["pulled"] == []
+
+
+@pytest.mark.slow
+def test_the_launcher_and_its_horovodrun_never_import_tensorflow_or_torch(tmp_path):
+    """Every process the launcher starts reports its imports (``PYTHONPROFILEIMPORTTIME``); the
+    workers' lines come through horovodrun prefixed ``[rank]``, the launcher's and horovodrun's not."""
+    script = tmp_path / "hello.py"
+    script.write_text("print('hello')\n")
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "run", "-np", "1", str(script)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and "[0]<stdout>:hello" in proc.stdout, proc.stderr[-3000:]
+    own = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+           if line.startswith("import time:")]
+    assert "horovod.runner.launch" in own  # horovodrun's imports are here too
+    assert [name for name in own if name.split(".")[0] in ("tensorflow", "torch", "keras")] == []
+
+
+EXAMPLES = {
+    "torch": [("torch_examples/digits.py", ["--epochs", "1", "--train-samples", "50"]),
+              ("torch_examples/gpt.py", ["--epochs", "1", "--max-bytes", "40000", "--val-bytes", "4000",
+                                         "--windows", "64", "--block", "16", "--d-model", "16", "--layers", "1",
+                                         "--heads", "2", "--sample-bytes", "4"]),
+              ("torch_examples/token_tagging.py", ["--epochs", "1", "--files", "6", "--train-lines", "200",
+                                                   "--heldout-lines", "50", "--dim", "16", "--layers", "1"])],
+}
+EXAMPLES["keras"] = [(path.replace("torch_examples", "tf_examples"), args) for path, args in EXAMPLES["torch"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", sorted(EXAMPLES))
+def test_examples_without_tracking_never_import_mlflow(tmp_path, framework):
+    """Each example with a tiny budget, one after the other in one fresh single-worker process."""
+    runs = [(str(REPO / path), [*args, "--no-tracking"]) for path, args in EXAMPLES[framework]]
+    code = ("import runpy, sys\nfound = {}\n"
+            f"for path, args in {runs!r}:\n"
+            "    sys.argv = [path, *args]\n"
+            "    runpy.run_path(path, run_name='__main__')\n"
+            "    found[path] = [w for w in WATCHED if w in sys.modules]\n")
+    found = imported_after(code, ("mlflow",), cwd=tmp_path)
+    assert found == {path: [] for path, _ in runs}
