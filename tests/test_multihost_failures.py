@@ -56,33 +56,40 @@ def test_remote_sigkill_names_the_signal_host_and_rank(test_hosts, tmp_path, mpi
                         rf"last checkpoint: ckpt/step-\d+\.pt", last_line(err)), err[-3000:]
 
 
-def test_remote_sigstop_ends_the_job_within_the_hang_timeout(test_hosts, tmp_path):
+@pytest.mark.parametrize("mpi", [False, True], ids=["gloo", "mpi"])
+def test_remote_sigstop_ends_the_job_within_the_hang_timeout(test_hosts, tmp_path, mpi):
+    """Gloo: the peer's Gloo timeout ends it. MPI has no timeout (the peers would wait for ever in
+    MPI): the launcher ends a job whose worker stayed frozen for the hang timeout."""
     hosts = test_hosts(2)
     h1, h2 = hosts.names
-    proc, pid = start(hosts, tmp_path, "--hang-timeout", str(HANG_TIMEOUT))
+    proc, pid = start(hosts, tmp_path, "--hang-timeout", str(HANG_TIMEOUT), *(["--mpi"] if mpi else []))
     hosts.run(h2, ["kill", "-STOP", str(pid)])
     err, took = stopped(proc, time.monotonic(), HANG_TIMEOUT + 60,
-                        f"SIGSTOP of worker 1 on {h2} (hang timeout {HANG_TIMEOUT} s)")
+                        f"{'mpi' if mpi else 'gloo'}: SIGSTOP of worker 1 on {h2} (hang timeout {HANG_TIMEOUT} s)")
     print(f"hosts clean {wait_clean(hosts, hosts.names, timeout=15):.1f} s after")  # the frozen worker too
     assert proc.returncode != 0 and took < HANG_TIMEOUT + 12, (took, err[-3000:])
-    assert re.fullmatch(rf"hvdtrain: worker 1 on {h2} stopped responding \(process frozen, e\.g\. SIGSTOP\); "
-                        rf"worker 0 gave up after {HANG_TIMEOUT} s; job stopped after [\d.]+ s; "
-                        rf"last checkpoint: ckpt/step-\d+\.pt", last_line(err)), err[-3000:]
+    gave_up = "" if mpi else f"; worker 0 gave up after {HANG_TIMEOUT} s"
+    assert re.fullmatch(rf"hvdtrain: worker 1 on {h2} stopped responding \(process frozen, e\.g\. SIGSTOP\)"
+                        rf"{gave_up}; job stopped after [\d.]+ s; last checkpoint: ckpt/step-\d+\.pt",
+                        last_line(err)), err[-3000:]
 
 
-def test_a_host_whose_link_goes_down_is_named_unreachable(test_hosts, tmp_path):
+@pytest.mark.parametrize("mpi", [False, True], ids=["gloo", "mpi"])
+def test_a_host_whose_link_goes_down_is_named_unreachable(test_hosts, tmp_path, mpi):
+    """Gloo: the peer's Gloo timeout ends it; MPI: mpirun's ssh keepalives to the host's daemon."""
     hosts = test_hosts(2)
     h1, h2 = hosts.names
-    proc, _ = start(hosts, tmp_path, "--hang-timeout", str(HANG_TIMEOUT))
+    proc, _ = start(hosts, tmp_path, "--hang-timeout", str(HANG_TIMEOUT), *(["--mpi"] if mpi else []))
     hosts.cut(h2)
-    err, took = stopped(proc, time.monotonic(), HANG_TIMEOUT + 60, f"link of {h2} cut (hang timeout {HANG_TIMEOUT} s)")
+    err, took = stopped(proc, time.monotonic(), HANG_TIMEOUT + 60,
+                        f"{'mpi' if mpi else 'gloo'}: link of {h2} cut (hang timeout {HANG_TIMEOUT} s)")
     assert proc.returncode != 0 and took < HANG_TIMEOUT + 15, (took, err[-3000:])
+    gave_up = "" if mpi else f"; worker 0 gave up after {HANG_TIMEOUT} s"
     assert re.fullmatch(rf"hvdtrain: host {h2} \(worker 1\) is unreachable \(no answer on SSH port 22 within 3 s: "
-                        rf"its link or the host went down\); worker 0 gave up after {HANG_TIMEOUT} s; job stopped "
-                        rf"after [\d.]+ s; last checkpoint: ckpt/step-\d+\.pt", last_line(err)), err[-3000:]
+                        rf"its link or the host went down\){gave_up}; job stopped after [\d.]+ s; "
+                        rf"last checkpoint: ckpt/step-\d+\.pt", last_line(err)), err[-3000:]
     wait_clean(hosts, [h1], timeout=5)
-    # The cut-off worker gave up by itself (its own Gloo timeout); once the link is back its ssh
-    # session learns the launcher is gone and ends too.
+    # The cut-off worker gives up by itself (Gloo: its own timeout; MPI: its daemon lost mpirun)
+    # and once the link is back its ssh session learns the launcher is gone and ends too.
     hosts.restore(h2)
-    clean = wait_clean(hosts, [h2], timeout=HANG_TIMEOUT + 15)
-    print(f"{h2} clean {clean:.1f} s after its link came back")
+    print(f"{h2} clean {wait_clean(hosts, [h2], timeout=HANG_TIMEOUT + 15):.1f} s after its link came back")

@@ -88,12 +88,29 @@ class JobMonitor:
     def _relay(self, stream, out) -> None:
         for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=""):
             with self._lock:
-                keep = self._inspect(line)
+                line = self._take_guard_notices(line)
+                keep = line is not None and self._inspect(line)
             if keep:
                 out.write(line)
                 out.flush()
         if notices := self.mpi_notices.get(threading.get_ident()):
             sys.stderr.writelines(notices.flush())  # a notice cut short by mpirun's exit
+
+    def _take_guard_notices(self, line: str) -> str | None:
+        """Note what remote workers' guards said in ``line``; the line without it (None if
+        nothing else was in it)."""
+        notices = failures.guard_notices(line)
+        for rank, kind, signum in notices:
+            if kind == "frozen":
+                self.frozen.setdefault(rank, time.monotonic())
+            elif kind == "continued":
+                self.frozen.pop(rank, None)
+            else:
+                self._record_failure(rank, 128 + signum)
+        if not notices:
+            return line
+        rest = failures.without_guard_notices(line)
+        return rest if rest.strip() else None
 
     def _inspect(self, line: str) -> bool:
         """Note what ``line`` says about a failure; False for lines the summary replaces."""
@@ -127,15 +144,6 @@ class JobMonitor:
         return True
 
     def _inspect_worker_stderr(self, rank: int, text: str) -> bool:
-        if notice := failures.guard_notice(text):
-            kind, signum = notice
-            if kind == "frozen":
-                self.frozen.setdefault(rank, time.monotonic())
-            elif kind == "continued":
-                self.frozen.pop(rank, None)
-            else:
-                self._record_failure(rank, 128 + signum)
-            return False
         if self.stalls.setdefault(rank, failures.StallParser()).feed(text):
             return False
         if (seconds := failures.gloo_timeout_seconds(text)) is not None:
@@ -212,6 +220,8 @@ class JobMonitor:
             on_it = sorted(r for r, h in self.rank_hosts.items() if h == host)
             workers = f" ({self._workers(on_it).replace(f' on {host}', '')})" if on_it else ""
             return f"host {host}{workers} is unreachable ({why}: its link or the host went down){waited}"
+        if rank == failures.DAEMON_LOST:
+            return "mpirun lost its connection to a host's daemon (a host or its link went down?)"
         if rank in self.gloo_timeouts:
             return (f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
                     f"(Gloo timeout: a frozen or unreachable worker?)")

@@ -83,11 +83,15 @@ def local_interfaces() -> dict[str, str]:
 
 
 def is_local(host: str) -> bool:
-    """As horovodrun decides it: the host's name resolves to one of this machine's addresses."""
+    """This machine: its own name, or a name that resolves to one of its addresses (horovodrun's
+    rule) or to loopback (Debian maps a host's own name to 127.0.1.1)."""
+    if host in ("localhost", socket.gethostname(), socket.getfqdn()):
+        return True
     try:
-        return socket.gethostbyname(host) in {_address(i) for i in local_interfaces().values()}
+        address = socket.gethostbyname(host)
     except OSError:
         return False
+    return _loopback(address) or address in {_address(i) for i in local_interfaces().values()}
 
 
 def through_proxy(host: str, port: int) -> bool:

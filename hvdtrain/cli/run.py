@@ -65,6 +65,8 @@ def main(args) -> int:
     try:
         env = worker_env(multi_host=plan is not None, hang_timeout=args.hang_timeout)
         env["HVDTRAIN_RUN_FILE"] = run_file
+        if args.mpi and plan is not None:
+            _bound_mpi_links(env, tuning.hang_timeout(env))
         monitor = JobMonitor(rank_hosts=_rank_hosts(hosts, args.np) if not args.elastic else {},
                              elastic=args.elastic, checkpoint_dir=_option(args.args, "--checkpoint-dir"),
                              run_file=Path(run_file), mpi=args.mpi, hang_timeout=tuning.hang_timeout(env),
@@ -99,8 +101,10 @@ def build_command(args, hosts: list[tuple[str, int]], plan: preflight.Plan | Non
                                         f"HOROVOD_GLOO_IFACE={plan.interface}", f"NCCL_SOCKET_IFNAME={plan.interface}"]
         worker = [*(["env", *settings] if settings else []), sys.executable, "-m", worker_guard.__name__,
                   sys.executable]
-    return [str(horovodrun), "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo",
-            "-p", str(args.ssh_port), *worker, str(args.script), *args.args]
+    # Under MPI the default port is left to _bound_mpi_links (horovodrun would override its ssh options).
+    port = [] if args.mpi and args.ssh_port == 22 else ["-p", str(args.ssh_port)]
+    return [str(horovodrun), "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo", *port,
+            *worker, str(args.script), *args.args]
 
 
 def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, str]:
@@ -121,6 +125,14 @@ def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, s
         env[worker_guard.LAUNCHER_HOST_ENV] = socket.gethostname()
     tuning.apply_horovod_defaults(env)
     return env
+
+
+def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:
+    """MPI has no timeout: a host whose link dies leaves every rank waiting for ever. mpirun's ssh
+    sessions to the hosts' daemons then check the link (ssh keepalives) and give up within about
+    the hang timeout; mpirun ends the job and the launcher names the host."""
+    interval = max(1, hang_timeout // 3)
+    env.setdefault("OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3")
 
 
 def _preflight(args, hosts: list[tuple[str, int]]) -> preflight.Plan | None:

@@ -118,28 +118,36 @@ def is_termination_notice(line: str) -> bool:
     return bool(_TERMINATING.match(line))
 
 
-_GUARD_LINES = {kind: re.compile(re.escape(line).replace(r"\{signal\}", r"(SIG\w+)") + r"\s*$") for kind, line in
-                (("frozen", worker_guard.STOPPED_LINE), ("continued", worker_guard.CONTINUED_LINE),
-                 ("killed", worker_guard.KILLED_LINE))}
+# worker_guard's lines as relayed, anywhere in a line: mpirun relays output in chunks, so a
+# guard's line may follow another rank's unfinished one (a progress bar).
+_GUARD_NOTICE = re.compile(r"\[(?:\d+,)?(\d+)\]<stderr>:" + re.escape(worker_guard.NOTICE)
+                           + r"(frozen by|killed by|continued)(?: (SIG[A-Z0-9]+))?")
+_GUARD_KINDS = {"frozen by": "frozen", "killed by": "killed", "continued": "continued"}
 
 
-def guard_notice(text: str) -> tuple[str, int | None] | None:
-    """What ``worker_guard`` said about its worker: ("frozen", signal), ("continued", None) or
-    ("killed", signal); None for other lines."""
-    for kind, pattern in _GUARD_LINES.items():
-        if match := pattern.match(text):
-            return kind, signal.Signals[match.group(1)].value if match.groups() else None
-    return None
+def guard_notices(line: str) -> list[tuple[int, str, int | None]]:
+    """What ``worker_guard`` said in ``line`` about its worker: (rank, "frozen", signal),
+    (rank, "continued", None) or (rank, "killed", signal) each."""
+    return [(int(rank), _GUARD_KINDS[kind], signal.Signals[name].value if name else None)
+            for rank, kind, name in _GUARD_NOTICE.findall(line)]
+
+
+def without_guard_notices(line: str) -> str:
+    """``line`` with the guard's notices taken out (the launcher's summary says what they said)."""
+    return _GUARD_NOTICE.sub("", line)
 
 
 _MPI_FRAME = re.compile(r"^-{40,}\s*$")
 _MPI_SIGNALED = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
 _MPI_PROCESS = re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]")
 _MPI_EXIT_CODE = re.compile(r"Exit code:\s+(-?\d+)")
+# mpirun lost a host's daemon (its ssh session gave up: the host or its link is down).
+_MPI_DAEMON_LOST = ("ORTE has lost communication with a remote daemon", "ORTE was unable to reliably start")
+DAEMON_LOST = -1  # the "rank" of such a failure: no worker is named
 # mpirun's notices that come with a failed rank: from the first one on, mpirun only reports the
 # job's end (the one-line summary replaces all of it).
 _MPI_FAILURE_TEXTS = ("unexpectedly disconnected", "Primary job", "mpirun noticed", "mpirun detected",
-                      "failed to TCP connect", "lost communication", "MPI_ABORT")
+                      "failed to TCP connect", "lost communication", "MPI_ABORT", *_MPI_DAEMON_LOST)
 
 
 def is_mpi_frame(text: str) -> bool:
@@ -167,6 +175,8 @@ class MpiNotices:
         elif (code := _MPI_EXIT_CODE.search(line)) and self._process is not None:
             self.failures.append((self._process, int(code.group(1))))
             self._process = None
+        elif any(text in line for text in _MPI_DAEMON_LOST):
+            self.failures.append((DAEMON_LOST, 255))
         self.failing = self.failing or any(t in line for t in _MPI_FAILURE_TEXTS)
         if self.failing:
             self._notice = None

@@ -31,9 +31,10 @@ import sys
 import threading
 
 LAUNCHER_HOST_ENV = "HVDTRAIN_LAUNCHER_HOST"
-STOPPED_LINE = "hvdtrain-guard: worker frozen by {signal}"
-CONTINUED_LINE = "hvdtrain-guard: worker continued"
-KILLED_LINE = "hvdtrain-guard: worker killed by {signal}"
+NOTICE = "hvdtrain-guard: worker "  # what every line of the guard starts with
+STOPPED_LINE = NOTICE + "frozen by {signal}"
+CONTINUED_LINE = NOTICE + "continued"
+KILLED_LINE = NOTICE + "killed by {signal}"
 GRACE_S = 3.0
 _PR_SET_PDEATHSIG = 1
 
