@@ -103,11 +103,10 @@ class TestHosts:
             _sh("ip", "link", "set", self.bridge, "up")
             for host in self.hosts:
                 self._make(host)
-            _edit_block(ETC_HOSTS, self._marker, "".join(f"{h.address} {h.name}\n" for h in self.hosts))
+            with _locked():  # other sets edit the same files at the same time
+                _edit_block(ETC_HOSTS, self._marker, "".join(f"{h.address} {h.name}\n" for h in self.hosts))
             SSH_CONFIG.parent.mkdir(mode=0o700, exist_ok=True)
-            _edit_block(SSH_CONFIG, self._marker,
-                        f"Host t{k}h*\n  IdentityFile {key}\n  StrictHostKeyChecking no\n"
-                        f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n")
+            self.jump([], via=None)
             for host in self.hosts:
                 self.start(host.name)
         except BaseException:
@@ -133,12 +132,13 @@ class TestHosts:
         raise KeyError(f"no test host {name!r}; hosts: {', '.join(self.names)}")
 
     def start(self, name: str, *, etc_hosts: str | None = None, hide: Sequence[str] = (),
-              binds: Sequence[tuple[str, str]] = ()) -> None:
+              binds: Sequence[tuple[str, str]] = (), sshd_options: Sequence[str] = ()) -> None:
         """(Re)start the host's sshd, the process every later command on the host descends from.
 
         ``etc_hosts``: the host's own /etc/hosts (e.g. its name on a loopback address, as Debian
         writes it); ``hide``: paths that do not exist on this host (an empty directory over them);
-        ``binds``: ``(source, target)`` files mounted over others (another version of a file).
+        ``binds``: ``(source, target)`` files mounted over others (another version of a file);
+        ``sshd_options``: lines added to its sshd's configuration (``PasswordAuthentication yes``).
         """
         host = self.host(name)
         self.stop(name)
@@ -150,7 +150,8 @@ class TestHosts:
         setup += [f"mount -t tmpfs -o size=1m,mode=0 none {shlex.quote(path)}" for path in hide]
         setup += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in binds]
         config = self.state / f"sshd-{host.name}.conf"
-        config.write_text(_sshd_config(host, self.state))
+        # sshd takes the first value it reads for an option: the caller's come first.
+        config.write_text("".join(f"{line}\n" for line in sshd_options) + _sshd_config(host, self.state))
         Path("/run/sshd").mkdir(exist_ok=True)  # Debian's sshd refuses to start without it
         setup.append(f"exec {SSHD} -D -e -f {config}")
         log = open(self.state / f"sshd-{host.name}.log", "ab")
@@ -176,6 +177,16 @@ class TestHosts:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
         raise TestHostsError(f"processes on test host {name} survive SIGKILL: {_netns_pids(host.name)}")
+
+    def jump(self, names: Sequence[str], via: str | None) -> None:
+        """ssh reaches ``names`` through host ``via`` (ProxyJump, like a cluster behind a login
+        node), or directly again with ``via=None``."""
+        k = self.instance
+        detour = f"Host {' '.join(names)}\n  ProxyJump {via}\n" if names and via else ""
+        with _locked():
+            _edit_block(SSH_CONFIG, self._marker,
+                        f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n  StrictHostKeyChecking no\n"
+                        f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n")
 
     def cut(self, name: str) -> None:
         """The host's link goes down (its processes keep running, unreachable)."""
@@ -207,7 +218,10 @@ class TestHosts:
         pid = self._sshd_pid(host)
         if pid is None:
             raise TestHostsError(f"test host {name} is stopped")
-        return subprocess.Popen(["nsenter", "--target", str(pid), "--net", "--uts", "--mount", "--", *argv], **popen)
+        # Entering a mount namespace moves to its root directory: the working directory is set again.
+        workdir = os.fspath(popen.pop("cwd", None) or os.getcwd())
+        return subprocess.Popen(["nsenter", "--target", str(pid), "--net", "--uts", "--mount", f"--wd={workdir}", "--",
+                                 *argv], **popen)
 
     def run(self, name: str, argv: Sequence[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
         proc = self.spawn(name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)

@@ -3,6 +3,7 @@ with one line naming it, except in CI (``HVDTRAIN_CI=1``, set by ``.ci/run``), w
 there a missing requirement fails the test instead of hiding it as a skip."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -19,10 +20,8 @@ def require(reason: str | None) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture
-def test_hosts():
-    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.testhosts``),
-    all removed when the test ends, whatever happened in it."""
+@contextlib.contextmanager
+def _host_sets():
     require(testhosts.unavailable_reason())
     made: list[testhosts.TestHosts] = []
 
@@ -31,6 +30,23 @@ def test_hosts():
         made.append(hosts)
         return hosts.up()
 
-    yield make
-    for hosts in made:
-        hosts.down()
+    try:
+        yield make
+    finally:
+        for hosts in made:
+            hosts.down()
+
+
+@pytest.fixture
+def test_hosts():
+    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.testhosts``),
+    all removed when the test ends, whatever happened in it."""
+    with _host_sets() as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_test_hosts():
+    """``test_hosts`` kept for a whole test module, for tests that can share hosts (set-up paid once)."""
+    with _host_sets() as make:
+        yield make

@@ -13,13 +13,14 @@ from hvdtrain import testhosts
 pytestmark = pytest.mark.multihost
 
 
-def test_hosts_are_separate_and_reach_each_other(test_hosts):
+def test_hosts_are_separate_and_reach_each_other(test_hosts, tmp_path):
     hosts = test_hosts(3)
     k = hosts.instance
     assert hosts.names == [f"t{k}h1", f"t{k}h2", f"t{k}h3"]
     for i, name in enumerate(hosts.names, start=1):
         assert hosts.ssh(name, "hostname").stdout.strip() == name  # a login over ssh, no prompt
         assert hosts.run(name, ["hostname"]).stdout.strip() == name  # spawn: the host's own UTS namespace
+        assert hosts.run(name, ["pwd"], cwd=tmp_path).stdout.strip() == str(tmp_path)  # and the caller's directory
         addresses = hosts.run(name, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
         assert f"10.77.{k}.{10 + i}/24" in addresses
         assert socket.gethostbyname(name) == f"10.77.{k}.{10 + i}"  # /etc/hosts, for every host and the launcher

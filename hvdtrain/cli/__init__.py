@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CliError as err:
-        print(f"hvdtrain: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():  # several problems: one line each
+            print(f"hvdtrain: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,46 +1,62 @@
 """Watching a launched job: relay horovodrun's output and turn a failure into one line.
 
-Used by ``hvdtrain run``; the texts it reads are parsed in ``core.failures``.
+Used by ``hvdtrain run``; the texts it reads are parsed in ``core.failures``. Workers on other
+hosts run under ``core.worker_guard``, which reports their signals and frozen states in the
+output, and stops them when their ssh session ends.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..core import failures
 
 GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun itself waits 5 s)
+REACH_TIMEOUT_S = 3.0  # a host that does not answer on its SSH port within this is unreachable
+RANK_ENVS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")  # a worker's rank, under Gloo / under MPI
 
 
 class JobMonitor:
     """Runs horovodrun, relays its output and turns a failure into one line.
 
     Workers' lines pass through, except Horovod's multi-line stall report (summarised). horovodrun's
-    own failure notices and final traceback are replaced by the summary. When a worker fails (not
-    in elastic mode), local workers get SIGTERM at once and SIGKILL after ``GRACE_S``, and
-    horovodrun is not waited on after they are gone: left alone it often adds 5-10 s stopping its
-    own shells. SIGTERM to the launcher (a scheduler ending the job: scancel, a time limit,
-    preemption) stops the job the same way, reported as cancelled.
+    and mpirun's own failure notices and final traceback are replaced by the summary. When a
+    worker fails (not in elastic mode), local workers get SIGTERM at once and SIGKILL after
+    ``GRACE_S``, the ssh sessions of remote ones are closed (their guards stop them), and
+    horovodrun is not waited on after that: left alone it often adds 5-10 s stopping its own
+    shells. Under MPI, where a frozen worker blocks its peers for ever, one frozen for the hang
+    timeout ends the job. SIGTERM to the launcher (a scheduler ending the job: scancel, a time
+    limit, preemption) stops the job the same way, reported as cancelled.
     """
 
-    def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path):
+    def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path,
+                 mpi: bool = False, hang_timeout: float | None = None, remote_hosts: list[str] = (),
+                 ssh_port: int = 22):
         self.rank_hosts = rank_hosts
         self.elastic = elastic
         self.checkpoint_dir = checkpoint_dir
         self.run_file = run_file
+        self.mpi, self.hang_timeout = mpi, hang_timeout
+        self.remote_hosts, self.ssh_port = list(remote_hosts), ssh_port
         self.failed = threading.Event()
         self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
         self.cancelled: float | None = None  # when SIGTERM came
-        self.frozen: list[int] = []
+        self.frozen: dict[int, float] = {}  # rank -> since when
         self.stalls: dict[int, failures.StallParser] = {}
         self.gloo_timeouts: dict[int, float] = {}
         self.launcher_error: list[str] = []
+        self.mpi_notices: dict[int, failures.MpiNotices] = {}  # one per relayed stream
+        self._frozen_checked = 0.0
+        self._lost: Future | None = None  # the remote hosts that did not answer once a worker failed
         self._lock = threading.Lock()
 
     def run(self, command: list[str], env: dict[str, str]) -> int:
@@ -59,8 +75,12 @@ class JobMonitor:
                 if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
                     time.sleep(0.2)
                 elif self.failed.wait(0.2):
-                    _stop_job(proc, self)
+                    with ThreadPoolExecutor(1) as pool:  # which hosts answer, asked while the job stops
+                        self._lost = pool.submit(self._unreachable)
+                        _stop_job(proc, self)
                     break
+                elif self.mpi:
+                    self._check_frozen(proc)
             returncode = proc.wait()
         finally:
             _on_sigterm(previous)
@@ -86,20 +106,47 @@ class JobMonitor:
     def _relay(self, stream, out) -> None:
         for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=""):
             with self._lock:
-                keep = self._inspect(line)
+                line = self._take_guard_notices(line)
+                keep = line is not None and self._inspect(line)
             if keep:
                 out.write(line)
                 out.flush()
+        if notices := self.mpi_notices.get(threading.get_ident()):
+            sys.stderr.writelines(notices.flush())  # a notice cut short by mpirun's exit
+
+    def _take_guard_notices(self, line: str) -> str | None:
+        """Note what remote workers' guards said in ``line``; the line without it (None if
+        nothing else was in it)."""
+        notices = failures.guard_notices(line)
+        for rank, kind, signum in notices:
+            if kind == "frozen":
+                self.frozen.setdefault(rank, time.monotonic())
+            elif kind == "continued":
+                self.frozen.pop(rank, None)
+            else:
+                self._record_failure(rank, 128 + signum)
+        if not notices:
+            return line
+        rest = failures.without_guard_notices(line)
+        return rest if rest.strip() else None
 
     def _inspect(self, line: str) -> bool:
         """Note what ``line`` says about a failure; False for lines the summary replaces."""
         if worker := failures.split_worker_line(line):
             rank, stream, text = worker
-            if text.strip() in ("Terminated", "Killed"):
-                return False  # the worker's shell reporting its death: the summary says it
+            if text.strip() in ("Terminated", "Killed") or (self.mpi and failures.is_mpi_frame(text)):
+                return False  # the worker's shell reporting its death (the summary says it), or mpirun's frame
             if stream == "stderr":
                 return self._inspect_worker_stderr(rank, text)
             return True
+        if self.mpi:
+            notices = self.mpi_notices.setdefault(threading.get_ident(), failures.MpiNotices())
+            shown = notices.feed(line)
+            for rank, status in notices.failures:
+                self._record_failure(rank, status)
+            if shown != [line]:  # mpirun's framed notice: held back until it ends, dropped if about a failure
+                sys.stderr.writelines(shown)
+                return False
         if exited := failures.process_exit(line):
             if exited[1] != 0:
                 self._record_failure(*exited)
@@ -119,6 +166,7 @@ class JobMonitor:
             return False
         if (seconds := failures.gloo_timeout_seconds(text)) is not None:
             self.gloo_timeouts.setdefault(rank, seconds)
+            self._record_failure(rank, 1)  # the rank is about to exit: no need to wait for it
             return False
         return failures.PEER_FAILURE_MARKERS[1] not in text  # Horovod's C++ line; the rank's own line follows
 
@@ -135,6 +183,26 @@ class JobMonitor:
         if self.failure is None:
             self.failure = (rank, status, time.monotonic())
             self.failed.set()
+
+    def _check_frozen(self, proc: subprocess.Popen) -> None:
+        """MPI: a worker frozen for the hang timeout ends the job (its peers would wait for ever).
+        Remote workers' guards report theirs; local ones are looked at here, once a second."""
+        import psutil
+
+        now = time.monotonic()
+        if now - self._frozen_checked < 1:
+            return
+        self._frozen_checked = now
+        for rank, process in _local_workers(proc):
+            with contextlib.suppress(psutil.Error), self._lock:
+                if process.status() == psutil.STATUS_STOPPED:
+                    self.frozen.setdefault(rank, now)
+                else:
+                    self.frozen.pop(rank, None)
+        with self._lock:
+            for rank, since in sorted(self.frozen.items()):
+                if self.hang_timeout is not None and now - since >= self.hang_timeout:
+                    self._record_failure(rank, 128 + signal.SIGSTOP)
 
     def _report(self, returncode: int, stopped: float) -> int:
         if self.elastic and self.failure is not None:
@@ -165,9 +233,17 @@ class JobMonitor:
         stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
         if stall is not None:
             return f"{stall.summary()} (ranks diverged: different step counts, or a collective only some ranks call?)"
+        waited = f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s" if rank in self.gloo_timeouts else ""
         if self.frozen:
-            waited = f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s" if rank in self.gloo_timeouts else ""
-            return (f"{self._workers(self.frozen)} stopped responding (process frozen, e.g. SIGSTOP){waited}")
+            return f"{self._workers(list(self.frozen))} stopped responding (process frozen, e.g. SIGSTOP){waited}"
+        lost = self._lost.result() if self._lost and (rank in self.gloo_timeouts or status == 255) else {}
+        if lost:
+            host, why = next(iter(lost.items()))
+            on_it = sorted(r for r, h in self.rank_hosts.items() if h == host)
+            workers = f" ({self._workers(on_it).replace(f' on {host}', '')})" if on_it else ""
+            return f"host {host}{workers} is unreachable ({why}: its link or the host went down){waited}"
+        if rank == failures.DAEMON_LOST:
+            return "mpirun lost its connection to a host's daemon (a host or its link went down?)"
         if rank in self.gloo_timeouts:
             return (f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
                     f"(Gloo timeout: a frozen or unreachable worker?)")
@@ -176,6 +252,23 @@ class JobMonitor:
     def _workers(self, ranks: list[int]) -> str:
         names = [f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r) for r in sorted(ranks)]
         return ("worker " if len(names) == 1 else "workers ") + ", ".join(names)
+
+    def _unreachable(self) -> dict[str, str]:
+        """The job's remote hosts that do not answer on their SSH port now: host -> why."""
+        def answer(host: str) -> str | None:
+            try:
+                with socket.create_connection((host, self.ssh_port), timeout=REACH_TIMEOUT_S):
+                    return None
+            except socket.timeout:
+                return f"no answer on SSH port {self.ssh_port} within {REACH_TIMEOUT_S:.0f} s"
+            except OSError as err:
+                return f"{(err.strerror or str(err)).lower()} on SSH port {self.ssh_port}"
+
+        if not self.remote_hosts:
+            return {}
+        with ThreadPoolExecutor(len(self.remote_hosts)) as pool:
+            found = dict(zip(self.remote_hosts, pool.map(answer, self.remote_hosts)))
+        return {host: why for host, why in found.items() if why}
 
 
 def _on_sigterm(handler):
@@ -189,7 +282,8 @@ def _on_sigterm(handler):
 
 def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
     """End a job after a worker failed: the local workers first (SIGTERM, so runs are finished as
-    FAILED; SIGKILL after the grace period), then whatever horovodrun still runs."""
+    FAILED; SIGKILL after the grace period) and, by closing their ssh sessions, the remote ones
+    (their guards do the same there); then whatever horovodrun still runs."""
     import psutil
 
     try:
@@ -197,17 +291,21 @@ def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
         tree = launcher.children(recursive=True)
     except psutil.NoSuchProcess:
         return
-    workers = [p for p in tree if _worker_rank(p) is not None]
-    for p in workers:
+    workers = _local_workers(proc, tree)
+    for rank, p in workers:
         try:
             if p.status() == psutil.STATUS_STOPPED:
-                monitor.frozen.append(_worker_rank(p))
+                monitor.frozen.setdefault(rank, time.monotonic())
                 p.kill()  # a frozen worker cannot finish anything: SIGTERM would only wait out the grace
             else:
                 p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(workers, timeout=GRACE_S)
+    for p in tree:
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "ssh":
+                p.terminate()
+    _, alive = psutil.wait_procs([p for _, p in workers], timeout=GRACE_S)
     for p in alive:
         p.kill()
     try:
@@ -220,14 +318,31 @@ def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
                 pass
 
 
-def _worker_rank(process) -> int | None:
-    """A worker is the topmost process with HOROVOD_RANK in its environment (not its children)."""
+def _local_workers(proc: subprocess.Popen, tree: list | None = None) -> list[tuple[int, object]]:
+    """(rank, psutil process) of the workers on this machine among ``proc``'s descendants."""
     import psutil
 
+    if tree is None:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+    return [(rank, p) for p in tree if (rank := _worker_rank(p)) is not None]
+
+
+def _worker_rank(process) -> int | None:
+    """A worker is the topmost process with its rank (Gloo's or MPI's) in its environment (not its
+    children)."""
+    import psutil
+
+    def rank_of(p) -> str | None:
+        environ = p.environ()
+        return next((environ[name] for name in RANK_ENVS if name in environ), None)
+
     try:
-        rank = process.environ().get("HOROVOD_RANK")
+        rank = rank_of(process)
         parent = process.parent()
-        if rank is None or (parent is not None and parent.environ().get("HOROVOD_RANK") is not None):
+        if rank is None or (parent is not None and rank_of(parent) is not None):
             return None
         return int(rank)
     except (psutil.Error, ValueError):

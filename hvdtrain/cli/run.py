@@ -1,6 +1,7 @@
 """``hvdtrain run``: launch a training script on N workers through horovodrun.
 
 What it adds to plain horovodrun: user errors caught before any worker starts (one line each),
+on several hosts the pre-flight checks of ``preflight`` and the network settings they choose,
 MLflow prepared once and passed to every worker, Gloo by default, bounds on hung jobs
 (``--hang-timeout``), elastic mode checked before launch, and one line that explains a failed
 job (``JobMonitor``) instead of horovodrun's traceback, with the MLflow run marked FAILED.
@@ -16,12 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core import slurm, tuning
+from ..core import slurm, tuning, worker_guard
+from . import preflight
 from .errors import CliError
 from .job import JobMonitor
 
 FRAMEWORKS = ("auto", "torch", "keras")
-_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 DISCOVERY_TIMEOUT_S = 5
 COOLDOWN_LIMITS = (1, 3600)  # what horovodrun accepts for --blacklist-cooldown-range
 HOROVODRUN = (sys.executable, "-m", "hvdtrain.cli.horovodrun")  # horovodrun without its TensorFlow-importing probe
@@ -37,6 +38,9 @@ def register(subparsers) -> None:
     parser.add_argument("--mpi", action="store_true", help="use MPI instead of Gloo (Horovod built with MPI)")
     parser.add_argument("--framework", default="auto", help=f"one of {', '.join(FRAMEWORKS)}: checked before launch")
     parser.add_argument("--ssh-port", type=int, default=22, help="SSH port of remote hosts")
+    parser.add_argument("--network-interface", metavar="NAME",
+                        help="the interface the workers talk over, on every host (default: the one name all "
+                             "hosts have an address on)")
     parser.add_argument("--hang-timeout", type=int, default=None, metavar="SECONDS",
                         help=f"end a job whose workers froze or diverged within about this long "
                              f"(default ${tuning.HANG_TIMEOUT_ENV} or {tuning.DEFAULT_HANG_TIMEOUT})")
@@ -56,35 +60,52 @@ def register(subparsers) -> None:
 
 def main(args) -> int:
     hosts = _check_request(args)
-    command = build_command(args, hosts)
+    plan = _preflight(args, hosts)
+    command = build_command(args, hosts, plan)
     fd, run_file = tempfile.mkstemp(prefix="hvdtrain-run-", suffix=".json")
     os.close(fd)
     try:
-        env = worker_env(multi_host=any(not _is_local(h) for h, _ in hosts), hang_timeout=args.hang_timeout)
+        env = worker_env(multi_host=plan is not None, hang_timeout=args.hang_timeout)
         env["HVDTRAIN_RUN_FILE"] = run_file
+        if args.mpi and plan is not None:
+            _bound_mpi_links(env, tuning.hang_timeout(env))
         monitor = JobMonitor(rank_hosts=_rank_hosts(hosts, args.np) if not args.elastic else {},
                              elastic=args.elastic, checkpoint_dir=_option(args.args, "--checkpoint-dir"),
-                             run_file=Path(run_file))
+                             run_file=Path(run_file), mpi=args.mpi, hang_timeout=tuning.hang_timeout(env),
+                             remote_hosts=[h for h, _ in hosts if not preflight.is_local(h)],
+                             ssh_port=args.ssh_port)
         return monitor.run(command, env)
     finally:
         Path(run_file).unlink(missing_ok=True)
 
 
-def build_command(args, hosts: list[tuple[str, int]]) -> list[str]:
-    """The horovodrun command line for a request ``_check_request`` accepted."""
+def build_command(args, hosts: list[tuple[str, int]], plan: preflight.Plan | None = None) -> list[str]:
+    """The horovodrun command line for a request ``_check_request`` accepted, on the network
+    ``plan`` chose (None: one host)."""
     if args.elastic:
         placement = ["--min-np", str(args.min_np), "--host-discovery-script",
                      shlex.quote(str(Path(args.host_discovery_script).absolute()))]
         placement += ["--max-np", str(args.max_np)] if args.max_np else []
         if args.blacklist_cooldown_range:
             placement += ["--blacklist-cooldown-range", *map(str, args.blacklist_cooldown_range)]
-        if all(_is_local(h) for h, _ in hosts):
+        if plan is None:
             # Elastic Gloo otherwise waits for a second host to agree on a network interface.
             placement += ["--network-interface", "lo"]
     else:
         placement = ["-H", ",".join(f"{h}:{s}" for h, s in hosts)]
-    return [*HOROVODRUN, "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo",
-            "-p", str(args.ssh_port), sys.executable, str(args.script), *args.args]
+    worker = [sys.executable]
+    if plan is not None:
+        # horovodrun serves the rendezvous on its --network-interfaces' address and tells workers
+        # to bind that same name: given the launcher's interface, the workers' is set here.
+        placement += ["--network-interfaces", plan.interface if args.mpi else plan.launcher_interface]
+        settings = [] if args.mpi else [f"HOROVOD_GLOO_RENDEZVOUS_ADDR={plan.rendezvous_address}",
+                                        f"HOROVOD_GLOO_IFACE={plan.interface}", f"NCCL_SOCKET_IFNAME={plan.interface}"]
+        worker = [*(["env", *settings] if settings else []), sys.executable, "-m", worker_guard.__name__,
+                  sys.executable]
+    # Under MPI the default port is left to _bound_mpi_links (horovodrun would override its ssh options).
+    port = [] if args.mpi and args.ssh_port == 22 else ["-p", str(args.ssh_port)]
+    return [*HOROVODRUN, "-np", str(args.np), *placement, "--mpi" if args.mpi else "--gloo", *port,
+            *worker, str(args.script), *args.args]
 
 
 def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, str]:
@@ -101,8 +122,26 @@ def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, s
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if hang_timeout is not None:
         env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
+    if multi_host:
+        env[worker_guard.LAUNCHER_HOST_ENV] = socket.gethostname()
     tuning.apply_horovod_defaults(env)
     return env
+
+
+def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:
+    """MPI has no timeout: a host whose link dies leaves every rank waiting for ever. mpirun's ssh
+    sessions to the hosts' daemons then check the link (ssh keepalives) and give up within about
+    the hang timeout; mpirun ends the job and the launcher names the host."""
+    interval = max(1, hang_timeout // 3)
+    env.setdefault("OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3")
+
+
+def _preflight(args, hosts: list[tuple[str, int]]) -> preflight.Plan | None:
+    """The pre-flight checks of a job on several hosts (``CliError``), and the network they chose."""
+    script = Path(args.script).absolute()
+    return preflight.check(preflight.Request(hosts=[h for h, _ in hosts], ssh_port=args.ssh_port,
+                                             python=sys.executable, cwd=os.getcwd(), script=str(script),
+                                             interface=args.network_interface, mpi=args.mpi))
 
 
 def _check_request(args) -> list[tuple[str, int]]:
@@ -130,7 +169,7 @@ def _check_request(args) -> list[tuple[str, int]]:
     if not Path(args.script).is_file():
         raise CliError(f"script not found: {args.script}")
     for host, _ in hosts:
-        if not _is_local(host):
+        if not preflight.is_local(host) and not preflight.through_proxy(host, args.ssh_port):
             _check_reachable(host, args.ssh_port)
     if args.framework != "auto":
         _check_framework(args.framework)
@@ -278,10 +317,6 @@ def _option(argv: list[str], flag: str) -> str | None:
         if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
     return None
-
-
-def _is_local(host: str) -> bool:
-    return host in _LOCAL_NAMES or host in (socket.gethostname(), socket.getfqdn())
 
 
 def _check_reachable(host: str, port: int) -> None:

@@ -7,8 +7,9 @@ its MLflow run. Here a peer's failure prints one line, and SIGTERM raises ``Syst
 ``tracking.tracked`` ends the run FAILED and flushes within horovodrun's 5 s grace period. A
 user's own exception keeps its traceback: it is the user's bug.
 
-Launcher side: the texts horovodrun and Horovod print about a failure (a worker's exit, the
-stall inspector's report, a Gloo timeout), parsed into what ``hvdtrain run`` tells the user.
+Launcher side: the texts horovodrun, mpirun, Horovod and ``worker_guard`` print about a failure
+(a worker's exit, the stall inspector's report, a Gloo timeout, a frozen remote worker), parsed
+into what ``hvdtrain run`` tells the user.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import guards
+from . import guards, worker_guard
 from .checkpoint import first_line
 
 # Texts Horovod raises or logs on every surviving rank after a peer died or the job was shut down.
@@ -91,7 +92,7 @@ def _first_sentence(err: BaseException) -> str:
 
 # --- launcher side: what horovodrun and Horovod print -----------------------------------------
 
-_WORKER_LINE = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
+_WORKER_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S)  # horovodrun's, mpirun's
 _PROCESS_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.\s*$")
 _TERMINATING = re.compile(r"^Terminating remaining workers after failure of Process \d+\.\s*$")
 _STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) seconds")
@@ -102,7 +103,8 @@ _FIRST_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
 
 
 def split_worker_line(line: str) -> tuple[int, str, str] | None:
-    """(rank, stream, text) of a line horovodrun relays from a worker, else None."""
+    """(rank, stream, text) of a line horovodrun (``[1]<stderr>:``) or mpirun (``[1,1]<stderr>:``)
+    relays from a worker, else None."""
     match = _WORKER_LINE.match(line)
     return (int(match.group(1)), match.group(2), match.group(3)) if match else None
 
@@ -122,6 +124,82 @@ def first_exit(text: str) -> str | None:
     failed (horovodrun's last lines, ``horovod.spark.run``'s RuntimeError), else None."""
     named = _FIRST_EXIT.search(text)
     return f"worker {named.group(1)} {describe_status(int(named.group(2)))}" if named else None
+
+
+# worker_guard's lines as relayed, anywhere in a line: mpirun relays output in chunks, so a
+# guard's line may follow another rank's unfinished one (a progress bar).
+_GUARD_NOTICE = re.compile(r"\[(?:\d+,)?(\d+)\]<stderr>:" + re.escape(worker_guard.NOTICE)
+                           + r"(frozen by|killed by|continued)(?: (SIG[A-Z0-9]+))?")
+_GUARD_KINDS = {"frozen by": "frozen", "killed by": "killed", "continued": "continued"}
+
+
+def guard_notices(line: str) -> list[tuple[int, str, int | None]]:
+    """What ``worker_guard`` said in ``line`` about its worker: (rank, "frozen", signal),
+    (rank, "continued", None) or (rank, "killed", signal) each."""
+    return [(int(rank), _GUARD_KINDS[kind], signal.Signals[name].value if name else None)
+            for rank, kind, name in _GUARD_NOTICE.findall(line)]
+
+
+def without_guard_notices(line: str) -> str:
+    """``line`` with the guard's notices taken out (the launcher's summary says what they said)."""
+    return _GUARD_NOTICE.sub("", line)
+
+
+_MPI_FRAME = re.compile(r"^-{40,}\s*$")
+_MPI_SIGNALED = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+)")
+_MPI_PROCESS = re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]")
+_MPI_EXIT_CODE = re.compile(r"Exit code:\s+(-?\d+)")
+# mpirun lost a host's daemon (its ssh session gave up: the host or its link is down).
+_MPI_DAEMON_LOST = ("ORTE has lost communication with a remote daemon", "ORTE was unable to reliably start")
+DAEMON_LOST = -1  # the "rank" of such a failure: no worker is named
+# mpirun's notices that come with a failed rank: from the first one on, mpirun only reports the
+# job's end (the one-line summary replaces all of it).
+_MPI_FAILURE_TEXTS = ("unexpectedly disconnected", "Primary job", "mpirun noticed", "mpirun detected",
+                      "failed to TCP connect", "lost communication", "MPI_ABORT", *_MPI_DAEMON_LOST)
+
+
+def is_mpi_frame(text: str) -> bool:
+    """A dashed line of mpirun's, the top or bottom of one of its notices."""
+    return bool(_MPI_FRAME.match(text))
+
+
+class MpiNotices:
+    """Reads mpirun's own lines on one stream. ``feed`` returns the lines to show now. Its notices
+    come framed by dashed lines: one is held until it closes, then shown; once one is about a
+    failed rank, nothing more is shown, and the rank and its status (a signal as 128+N) are added
+    to ``failures`` as soon as they are read."""
+
+    def __init__(self):
+        self.failures: list[tuple[int, int]] = []
+        self.failing = False
+        self._notice: list[str] | None = None
+        self._process: int | None = None
+
+    def feed(self, line: str) -> list[str]:
+        if signaled := _MPI_SIGNALED.search(line):
+            self.failures.append((int(signaled.group(1)), 128 + int(signaled.group(2))))
+        elif process := _MPI_PROCESS.search(line):
+            self._process = int(process.group(1))
+        elif (code := _MPI_EXIT_CODE.search(line)) and self._process is not None:
+            self.failures.append((self._process, int(code.group(1))))
+            self._process = None
+        elif any(text in line for text in _MPI_DAEMON_LOST):
+            self.failures.append((DAEMON_LOST, 255))
+        self.failing = self.failing or any(t in line for t in _MPI_FAILURE_TEXTS)
+        if self.failing:
+            self._notice = None
+            return []
+        if self._notice is None:
+            if not is_mpi_frame(line):
+                return [line]
+            self._notice = []
+        self._notice.append(line)
+        return self.flush() if len(self._notice) > 1 and is_mpi_frame(line) else []
+
+    def flush(self) -> list[str]:
+        """The open notice's lines (shown when mpirun ends in the middle of one)."""
+        notice, self._notice = self._notice or [], None
+        return notice
 
 
 def describe_status(status: int) -> str:

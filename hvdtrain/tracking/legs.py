@@ -28,6 +28,7 @@ RUN_FILE = "mlflow-run.json"
 RUN_FILE_ENV = "HVDTRAIN_RUN_FILE"
 LEG_TAG = "hvdtrain.leg"
 FAILURE_TAG = "hvdtrain.failure"
+JOB_TAG = "hvdtrain.elastic_job"  # an elastic job's run, found again by the process that becomes rank 0
 MLFLOW_BOUND_S = 20.0  # longest a launcher waits on MLflow to mark a failed run
 
 

@@ -5,6 +5,10 @@ rank 0 ever talks to MLflow (``main_process_only``), and it does so from a backg
 The collective methods (``start``, ``log_step``, ``log_epoch``)
 must be called by every rank at the same points. MLflow is imported by rank 0 when tracking is
 on, never by a job that runs ``tracked(enabled=False)``.
+
+In an elastic job rank 0 can change hands: when rank 0's host is lost, another process becomes
+rank 0. The run is tagged with the job (``legs.JOB_TAG``), and the new rank 0's tracker reopens it
+(``successor``) and goes on logging; a process that is no longer rank 0 stops sending.
 """
 from __future__ import annotations
 
@@ -27,13 +31,18 @@ from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
 
 
+HANDBACK_TIMEOUT_S = 10.0  # a process no longer rank 0 sends what it still holds within this
+
+
 def _sending(method):
-    """Only rank 0's tracker sends, and only when tracking is on; elsewhere the call does nothing."""
+    """Only rank 0's tracker sends, and only when tracking is on; elsewhere the call does nothing.
+    In an elastic job, rank 0 may have changed hands first (``_follow_rank0``)."""
+    gated = main_process_only(method)
 
     @functools.wraps(method)
-    @main_process_only
     def wrapper(self, *args, **kwargs):
-        return None if self._sender is None else method(self, *args, **kwargs)
+        self._follow_rank0()
+        return None if self._sender is None else gated(self, *args, **kwargs)
 
     return wrapper
 
@@ -42,12 +51,14 @@ class Tracker:
     """Handle on the job's run; every rank holds one, only rank 0's sends anything."""
 
     def __init__(self, ctx: Context, run_id: str | None, sender: Sender | None = None,
-                 system_monitor: Any = None):
+                 system_monitor: Any = None, elastic_job: str | None = None, experiment: str | None = None):
         self.ctx = ctx
         self._run_id = run_id
         self._sender = sender
         self._system_monitor = system_monitor
         self._last_step_time: float | None = None
+        self._elastic_job, self._experiment = elastic_job, experiment
+        self._disabled = ctx.is_main and sender is None  # rank 0 could not open the run: nothing to take over
 
     @property
     def run_id(self) -> str | None:
@@ -81,6 +92,7 @@ class Tracker:
                  samples: int | None = None) -> dict[str, float]:
         """Collective, every N steps: metrics averaged over ranks, the LR, and global samples/s
         from ``samples`` (this rank's samples since the previous call)."""
+        self._follow_rank0()
         averaged = self.ctx.average(metrics)
         extra = {} if lr is None else {"lr": lr}
         now = time.perf_counter()
@@ -93,6 +105,7 @@ class Tracker:
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Collective, once per epoch: averaged over ranks; training metrics are logged as
         ``epoch_<name>``, validation metrics (``val_`` prefix) under their own name."""
+        self._follow_rank0()
         averaged = self.ctx.average(metrics)
         self.log_metrics({k if k.startswith("val_") else f"epoch_{k}": v for k, v in averaged.items()}, epoch)
         return averaged
@@ -115,6 +128,19 @@ class Tracker:
             self._system_monitor.finish()
         self._sender.put(records.end_record(status))
         return self._sender.close(timeout)
+
+    def _follow_rank0(self) -> None:
+        """Elastic: the run goes with rank 0. A process that became rank 0 (rank 0's host was lost)
+        reopens the job's run; one that is no longer rank 0 sends what it holds and stops."""
+        if self._elastic_job is None or self._disabled:
+            return
+        if self.ctx.is_main and self._sender is None:
+            from .successor import successor  # MLflow: only in the process that takes over
+
+            self._sender = successor(self._elastic_job, self._experiment)
+        elif not self.ctx.is_main and self._sender is not None:
+            self._sender.close(HANDBACK_TIMEOUT_S)
+            self._sender = None
 
 
 @contextlib.contextmanager
@@ -148,8 +174,12 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     """
     ctx = current()
     # In elastic mode a worker may join while the others sync state: it must not call collectives
-    # here, so nothing is exchanged (rank 0 lists its own host; only rank 0 knows the run id).
+    # here, so nothing is exchanged (rank 0 lists its own host; only rank 0 knows the run id). The
+    # run is tagged with the job instead, for whichever process is rank 0 later.
     exchange = not elastic.enabled()
+    job = None if exchange else _elastic_job()
+    if job is not None:
+        tags = {**(tags or {}), legs.JOB_TAG: job}
     hostnames = ([ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
                  if exchange else [socket.gethostname()])
 
@@ -166,7 +196,14 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     run_id, sender, monitor = opened or (None, None, None)
     if exchange:
         run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
-    return Tracker(ctx, run_id, sender, monitor)
+    return Tracker(ctx, run_id, sender, monitor, elastic_job=job,
+                   experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"))
+
+
+def _elastic_job() -> str | None:
+    """What names this elastic job for every worker, a later joiner too: its rendezvous server."""
+    address, port = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"), os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT")
+    return f"{address}:{port}" if address and port else None
 
 
 @main_process_only
