@@ -94,6 +94,19 @@ def is_local(host: str) -> bool:
     return _loopback(address) or address in {_address(i) for i in local_interfaces().values()}
 
 
+def started_over_ssh(host: str) -> bool:
+    """horovodrun's own rule for which workers it starts over ssh: a host whose address is not one
+    of this machine's interfaces' (so ``127.0.0.2``, or a name Debian maps to 127.0.1.1, is reached
+    over ssh although ``is_local`` counts it as this machine for the probes)."""
+    if host == "localhost":
+        return False
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return True
+    return address not in {_address(i) for i in local_interfaces().values()}
+
+
 def through_proxy(host: str, port: int) -> bool:
     """ssh reaches ``host`` through another machine (ProxyJump/ProxyCommand in the ssh config), so
     its SSH port need not be reachable from here."""

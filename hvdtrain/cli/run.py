@@ -169,7 +169,7 @@ def _check_request(args) -> list[tuple[str, int]]:
     if not Path(args.script).is_file():
         raise CliError(f"script not found: {args.script}")
     for host, _ in hosts:
-        if not preflight.is_local(host) and not preflight.through_proxy(host, args.ssh_port):
+        if preflight.started_over_ssh(host) and not preflight.through_proxy(host, args.ssh_port):
             _check_reachable(host, args.ssh_port)
     if args.framework != "auto":
         _check_framework(args.framework)
