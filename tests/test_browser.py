@@ -62,7 +62,11 @@ def job(module_test_hosts, tmp_path_factory):
     h1, h2 = hosts.names
     root = tmp_path_factory.mktemp("dashboard")
     server = MlflowServer(root, host=f"10.77.{hosts.instance}.1")
-    server.start()
+    with pytest.MonkeyPatch.context() as env:
+        # A UI opened at an address other than localhost: MLflow >= 3 refuses its pages' POST calls
+        # (runs, logged models) from any origin it was not told about.
+        env.setenv("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", server.uri)
+        server.start()
     env = job_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME="dashboard",
                   MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="true", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=SAMPLING_S)
     try:

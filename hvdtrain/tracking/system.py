@@ -46,9 +46,6 @@ def start_on_this_host(local_rank: int, hostnames: Sequence[str], run_id: str | 
     """Not rank 0: this host's monitor when this process is its local rank 0 (none on rank 0's host)."""
     if plan is None or run_id is None or local_rank != 0 or socket.gethostname() == hostnames[0]:
         return None
-    from .store import bound_http_calls
-
-    bound_http_calls()
     return start(run_id, plan["uri"], socket.gethostname(), plan["continued"])
 
 
@@ -58,6 +55,9 @@ def start(run_id: str, uri: str, node: str | None, continued: bool) -> Any:
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+        from .store import bound_http_calls
+
+        bound_http_calls()  # a dead server's retries end within seconds (rank 0's process has them already)
         monitor = SystemMetricsMonitor(run_id, resume_logging=continued, node_id=node, tracking_uri=uri)
         monitor.start()
         return monitor
