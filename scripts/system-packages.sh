@@ -3,7 +3,8 @@
 #   bash scripts/system-packages.sh build   Open MPI: Horovod's MPI controller is compiled when mpicc exists
 #   bash scripts/system-packages.sh test    what the tests drive for real (sshd and iproute2 for the test
 #                                           hosts, tmux for the console tests, Slurm and munge for the
-#                                           Slurm cluster, Java for Spark)
+#                                           Slurm cluster, Java for Spark, Chromium for the
+#                                           MLflow dashboard test)
 # Installs only as root on a machine with apt-get (Debian/Ubuntu, CI); anywhere else it prints one
 # line naming what is missing and what that means, and succeeds: the build goes on without MPI, and
 # the tests that need the missing parts are skipped, each with its reason.
@@ -16,7 +17,7 @@ case "$GROUP" in
     build) NEEDS=(mpicc:libopenmpi-dev mpirun:openmpi-bin) ;;
     test)  NEEDS=(/usr/sbin/sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 tmux:tmux
                   /usr/sbin/slurmctld:slurmctld /usr/sbin/slurmd:slurmd sbatch:slurm-client /usr/sbin/munged:munge
-                  java:openjdk-17-jre-headless) ;;
+                  java:openjdk-17-jre-headless /usr/bin/chromium:chromium) ;;
     *) echo "[system-packages] unknown group '$GROUP': use build or test" >&2; exit 2 ;;
 esac
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -155,6 +156,26 @@ def test_system_metrics_when_asked(store, monkeypatch):
     assert metrics["system/cpu_utilization_percentage"] >= 0
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
+
+
+def test_another_hosts_system_metrics_stop_quietly_when_the_server_is_dead(monkeypatch):
+    """A host's monitor (not rank 0's: its own process talks to MLflow) against a server that is
+    gone: it gives up with a warning of MLflow's, never raises into training, and stops in time."""
+    from hvdtrain.tracking import store, system
+
+    for name, value in store.HTTP_DEFAULTS.items():  # what the monitor's process sets, undone after
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    dead = {"uri": f"http://127.0.0.1:{free_port()}", "continued": False}
+    started = time.monotonic()
+    monitor = system.start_on_this_host(0, ["rank0s-host", "this-host"], "0" * 32, dead)
+    assert monitor is not None and monitor.node_id == socket.gethostname()
+    time.sleep(0.5)  # training goes on meanwhile
+    system.stop(monitor)
+    assert time.monotonic() - started < system.STOP_TIMEOUT_S
+    assert monitor._process is None  # finished: the sampling thread ended, the last flush failed quietly
+    assert system.start_on_this_host(1, ["rank0s-host", "this-host"], "0" * 32, dead) is None  # local rank 1: none
+    assert system.start_on_this_host(0, [socket.gethostname(), "h2"], "0" * 32, dead) is None  # rank 0's host: none
 
 @pytest.mark.slow
 def test_ui_command_serves_the_local_store(store, local_store):

@@ -1,7 +1,9 @@
 """``start`` and ``Tracker``: exactly one MLflow run per training job, whatever the world size.
 
 Rank 0 creates the run and broadcasts its id, so every rank can read ``tracker.run_id``; only
-rank 0 ever talks to MLflow (``main_process_only``), and it does so from a background thread.
+rank 0 talks to MLflow (``main_process_only``), and it does so from a background thread. The one
+exception: with system metrics on a multi-host job, each other host's local rank 0 logs its own
+host's samples (``system``).
 The collective methods (``start``, ``log_step``, ``log_epoch``)
 must be called by every rank at the same points. MLflow is imported by rank 0 when tracking is
 on, never by a job that runs ``tracked(enabled=False)``.
@@ -25,7 +27,7 @@ from typing import Any, Iterator, Mapping
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
 from ..core.on_main import on_main
-from . import legs, records
+from . import legs, records, system
 from .legs import log
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
@@ -120,12 +122,17 @@ class Tracker:
         self._sender.put(records.metrics_record({"world_size": size}, step))
         self._sender.put(records.tags_record({f"hvdtrain.world_size.step-{step:08d}": size}))
 
-    @_sending
     def finish(self, status: str = "FINISHED", timeout: float = 60.0) -> Path | None:
         """End the run; waits up to ``timeout`` s for buffered data. Returns the journal when it
-        still holds what could not be sent (``hvdtrain mlflow-sync`` sends it later)."""
+        still holds what could not be sent (``hvdtrain mlflow-sync`` sends it later). Every rank:
+        a host's system-metrics monitor stops with it."""
         if self._system_monitor is not None:
-            self._system_monitor.finish()
+            system.stop(self._system_monitor)
+            self._system_monitor = None
+        return self._end(status, timeout)
+
+    @_sending
+    def _end(self, status: str, timeout: float) -> Path | None:
         self._sender.put(records.end_record(status))
         return self._sender.close(timeout)
 
@@ -161,7 +168,7 @@ def tracked(config: Mapping[str, Any] | None = None, experiment: str | None = No
 
 def start(config: Mapping[str, Any] | None = None, experiment: str | None = None,
           run_name: str | None = None, tags: Mapping[str, Any] | None = None,
-          system_metrics: bool = False, parent_run_id: str | None = None,
+          system_metrics: bool | None = None, parent_run_id: str | None = None,
           spill_dir: str | os.PathLike | None = None, start_timeout: float = 30.0,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> Tracker:
     """Collective, after ``init()`` on every rank: open the job's one run.
@@ -171,6 +178,8 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     is nested under ``parent_run_id``, or under the active MLflow run of rank 0's process.
     With ``checkpoint_dir`` the run is recorded there (``legs.RUN_FILE``); with ``resume`` too, a
     job that will continue from that directory's checkpoints continues the run that wrote them.
+    ``system_metrics`` (default: MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``) samples every
+    host's CPU, memory, disk, network and GPU into the run (``system``).
     """
     ctx = current()
     # In elastic mode a worker may join while the others sync state: it must not call collectives
@@ -193,9 +202,12 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
 
     # Rank 0 may take a while (importing MLflow, waiting for the server): the others wait with it.
     opened = on_main(ctx, open_run, "opening the MLflow run") if exchange else open_run()
-    run_id, sender, monitor = opened or (None, None, None)
+    run_id, sender, monitor, hosts_plan = opened or (None, None, None, None)
     if exchange:
-        run_id = ctx.broadcast_object({"run_id": run_id}, 0)["run_id"]  # same type on every rank
+        shared = ctx.broadcast_object({"run_id": run_id, "hosts_plan": hosts_plan}, 0)  # same type on every rank
+        run_id = shared["run_id"]
+        if not ctx.is_main:
+            monitor = system.start_on_this_host(ctx.local_rank, hostnames, run_id, shared["hosts_plan"])
     return Tracker(ctx, run_id, sender, monitor, elastic_job=job,
                    experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"))
 
@@ -238,15 +250,7 @@ def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spi
     if not sender.first_attempt.wait(start_timeout):
         log.warning("hvdtrain: MLflow run not created within %.0f s; training continues, tracking "
                     "data is buffered", start_timeout)
-    monitor = _system_monitor(spec.run_id, bool(continued)) if system_metrics and spec.run_id else None
-    return spec.run_id, sender, monitor
-
-
-def _system_monitor(run_id: str, continued: bool):
-    """MLflow's own CPU/memory/disk/network (and GPU, with pynvml) sampler for rank 0's host,
-    logging to the run every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s (default 10)."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    monitor = SystemMetricsMonitor(run_id, resume_logging=continued)
-    monitor.start()
-    return monitor
+    if not (system.wanted(system_metrics) and spec.run_id):
+        return spec.run_id, sender, None, None
+    monitor = system.start(spec.run_id, uri, system.node_id(hostnames), bool(continued))
+    return spec.run_id, sender, monitor, system.plan_for_hosts(uri, bool(continued), hostnames)
