@@ -78,9 +78,9 @@ def test_step_rows_ratios_and_scaling(bench):
         {(f, m, loop) for f, m, loop, _ in expected}
     assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == \
         {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorflow"}
-    for r in result["ratios"]:  # every ratio is taken window by window, its spread judged against 1
+    for r in result["ratios"]:  # every ratio is taken window by window, judged against 1 from 3 windows on
         assert r["ratio_min"] <= r["step_time_ratio"] <= r["ratio_max"] and len(r["ratios"]) == 1
-        assert r["vs_1"] == ("above" if r["ratio_min"] > 1 else "below" if r["ratio_max"] < 1 else "crosses")
+        assert r["vs_1"] == "too few windows"  # one window: no spread, no verdict
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
 
 

@@ -40,12 +40,16 @@ def settled(low: float, high: float) -> str:
     return "above" if low > 1 else "below" if high < 1 else "crosses"
 
 
+MIN_WINDOWS_TO_SETTLE = 3  # fewer windows show no spread worth the name
+FEW_WINDOWS = "too few windows"
+
+
 def window_ratio(top: list[float], bottom: list[float]) -> dict:
     """The ratio of two contenders window by window: median, [min, max] and whether it is settled."""
     ratios = [t / b for t, b in zip(top, bottom)]
     low, high = min(ratios), max(ratios)
-    return {"ratio": statistics.median(ratios), "ratio_min": low, "ratio_max": high, "vs_1": settled(low, high),
-            "ratios": ratios}
+    verdict = settled(low, high) if len(ratios) >= MIN_WINDOWS_TO_SETTLE else FEW_WINDOWS
+    return {"ratio": statistics.median(ratios), "ratio_min": low, "ratio_max": high, "vs_1": verdict, "ratios": ratios}
 
 
 def allreduce_rows(raw: dict, np: int, link_Bps: float | None = None) -> list[dict]:
@@ -271,30 +275,36 @@ BOUND_TARGET = 0.90  # samples/s over what the link bound allows
 
 
 def link_targets(report: dict) -> dict:
-    """Issue 16's goals across test hosts, at the largest size measured (64 MB in the full run)."""
+    """Issue 16's goals across test hosts: training against the link bound and DDP, and with the
+    allreduce part, bandwidth at the largest size measured (64 MB in the full run)."""
+    hvdtrain = [r for r in report["link_bound"] if r["loop"] == "hvdtrain"]
+    ddp = [r for r in report["ratios"] if r["denominator"] == "ddp" and r["np"] > 1]
+    found = {"hvdtrain_not_slower_than_ddp": all(r["ratio_max"] <= 1 and r["vs_1"] != FEW_WINDOWS for r in ddp)
+             if ddp else None,
+             "hvdtrain_of_link_bound": {f"{r['model']}/np{r['np']}": [r["of_bound"], *r["of_bound_spread"]]
+                                        for r in hvdtrain},
+             "hvdtrain_at_least_90pct_of_bound": all(r["of_bound_spread"][0] >= BOUND_TARGET for r in hvdtrain)
+             if hvdtrain else None}
+    if not report["allreduce"]:
+        return found
     largest = max(r["size_bytes"] for r in report["allreduce"])
     at = {(r["np"], r["backend"]): r for r in report["allreduce"] if r["size_bytes"] == largest}
     nps = sorted({np for np, _ in at})
     hvd = {np: at[np, HVDTRAIN_WAIT] for np in nps}
     versus = {np: window_ratio(at[np, "torch.distributed"]["windows_s"], hvd[np]["windows_s"]) for np in nps}
     fp16 = {np: at[np, HVDTRAIN_FP16] for np in nps}
-    hvdtrain = [r for r in report["link_bound"] if r["loop"] == "hvdtrain"]
-    ddp = [r for r in report["ratios"] if r["denominator"] == "ddp" and r["np"] > 1]
     return {
         "link_fraction_hvdtrain_wait": {f"np{np}": [r["link_fraction"], *r["link_fraction_spread"]]
                                         for np, r in hvd.items()},
         "allreduce_at_least_95pct_of_link": all(r["link_fraction_spread"][0] >= LINK_TARGET for r in hvd.values()),
         "hvdtrain_wait_speed_over_torch_distributed": {f"np{np}": [v["ratio"], v["ratio_min"], v["ratio_max"],
                                                                      v["vs_1"]] for np, v in versus.items()},
-        "hvdtrain_wait_not_below_torch_distributed": all(v["ratio_min"] >= 1 for v in versus.values()),
+        "hvdtrain_wait_not_below_torch_distributed": all(v["ratio_min"] >= 1 and v["vs_1"] != FEW_WINDOWS
+                                                         for v in versus.values()),
         "fp16_effective_over_link": {f"np{np}": [r["link_fraction"], *r["link_fraction_spread"]]
                                      for np, r in fp16.items()},
         "fp16_at_least_1_8x_link": all(r["link_fraction_spread"][0] >= FP16_TARGET for r in fp16.values()),
-        "hvdtrain_not_slower_than_ddp": all(r["ratio_max"] <= 1 for r in ddp) if ddp else None,
-        "hvdtrain_of_link_bound": {f"{r['model']}/np{r['np']}": [r["of_bound"], *r["of_bound_spread"]]
-                                   for r in hvdtrain},
-        "hvdtrain_at_least_90pct_of_bound": all(r["of_bound_spread"][0] >= BOUND_TARGET for r in hvdtrain)
-        if hvdtrain else None}
+        **found}
 
 
 def write_json(report: dict, out: Path) -> Path:
@@ -332,7 +342,7 @@ def table(report: dict) -> str:
                       "when the spread does not cross 1)"]
         lines += [f"{r['framework']:<6} {r['model']:<5} np={r['np']} {r['numerator']} / {r['denominator']}: "
                   f"{r['step_time_ratio']:.3f} {_range([r['ratio_min'], r['ratio_max']], 3)} "
-                  f"{'noise' if r['vs_1'] == 'crosses' else 'settled ' + r['vs_1'] + ' 1'}" for r in report["ratios"]]
+                  f"{_verdict(r['vs_1'])}" for r in report["ratios"]]
         lines += ["", "Scaling efficiency (samples/s at np=N over N x np=1; [worst, best] pairing of windows)"]
         lines += [f"{r['framework']:<6} {r['model']:<5} {r['loop']:<18} np={r['np']}: {r['efficiency']:.2f} "
                   f"{_range(r['efficiency_spread'], 2)}" for r in report["scaling"]]
@@ -363,6 +373,10 @@ def table(report: dict) -> str:
                   f"{r['peak_rss_bytes_max'] / mib:>9.0f} {r['state_bytes_max'] / mib:>10.1f}"
                   for r in report["zero_memory"]]
     return "\n".join(lines)
+
+
+def _verdict(vs_1: str) -> str:
+    return {"crosses": "noise", FEW_WINDOWS: FEW_WINDOWS}.get(vs_1, f"settled {vs_1} 1")
 
 
 def _range(pair: list[float], digits: int) -> str:
