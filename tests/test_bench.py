@@ -13,7 +13,8 @@ from hvdtrain.core import tuning
 
 TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp"}
 KERAS_LOOPS = {"hvdtrain fit", "raw horovod fit", "hvdtrain loop", "raw horovod loop"}
-BACKENDS = {"horovod.torch", "horovod.torch, sleeping wait", "horovod.tensorflow", "torch.distributed"}
+BACKENDS = {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorflow", "torch.distributed",
+            "horovod.torch, fp16, hvdtrain's wait", "torch.distributed, fp16 copy"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_step_rows_ratios_and_scaling(bench):
     found = {(r["framework"], r["model"], r["loop"], r["np"]) for r in result["steps"]}
     expected = {("torch", m, loop, np) for m in ("mlp", "gpt") for loop in TORCH_LOOPS for np in (1, 2)}
     expected |= {("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)}
-    plain = {("torch", m, "plain torch", 1) for m in ("mlp", "gpt")}  # no Horovod: one process only
+    plain = {("torch", m, "plain torch", np) for m in ("mlp", "gpt") for np in (1, 2)}  # no Horovod, no allreduce
     assert found == expected | plain
     for row in result["steps"]:
         # the total is the sum of every rank's own throughput
@@ -75,7 +76,11 @@ def test_step_rows_ratios_and_scaling(bench):
     assert set(result["targets"]["adapter_vs_plain_torch_step_time"]) == {"torch/mlp/np1", "torch/gpt/np1"}
     assert {(r["framework"], r["model"], r["loop"]) for r in result["scaling"]} == \
         {(f, m, loop) for f, m, loop, _ in expected}
-    assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == BACKENDS - {"torch.distributed"}
+    assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == \
+        {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorflow"}
+    for r in result["ratios"]:  # every ratio is taken window by window, judged against 1 from 3 windows on
+        assert r["ratio_min"] <= r["step_time_ratio"] <= r["ratio_max"] and len(r["ratios"]) == 1
+        assert r["vs_1"] == "too few windows"  # one window: no spread, no verdict
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
 
 
@@ -113,7 +118,11 @@ def test_bad_input_is_one_line_error():
     for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
                           (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"), (["--np", "0"], "--np must be >= 1"),
                           (["--np", "2,x"], "bad --np '2,x'"),
-                          (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE")):
+                          (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE"),
+                          (["--hosts", "1"], "--hosts must be >= 2, got 1"),
+                          (["--hosts", "2", "--np", "2"], "--np and --hosts exclude each other"),
+                          (["--hosts", "2", "--link-rate", "fast"], "bad --link-rate 'fast'"),
+                          (["--steps", "0"], "--steps must be >= 1")):
         with pytest.raises(CliError, match=message):
             cli.main(parser.parse_args(argv))
 

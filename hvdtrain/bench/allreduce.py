@@ -3,10 +3,12 @@ NCCL on GPU) in the same processes, window by window, plus the tensor-fusion eff
 tensors. On GPU the tensors live on each rank's GPU and a window ends when the GPU is done.
 
 Every backend sums (torch.distributed's only mode; Horovod's Average would add a scaling pass).
+The two fp16 rows send half the bytes: Horovod's ``Compression.fp16`` and torch.distributed on a
+float16 copy (what DDP's ``fp16_compress_hook`` does); the report counts the float32 bytes they
+reduce, so their bandwidth is the effective one a compressed gradient allreduce gets.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import horovod.tensorflow as htf
@@ -15,31 +17,26 @@ import tensorflow as tf
 import torch
 import torch.distributed as dist
 
-from .timing import Plan, compete, timed
+from ..torch.collectives import wait
+from .timing import Plan, timed, windows
 
 HVD_TORCH = "horovod.torch"
-HVD_TORCH_QUIET = "horovod.torch, sleeping wait"
+HVD_TORCH_QUIET = "horovod.torch, hvdtrain's wait"
 HVD_TF = "horovod.tensorflow"
 TORCH_DIST = "torch.distributed"
-BACKENDS = (HVD_TORCH, HVD_TORCH_QUIET, HVD_TF, TORCH_DIST)
+HVD_TORCH_FP16 = "horovod.torch, fp16, hvdtrain's wait"
+TORCH_DIST_FP16 = "torch.distributed, fp16 copy"
+BACKENDS = (HVD_TORCH, HVD_TORCH_QUIET, HVD_TF, TORCH_DIST, HVD_TORCH_FP16, TORCH_DIST_FP16)
 
 
-def wait_quietly(handle: int, pause: float = 1e-4):
-    """Wait for a horovod.torch handle by polling and sleeping.
-
-    ``hvd.synchronize`` spins (``std::this_thread::yield`` in a loop) until the background
-    thread is done; on a host with fewer free cores than busy threads that spin takes CPU from
-    the very threads doing the reduction.
-    """
-    while not ht.poll(handle):
-        time.sleep(pause)
-    return ht.synchronize(handle)
+WINDOW_BYTES = 32 << 20
 
 
-def plan_for(size_bytes: int, quick: bool, windows: int) -> Plan:
-    """About 32 MB moved per window, 2 to 50 operations."""
-    iters = 2 if quick else max(2, min(50, (32 << 20) // size_bytes))
-    return Plan(warmup=iters, windows=windows, iters=iters)
+def plan_for(size_bytes: int, quick: bool, window_count: int, window_bytes: int = WINDOW_BYTES) -> Plan:
+    """About ``window_bytes`` reduced per window, 1 to 50 operations (less across rate-limited
+    test hosts, where a 64 MB allreduce takes seconds)."""
+    iters = 2 if quick else max(1, min(50, window_bytes // size_bytes))
+    return Plan(warmup=iters, windows=window_count, iters=iters)
 
 
 def _gpu_sync(device: str) -> Callable[[], None] | None:
@@ -56,7 +53,7 @@ def _tf_device(device: str) -> str:
 def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
     name = f"bench.allreduce.{size_bytes}"
-    hvd_tensor, quiet_tensor, dist_tensor = (torch.zeros(n, device=device) for _ in range(3))
+    hvd_tensor, quiet_tensor, dist_tensor, fp16_tensor, dist_fp16 = (torch.zeros(n, device=device) for _ in range(5))
     with tf.device(_tf_device(device)):
         tf_tensor = tf.zeros([n])
 
@@ -64,13 +61,25 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         with tf.device(_tf_device(device)):
             return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
 
+    def hvd_fp16():  # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
+        compressed, context = ht.Compression.fp16.compress(fp16_tensor)
+        return ht.Compression.fp16.decompress(wait(ht.allreduce_async_(compressed, op=ht.Sum, name=name + "h")),
+                                              context)
+
+    def dist_as_fp16():  # DDP's fp16_compress_hook: reduce a float16 copy, copy the result back
+        half = dist_fp16.to(torch.float16)
+        dist.all_reduce(half)
+        dist_fp16.copy_(half)
+
     sync = _gpu_sync(device)
     return {
         HVD_TORCH: timed(lambda: ht.allreduce_(hvd_tensor, op=ht.Sum, name=name), sync),
-        HVD_TORCH_QUIET: timed(lambda: wait_quietly(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")),
+        HVD_TORCH_QUIET: timed(lambda: wait(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")),
                                sync),
         HVD_TF: timed(tf_allreduce, sync),
         TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor), sync),
+        HVD_TORCH_FP16: timed(hvd_fp16, sync),
+        TORCH_DIST_FP16: timed(dist_as_fp16, sync),
     }
 
 
@@ -99,7 +108,7 @@ def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[
     def hvd_fused_quiet():
         handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.quiet.{i}") for i, t in enumerate(quiet)]
         for handle in handles:
-            wait_quietly(handle)
+            wait(handle)
 
     def dist_flattened():
         flat = torch.cat(dist_flat)
@@ -111,7 +120,7 @@ def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[
         f"{HVD_TORCH} one by one": timed(lambda: [ht.allreduce_(t, op=ht.Sum, name=f"bench.each.{i}")
                                                   for i, t in enumerate(one_by_one)], sync),
         f"{HVD_TORCH} async, fused by Horovod": timed(hvd_fused, sync),
-        f"{HVD_TORCH} async, fused, sleeping wait": timed(hvd_fused_quiet, sync),
+        f"{HVD_TORCH} async, fused, hvdtrain's wait": timed(hvd_fused_quiet, sync),
         f"{HVD_TORCH} grouped_allreduce": timed(lambda: ht.grouped_allreduce_(grouped, op=ht.Sum,
                                                                               name="bench.grouped"), sync),
         f"{HVD_TF} one by one": timed(on_tf_device(lambda: [htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
@@ -123,13 +132,14 @@ def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[
     }
 
 
-def run(sizes: list[int], fusion: tuple[int, int], quick: bool, windows: int, device: str = "cpu") -> dict:
-    """Every rank's median seconds per allreduce, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
-    by_size = {size: compete(size_contenders(size, device), plan_for(size, quick, windows), dist.barrier)
-               for size in sizes}
+def run(sizes: list[int], fusion: tuple[int, int], quick: bool, window_count: int, device: str = "cpu",
+        window_bytes: int = WINDOW_BYTES) -> dict:
+    """Every rank's seconds per allreduce in each window, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
+    by_size = {size: windows(size_contenders(size, device), plan_for(size, quick, window_count, window_bytes),
+                             dist.barrier) for size in sizes}
     count, size_bytes = fusion
-    fused = compete(fusion_contenders(count, size_bytes, device), plan_for(count * size_bytes, quick, windows),
-                    dist.barrier)
+    fused = windows(fusion_contenders(count, size_bytes, device),
+                    plan_for(count * size_bytes, quick, window_count, window_bytes), dist.barrier)
     mine = {"sizes": {str(s): t for s, t in by_size.items()}, "fusion": fused}
     return {"per_rank": ht.allgather_object(mine, name="bench.allreduce.results"),
             "fusion_shape": {"tensors": count, "tensor_bytes": size_bytes}}

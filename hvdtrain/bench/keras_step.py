@@ -20,7 +20,7 @@ import tensorflow as tf
 import hvdtrain.keras as hk
 
 from . import models
-from .timing import Plan, compete, timed
+from .timing import Plan, timed, windows
 
 HVDTRAIN_FIT, RAW_FIT = "hvdtrain fit", "raw horovod fit"
 HVDTRAIN_LOOP, RAW_LOOP = "hvdtrain loop", "raw horovod loop"
@@ -151,9 +151,9 @@ def _barrier() -> None:
     hvd.allreduce(tf.zeros([1]), op=hvd.Sum, name="bench.keras.barrier")
 
 
-def run(quick: bool, windows: int) -> dict:
-    """Every rank's median step seconds per model and variant, all-gathered."""
-    plan = Plan(warmup=3, windows=windows, iters=3 if quick else 10)
+def run(quick: bool, window_count: int) -> dict:
+    """Every rank's step seconds in each window per model and variant, all-gathered."""
+    plan = Plan(warmup=3, windows=window_count, iters=3 if quick else 10)
     mine, batches, skipped = {}, {}, []
     for name, make in MODELS.items():
         built = make(quick)
@@ -161,6 +161,6 @@ def run(quick: bool, windows: int) -> dict:
             skipped.append(name)
             continue
         make, batch, loss_fn, make_optimizer, batches[name] = built
-        mine[name] = compete(variants(make, batch, loss_fn, make_optimizer), plan, _barrier)
+        mine[name] = windows(variants(make, batch, loss_fn, make_optimizer), plan, _barrier)
     return {"per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"), "batch_per_rank": batches,
             "skipped": skipped}

@@ -15,18 +15,54 @@ def draw(report: dict, out: Path) -> list[Path]:
         paths.append(_bandwidth(report, out / "allreduce_busbw.png"))
     if report["steps"]:
         paths.append(_steps(report, out / "step_throughput.png"))
+    if report.get("link_bound"):
+        paths.append(_scaling(report, out / "hosts_scaling.png"))
     return paths
 
 
 def _bandwidth(report: dict, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for backend in dict.fromkeys(r["backend"] for r in report["allreduce"]):
-        rows = [r for r in report["allreduce"] if r["backend"] == backend]
-        ax.plot([r["size_bytes"] for r in rows], [r["busbw_GBps"] for r in rows], marker="o", label=backend)
-    ax.set(xscale="log", xlabel="tensor size (bytes)", ylabel="bus bandwidth (GB/s)",
-           title=f"Allreduce, float32, np={report['allreduce'][0]['np']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    """Bus bandwidth vs size, one panel per np, with the spread over windows and the link rate."""
+    nps = sorted({r["np"] for r in report["allreduce"]})
+    link = report["config"].get("link_Bps")
+    fig, axes = plt.subplots(1, len(nps), figsize=(7 * len(nps), 5), squeeze=False)
+    for ax, np in zip(axes[0], nps):
+        at = [r for r in report["allreduce"] if r["np"] == np]
+        for backend in dict.fromkeys(r["backend"] for r in at):
+            rows = [r for r in at if r["backend"] == backend]
+            sizes = [r["size_bytes"] for r in rows]
+            ax.plot(sizes, [r["busbw_GBps"] for r in rows], marker="o", label=backend)
+            ax.fill_between(sizes, [r["busbw_spread_GBps"][0] for r in rows], [r["busbw_spread_GBps"][1] for r in rows],
+                            alpha=0.15)
+        if link:
+            ax.axhline(link / 1e9, color="black", linestyle="--", label=f"link rate ({report['config']['link_rate']})")
+        ax.set(xscale="log", xlabel="tensor size (bytes)", ylabel="bus bandwidth (GB/s; fp16: float32 bytes)",
+               title=f"Allreduce, float32, np={np}" + (" hosts" if link else ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _scaling(report: dict, path: Path) -> Path:
+    """Samples/s vs hosts per torch model and loop (spread as error bars), with the link bound."""
+    models = list(dict.fromkeys(r["model"] for r in report["link_bound"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in report["steps"] if r["framework"] == "torch" and r["model"] == model]
+        for loop in dict.fromkeys(r["loop"] for r in rows if r["loop"] != "plain torch"):
+            mine = sorted((r for r in rows if r["loop"] == loop), key=lambda r: r["np"])
+            ax.errorbar([r["np"] for r in mine], [r["samples_per_s_total"] for r in mine], marker="o", capsize=3,
+                        yerr=[[max(0, r["samples_per_s_total"] - r["samples_per_s_spread"][0]) for r in mine],
+                              [max(0, r["samples_per_s_spread"][1] - r["samples_per_s_total"]) for r in mine]],
+                        label=loop)
+        bound = {r["np"]: r["bound_samples_per_s"] for r in report["link_bound"] if r["model"] == model}
+        ax.plot(list(bound), list(bound.values()), color="black", linestyle="--", label="bound: max(compute, link)")
+        ax.set(xlabel="hosts (one worker each)", ylabel="samples/s (all ranks)", title=f"torch {model}",
+               xticks=sorted({r["np"] for r in rows}))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,12 +1,12 @@
 """Timed windows shared by every benchmark part.
 
 Contenders take turns window by window, each window in a rotated order, so machine noise (other
-jobs on a shared host) lands on all of them alike. Warm-up runs are not timed; the figure kept is
-the median over windows of the time per operation.
+jobs on a shared host) lands on all of them alike. Warm-up runs are not timed. Every window's time
+per operation is kept: the report takes the median over windows and the spread (min, max), and
+takes a ratio of two contenders window by window (they ran back to back), so noise shows as spread.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -37,14 +37,10 @@ def timed(operation: Callable[[], object], sync: Callable[[], object] | None = N
     return run
 
 
-def compete(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, float]:
-    """Median seconds per operation of each contender; ``barrier`` lines the ranks up per window."""
-    return {name: statistics.median(values) for name, values in windows(contenders, plan, barrier).items()}
-
-
 def windows(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, list[float]]:
     """Seconds per operation of each contender in each window, in window order (window k of two
-    contenders ran back to back, so their ratio in window k is a like-for-like figure)."""
+    contenders ran back to back, so their ratio in window k is a like-for-like figure); ``barrier``
+    lines the ranks up before each window."""
     names = list(contenders)
     for name in names:
         contenders[name](plan.warmup)

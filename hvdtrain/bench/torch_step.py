@@ -1,6 +1,9 @@
 """One training step of the same model on the same batch: (a) hvdtrain.torch, (b) a hand-written
 raw horovod.torch loop, (c) torch DistributedDataParallel on the same Gloo ranks (NCCL on GPU),
-and at np=1 (d) plain PyTorch, no Horovod at all: what hvdtrain costs a single-GPU user.
+and (d) plain PyTorch, no Horovod at all: at np=1 what hvdtrain costs a single-GPU user, at np=N
+each rank's compute alone while the others compute too (on hosts sharing cores, the compute time
+the link bound is set against). With ``compression="fp16"`` all three compress their gradients:
+hvdtrain's option, Horovod's ``Compression.fp16`` and DDP's ``fp16_compress_hook``.
 
 Each loop trains its own copy of one initial model; data loading is left out (a fixed batch).
 """
@@ -14,12 +17,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 import hvdtrain.torch as ht
 
 from . import models
-from .timing import Plan, compete, timed
+from .timing import Plan, timed, windows
 
 HVDTRAIN, RAW, DDP, PLAIN = "hvdtrain", "raw horovod", "ddp", "plain torch"
 
@@ -61,35 +65,38 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Call
     return step
 
 
-def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable) -> dict[str, Callable[[], None]]:
-    """The three data-parallel loops, each on its own copy of ``model`` (on ``batch``'s device), LR
-    scaled alike; at np=1 also the plain loop."""
+def loops(model: nn.Module, batch, loss_fn: Callable, make_optimizer: Callable,
+          compression: str = "none") -> dict[str, Callable[[], None]]:
+    """The three data-parallel loops and the plain one, each on its own copy of ``model`` (on
+    ``batch``'s device), LR scaled alike."""
     adapter_model, raw_model, ddp_model, plain_model = (copy.deepcopy(model) for _ in range(4))
-    adapter = ht.wrap_optimizer(make_optimizer(adapter_model.parameters()), adapter_model)
+    adapter = ht.wrap_optimizer(make_optimizer(adapter_model.parameters()), adapter_model, compression=compression)
 
     raw = make_optimizer(raw_model.parameters())
     for group in raw.param_groups:
         group["lr"] *= hvd.size()
-    raw = hvd.DistributedOptimizer(raw, named_parameters=raw_model.named_parameters())
+    raw = hvd.DistributedOptimizer(raw, named_parameters=raw_model.named_parameters(),
+                                   compression=hvd.Compression.fp16 if compression == "fp16" else hvd.Compression.none)
     hvd.broadcast_parameters(raw_model.state_dict(), root_rank=0)
 
     device = batch[0].device
     ddp_model = DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compression == "fp16":
+        ddp_model.register_comm_hook(None, default_hooks.fp16_compress_hook)
     ddp = make_optimizer(ddp_model.parameters())
     for group in ddp.param_groups:
         group["lr"] *= dist.get_world_size()
-    found = {HVDTRAIN: train_step(adapter_model, adapter, loss_fn, batch),
-             RAW: train_step(raw_model, raw, loss_fn, batch), DDP: train_step(ddp_model, ddp, loss_fn, batch)}
-    if hvd.size() == 1:
-        found[PLAIN] = train_step(plain_model, make_optimizer(plain_model.parameters()), loss_fn, batch)
-    return found
+    return {HVDTRAIN: train_step(adapter_model, adapter, loss_fn, batch),
+            RAW: train_step(raw_model, raw, loss_fn, batch), DDP: train_step(ddp_model, ddp, loss_fn, batch),
+            PLAIN: train_step(plain_model, make_optimizer(plain_model.parameters()), loss_fn, batch)}
 
 
-def run(quick: bool, windows: int, device: str = "cpu") -> dict:
-    """Every rank's median step seconds per model and loop, all-gathered."""
-    plan = Plan(warmup=3, windows=windows, iters=3 if quick else 10)
+def run(quick: bool, window_count: int, device: str = "cpu", compression: str = "none", iters: int = 10) -> dict:
+    """Every rank's step seconds in each window per model and loop, all-gathered, with each model's
+    gradient bytes (float32) for the link bound."""
+    plan = Plan(warmup=3 if iters > 3 else 1, windows=window_count, iters=3 if quick else iters)
     sync = torch.cuda.synchronize if device != "cpu" else None
-    mine, batches, skipped = {}, {}, []
+    mine, batches, gradient_bytes, skipped = {}, {}, {}, []
     for name, build in MODELS.items():
         built = build(quick)
         if built is None:
@@ -97,7 +104,9 @@ def run(quick: bool, windows: int, device: str = "cpu") -> dict:
             continue
         model, batch, loss_fn, make_optimizer, batches[name] = built
         model, batch = _on(device, model, batch)
-        contenders = {loop: timed(step, sync) for loop, step in loops(model, batch, loss_fn, make_optimizer).items()}
-        mine[name] = compete(contenders, plan, dist.barrier)
+        gradient_bytes[name] = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+        contenders = {loop: timed(step, sync)
+                      for loop, step in loops(model, batch, loss_fn, make_optimizer, compression).items()}
+        mine[name] = windows(contenders, plan, dist.barrier)
     return {"per_rank": hvd.allgather_object(mine, name="bench.torch_step.results"), "batch_per_rank": batches,
-            "skipped": skipped}
+            "gradient_bytes": gradient_bytes, "compression": compression, "skipped": skipped}

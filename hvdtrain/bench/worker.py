@@ -31,24 +31,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per rank (test hosts share the machine's cores; default: cores / local ranks)")
+    parser.add_argument("--compression", choices=("none", "fp16"), default="none", help="gradient compression of the steps")
+    parser.add_argument("--window-bytes", type=int, default=32 << 20, help="bytes reduced per allreduce window")
+    parser.add_argument("--step-iters", type=int, default=10, help="training steps per timed window")
     parser.add_argument("--zero-memory", choices=("unsharded", "sharded"), default=None,
                         help="only measure this optimizer's memory (zero_step.memory), in a process of its own")
     return parser.parse_args(argv)
 
 
 def _start_torch_distributed(rank: int, size: int, device: str) -> None:
-    """A Gloo (NCCL on GPU) group over the same ranks; rank 0 picks the port and Horovod shares it."""
+    """A Gloo (NCCL on GPU) group over the same ranks; rank 0 picks the address and port (its host's
+    address from horovodrun's rendezvous across hosts, loopback on one) and Horovod shares them."""
     import horovod.torch as hvd
     import torch.distributed as dist
 
-    port = None
+    address = None
     if rank == 0:
+        address = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1") if _across_hosts() else "127.0.0.1"
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((address, 0))
             port = sock.getsockname()[1]
-    port = hvd.broadcast_object(port, root_rank=0, name="bench.port")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        address = f"{address}:{port}"
+    address, _, port = hvd.broadcast_object(address, root_rank=0, name="bench.port").rpartition(":")
+    os.environ.update(MASTER_ADDR=address, MASTER_PORT=port)
     dist.init_process_group("nccl" if device == "gpu" else "gloo", rank=rank, world_size=size)
+
+
+def _across_hosts() -> bool:
+    import horovod.torch as hvd
+
+    return hvd.cross_size() > 1
 
 
 def _tensorflow_devices(per_rank: int, device: str, local_rank: int) -> None:
@@ -76,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from .rendezvous import fresh_rendezvous
 
-    ctx = ht.init(seed=0)
+    ctx = ht.init(seed=0, threads=args.threads)
     if args.zero_memory:
         from . import zero_step
 
@@ -85,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "gpu" and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
     results = {"np": ctx.size, "device": args.device, "threads_per_rank": torch.get_num_threads(),
+               "hosts": hvd.allgather_object(socket.gethostname(), name="bench.hosts"),
                "horovod_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HOROVOD_")
                                and not k.startswith(("HOROVOD_GLOO_RENDEZVOUS", "HOROVOD_HOSTNAME"))}}
     _start_torch_distributed(ctx.rank, ctx.size, args.device)
@@ -100,13 +115,13 @@ def main(argv: list[str] | None = None) -> None:
         htf.init()
         sizes = [int(s) for s in args.sizes.split(",")]
         fusion = tuple(int(v) for v in args.fusion.split(","))
-        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows, ctx.device)
+        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows, ctx.device, args.window_bytes)
         htf.shutdown()
         hvd.init()  # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
     if "torch" in parts:
         from . import torch_step
 
-        results["torch_steps"] = torch_step.run(args.quick, args.windows, ctx.device)
+        results["torch_steps"] = torch_step.run(args.quick, args.windows, ctx.device, args.compression, args.step_iters)
     if "zero" in parts:
         from . import zero_step
 

@@ -21,6 +21,14 @@ MIN_HANG_TIMEOUT = 8
 # 5 ms, HOROVOD_THREAD_AFFINITY, HOROVOD_CACHE_CAPACITY) made horovod.torch's blocking allreduce
 # slower than Horovod's defaults (BENCHMARKS.md, "Horovod settings"). Thread affinity does pay
 # once ranks wait without spinning; add it here when hvdtrain.torch waits that way.
+# Across 2-4 test hosts at 200 Mbit/s (``hvdtrain bench --hosts 4``, BENCHMARKS.md "Across hosts",
+# 2026-12-02) Horovod's defaults already run a 64 MB allreduce at 0.935-0.954 of the link, on par
+# with torch.distributed window by window, and Horovod's fusion of 200 x 64 KB async submissions on
+# par with torch.distributed's flattened buffer: no setting showed a gain to earn a place here.
+# What did show: hvdtrain's poll-and-sleep wait (``torch/collectives.py``) beats Horovod's spinning
+# one by 1.05x [1.01, 1.08] at 3 hosts and 1.18x [1.08, 1.37] at 4 (64 MB), and it is the default;
+# fp16 compression gives 1.58-1.92x the link's float32 bandwidth but changes the numbers a model
+# sees, so it stays the user's choice (``compression="fp16"``).
 HOROVOD_DEFAULTS: Mapping[str, str] = {}
 
 
