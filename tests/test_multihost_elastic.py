@@ -114,7 +114,7 @@ def assert_state_checked(out) -> None:
             if event["event"] == "restore":
                 restores += 1
                 committed = next(e for e in reversed(mine[:i]) if e["event"] in ("save", "sync"))
-                assert (event["step"], event["checksum"]) == (committed["step"], committed["checksum"]), event
+                assert (event["step"], event["digest"]) == (committed["step"], committed["digest"]), event
     groups: dict[tuple[int, int], list[dict]] = {}
     for event in events:
         if event["event"] == "sync":
@@ -123,4 +123,4 @@ def assert_state_checked(out) -> None:
     for (size, step), group in groups.items():
         latest = {e["rank"]: e for e in group}  # a rank may sync twice at one step (a retried change)
         assert sorted(latest) == list(range(size)), group
-        assert len({e["checksum"] for e in latest.values()}) == 1, group
+        assert len({e["digest"] for e in latest.values()}) == 1, group

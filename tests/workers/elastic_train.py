@@ -8,6 +8,7 @@ Rank 0 writes ``<out>/result.json`` at the end.
 """
 import json
 import os
+import socket
 import time
 
 from hvdtrain import elastic, tracking
@@ -91,7 +92,8 @@ def record_state_events(out) -> None:
         def recorded(self, _original=original, _name=name):
             _original(self)
             with open(out / "state.jsonl", "a") as f:
-                f.write(json.dumps({"event": _name, "pid": os.getpid(), "rank": self.ctx.rank, "size": self.ctx.size,
+                f.write(json.dumps({"event": _name, "pid": os.getpid(), "host": socket.gethostname(),
+                                    "rank": self.ctx.rank, "size": self.ctx.size,
                                     "step": self.position.step, "time": time.time(),
                                     "digest": elastic.digest(self.snapshot.capture()),
                                     "weights": elastic.digest(model_weights(self.snapshot))}) + "\n")
