@@ -62,14 +62,13 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from ..core.args import RESULTS_ENV
-    from ..tracking import legs
-    from .job import JobMonitor  # the job's dependencies: not for --help or a refused request
-
     started = time.monotonic()
     hosts = _check_request(args)
     plan = _preflight(args, hosts)
     command = build_command(args, hosts, plan)
+    from ..core.args import RESULTS_ENV  # the job's dependencies: not for --help or a refused request
+    from ..tracking import legs
+    from .job import JobMonitor
     with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
         run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
         run_file.touch()
