@@ -50,14 +50,14 @@ def test_the_cli_imports_no_tracking_plotting_or_framework():
 
 @pytest.mark.slow
 def test_the_launcher_and_its_horovodrun_never_import_tensorflow_or_torch(tmp_path):
-    """Every process the launcher starts reports its imports (``PYTHONPROFILEIMPORTTIME``); the
-    workers' lines come through horovodrun prefixed ``[rank]``, the launcher's and horovodrun's not."""
+    """Every process the launcher starts reports its imports (``PYTHONPROFILEIMPORTTIME``): the
+    launcher's, horovodrun's and the one worker's (a script that imports nothing), unprefixed."""
     script = tmp_path / "hello.py"
     script.write_text("print('hello')\n")
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "run", "-np", "1", str(script)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0 and "[0]<stdout>:hello" in proc.stdout, proc.stderr[-3000:]
+    assert proc.returncode == 0 and proc.stdout.startswith("hello\n"), proc.stderr[-3000:]
     own = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
            if line.startswith("import time:")]
     assert "horovod.runner.launch" in own  # horovodrun's imports are here too

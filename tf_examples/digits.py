@@ -59,9 +59,11 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # of steps), or within its Parquet shard on Spark; checkpoints, resume, tracking and elastic restarts
     # are hk.fit's, as ht.fit's in the torch twin.
     train_part = splits.train if shard is None else shard
+    fit_started = time.perf_counter()
     history = hk.fit(model, with_channel(train_part.images), train_part.labels, batch_size=args.batch_size,
                      epochs=args.epochs, seed=args.seed, tracker=tracker, sharded=shard is not None,
                      validation_data=(with_channel(splits.val.images), splits.val.labels), **cli.fit_kwargs(args))
+    samples_per_sec = len(splits.train) * args.epochs / (time.perf_counter() - fit_started)  # all workers
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)), splits.test)
     if tracker is not None:
@@ -70,7 +72,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
             log_model(tracker, model, with_channel(splits.test.images[:4]))
     val_accuracy = history.history.get("val_accuracy", [])
     return {"test_accuracy": test_accuracy, "test_samples": len(splits.test),
-            "val_accuracy": val_accuracy[-1] if val_accuracy else None}
+            "val_accuracy": val_accuracy[-1] if val_accuracy else None,
+            "samples_per_sec": samples_per_sec}
 
 
 @main_process_only

@@ -74,17 +74,20 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     if tracker is not None:
         tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
                                                     per_rank_batch_size=args.batch_size))
+    fit_started = time.perf_counter()
     history = ht.fit(model, optimizer, nn.CrossEntropyLoss(), train_loader, epochs=args.epochs,
                      val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),
                      metrics={"accuracy": batch_accuracy}, tracker=tracker, amp=args.mixed_precision,
                      **cli.fit_kwargs(args))
+    samples_per_sec = len(splits.train) * args.epochs / (time.perf_counter() - fit_started)  # all workers
     test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
     if tracker is not None:
         tracker.log_metrics({"test_accuracy": test_accuracy}, step=history.global_step)
         if args.log_model:
             log_model(tracker, model, torch.from_numpy(splits.test.images[:4]).unsqueeze(1).to(ctx.device))
     return {"test_accuracy": test_accuracy, "test_samples": len(splits.test),
-            "val_accuracy": history["val_accuracy"][-1] if history.epochs else None}
+            "val_accuracy": history["val_accuracy"][-1] if history.epochs else None,
+            "samples_per_sec": samples_per_sec}
 
 
 @main_process_only

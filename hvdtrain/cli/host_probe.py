@@ -13,7 +13,6 @@ import socket
 import struct
 import sys
 import threading
-from importlib import metadata
 
 _SIOCGIFADDR, _SIOCGIFNETMASK = 0x8915, 0x891B
 CONNECT_TIMEOUT_S = 2.0
@@ -44,6 +43,8 @@ def own_addresses() -> list:
 
 
 def version(package: str):
+    from importlib import metadata  # slow to import: only when asked
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

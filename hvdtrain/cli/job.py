@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from ..core import failures
+from .console import Console
 
 GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun itself waits 5 s)
 REACH_TIMEOUT_S = 3.0  # a host that does not answer on its SSH port within this is unreachable
@@ -40,8 +41,9 @@ class JobMonitor:
 
     def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path,
                  mpi: bool = False, hang_timeout: float | None = None, remote_hosts: list[str] = (),
-                 ssh_port: int = 22):
+                 ssh_port: int = 22, all_ranks: bool = False, quiet_startup: bool = False):
         self.rank_hosts = rank_hosts
+        self.console = Console(rank_hosts, all_ranks, quiet_startup, continued_pieces=mpi)
         self.elastic = elastic
         self.checkpoint_dir = checkpoint_dir
         self.run_file = run_file
@@ -62,7 +64,7 @@ class JobMonitor:
     def run(self, command: list[str], env: dict[str, str]) -> int:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         relays = [threading.Thread(target=self._relay, args=(stream, out), daemon=True)
-                  for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+                  for stream, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
         for relay in relays:
             relay.start()
         previous = _on_sigterm(self._cancel)
@@ -103,16 +105,17 @@ class JobMonitor:
         self._announce("job cancelled: SIGTERM (scancel, time limit or preemption)", self.cancelled, stopped)
         return 128 + signal.SIGTERM
 
-    def _relay(self, stream, out) -> None:
+    def _relay(self, stream, name: str) -> None:
+        # newline="": a piece ends at each carriage return too (a progress bar's redraw).
         for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=""):
             with self._lock:
                 line = self._take_guard_notices(line)
-                keep = line is not None and self._inspect(line)
-            if keep:
-                out.write(line)
-                out.flush()
+                if line is not None and self._inspect(line):
+                    self.console.show(line, name)
         if notices := self.mpi_notices.get(threading.get_ident()):
-            sys.stderr.writelines(notices.flush())  # a notice cut short by mpirun's exit
+            with self._lock:
+                for line in notices.flush():  # a notice cut short by mpirun's exit
+                    self.console.show(line, "stderr")
 
     def _take_guard_notices(self, line: str) -> str | None:
         """Note what remote workers' guards said in ``line``; the line without it (None if
@@ -145,14 +148,15 @@ class JobMonitor:
             for rank, status in notices.failures:
                 self._record_failure(rank, status)
             if shown != [line]:  # mpirun's framed notice: held back until it ends, dropped if about a failure
-                sys.stderr.writelines(shown)
+                for held in shown:
+                    self.console.show(held, "stderr")
                 return False
         if exited := failures.process_exit(line):
             if exited[1] != 0:
                 self._record_failure(*exited)
                 if self.elastic:
-                    print(f"hvdtrain: worker {exited[0]} {failures.describe_status(exited[1])}; elastic mode: "
-                          f"training goes on with the others", file=sys.stderr, flush=True)
+                    self.console.say(f"hvdtrain: worker {exited[0]} {failures.describe_status(exited[1])}; "
+                                     f"elastic mode: training goes on with the others")
             return False
         if failures.is_termination_notice(line):
             return False
@@ -176,8 +180,9 @@ class JobMonitor:
             reports = [r for p in self.stalls.values() for r in p.take_finished(idle_s=0.3)]
         for report in reports:
             if not report.shutdown:
-                print(f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is stopped if this "
-                      f"lasts past the hang timeout", file=sys.stderr, flush=True)
+                with self._lock:
+                    self.console.say(f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is stopped "
+                                     f"if this lasts past the hang timeout")
 
     def _record_failure(self, rank: int, status: int) -> None:
         if self.failure is None:
@@ -207,15 +212,14 @@ class JobMonitor:
     def _report(self, returncode: int, stopped: float) -> int:
         if self.elastic and self.failure is not None:
             line = f"hvdtrain: elastic job failed: {_launcher_reason(self.launcher_error)}"
-            print(line, file=sys.stderr, flush=True)
+            self.console.say(line)
             _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
             return returncode if 0 < returncode < 256 else 1
         if self.failure is None:
             # horovodrun failed by itself: its last line (its traceback with HVDTRAIN_TRACEBACK=1).
             if os.environ.get("HVDTRAIN_TRACEBACK"):
                 sys.stderr.writelines(self.launcher_error)
-            print(f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}", file=sys.stderr,
-                  flush=True)
+            self.console.say(f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}")
             return returncode
         rank, status, seen = self.failure
         self._announce(self._reason(rank, status), seen, stopped)
@@ -226,7 +230,7 @@ class JobMonitor:
         line = f"hvdtrain: {what}; job stopped after {max(0.0, stopped - since):.1f} s"
         if self.checkpoint_dir:
             line += f"; last checkpoint: {_last_checkpoint(self.checkpoint_dir)}"
-        print(line, file=sys.stderr, flush=True)
+        self.console.say(line)
         _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
 
     def _reason(self, rank: int, status: int) -> str:

@@ -24,9 +24,7 @@ import shlex
 import socket
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from . import host_probe
@@ -122,6 +120,8 @@ def check(request: Request) -> Plan | None:
     every host is this machine (no network between workers)."""
     if all(is_local(h) for h in request.hosts):
         return None
+    from concurrent.futures import ThreadPoolExecutor  # not at start-up: --help and refused requests skip it
+
     launcher = {name: interface for name, interface in local_interfaces().items() if not _loopback(interface)}
     with _Listener() as port, ThreadPoolExecutor(len(request.hosts)) as pool:
         arguments = {"paths": [request.cwd, request.script], "packages": list(PACKAGES), "port": port,
@@ -265,13 +265,7 @@ def _rendezvous(reports: list[HostReport], launcher: dict[str, str],
 
 
 def _versions() -> dict[str, str | None]:
-    found = {}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
-    return found
+    return {package: host_probe.version(package) for package in PACKAGES}
 
 
 def _address(interface: str) -> str:

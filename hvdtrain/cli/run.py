@@ -15,12 +15,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ..core import slurm, tuning, worker_guard
-from . import preflight
+from . import preflight, summary
 from .errors import CliError
-from .job import JobMonitor
 
 FRAMEWORKS = ("auto", "torch", "keras")
 DISCOVERY_TIMEOUT_S = 5
@@ -53,30 +53,41 @@ def register(subparsers) -> None:
     elastic.add_argument("--blacklist-cooldown-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                          help="let a host whose worker failed rejoin after a cooldown (MIN*2^failures s, "
                               "at most MAX); without it the host is left out for the rest of the job")
+    parser.add_argument("--all-ranks", action="store_true",
+                        help="show every worker's output, prefixed [rank@host] (default: rank 0's as the script "
+                             "wrote it; the others' only on stderr)")
     parser.add_argument("script", help="the training script (python file)")
     parser.add_argument("args", nargs="...", help="arguments passed to the script")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
+    started = time.monotonic()
     hosts = _check_request(args)
     plan = _preflight(args, hosts)
     command = build_command(args, hosts, plan)
-    fd, run_file = tempfile.mkstemp(prefix="hvdtrain-run-", suffix=".json")
-    os.close(fd)
-    try:
+    from ..core.args import RESULTS_ENV  # the job's dependencies: not for --help or a refused request
+    from ..tracking import legs
+    from .job import JobMonitor
+    with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
+        run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
+        run_file.touch()
         env = worker_env(multi_host=plan is not None, hang_timeout=args.hang_timeout)
-        env["HVDTRAIN_RUN_FILE"] = run_file
+        env.update({legs.RUN_FILE_ENV: str(run_file), RESULTS_ENV: str(results_file)})
         if args.mpi and plan is not None:
             _bound_mpi_links(env, tuning.hang_timeout(env))
         monitor = JobMonitor(rank_hosts=_rank_hosts(hosts, args.np) if not args.elastic else {},
                              elastic=args.elastic, checkpoint_dir=_option(args.args, "--checkpoint-dir"),
-                             run_file=Path(run_file), mpi=args.mpi, hang_timeout=tuning.hang_timeout(env),
+                             run_file=run_file, mpi=args.mpi, hang_timeout=tuning.hang_timeout(env),
                              remote_hosts=[h for h, _ in hosts if not preflight.is_local(h)],
-                             ssh_port=args.ssh_port)
-        return monitor.run(command, env)
-    finally:
-        Path(run_file).unlink(missing_ok=True)
+                             ssh_port=args.ssh_port, all_ranks=args.all_ranks,
+                             quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ)
+        returncode = monitor.run(command, env)
+        if returncode == 0:
+            lines = summary.block(workers=args.np, hosts=[h for h, _ in hosts], wall_s=time.monotonic() - started,
+                                  results=summary.read(results_file), run=summary.read(run_file))
+            print("\n".join(lines), flush=True)
+        return returncode
 
 
 def build_command(args, hosts: list[tuple[str, int]], plan: preflight.Plan | None = None) -> list[str]:
@@ -130,6 +141,7 @@ def worker_env(multi_host: bool, hang_timeout: int | None = None) -> dict[str, s
                   "is used; set it to a shared tracking server", file=sys.stderr)
         env["MLFLOW_TRACKING_URI"] = _prepared_local_store()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the summary names the run, once
     if hang_timeout is not None:
         env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
     if multi_host:

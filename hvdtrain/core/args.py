@@ -81,15 +81,19 @@ def fit_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "resume": args.resume, "log_every": args.log_every, "config": vars(args)}
 
 
+RESULTS_ENV = "HVDTRAIN_RESULTS_FILE"  # set by ``hvdtrain run``: the results its summary shows
+
+
 @main_process_only
 def write_results(args: argparse.Namespace, ctx: Context, *, example: str, metric_name: str, metric: float,
                   wall_time_s: float, run_id: str | None, **extra: Any) -> None:
-    """With ``--results FILE``, rank 0 writes the job's outcome as JSON (read by the demo and tests)."""
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump({"framework": ctx.framework, "example": example, "workers": ctx.size,
-                       "metric_name": metric_name, "metric": metric, "wall_time_s": wall_time_s,
-                       "run_id": run_id, **extra}, f, indent=1)
+    """Rank 0 writes the job's outcome as JSON: to ``--results FILE`` (read by the demo and tests)
+    and to ``$HVDTRAIN_RESULTS_FILE`` (the summary ``hvdtrain run`` prints at the end)."""
+    outcome = {"framework": ctx.framework, "example": example, "workers": ctx.size, "metric_name": metric_name,
+               "metric": metric, "wall_time_s": wall_time_s, "run_id": run_id, **extra}
+    for path in filter(None, [args.results, os.environ.get(RESULTS_ENV)]):
+        with open(path, "w") as f:
+            json.dump(outcome, f, indent=1)
 
 
 class _OneLineErrors(argparse.ArgumentParser):

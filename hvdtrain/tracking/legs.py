@@ -68,6 +68,20 @@ def write_run_files(paths: list[str], run_id: str, tracking_uri: str, experiment
             log.warning("hvdtrain: could not record the MLflow run in %s: %s", path, err)
 
 
+def record_journal(journal: Path) -> None:
+    """Name the journal that kept this job's unsent tracking data in ``$HVDTRAIN_RUN_FILE``, for the
+    launcher's summary; a failure is a warning."""
+    path = os.environ.get(RUN_FILE_ENV)
+    if not path:
+        return
+    try:
+        recorded = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
+        content = json.dumps({**recorded, "journal": str(journal)})
+        atomic_write(path, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
+    except Exception as err:  # noqa: BLE001 - best effort: the job's own warning names the journal too
+        log.warning("hvdtrain: could not record the tracking journal in %s: %s", path, err)
+
+
 def leg_params(params: Mapping[str, str], previous: Mapping[str, str], leg: int) -> dict[str, str]:
     """``params`` as leg ``leg`` logs them, given the params the run had when the leg started."""
     return {(f"leg{leg}.{key}" if key in previous and previous[key] != value else key): value

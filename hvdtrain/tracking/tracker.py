@@ -134,7 +134,10 @@ class Tracker:
     @_sending
     def _end(self, status: str, timeout: float) -> Path | None:
         self._sender.put(records.end_record(status))
-        return self._sender.close(timeout)
+        journal = self._sender.close(timeout)
+        if journal is not None:
+            legs.record_journal(journal)  # the launcher's summary names it
+        return journal
 
     def _follow_rank0(self) -> None:
         """Elastic: the run goes with rank 0. A process that became rank 0 (rank 0's host was lost)
