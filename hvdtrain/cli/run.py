@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,12 +83,32 @@ def main(args) -> int:
                              remote_hosts=[h for h, _ in hosts if not preflight.is_local(h)],
                              ssh_port=args.ssh_port, all_ranks=args.all_ranks,
                              quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ)
+        threading.Thread(target=_import_mlflow_once_tracking, args=(run_file,), daemon=True).start()
         returncode = monitor.run(command, env)
         if returncode == 0:
             lines = summary.block(workers=args.np, hosts=[h for h, _ in hosts], wall_s=time.monotonic() - started,
                                   results=summary.read(results_file), run=summary.read(run_file))
             print("\n".join(lines), flush=True)
-        return returncode
+    if "mlflow" in sys.modules:
+        # Everything is written and flushed; MLflow's modules would take seconds of CPU to finalize
+        # on a busy host, between the job's last line and the launcher's exit.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(returncode)
+    return returncode
+
+
+def _import_mlflow_once_tracking(run_file: Path) -> None:
+    """Once rank 0 has opened an MLflow run, import MLflow here in the background, so that marking
+    the run FAILED after a worker failure (``legs.mark_failed``) does not first pay its import."""
+    while True:
+        try:
+            if run_file.stat().st_size > 0:
+                break
+        except OSError:
+            return  # the job ended (its temporary directory is gone)
+        time.sleep(0.5)
+    import mlflow.tracking  # noqa: F401
 
 
 def build_command(args, hosts: list[tuple[str, int]], plan: preflight.Plan | None = None) -> list[str]:
