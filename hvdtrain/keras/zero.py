@@ -65,6 +65,10 @@ class _Sharding:
         self.keras_build = optimizer.build
         self.inner_apply = optimizer.apply  # Keras's, or hvdtrain's warmup around it
         self.keras_clip_gradients = type(optimizer)._clip_gradients.__get__(optimizer)  # not the allreducing one
+        from .optimizer import POLICY  # wrap_optimizer's module imports this one
+
+        # Its count of gradient reductions is the tripwire's proof that the update was data-parallel.
+        self.reductions = getattr(optimizer, POLICY).reductions
         self.variables: list = []
         self.shards: list = []
         self.slots: dict[int, tuple[int, str]] = {}  # optimizer variable -> (bucket, slot name)
@@ -108,6 +112,9 @@ class _Sharding:
             shard_grads.append(flat if self.size == 1 else
                                hvd.reducescatter(flat, compression=compression, op=op,
                                                  name=f"hvdtrain.zero.grads.{number}"))
+        if self.size > 1:
+            with tf.control_dependencies(shard_grads):
+                self.reductions.assign_add(1)
         self._read_variables()
         self.inner_apply(shard_grads, self.shards)
         self._write_variables()
