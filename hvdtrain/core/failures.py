@@ -60,9 +60,14 @@ def _excepthook(kind, err, tb) -> None:
         return _excepthook.previous(kind, err, tb)
     if isinstance(err, guards.UserError):
         return guards.report(err)
-    if not is_peer_failure(err):
-        return _excepthook.previous(kind, err, tb)
     rank = os.environ.get("HOROVOD_RANK", "?")
+    if not is_peer_failure(err):
+        if _exit_on_sigterm.received:
+            # The launcher is stopping the job: SIGTERM's SystemExit surfaced wrapped in another
+            # error (raised inside a framework's op or callback); the launcher's line says why.
+            print(f"hvdtrain: rank {rank} stopped: the job was shut down (SIGTERM)", file=sys.stderr, flush=True)
+            return None
+        return _excepthook.previous(kind, err, tb)
     print(f"hvdtrain: rank {rank} stopped: another worker failed or the job was shut down "
           f"({kind.__name__}: {_first_sentence(err)})", file=sys.stderr, flush=True)
 
@@ -83,7 +88,11 @@ _unraisablehook.previous = sys.__unraisablehook__
 def _exit_on_sigterm(signum, frame) -> None:
     # Once only: a second SIGTERM must not interrupt the run being finished by the first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _exit_on_sigterm.received = True
     raise SystemExit(128 + signum)
+
+
+_exit_on_sigterm.received = False
 
 
 def _first_sentence(err: BaseException) -> str:
