@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.versions import installed
+
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements" / "gpu.txt"
 NCCL_DIST = re.compile(r"^nvidia-nccl-cu(\d+)$")
 CUDA_PIN = re.compile(r"^# hvdtrain-cuda: (\d+\.\d+)\s*$", re.M)
@@ -99,18 +101,11 @@ def tensorflow_facts() -> dict:
     import tensorflow as tf
 
     info = tf.sysconfig.get_build_info()
-    dist = next((d for d in ("tensorflow", "tensorflow-cpu") if _installed(d)), None)
+    dist = next((d for d in ("tensorflow", "tensorflow-cpu") if installed(d)), None)
     extra = [r for r in md.requires(dist) or () if 'extra == "and-cuda"' in r] if dist else []
     return {"dist": dist, "version": tf.__version__, "cuda_build": bool(info.get("is_cuda_build")),
             "cuda": info.get("cuda_version"), "cudnn": info.get("cudnn_version"),
             "cuda_wheels": [r.split(";")[0].strip() for r in extra]}
-
-
-def _installed(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
 
 
 def check_frameworks() -> list[str]:
@@ -152,7 +147,7 @@ def check_frameworks() -> list[str]:
         requirement = Requirement(text)
         if NCCL_DIST.match(requirement.name):
             continue  # the one NCCL is torch's (TensorFlow does not load NCCL)
-        version = _installed(requirement.name)
+        version = installed(requirement.name)
         if version is None or not requirement.specifier.contains(version, prereleases=True):
             raise StackError(f"TensorFlow {tf['version']} (CUDA {tf['cuda']}) needs {text} (its and-cuda extra), "
                              f"found {version or 'none'}: install requirements/gpu.txt")

@@ -48,7 +48,7 @@ def test_requirements_dockerfile_and_install_name_one_cuda():
 def test_tensorflow_cuda_wheels_are_its_and_cuda_extra_without_nccl():
     """Every CUDA 12 wheel pinned for TF is one its and-cuda extra asks for, in range, and every
     one it asks for but NCCL is pinned: read from TF's own metadata where the GPU wheel is here."""
-    if cudastack._installed("tensorflow") is None:
+    if cudastack.installed("tensorflow") is None:
         pytest.skip("needs the tensorflow wheel's metadata (the gpu flavour's venv); this venv has tensorflow-cpu")
     extra = {r.name: r for r in map(Requirement, cudastack.tensorflow_facts()["cuda_wheels"])}
     found = {name: r for name, r in pins().items() if name.endswith("-cu12")}

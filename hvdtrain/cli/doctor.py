@@ -38,12 +38,9 @@ def versions() -> dict[str, str | None]:
 
 
 def _version(dist: str) -> str | None:
-    import importlib.metadata as md  # ~0.1 s of start-up: only when doctor runs
+    from ..core.versions import installed  # importlib.metadata, ~0.1 s of start-up: only when doctor runs
 
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
+    return installed(dist)
 
 
 def build_checks() -> list[Check]:

@@ -74,15 +74,22 @@ def controllers(prefix: str = sys.prefix) -> set[str] | None:
     return None
 
 
+def installed(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (None: not installed), from its metadata."""
+    try:
+        return md.version(distribution)
+    except md.PackageNotFoundError:
+        return None
+
+
 def running(package: str) -> str | None:
     """The version of ``package`` this interpreter would import, as install.sh records it."""
     if package == "python":
         return f"{sys.version_info[0]}{sys.version_info[1]}"
     for distribution in DISTRIBUTIONS[package]:
-        try:
-            return md.version(distribution).split("+")[0]  # 2.13.0+cpu is torch 2.13.0
-        except md.PackageNotFoundError:
-            continue
+        version = installed(distribution)
+        if version is not None:
+            return version.split("+")[0]  # 2.13.0+cpu is torch 2.13.0
     return None
 
 
