@@ -3,7 +3,7 @@
 # cached Horovod build, so a second run costs seconds.
 PY := $(or $(filter-out system,$(HVDTRAIN_VENV)),.venv)/bin/python
 
-.PHONY: demo test install lint gpu-check
+.PHONY: demo test install lint image gpu-check
 demo: install
 	$(PY) -m hvdtrain.demo
 
@@ -13,6 +13,10 @@ test: install
 
 install:
 	bash scripts/install.sh
+
+# The Docker image (Dockerfile): FLAVOR=cpu|gpu, EXTRAS="spark", TAG=...; see scripts/image.sh.
+image:
+	EXTRAS="$(EXTRAS)" TAG="$(or $(TAG),hvdtrain:$(or $(FLAVOR),cpu))" bash scripts/image.sh $(or $(FLAVOR),cpu)
 
 lint: install
 	$(PY) -m pytest -q tests/test_docker.py

@@ -5,16 +5,23 @@
 #      cached as a wheel outside the repo so later installs take seconds,
 #   3. hvdtrain itself (editable), then a build check.
 # Idempotent: re-running with nothing changed does no network or compile work.
+#   bash scripts/install.sh        all three
+#   bash scripts/install.sh deps   1 and 2 only (the Docker image's frameworks layer: no hvdtrain source)
+#   bash scripts/install.sh self   3 only, into a virtualenv that has 1 and 2 (the image's last layer)
 #
 # Environment:
 #   HVDTRAIN_VENV    virtualenv to create/update (default: <repo>/.venv; "system" = current python)
 #   HVDTRAIN_FLAVOR  cpu | gpu  (requirements/<flavor>.txt; default cpu; gpu also compiles
 #                    Horovod's NCCL ops and needs the CUDA toolkit named in requirements/gpu.txt)
+#   HVDTRAIN_EXTRAS  optional requirement groups, requirements/<name>.txt (default "dev spark": the
+#                    tests and Spark; the images install none unless asked)
 #   HVDTRAIN_CACHE   wheel + log cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdtrain)
 #   HOROVOD_VERSION  default 0.28.1
 set -Eeuo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE="${1:-all}"
+case "$MODE" in all|deps|self) ;; *) echo "[install] unknown mode '$MODE': use all, deps or self" >&2; exit 2 ;; esac
 FLAVOR="${HVDTRAIN_FLAVOR:-cpu}"
 VENV="${HVDTRAIN_VENV:-$REPO/.venv}"
 CACHE="${HVDTRAIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdtrain}"
@@ -39,15 +46,23 @@ run() {
 }
 
 # --- 0. system packages the build uses (Open MPI), when root with apt-get --------------------------
-bash "$REPO/scripts/system-packages.sh" build
+if [[ "$MODE" != self ]]; then bash "$REPO/scripts/system-packages.sh" build; fi
 
 # --- 1. virtualenv + pinned frameworks ---------------------------------------------------------
 REQ="$REPO/requirements/$FLAVOR.txt"
 [[ -f "$REQ" ]] || { echo "[install] unknown HVDTRAIN_FLAVOR '$FLAVOR': use cpu or gpu" >&2; exit 2; }
+REQS=("$REQ")
+for extra in ${HVDTRAIN_EXTRAS-dev spark}; do
+    [[ -f "$REPO/requirements/$extra.txt" && "$extra" != @(cpu|gpu|common) ]] ||
+        { echo "[install] unknown HVDTRAIN_EXTRAS group '$extra': use dev, spark or none" >&2; exit 2; }
+    REQS+=("$REPO/requirements/$extra.txt")
+done
 if [[ "$VENV" == "system" ]]; then
     PY="$(command -v python3)"
 else
-    if ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then  # missing, or half-made (no pip)
+    if [[ "$MODE" == self && ! -x "$VENV/bin/python" ]]; then
+        echo "[install] 'self' installs hvdtrain into a virtualenv made by install.sh; $VENV has none" >&2; exit 2
+    elif ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then  # missing, or half-made (no pip)
         say "creating virtualenv $VENV"
         run "create virtualenv" "$LOG_DIR/venv.log" python3 -m venv --clear "$VENV"
     fi
@@ -57,14 +72,17 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute: the compile 
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # A stamp of the requirement files' content skips pip entirely when nothing changed.
-REQ_HASH="$(cat "$REQ" "$REPO/requirements/common.txt" | sha256sum | cut -c1-16)"
+REQ_HASH="$(cat "${REQS[@]}" "$REPO/requirements/common.txt" | sha256sum | cut -c1-16)"
 STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.hvdtrain-req-$REQ_HASH"
-if [[ ! -f "$STAMP" ]]; then
-    say "installing pinned frameworks from requirements/$FLAVOR.txt (a few minutes the first time)"
-    run "install frameworks" "$LOG_DIR/requirements.log" "${PIP[@]}" install -r "$REQ"
+REQ_NAMES="$(printf '%s\n' "${REQS[@]#"$REPO/"}" | paste -sd+)"
+if [[ "$MODE" == self ]]; then
+    :
+elif [[ ! -f "$STAMP" ]]; then
+    say "installing pinned frameworks from $REQ_NAMES (a few minutes the first time)"
+    run "install frameworks" "$LOG_DIR/requirements.log" "${PIP[@]}" install "${REQS[@]/#/-r}"
     touch "$STAMP"
 else
-    say "frameworks already installed (requirements/$FLAVOR.txt unchanged)"
+    say "frameworks already installed ($REQ_NAMES unchanged)"
 fi
 # gpu: torch, TensorFlow, the NCCL wheel and nvcc must make one CUDA stack (hvdtrain/cudastack.py);
 # a combination that cannot work stops here with one line, before the long compile.
@@ -76,9 +94,10 @@ cuda_stack() {
     fi
     printf '%s\n' "$out" | sed 's/^/[install] CUDA stack: /'
 }
-if [[ "$FLAVOR" == "gpu" ]]; then cuda_stack frameworks; fi
+if [[ "$FLAVOR" == "gpu" && "$MODE" != self ]]; then cuda_stack frameworks; fi
 
 # --- 2. Horovod, built once per (versions, flags) ---------------------------------------------
+if [[ "$MODE" != self ]]; then
 STEP="detect build flags"; LOG="$LOG_DIR/detect.log"
 read -r TORCH_V TF_V PY_V TORCH_CUDA < <("$PY" - 2>"$LOG" <<'EOF'
 import sys, importlib.metadata as md
@@ -176,12 +195,15 @@ else
         "$BUILD_INFO" "$KEY" "$LOG"
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
 fi
+fi
+if [[ "$MODE" == deps ]]; then say "done: frameworks and Horovod $HOROVOD_VERSION; python: $PY"; exit 0; fi
 
 # --- 3. hvdtrain itself ------------------------------------------------------------------------
-# (Re)install when hvdtrain is missing or points at another checkout.
+# (Re)install when hvdtrain is missing or points at another checkout. PEP 517 with the setuptools
+# already here: nothing is fetched (the image's last stage has no index settings).
 if ! (cd / && "$PY" -c 'import hvdtrain, sys; sys.exit(not hvdtrain.__file__.startswith(sys.argv[1]))' "$REPO/") \
         >/dev/null 2>&1; then
-    run "install hvdtrain" "$LOG_DIR/hvdtrain.log" "${PIP[@]}" install --no-deps --no-build-isolation -e "$REPO"
+    run "install hvdtrain" "$LOG_DIR/hvdtrain.log" "${PIP[@]}" install --no-deps --no-build-isolation --use-pep517 -e "$REPO"
 fi
 if [[ "$FLAVOR" == "gpu" ]]; then BUILT="PyTorch, TensorFlow, Gloo and NCCL"; else BUILT="PyTorch, TensorFlow and Gloo"; fi
 say "done: Horovod $HOROVOD_VERSION with $BUILT; python: $PY"

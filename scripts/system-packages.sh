@@ -5,6 +5,8 @@
 #                                           hosts, tmux for the console tests, Slurm and munge for the
 #                                           Slurm cluster, Java for Spark, Chromium for the
 #                                           MLflow dashboard test)
+#   bash scripts/system-packages.sh docker  Debian's Docker engine (with its BuildKit CLI), debootstrap (a
+#                                           base image without a registry) and docker-compose: make image
 # Installs only as root on a machine with apt-get (Debian/Ubuntu, CI); anywhere else it prints one
 # line naming what is missing and what that means, and succeeds: the build goes on without MPI, and
 # the tests that need the missing parts are skipped, each with its reason.
@@ -17,8 +19,10 @@ case "$GROUP" in
     build) NEEDS=(mpicc:libopenmpi-dev mpirun:openmpi-bin) ;;
     test)  NEEDS=(/usr/sbin/sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 tmux:tmux
                   /usr/sbin/slurmctld:slurmctld /usr/sbin/slurmd:slurmd sbatch:slurm-client /usr/sbin/munged:munge
-                  java:openjdk-17-jre-headless /usr/bin/chromium:chromium) ;;
-    *) echo "[system-packages] unknown group '$GROUP': use build or test" >&2; exit 2 ;;
+                  java:openjdk-17-jre-headless /usr/bin/chromium:chromium
+                  dockerd:docker.io debootstrap:debootstrap docker-compose:docker-compose) ;;
+    docker) NEEDS=(dockerd:docker.io debootstrap:debootstrap docker-compose:docker-compose) ;;
+    *) echo "[system-packages] unknown group '$GROUP': use build, test or docker" >&2; exit 2 ;;
 esac
 
 missing=()
@@ -33,6 +37,7 @@ if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
     case "$GROUP" in
         build) echo "[system-packages] $why: ${missing[*]} not installed; Horovod is built without MPI (hvdtrain run --mpi unavailable)" ;;
         test)  echo "[system-packages] $why: ${missing[*]} not installed; the tests that need them are skipped" ;;
+        docker) echo "[system-packages] $why: ${missing[*]} not installed; make image needs a Docker engine" ;;
     esac
     exit 0
 fi

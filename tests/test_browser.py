@@ -38,7 +38,7 @@ def browser_missing() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing: scripts/system-packages.sh test installs Debian's chromium (apt, as root)"
     if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is missing: make install (requirements/common.txt)"
+        return "the playwright package is missing: make install (requirements/dev.txt)"
     return None
 
 

@@ -30,11 +30,12 @@ def test_requirements_dockerfile_and_install_name_one_cuda():
     cuda = cudastack.pinned_cuda()
     assert cuda == "13.0"
     dockerfile = (REPO / "Dockerfile").read_text()
-    base = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-devel-ubuntu\d+\.\d+$", dockerfile, flags=re.M)
+    base = re.search(r"^ARG GPU_BASE=nvidia/cuda:(\d+\.\d+)\.\d+-devel-ubuntu\d+\.\d+$", dockerfile, flags=re.M)
     assert base and base.group(1) == cuda, "the image's CUDA toolkit must be the one Horovod is compiled with"
     assert "-cudnn" not in base.group(0)  # cuDNN comes from the frameworks' own wheels, one per CUDA
     # The image runs the gpu flavour of the one install script, on the toolkit cudastack finds.
-    assert "HVDTRAIN_FLAVOR=gpu" in dockerfile and "CUDA_HOME=/usr/local/cuda" in dockerfile
+    assert "FROM base-${FLAVOR} AS frameworks" in dockerfile and "HVDTRAIN_FLAVOR=${FLAVOR}" in dockerfile
+    assert re.search(r"^FROM \$\{GPU_BASE\} AS base-gpu\nENV CUDA_HOME=/usr/local/cuda$", dockerfile, flags=re.M)
     found = pins()
     assert str(found["torch"].specifier) == "==2.14.1"  # PyPI's CUDA 13.0 build
     nccl = [name for name in found if re.match(r"nvidia-nccl-cu\d+$", name)]
@@ -97,7 +98,8 @@ def test_compose_gpu_variant_requests_gpus_like_docker_run():
     gpu = yaml.safe_load((REPO / "docker" / "compose.gpu.yaml").read_text())
     assert set(gpu["services"]) == {"trainer"} <= set(base["services"])  # an override of the same job
     trainer = gpu["services"]["trainer"]
-    assert trainer["build"] == {"context": "..", "dockerfile": "Dockerfile"} and trainer["image"] == "hvdtrain:gpu"
+    assert trainer["build"] == {"context": "..", "dockerfile": "Dockerfile", "args": {"FLAVOR": "gpu"}}
+    assert trainer["image"] == "hvdtrain:gpu"
     # docker run --gpus all --ipc=host
     assert trainer["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
