@@ -32,6 +32,7 @@ from ..core import elastic, tripwire
 from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, PartitionPlan, plan
+from . import internals
 from ._context import current
 from .collectives import wait
 
@@ -257,7 +258,8 @@ def shard(optimizer: torch.optim.Optimizer, model: torch.nn.Module, options: Dis
     cls = type(optimizer)
     sharded = object.__new__(type(cls.__name__, (_ShardedOptimizer, cls), {}))
     sharded.__dict__.update(optimizer.__dict__)
-    sharded._zero, sharded._should_synchronize = layout, True
+    sharded._zero = layout
+    internals.synchronize_on_step(sharded)
     sharded.state = defaultdict(dict)
     sharded.param_groups = [{**{k: v for k, v in group.items() if k != "params"},
                              "params": [s for s, b in zip(layout.shards, layout.plan.buckets) if b.group == g]}
@@ -274,7 +276,7 @@ def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
 def agree_on_overflow(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
     """AMP: after ``scaler.unscale_``, every rank skips the step if any rank's shard held an inf
     or NaN (each rank unscaled only its own shard's gradients)."""
-    found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+    found = internals.found_inf_flags(scaler, optimizer)
     local = sum((flag.double().cpu() for flag in found.values()), torch.zeros((), dtype=torch.float64))
     total = hvd.allreduce(local, op=hvd.Sum, name="hvdtrain.zero.found_inf")
     for flag in found.values():
