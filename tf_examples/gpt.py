@@ -97,10 +97,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     updates_per_epoch = math.ceil(math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
                                   / args.accumulation_steps)
     if tracker is not None:
-        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                       per_rank_batch_size=args.batch_size),
-                            "parameters": model.count_params(), "unigram_ce": unigram,
-                            "corpus_fingerprint": corpus.fingerprint()})
+        tracker.log_params({"parameters": model.count_params(), "unigram_ce": unigram,
+                            "corpus_fingerprint": corpus.fingerprint()})  # hk.fit logs the training params
     # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number of
     # steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
     history = hk.fit(model, *windows, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,

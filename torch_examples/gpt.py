@@ -79,9 +79,8 @@ def fit_language_model(args: argparse.Namespace, ctx: Context, tracker: tracking
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
     if tracker is not None:
-        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                       per_rank_batch_size=args.batch_size),
-                            "parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram, **params})
+        tracker.log_params({"parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram,
+                            **params})  # ht.fit logs the training params
     val_loader = ht.eval_loader(TensorDataset(*map(torch.from_numpy, val_windows)), batch_size=64)
     history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
                      scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))
