@@ -49,15 +49,18 @@ def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: 
     ``spawn``, which re-imports it).
     """
     import horovod.spark
-    from pyspark import SparkContext
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
 
     from ..launch import environment
     from ..tracking import legs
 
     failures.install()  # an uncaught SparkJobError prints as its one line
-    context = SparkContext._active_spark_context
-    if context is None:
-        raise SparkJobError("hvdtrain.spark.run needs an active SparkSession (SparkSession.builder...getOrCreate())")
+    try:
+        context = SparkSession.active().sparkContext
+    except PySparkRuntimeError:
+        raise SparkJobError("hvdtrain.spark.run needs an active SparkSession "
+                            "(SparkSession.builder...getOrCreate())") from None
     if num_proc < 1:
         raise SparkJobError(f"num_proc must be >= 1, got {num_proc}")
     timeout = tuning.hang_timeout() if hang_timeout is None else _checked_hang_timeout(hang_timeout)

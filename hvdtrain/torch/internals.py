@@ -63,10 +63,10 @@ def should_synchronize(optimizer: torch.optim.Optimizer) -> bool:
     return getattr(optimizer, SHOULD_SYNCHRONIZE)
 
 
-def synchronize_on_step(optimizer: torch.optim.Optimizer) -> None:
-    """Mark an optimizer that is not Horovod's as one whose step synchronizes (as Horovod's does
-    outside ``skip_synchronize()``)."""
-    setattr(optimizer, SHOULD_SYNCHRONIZE, True)
+def set_should_synchronize(optimizer: torch.optim.Optimizer, value: bool) -> None:
+    """For an optimizer that is not Horovod's but keeps its protocol (the sharded one): whether
+    its next step synchronizes first (False inside its ``skip_synchronize()``)."""
+    setattr(optimizer, SHOULD_SYNCHRONIZE, value)
 
 
 def pending_handles(optimizer: torch.optim.Optimizer) -> list[Any]:

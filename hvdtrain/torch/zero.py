@@ -96,7 +96,6 @@ class _ShardedOptimizer:
     hold this rank's shards, so the user's ``step`` updates them and keeps state only for them."""
 
     _zero: _Layout
-    _should_synchronize: bool
 
     def synchronize(self) -> None:
         """Reduce-scatter the gradients into this rank's shards' ``grad``, a bucket at a time."""
@@ -122,11 +121,11 @@ class _ShardedOptimizer:
     @contextlib.contextmanager
     def skip_synchronize(self):
         """Inside, ``step`` uses the shards' gradients as they are (after an explicit ``synchronize``)."""
-        self._should_synchronize = False
+        internals.set_should_synchronize(self, False)
         try:
             yield
         finally:
-            self._should_synchronize = True
+            internals.set_should_synchronize(self, True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self._zero.params:
@@ -259,7 +258,7 @@ def shard(optimizer: torch.optim.Optimizer, model: torch.nn.Module, options: Dis
     sharded = object.__new__(type(cls.__name__, (_ShardedOptimizer, cls), {}))
     sharded.__dict__.update(optimizer.__dict__)
     sharded._zero = layout
-    internals.synchronize_on_step(sharded)
+    internals.set_should_synchronize(sharded, True)
     sharded.state = defaultdict(dict)
     sharded.param_groups = [{**{k: v for k, v in group.items() if k != "params"},
                              "params": [s for s, b in zip(layout.shards, layout.plan.buckets) if b.group == g]}
