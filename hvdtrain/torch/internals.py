@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import horovod
 import horovod.torch as hvd
 import torch
 
@@ -47,7 +48,7 @@ def check() -> None:
     missing = [name for name, present in found.items() if not present]
     if missing:
         raise InternalsError(f"hvdtrain.torch relies on {missing[0]}, which torch {torch.__version__} / Horovod "
-                             f"{hvd.__version__} no longer has: install the tested versions (make install), or "
+                             f"{horovod.__version__} no longer has: install the tested versions (make install), or "
                              f"update hvdtrain/torch/internals.py")
 
 
