@@ -7,6 +7,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hvdtrain", "hvdtrain.*"]),
+    # The pinned requirements travel with the package (``hvdtrain.cudastack`` reads gpu.txt):
+    # hvdtrain/requirements links to the checkout's requirements/, which install.sh and Docker use.
+    package_data={"hvdtrain": ["requirements/*.txt"]},
     python_requires=">=3.10",
     # Horovod must be built against the installed frameworks (scripts/install.sh does it),
     # so it is not a pip dependency here; the pinned, tested set is requirements/cpu.txt. Each

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .core.versions import installed
 
-REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements" / "gpu.txt"
+REQUIREMENTS = Path(__file__).parent / "requirements" / "gpu.txt"  # package data (setup.py)
 NCCL_DIST = re.compile(r"^nvidia-nccl-cu(\d+)$")
 CUDA_PIN = re.compile(r"^# hvdtrain-cuda: (\d+\.\d+)\s*$", re.M)
 

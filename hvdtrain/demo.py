@@ -1,9 +1,9 @@
 """The main job (``make demo``): the digits example in both frameworks and a short GPT run, each on
-2 workers, tracked in the local MLflow store, then a summary table."""
+2 workers launched by ``hvdtrain.launch``, tracked in the local MLflow store, then a summary table.
+The examples are the checkout's (``torch_examples/``, ``tf_examples/``)."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +19,9 @@ WORKERS = 2
 
 
 def main() -> int:
+    from .core.errors import UsageError
+    from .launch import job
+    from .launch.request import Request
     from .tracking import prepare_local_store
 
     uri = prepare_local_store()
@@ -28,12 +31,16 @@ def main() -> int:
             results = Path(tmp, f"{framework}-{example}.json")
             print(f"\n=== {example} ({framework}), {WORKERS} workers ===", flush=True)
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "hvdtrain", "run", "-np", str(WORKERS), script,
-                                   "--experiment", "hvdtrain-demo", "--results", str(results), *extra], cwd=REPO)
+            try:
+                returncode = job.run(Request(script=str(REPO / script), np=WORKERS,
+                                             args=("--experiment", "hvdtrain-demo", "--results", str(results), *extra)))
+            except UsageError as err:
+                print(f"hvdtrain: error: {err}", file=sys.stderr)
+                returncode = 2
             wall = time.perf_counter() - start
-            if proc.returncode != 0 or not results.exists():
+            if returncode != 0 or not results.exists():
                 failed = True
-                rows.append((framework, example, WORKERS, "FAILED", f"exit {proc.returncode}", f"{wall:.0f} s", "-"))
+                rows.append((framework, example, WORKERS, "FAILED", f"exit {returncode}", f"{wall:.0f} s", "-"))
                 continue
             found = json.loads(results.read_text())
             rows.append((framework, example, WORKERS, found["metric_name"], f"{found['metric']:.4f}",

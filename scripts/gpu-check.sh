@@ -3,7 +3,7 @@
 #   1. no GPU (nvidia-smi missing or listing none): one line, exit 1, before anything is installed;
 #   2. the gpu flavour into its own venv (HVDTRAIN_GPU_VENV, default .venv-gpu), idempotent, so a
 #      second run reuses it (the first compiles Horovod's NCCL ops: see README, GPU);
-#   3. hvdtrain gpu-check: gpu-check-results/gpu-check.json and a table (hvdtrain/gpucheck.py).
+#   3. hvdtrain gpu-check: gpu-check-results/gpu-check.json and a table (hvdtrain/cli/gpucheck.py).
 # Extra arguments go to hvdtrain gpu-check (e.g. --quick, --out DIR).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

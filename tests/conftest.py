@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hvdtrain import testhosts
+from hvdtrain.launch import testhosts
 
 
 def require(reason: str | None) -> None:
@@ -39,7 +39,7 @@ def _host_sets():
 
 @pytest.fixture
 def test_hosts():
-    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.testhosts``),
+    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.launch.testhosts``),
     all removed when the test ends, whatever happened in it."""
     with _host_sets() as make:
         yield make

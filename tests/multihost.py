@@ -1,4 +1,4 @@
-"""Jobs on test hosts (``hvdtrain.testhosts``) for the multi-host tests: ``hvdtrain run`` started
+"""Jobs on test hosts (``hvdtrain.launch.testhosts``) for the multi-host tests: ``hvdtrain run`` started
 on a host as a user would there, the worker processes of a rank on a host, a host left clean, and
 an MLflow server on a host of its own."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 
-from hvdtrain.testhosts import TestHosts
+from hvdtrain.launch.testhosts import TestHosts
 from tests.launch import REPO
 from tests.mlflow_server import QUIET_SERVER, free_port, wait_healthy
 

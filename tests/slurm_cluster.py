@@ -1,4 +1,4 @@
-"""A real Slurm cluster on test hosts (``hvdtrain.testhosts``): Debian's slurm-wlm 22.05 and munge.
+"""A real Slurm cluster on test hosts (``hvdtrain.launch.testhosts``): Debian's slurm-wlm 22.05 and munge.
 
 The first host is the login and controller node (munged, slurmctld; jobs are submitted from
 it), every other host a compute node (slurmd). Everything lives in one temporary directory (munge
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.testhosts import TestHosts
+from hvdtrain.launch.testhosts import TestHosts
 from tests.conftest import require
 
 # command: the Debian package that has it

@@ -1,15 +1,17 @@
 """``hvdtrain bench`` at a toy size: the report's schema and every section and row (not speed)."""
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
 
-from hvdtrain.bench import cli, report
-from hvdtrain.cli.errors import CliError
+from hvdtrain.bench import report
+from hvdtrain.cli import bench as bench_cli
 from hvdtrain.core import tuning
+from hvdtrain.core.errors import UsageError
 
 TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp"}
 KERAS_LOOPS = {"hvdtrain fit", "raw horovod fit", "hvdtrain loop", "raw horovod loop"}
@@ -20,7 +22,7 @@ BACKENDS = {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorfl
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain.bench.cli", "--quick", "--windows", "1", "--sizes", "4K,8K",
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "bench", "--quick", "--windows", "1", "--sizes", "4K,8K",
                            "--fusion", "3x4K", "--parts", "allreduce,torch,keras", "--out", str(out)],
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +90,7 @@ def test_step_rows_ratios_and_scaling(bench):
 def zero_bench(tmp_path_factory) -> dict:
     """The zero part alone: its memory measurements start a job per optimizer and world size."""
     out = tmp_path_factory.mktemp("zero_bench")
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain.bench.cli", "--quick", "--windows", "1", "--parts", "zero",
+    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "bench", "--quick", "--windows", "1", "--parts", "zero",
                            "--out", str(out)], capture_output=True, text=True, timeout=600)  # 6 launches
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
@@ -113,8 +115,8 @@ def test_optimizer_state_sharding_rows(zero_bench):
 
 
 def test_bad_input_is_one_line_error():
-    parser = cli.argparse.ArgumentParser()
-    cli.add_arguments(parser)
+    parser = argparse.ArgumentParser()
+    bench_cli.add_arguments(parser)
     for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
                           (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"), (["--np", "0"], "--np must be >= 1"),
                           (["--np", "2,x"], "bad --np '2,x'"),
@@ -123,8 +125,8 @@ def test_bad_input_is_one_line_error():
                           (["--hosts", "2", "--np", "2"], "--np and --hosts exclude each other"),
                           (["--hosts", "2", "--link-rate", "fast"], "bad --link-rate 'fast'"),
                           (["--steps", "0"], "--steps must be >= 1")):
-        with pytest.raises(CliError, match=message):
-            cli.main(parser.parse_args(argv))
+        with pytest.raises(UsageError, match=message):
+            bench_cli.settings(parser.parse_args(argv))
 
 
 def test_tuning_defaults_yield_to_user_settings():

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from hvdtrain.bench import models, report
-from hvdtrain.testhosts import instances, unavailable_reason
+from hvdtrain.bench import report, shapes
+from hvdtrain.models.torch_gpt import GPT
+from hvdtrain.launch.testhosts import instances, unavailable_reason
 from tests.conftest import require
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
@@ -28,7 +29,7 @@ TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp", "plain torch"}
 def bench(tmp_path_factory) -> dict:
     require(unavailable_reason())
     out = tmp_path_factory.mktemp("bench_hosts")
-    proc = subprocess.Popen([sys.executable, "-m", "hvdtrain.bench.cli", "--hosts", "2", "--link-rate", "200mbit",
+    proc = subprocess.Popen([sys.executable, "-m", "hvdtrain", "bench", "--hosts", "2", "--link-rate", "200mbit",
                              "--quick", "--windows", str(WINDOWS), "--sizes", "4K,4M", "--fusion", "3x4K",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=400)
@@ -83,11 +84,11 @@ def test_allreduce_rows_spread_and_link(bench):
 
 def _gradient_bytes(model: str) -> int:
     if model == "mlp":
-        shape = models.mlp_shape(True)
+        shape = shapes.mlp_shape(True)
         return 4 * ((shape.inputs + 1) * shape.hidden + (shape.hidden + 1) * shape.hidden
                     + (shape.hidden + 1) * shape.classes)
-    shape = models.gpt_shape(True)
-    gpt = models.gpt_example("torch").GPT(shape.block, shape.d_model, shape.layers, shape.heads)
+    shape = shapes.gpt_shape(True)
+    gpt = GPT(shape.block, shape.d_model, shape.layers, shape.heads)
     return 4 * sum(p.numel() for p in gpt.parameters())
 
 

@@ -86,8 +86,8 @@ def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
 
 
 def test_hostfile_comments_and_default_slots(tmp_path):
-    from hvdtrain.cli.run import _read_hostfile
+    from hvdtrain.launch.hosts import read_hostfile
 
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# the cluster\nnode1 slots=4  # big one\n\nnode2\nnode3 slots = 2\n")
-    assert _read_hostfile(hostfile) == [("node1", 4), ("node2", 1), ("node3", 2)]
+    assert read_hostfile(hostfile) == [("node1", 4), ("node2", 1), ("node3", 2)]

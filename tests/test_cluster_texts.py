@@ -3,8 +3,7 @@ interface, which rendezvous address) or problem lines, and how the launcher read
 the worker guard's texts (copied from real runs). The multi-host tests run the same on hosts."""
 import signal
 
-from hvdtrain.cli import preflight
-from hvdtrain.core import failures
+from hvdtrain.launch import parsers, preflight
 
 VERSIONS = {"horovod": "0.28.1", "torch": "2.13.0", "tensorflow": None, "tensorflow-cpu": "2.21.0", "keras": "3.15.1"}
 REQUEST = preflight.Request(hosts=["n1", "n2"], ssh_port=22, python="/v/bin/python", cwd="/p", script="/p/train.py")
@@ -88,7 +87,7 @@ WARNING: There was an error initializing an OpenFabrics device.
 
 
 def read(text: str) -> tuple[list[tuple[int, int]], list[str]]:
-    notices, shown = failures.MpiNotices(), []
+    notices, shown = parsers.MpiNotices(), []
     for line in text.splitlines(keepends=True):
         shown += notices.feed(line)
     return notices.failures, shown + notices.flush()
@@ -98,15 +97,15 @@ def test_mpirun_notices_give_rank_and_status_and_are_hidden():
     assert read(MPI_SIGKILL) == ([(1, 128 + signal.SIGKILL)], [])
     assert read(MPI_EXIT) == ([(1, 3)], [])
     assert read("an ordinary line\n" + MPI_WARNING) == ([], ["an ordinary line\n", *MPI_WARNING.splitlines(True)])
-    assert read("ORTE has lost communication with a remote daemon.\n")[0] == [(failures.DAEMON_LOST, 255)]
-    assert failures.split_worker_line("[1,1]<stderr>:text") == (1, "stderr", "text")
+    assert read("ORTE has lost communication with a remote daemon.\n")[0] == [(parsers.DAEMON_LOST, 255)]
+    assert parsers.split_worker_line("[1,1]<stderr>:text") == (1, "stderr", "text")
 
 
 def test_guard_notices_are_found_anywhere_in_a_line():
     chunk = "[1,0]<stderr>:epoch 1:  20%|██ | 5/25[1,1]<stderr>:hvdtrain-guard: worker frozen by SIGSTOP[1,1]<stderr>:\n"
-    assert failures.guard_notices(chunk) == [(1, "frozen", signal.SIGSTOP)]
-    assert failures.without_guard_notices(chunk) == "[1,0]<stderr>:epoch 1:  20%|██ | 5/25[1,1]<stderr>:\n"
-    assert failures.guard_notices("[3]<stderr>:hvdtrain-guard: worker killed by SIGKILL\n") == [
+    assert parsers.guard_notices(chunk) == [(1, "frozen", signal.SIGSTOP)]
+    assert parsers.without_guard_notices(chunk) == "[1,0]<stderr>:epoch 1:  20%|██ | 5/25[1,1]<stderr>:\n"
+    assert parsers.guard_notices("[3]<stderr>:hvdtrain-guard: worker killed by SIGKILL\n") == [
         (3, "killed", signal.SIGKILL)]
-    assert failures.guard_notices("[3]<stderr>:hvdtrain-guard: worker continued\n") == [(3, "continued", None)]
-    assert failures.guard_notices("[3]<stdout>:my own hvdtrain-guard: worker killed by SIGKILL\n") == []
+    assert parsers.guard_notices("[3]<stderr>:hvdtrain-guard: worker continued\n") == [(3, "continued", None)]
+    assert parsers.guard_notices("[3]<stdout>:my own hvdtrain-guard: worker killed by SIGKILL\n") == []

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.cli import summary
+from hvdtrain.launch import summary
 from hvdtrain.tracking import legs
 from tests.conftest import require
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures

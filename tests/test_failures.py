@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hvdtrain.core import failures, tuning
+from hvdtrain.launch import parsers
 from hvdtrain.core.checkpoint import CheckpointDir, read_meta
 from hvdtrain.tracking import legs
 from tests import readme_table
@@ -188,15 +189,16 @@ def test_bad_hang_timeout_in_a_worker_is_one_line(tmp_path):
 
 
 def test_elastic_command_line(tmp_path, discovery):
-    from hvdtrain.cli import build_parser
-    from hvdtrain.cli.run import _check_request, build_command
+    from hvdtrain.cli import build_parser, run
+    from hvdtrain.launch.job import build_command
+    from hvdtrain.launch.request import check
 
     script = discovery("localhost:2")
     worker = tmp_path / "w.py"
     worker.write_text("")
     args = build_parser().parse_args(["run", "--elastic", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
                                       str(script), "--blacklist-cooldown-range", "2", "10", str(worker), "--x"])
-    command = build_command(args, _check_request(args))
+    command = build_command(check(run.request(args)))
     assert command[3:] == ["-np", "2", "--min-np", "1", "--host-discovery-script", str(script), "--max-np", "2",
                            "--blacklist-cooldown-range", "2", "10", "--network-interface", "lo", "--gloo",
                            "-p", "22", sys.executable, str(worker), "--x"]
@@ -214,7 +216,7 @@ One or more rank (marked by "!") is stalled for longer than 3 seconds. Will shut
 
 
 def test_stall_report_is_parsed_from_horovods_warning():
-    parser = failures.StallParser()
+    parser = parsers.StallParser()
     hidden = [parser.feed(line) for line in STALL_WARNING.splitlines()]
     assert all(hidden) and not parser.feed("an ordinary line")
     [report] = parser.take_finished(idle_s=0)
@@ -223,15 +225,15 @@ def test_stall_report_is_parsed_from_horovods_warning():
 
 
 def test_exit_statuses_and_hang_settings():
-    assert failures.describe_status(137) == "was killed by SIGKILL"
-    assert failures.describe_status(3) == "exited with status 3"
-    assert failures.process_exit("Process 1 exit with status code 137.") == (1, 137)
-    assert failures.split_worker_line("[1]<stderr>:hello") == (1, "stderr", "hello")
+    assert parsers.describe_status(137) == "was killed by SIGKILL"
+    assert parsers.describe_status(3) == "exited with status 3"
+    assert parsers.process_exit("Process 1 exit with status code 137.") == (1, 137)
+    assert parsers.split_worker_line("[1]<stderr>:hello") == (1, "stderr", "hello")
     gloo = "[unbound_buffer.cc:81] Timed out waiting 12000ms for recv operation to complete"
-    assert failures.gloo_timeout_seconds(f"hvdtrain: rank 0 stopped: another worker failed (HorovodInternalError: "
+    assert parsers.gloo_timeout_seconds(f"hvdtrain: rank 0 stopped: another worker failed (HorovodInternalError: "
                                          f"{gloo})") == 12.0  # the rank's own line
-    assert failures.gloo_timeout_seconds(f"Horovod background loop uncaught exception: {gloo}") == 12.0
-    assert failures.gloo_timeout_seconds(f"my script's log: {gloo}") is None
+    assert parsers.gloo_timeout_seconds(f"Horovod background loop uncaught exception: {gloo}") == 12.0
+    assert parsers.gloo_timeout_seconds(f"my script's log: {gloo}") is None
     assert tuning.hang_settings(300) == {"HOROVOD_GLOO_TIMEOUT_SECONDS": "300",
                                          "HOROVOD_STALL_CHECK_TIME_SECONDS": "50",
                                          "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "150"}

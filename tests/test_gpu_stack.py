@@ -111,7 +111,7 @@ def test_compose_gpu_variant_requests_gpus_like_docker_run():
 def test_keras_mixed_precision_matches_fp32_accuracy(tmp_path):
     """The digits example with --mixed-precision (mixed_bfloat16, which runs on CPUs too) learns as
     well as fp32, within gpu-check's tolerance."""
-    from hvdtrain.gpucheck import PRECISION_TOLERANCE
+    from hvdtrain.cli.gpucheck import PRECISION_TOLERANCE
 
     args = ("--no-tracking", "--seed", "1", "--epochs", "4")
     fp32, _ = run_example("tf_examples/digits.py", *args, out=tmp_path / "fp32")

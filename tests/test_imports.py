@@ -4,7 +4,12 @@ The core and tracking never import Horovod or a framework; the CLI imports a sub
 dependencies only when that subcommand runs; ``hvdtrain run`` and the horovodrun it starts never
 import TensorFlow (or torch); an example run with ``--no-tracking`` never imports MLflow.
 How fast ``hvdtrain --help`` answers is measured with farm-bench (README), not here.
+
+Issue 23, item 3: the package's layers, read from the source (every import statement, those
+inside functions too): no module outside ``cli`` imports ``cli``, no import cycle, no package
+imports one of a layer above it.
 """
+import ast
 import json
 import os
 import pkgutil
@@ -19,6 +24,19 @@ import hvdtrain.tracking
 from tests.launch import REPO
 
 FRAMEWORKS = ("horovod", "torch", "tensorflow", "keras")
+# hvdtrain's packages and top-level modules, lowest layer first: each imports only from its own
+# and from lower layers (and none from another of its own layer).
+LAYERS = (
+    ("core",),                       # framework-free policy, the contracts (tracker, errors)
+    ("tracking", "cudastack"),       # MLflow; the CUDA stack's facts
+    ("launch", "elastic"),           # starting and watching workers; Horovod's elastic state
+    ("torch", "keras", "spark"),     # the adapters; training on Spark
+    ("datasets",),                   # the examples' data (digits may come from Spark)
+    ("models",),                     # the models the examples and the benchmark share
+    ("bench",),                      # the benchmark
+    ("cli", "demo"),                 # the command and the demo
+    ("__main__",),                   # python -m hvdtrain
+)
 
 
 def imported_after(code: str, watched: tuple[str, ...], **kwargs) -> dict:
@@ -87,3 +105,76 @@ def test_examples_without_tracking_never_import_mlflow(tmp_path, framework):
             "    found[path] = [w for w in WATCHED if w in sys.modules]\n")
     found = imported_after(code, ("mlflow",), cwd=tmp_path)
     assert found == {path: [] for path, _ in runs}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the hvdtrain modules it imports (at any depth of its code), from the source."""
+    files = {}
+    for path in (REPO / "hvdtrain").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def module_of(name: str) -> str | None:
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for module, path in files.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(module_of(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                found.update(module_of(f"{base}.{alias.name}") for alias in node.names)
+        graph[module] = {name for name in found if name and name != module}
+    return graph
+
+
+def unit(module: str) -> str:
+    """The package (or top-level module) of hvdtrain that ``module`` belongs to."""
+    return (module.split(".") + ["__init__"])[1]
+
+
+def test_no_module_outside_cli_imports_cli():
+    graph = import_graph()
+    assert "hvdtrain.launch.job" in graph and "hvdtrain.cli.run" in graph
+    assert {module: sorted(name for name in imported if unit(name) == "cli")
+            for module, imported in graph.items()
+            if unit(module) not in ("cli", "__main__") and any(unit(name) == "cli" for name in imported)} == {}
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    done: set[str] = set()
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []
+
+
+def test_no_package_imports_a_layer_above_it():
+    layer = {name: number for number, names in enumerate(LAYERS) for name in names}
+    graph = import_graph()
+    units = {unit(module) for module in graph} - {"__init__"}
+    assert units == set(layer)  # a new package gets its place here
+    upward = sorted(f"{module} imports {name}" for module, imported in graph.items() for name in imported
+                    if unit(module) != unit(name) and unit(name) != "__init__"
+                    and layer[unit(name)] >= layer[unit(module)])
+    assert upward == []

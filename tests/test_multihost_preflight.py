@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.cli import preflight
+from hvdtrain.launch import preflight
 from tests.multihost import finish, job_env
 
 pytestmark = pytest.mark.multihost

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain.core import slurm
+from hvdtrain.core.slurm import check_direct_launch
+from hvdtrain.launch import slurm
 from tests.conftest import require
 from tests.launch import REPO
 from tests.mlflow_server import MlflowServer
@@ -104,12 +105,12 @@ def test_launches_that_make_lone_rank_zero_workers_are_refused():
                               "hvdtrain run once, in the batch script or salloc shell, without srun")
     slurm.check_launcher({**step, "SLURM_STEP_NUM_TASKS": "1"})  # a one-task step launches one job
     with pytest.raises(slurm.SlurmError) as err:
-        slurm.check_direct_launch(step)
+        check_direct_launch(step)
     assert str(err.value) == ("srun started 2 tasks (step 41.3) without a launcher: each would train alone as rank 0; "
                               "launch with hvdtrain run, once, in the batch script or salloc shell (not under srun)")
     for started_by in ("HOROVOD_RANK", "PMIX_RANK", "PMI_RANK"):  # horovodrun; srun --mpi=pmix or pmi2
-        slurm.check_direct_launch({**step, started_by: "1"})
-    slurm.check_direct_launch(JOB)  # not in a step
+        check_direct_launch({**step, started_by: "1"})
+    check_direct_launch(JOB)  # not in a step
 
 
 # --- a real cluster --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The test hosts themselves (``hvdtrain.testhosts``): separate hosts that ssh, resolve each other's
+"""The test hosts themselves (``hvdtrain.launch.testhosts``): separate hosts that ssh, resolve each other's
 names, can lose their link, and leave nothing behind."""
 import re
 import socket
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hvdtrain import testhosts
+from hvdtrain.launch import testhosts
 
 pytestmark = pytest.mark.multihost
 
@@ -99,7 +99,7 @@ def test_down_removes_everything_even_after_a_failure(test_hosts):
 def test_a_dead_makers_set_is_reclaimed(test_hosts):
     """A set whose maker was SIGKILLed (a crashed test run) is removed by the next one to claim it."""
     maker = subprocess.run(
-        ["python3", "-c", "import os, sys; sys.path.insert(0, '.'); from hvdtrain.testhosts import TestHosts; "
+        ["python3", "-c", "import os, sys; sys.path.insert(0, '.'); from hvdtrain.launch.testhosts import TestHosts; "
          "h = TestHosts(1).up(); print(h.instance, flush=True); os._exit(9)"],
         capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
     k = int(maker.stdout)

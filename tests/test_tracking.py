@@ -15,11 +15,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hvdtrain import tracking
-from hvdtrain.cli.errors import CliError
+from hvdtrain.core.errors import UsageError
 from hvdtrain.core import context
 from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
 from hvdtrain.core.options import DistributedOptions
-from hvdtrain.tracking.cli import register
+from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.params import flatten
 from hvdtrain.tracking.sync import sync
 from tests import readme_table
@@ -143,7 +143,7 @@ def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(["mlflow-sync", str(tmp_path / "missing.jsonl")])
-    with pytest.raises(CliError, match="missing.jsonl"):
+    with pytest.raises(UsageError, match="missing.jsonl"):
         args.func(args)
 
 
@@ -183,7 +183,7 @@ def test_ui_command_serves_the_local_store(store, local_store):
     tracker.finish()
     port = free_port()
     # The subcommand through its own parser: the test does not depend on how hvdtrain/cli wires it.
-    cli = ("import argparse, sys; from hvdtrain.tracking.cli import register; p = argparse.ArgumentParser(); "
+    cli = ("import argparse, sys; from hvdtrain.cli.tracking import register; p = argparse.ArgumentParser(); "
            "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env = {**env, **QUIET_SERVER, "PYTHONPATH": str(REPO)}

@@ -11,7 +11,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from hvdtrain.tracking.cli import register
+from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.journal import replay
 from tests import readme_table
 from tests.launch import REPO, horovodrun, results

@@ -52,9 +52,6 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=False)
-    if tracker is not None:
-        tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                    per_rank_batch_size=args.batch_size))
     # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number
     # of steps), or within its Parquet shard on Spark; checkpoints, resume, tracking and elastic restarts
     # are hk.fit's, as ht.fit's in the torch twin.

@@ -1,11 +1,12 @@
 """A GPT-style byte-level language model (Keras 3 on TensorFlow) trained from scratch, data-parallel
 on Horovod.
 
-A small decoder-only transformer learns to continue Python source code. The text is the
-standard library of the running interpreter, read at run time (``hvdtrain.datasets.text``):
-nothing to download, the same file-level train/validation split on every rank. Training windows
-are sharded by rank, gradients averaged by Horovod; rank 0 prints the validation loss next to
-the unigram baseline (byte frequencies, no context) and samples a few lines of code at the end.
+A small decoder-only transformer (``hvdtrain.models.keras_gpt``, the model ``hvdtrain bench``
+times) learns to continue Python source code. The text is the standard library of the running
+interpreter, read at run time (``hvdtrain.datasets.text``): nothing to download, the same
+file-level train/validation split on every rank. Training windows are sharded by rank, gradients
+averaged by Horovod; rank 0 prints the validation loss next to the unigram baseline (byte
+frequencies, no context) and samples a few lines of code at the end.
 
     horovodrun -np 2 -H localhost:2 --gloo python tf_examples/gpt.py
     hvdtrain run -np 2 tf_examples/gpt.py --epochs 1 --windows 2000 --no-tracking
@@ -28,41 +29,7 @@ from hvdtrain.core import args as cli
 from hvdtrain.core.context import Context, main_process_only
 from hvdtrain.core.sharding import samples_per_rank
 from hvdtrain.datasets import text
-
-
-@keras.saving.register_keras_serializable("hvdtrain_gpt")
-class AddPositions(keras.layers.Layer):
-    """Adds a learned embedding of each position (up to ``block``) to the byte embeddings."""
-
-    def __init__(self, block: int, **kwargs):
-        super().__init__(**kwargs)
-        self.block = block
-
-    def build(self, input_shape):
-        self.table = self.add_weight(shape=(self.block, input_shape[-1]), initializer="random_normal", name="table")
-
-    def call(self, x):
-        return x + self.table[:keras.ops.shape(x)[1]]
-
-    def get_config(self):
-        return {**super().get_config(), "block": self.block}
-
-
-def build_model(block: int, d_model: int, layers: int, heads: int) -> keras.Model:
-    """Byte and position embeddings, ``layers`` pre-norm blocks (causal self-attention, then a 4x
-    MLP, each with a residual), a final norm and a dense head to 256 logits."""
-    if d_model % heads:
-        raise ValueError(f"--d-model ({d_model}) must be a multiple of --heads ({heads})")
-    tokens = keras.Input((None,), dtype="int32")  # any length up to block: generation grows it
-    x = AddPositions(block)(keras.layers.Embedding(text.VOCAB_SIZE, d_model)(tokens))
-    for _ in range(layers):
-        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-        # use_causal_mask: each byte sees only its past.
-        x = x + keras.layers.MultiHeadAttention(heads, d_model // heads)(h, h, use_causal_mask=True)
-        h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-        x = x + keras.layers.Dense(d_model)(keras.layers.Dense(4 * d_model, activation="gelu")(h))
-    logits = keras.layers.Dense(text.VOCAB_SIZE)(keras.layers.LayerNormalization(epsilon=1e-5)(x))
-    return keras.Model(tokens, logits)
+from hvdtrain.models.keras_gpt import build_model
 
 
 class CosineDecay(keras.callbacks.Callback):
@@ -130,10 +97,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     updates_per_epoch = math.ceil(math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
                                   / args.accumulation_steps)
     if tracker is not None:
-        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                       per_rank_batch_size=args.batch_size),
-                            "parameters": model.count_params(), "unigram_ce": unigram,
-                            "corpus_fingerprint": corpus.fingerprint()})
+        tracker.log_params({"parameters": model.count_params(), "unigram_ce": unigram,
+                            "corpus_fingerprint": corpus.fingerprint()})  # hk.fit logs the training params
     # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number of
     # steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
     history = hk.fit(model, *windows, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,

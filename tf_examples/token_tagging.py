@@ -90,15 +90,11 @@ def show_results(args, ctx, rows: dict, wall_time: float, run_id: str | None, da
 def main(argv=None) -> None:
     started = time.perf_counter()
     args = cli.parse(tagging.example_parser("Keras 3"), argv)
-    options = cli.distributed_options(args)
     ctx = hk.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None,
                         root=args.data_dir)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
-        if tracker is not None:
-            tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
-                                                        per_rank_batch_size=args.batch_size))
         model = Tagger(args.dim, args.layers, args.heads, args.max_len)
         optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01),
                                       **cli.optimizer_kwargs(args))

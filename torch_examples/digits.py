@@ -71,9 +71,6 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     model = build_model(args.dropout).to(ctx.device)
     optimizer = ht.wrap_optimizer(torch.optim.Adam(model.parameters(), lr=args.lr), model,
                                   **cli.optimizer_kwargs(args))
-    if tracker is not None:
-        tracker.log_params(tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                    per_rank_batch_size=args.batch_size))
     fit_started = time.perf_counter()
     history = ht.fit(model, optimizer, nn.CrossEntropyLoss(), train_loader, epochs=args.epochs,
                      val_loader=ht.eval_loader(as_dataset(splits.val), batch_size=256),

@@ -1,10 +1,11 @@
 """A GPT-style byte-level language model (PyTorch) trained from scratch, data-parallel on Horovod.
 
-A small decoder-only transformer learns to continue Python source code. The text is the
-standard library of the running interpreter, read at run time (``hvdtrain.datasets.text``):
-nothing to download, the same file-level train/validation split on every rank. Training windows
-are sharded by rank, gradients averaged by Horovod; rank 0 prints the validation loss next to
-the unigram baseline (byte frequencies, no context) and samples a few lines of code at the end.
+A small decoder-only transformer (``hvdtrain.models.torch_gpt``, the model ``hvdtrain bench``
+times) learns to continue Python source code. The text is the standard library of the running
+interpreter, read at run time (``hvdtrain.datasets.text``): nothing to download, the same
+file-level train/validation split on every rank. Training windows are sharded by rank, gradients
+averaged by Horovod; rank 0 prints the validation loss next to the unigram baseline (byte
+frequencies, no context) and samples a few lines of code at the end.
 
     horovodrun -np 2 -H localhost:2 --gloo python torch_examples/gpt.py
     hvdtrain run -np 2 torch_examples/gpt.py --epochs 1 --windows 2000 --no-tracking
@@ -21,7 +22,6 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 import hvdtrain.torch as ht
@@ -29,46 +29,7 @@ from hvdtrain import tracking
 from hvdtrain.core import args as cli
 from hvdtrain.core.context import Context, main_process_only
 from hvdtrain.datasets import text
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: causal self-attention, then a 4x MLP, each with a residual."""
-
-    def __init__(self, d_model: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # each byte sees only its past
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
-        return x + self.mlp(self.norm2(x))
-
-
-class GPT(nn.Module):
-    """Byte and position embeddings, ``layers`` blocks, a final norm and a linear head to 256 logits."""
-
-    def __init__(self, block: int, d_model: int, layers: int, heads: int):
-        super().__init__()
-        if d_model % heads:
-            raise ValueError(f"--d-model ({d_model}) must be a multiple of --heads ({heads})")
-        self.tokens, self.positions = nn.Embedding(text.VOCAB_SIZE, d_model), nn.Embedding(block, d_model)
-        self.blocks = nn.Sequential(*(Block(d_model, heads) for _ in range(layers)))
-        self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, text.VOCAB_SIZE)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = tokens.long()
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        return self.head(self.norm(self.blocks(self.tokens(tokens) + self.positions(positions))))
-
-
-def next_byte_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every position of every window: nats per byte (per token for BPE)."""
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten().long())
+from hvdtrain.models.torch_gpt import GPT, next_byte_loss
 
 
 @main_process_only
@@ -118,9 +79,8 @@ def fit_language_model(args: argparse.Namespace, ctx: Context, tracker: tracking
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
     if tracker is not None:
-        tracker.log_params({**tracking.training_params(ctx, cli.distributed_options(args), base_lr=args.lr,
-                                                       per_rank_batch_size=args.batch_size),
-                            "parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram, **params})
+        tracker.log_params({"parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram,
+                            **params})  # ht.fit logs the training params
     val_loader = ht.eval_loader(TensorDataset(*map(torch.from_numpy, val_windows)), batch_size=64)
     history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
                      scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))

@@ -84,15 +84,11 @@ def main(argv=None, *, parser=None, build_model=build_tagger, log_model=None, ex
     ``log_model(tracker, model, ids)`` logs it (``hf_token_tagging.py`` passes both and the flag)."""
     started = time.perf_counter()
     args = cli.parse(parser or tagging.example_parser("PyTorch"), argv)
-    options = cli.distributed_options(args)
     ctx = ht.init(seed=args.seed)
     data = tagging.load(max_len=args.max_len, seed=args.seed, max_files=args.files or None,
                         max_train_lines=args.train_lines or None, max_heldout_lines=args.heldout_lines or None,
                         root=args.data_dir)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
-        if tracker is not None:
-            tracker.log_params(tracking.training_params(ctx, options, base_lr=args.lr,
-                                                        per_rank_batch_size=args.batch_size))
         model = build_model(args, ctx).to(ctx.device)
         optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr), model,
                                       **cli.optimizer_kwargs(args))

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 import hvdtrain.keras as hk
 
-from . import models
+from ..models.keras_gpt import build_model
+from . import shapes
 from .timing import Plan, timed, windows
 
 HVDTRAIN_FIT, RAW_FIT = "hvdtrain fit", "raw horovod fit"
@@ -44,7 +45,7 @@ class RawHorovodModel(keras.Model):
 
 
 def _mlp(quick: bool):
-    shape = models.mlp_shape(quick)
+    shape = shapes.mlp_shape(quick)
 
     def make() -> keras.Model:
         inputs = keras.Input((shape.inputs,))
@@ -59,13 +60,10 @@ def _mlp(quick: bool):
 
 
 def _gpt(quick: bool):
-    example = models.gpt_example("keras")
-    if example is None:
-        return None
-    shape = models.gpt_shape(quick)
+    shape = shapes.gpt_shape(quick)
     tokens = tf.random.uniform((shape.batch, shape.block + 1), 0, 256, dtype=tf.int32)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return (lambda: example.build_model(shape.block, shape.d_model, shape.layers, shape.heads),
+    return (lambda: build_model(shape.block, shape.d_model, shape.layers, shape.heads),
             (tokens[:, :-1], tokens[:, 1:]), loss, lambda: keras.optimizers.AdamW(1e-3), shape.batch)
 
 
@@ -154,13 +152,8 @@ def _barrier() -> None:
 def run(quick: bool, window_count: int) -> dict:
     """Every rank's step seconds in each window per model and variant, all-gathered."""
     plan = Plan(warmup=3, windows=window_count, iters=3 if quick else 10)
-    mine, batches, skipped = {}, {}, []
-    for name, make in MODELS.items():
-        built = make(quick)
-        if built is None:
-            skipped.append(name)
-            continue
-        make, batch, loss_fn, make_optimizer, batches[name] = built
+    mine, batches = {}, {}
+    for name, build in MODELS.items():
+        make, batch, loss_fn, make_optimizer, batches[name] = build(quick)
         mine[name] = windows(variants(make, batch, loss_fn, make_optimizer), plan, _barrier)
-    return {"per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"), "batch_per_rank": batches,
-            "skipped": skipped}
+    return {"per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"), "batch_per_rank": batches}

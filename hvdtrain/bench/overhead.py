@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from hvdtrain.bench import models
+from hvdtrain.bench import shapes
 from hvdtrain.core import tripwire
 from hvdtrain.core.context import main_process_only
 
@@ -78,7 +78,7 @@ def torch_part(windows: int, steps: int) -> dict:
     from hvdtrain.torch.tripwire import after_step
 
     ctx = ht.init(seed=0)
-    shape = models.mlp_shape(quick=False)
+    shape = shapes.mlp_shape(quick=False)
     model = nn.Sequential(nn.Linear(shape.inputs, shape.hidden), nn.ReLU(), nn.Linear(shape.hidden, shape.hidden),
                           nn.ReLU(), nn.Linear(shape.hidden, shape.classes))
     optimizer = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model)

@@ -22,14 +22,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 import hvdtrain.torch as ht
 
-from . import models
+from ..models.torch_gpt import GPT, next_byte_loss
+from . import shapes
 from .timing import Plan, timed, windows
 
 HVDTRAIN, RAW, DDP, PLAIN = "hvdtrain", "raw horovod", "ddp", "plain torch"
 
 
 def _mlp(quick: bool):
-    shape = models.mlp_shape(quick)
+    shape = shapes.mlp_shape(quick)
     model = nn.Sequential(nn.Linear(shape.inputs, shape.hidden), nn.ReLU(), nn.Linear(shape.hidden, shape.hidden),
                           nn.ReLU(), nn.Linear(shape.hidden, shape.classes))
     batch = (torch.randn(shape.batch, shape.inputs), torch.randint(0, shape.classes, (shape.batch,)))
@@ -37,14 +38,11 @@ def _mlp(quick: bool):
 
 
 def _gpt(quick: bool):
-    example = models.gpt_example("torch")
-    if example is None:
-        return None
-    shape = models.gpt_shape(quick)
-    model = example.GPT(shape.block, shape.d_model, shape.layers, shape.heads)
+    shape = shapes.gpt_shape(quick)
+    model = GPT(shape.block, shape.d_model, shape.layers, shape.heads)
     tokens = torch.randint(0, 256, (shape.batch, shape.block + 1))
     batch = (tokens[:, :-1], tokens[:, 1:])
-    return model, batch, example.next_byte_loss, lambda params: torch.optim.AdamW(params, lr=1e-3), shape.batch
+    return model, batch, next_byte_loss, lambda params: torch.optim.AdamW(params, lr=1e-3), shape.batch
 
 
 MODELS = {"mlp": _mlp, "gpt": _gpt}
@@ -96,17 +94,13 @@ def run(quick: bool, window_count: int, device: str = "cpu", compression: str = 
     gradient bytes (float32) for the link bound."""
     plan = Plan(warmup=3 if iters > 3 else 1, windows=window_count, iters=3 if quick else iters)
     sync = torch.cuda.synchronize if device != "cpu" else None
-    mine, batches, gradient_bytes, skipped = {}, {}, {}, []
+    mine, batches, gradient_bytes = {}, {}, {}
     for name, build in MODELS.items():
-        built = build(quick)
-        if built is None:
-            skipped.append(name)
-            continue
-        model, batch, loss_fn, make_optimizer, batches[name] = built
+        model, batch, loss_fn, make_optimizer, batches[name] = build(quick)
         model, batch = _on(device, model, batch)
         gradient_bytes[name] = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
         contenders = {loop: timed(step, sync)
                       for loop, step in loops(model, batch, loss_fn, make_optimizer, compression).items()}
         mine[name] = windows(contenders, plan, dist.barrier)
     return {"per_rank": hvd.allgather_object(mine, name="bench.torch_step.results"), "batch_per_rank": batches,
-            "gradient_bytes": gradient_bytes, "compression": compression, "skipped": skipped}
+            "gradient_bytes": gradient_bytes, "compression": compression}

@@ -20,7 +20,8 @@ import torch.distributed as dist
 import hvdtrain.torch as ht
 from hvdtrain.torch import zero
 
-from . import models
+from ..models.torch_gpt import GPT, next_byte_loss
+from . import shapes
 from .timing import Plan, timed, windows
 from .torch_step import train_step
 
@@ -29,11 +30,10 @@ MEMORY_STEPS = 3
 
 
 def _build(quick: bool):
-    example = models.gpt_example("torch")
-    shape = models.zero_gpt_shape(quick)
-    model = example.GPT(shape.block, shape.d_model, shape.layers, shape.heads)
+    shape = shapes.zero_gpt_shape(quick)
+    model = GPT(shape.block, shape.d_model, shape.layers, shape.heads)
     tokens = torch.randint(0, 256, (shape.batch, shape.block + 1), generator=torch.Generator().manual_seed(0))
-    return model, (tokens[:, :-1], tokens[:, 1:]), example.next_byte_loss, shape.batch
+    return model, (tokens[:, :-1], tokens[:, 1:]), next_byte_loss, shape.batch
 
 
 def _wrapped(model: torch.nn.Module, mode: str) -> torch.optim.Optimizer:

@@ -1,21 +1,19 @@
-"""The ``hvdtrain`` command: each subcommand lives in its own module with a ``register`` function."""
+"""The ``hvdtrain`` command: argument parsing and dispatch. Each subcommand lives in its own module
+of this package with a ``register`` function; the work is done by the library it calls."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from .. import gpucheck
-from ..bench import cli as bench_cli
-from ..tracking import cli as tracking_cli
-from . import doctor, run, testhosts
-from .errors import CliError
+from ..core.errors import UsageError
+from . import bench, doctor, gpucheck, run, testhosts, tracking
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hvdtrain", description="Data-parallel training of Keras 3 and PyTorch "
                                      "models on Horovod, tracked in MLflow.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (doctor, run, tracking_cli, bench_cli, testhosts, gpucheck):
+    for module in (doctor, run, tracking, bench, testhosts, gpucheck):
         module.register(subparsers)
     return parser
 
@@ -24,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CliError as err:
+    except UsageError as err:
         for line in str(err).splitlines():  # several problems: one line each
             print(f"hvdtrain: error: {line}", file=sys.stderr)
         return 2

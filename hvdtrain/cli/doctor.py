@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 FIX = "run `make install` (or `bash scripts/install.sh`)"
 # Horovod extension name -> (display name, python module of the framework).
@@ -143,8 +142,9 @@ def _torch_has_cuda() -> bool:
 def live_allreduce(framework: str, np: int, timeout: float, device: str = "cpu") -> Check:
     """Run ``hvdtrain.cli.allreduce_check`` on ``np`` local ranks through horovodrun (``device``
     gpu: one GPU per rank, so Horovod reduces with NCCL)."""
-    horovodrun = Path(sys.executable).parent / "horovodrun"
-    cmd = [str(horovodrun), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
+    from ..launch import horovodrun
+
+    cmd = [*horovodrun.COMMAND, "-np", str(np), "-H", f"localhost:{np}", "--gloo",
            sys.executable, "-m", "hvdtrain.cli.allreduce_check", framework, device]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     name = f"{FRAMEWORKS[framework][0]} allreduce x{np}" + (" on GPU (NCCL)" if device == "gpu" else "")

@@ -1,8 +1,8 @@
-"""``hvdtrain test-hosts``: make, list and remove the test hosts of ``hvdtrain.testhosts`` by hand
+"""``hvdtrain test-hosts``: make, list and remove the test hosts of ``hvdtrain.launch.testhosts`` by hand
 (root, Linux), e.g. to try a multi-host job the way the multi-host tests do."""
 from __future__ import annotations
 
-from .errors import CliError
+from ..core.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from .. import testhosts
+    from ..launch import testhosts
 
     if args.action == "list":
         for k, owner, names in testhosts.instances():
@@ -35,7 +35,7 @@ def main(args) -> int:
     try:
         hosts = testhosts.TestHosts(args.count, link_rate=args.link_rate, owner=testhosts.MANUAL).up()
     except (testhosts.TestHostsError, ValueError) as err:
-        raise CliError(str(err)) from None
+        raise UsageError(str(err)) from None
     rate = f", each sending at most {args.link_rate}" if args.link_rate else ""
     print(f"test host set {hosts.instance}: {', '.join(f'{h.name} ({h.address})' for h in hosts.hosts)}{rate}")
     print(f"  ssh {hosts.names[0]}            # a shell on a host")

@@ -9,7 +9,7 @@ from typing import Any
 
 from . import elastic
 from .context import Context, main_process_only
-from .options import Compression, DistributedOptions, LRScaling, ReduceOp
+from .options import Compression, LRScaling, ReduceOp
 
 
 def training_parser(description: str, *, epochs: int, batch_size: int, lr: float,
@@ -55,10 +55,6 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
         parser.error("--resume is not supported in elastic mode: elastic jobs continue from their in-memory "
                      "commits")
     return args
-
-
-def distributed_options(args: argparse.Namespace) -> DistributedOptions:
-    return DistributedOptions(**optimizer_kwargs(args))
 
 
 def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:

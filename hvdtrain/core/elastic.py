@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 
 from .checkpoint import CheckpointMeta, check_writable
 from .context import Context, main_process_only
+from .tracker import TrainingTracker
 
 
 def enabled() -> bool:
@@ -72,7 +73,7 @@ class Snapshot(Protocol):
         """Scale the LR for the current world size."""
 
 
-def report_membership(tracker: Any = None) -> Callable[[Position, int, int], None]:
+def report_membership(tracker: TrainingTracker | None = None) -> Callable[[Position, int, int], None]:
     """What both adapters do after a change: log the new size to ``tracker`` (an ``hvdtrain.tracking``
     tracker, if any) at the step training resumes from, and tell the user (rank 0)."""
 

@@ -1,9 +1,9 @@
 """Horovod settings hvdtrain starts workers with, unless the user set them.
 
 Applied by ``hvdtrain.torch.init`` and ``hvdtrain.keras.init`` right before ``hvd.init()`` (Horovod
-reads them there, once), and by ``hvdtrain run`` for every worker. Each performance value is
-justified by ``hvdtrain bench`` runs recorded in BENCHMARKS.md. ``HVDTRAIN_HOROVOD_DEFAULTS=0``
-keeps Horovod's own defaults.
+reads them there, once), and by the launcher (``launch.environment``) for every worker. Each
+performance value is justified by ``hvdtrain bench`` runs recorded in BENCHMARKS.md.
+``HVDTRAIN_HOROVOD_DEFAULTS=0`` keeps Horovod's own defaults.
 """
 from __future__ import annotations
 
@@ -77,11 +77,14 @@ def check_hang_timeout(seconds: int) -> int:
 
 
 def apply_horovod_defaults(environ: MutableMapping[str, str] = os.environ,
-                           defaults: Mapping[str, str] | None = None) -> dict[str, str]:
+                           defaults: Mapping[str, str] | None = None,
+                           hang_timeout_s: int | None = None) -> dict[str, str]:
     """Set each default not already in ``environ``; returns the values now in effect for those keys.
+    ``hang_timeout_s``: the bound the launcher already parsed (a worker reads it from ``environ``).
     ``defaults`` (for tests) replaces the performance defaults and the hang settings."""
     if environ.get(SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return {}
     if defaults is None:
-        defaults = {**HOROVOD_DEFAULTS, **hang_settings(hang_timeout(environ))}
+        timeout = hang_timeout(environ) if hang_timeout_s is None else hang_timeout_s
+        defaults = {**HOROVOD_DEFAULTS, **hang_settings(timeout)}
     return {key: environ.setdefault(key, value) for key, value in defaults.items()}

@@ -13,6 +13,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..core.tuning import apply_horovod_defaults  # noqa: E402
+from . import internals  # noqa: E402
 
 SUPPORTED_BACKENDS = ("tensorflow",)
 
@@ -76,6 +77,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     failures.install()  # one line per rank, not pages of tracebacks, when a peer fails
     apply_horovod_defaults()
     slurm.check_direct_launch()  # srun without a launcher: N lone rank-0 workers
+    internals.check()  # a Keras release that moved what hvdtrain.keras relies on: one line
     hvd.init()
     device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
     if seed is not None:

@@ -21,10 +21,13 @@ from ..core import elastic
 from ..core.elastic import Position
 from ..core.guards import UserError, check_finite
 from ..core.sharding import shard_indices
+from ..core.tracker import TrainingTracker
+from ..tracking.params import training_params
 from ._context import current
 from .callbacks import callbacks as distributed_callbacks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .elastic import run as elastic_run
+from .optimizer import OPTIONS, base_learning_rate
 from .tracking import MlflowLogger
 
 # model.fit arguments hk.fit decides itself.
@@ -34,7 +37,8 @@ OWNED = ("shuffle", "initial_epoch", "steps_per_epoch", "validation_split", "epo
 def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: int,
         sample_weight: np.ndarray | None = None, validation_data: tuple | None = None,
         callbacks: Sequence[keras.callbacks.Callback] = (), checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = False, tracker: Any = None, log_every: int = 10,
+        checkpoint_every: int | None = None, resume: bool = False, tracker: TrainingTracker | None = None,
+        log_every: int = 10,
         config: dict | None = None, progress: bool = True, commit_every: int | None = None, seed: int = 0,
         drop_last: bool = False, sharded: bool = False, **fit_kwargs: Any) -> keras.callbacks.History:
     """Train a compiled ``model`` (its optimizer from ``wrap_optimizer``) on all ranks; ``batch_size``
@@ -42,7 +46,8 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: i
     arrays), the same on every rank.
 
     Logs the rank-averaged batch logs, LR and global samples/s every ``log_every`` steps and the
-    epoch logs (``epoch_<metric>``, ``val_<metric>``) to ``tracker``; checkpoints every epoch and
+    epoch logs (``epoch_<metric>``, ``val_<metric>``) to ``tracker``, with the data-parallel params
+    of the run (``tracking.training_params``: world size, scaled LR, global batch size...); checkpoints every epoch and
     every ``checkpoint_every`` steps into ``checkpoint_dir``; with ``resume`` continues from its
     newest valid checkpoint, at the batch it was taken, on any world size. Validation metrics are
     averaged over the ranks' shards weighted by their sizes (every sample once). Only rank 0 shows
@@ -68,6 +73,10 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: i
                  checkpoint_dir, checkpoint_every, tracker, log_every, config, commit_every, seed, drop_last,
                  fit_kwargs, sharded)
     loop.build()
+    options = getattr(model.optimizer, OPTIONS, None)
+    if tracker is not None and options is not None:
+        tracker.log_params(training_params(current(), options, base_lr=_as_written(base_learning_rate(model.optimizer)),
+                                           per_rank_batch_size=batch_size))
     position = elastic.starting_position(current(), checkpoint_dir, resume,
                                          lambda: load_checkpoint(checkpoint_dir, model))
     if tracker is not None:
@@ -282,3 +291,8 @@ class _OneTraining(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         self._each("on_test_batch_end", batch, logs)
+
+
+def _as_written(lr: float | None) -> float | None:
+    """A float32 LR as the user wrote it (its shortest repr): 0.0003, not 0.0003000000142492354."""
+    return None if lr is None else float(str(np.float32(lr)))

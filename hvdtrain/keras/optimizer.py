@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
-from . import zero
+from . import internals, zero
 from ._context import current
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
@@ -37,7 +37,7 @@ class _Policy:
 
     def __init__(self, opt: keras.optimizers.Optimizer, options: DistributedOptions, scale: float):
         self.opt, self.options = opt, options
-        self._keras_clip_gradients = opt._clip_gradients
+        self._keras_clip_gradients = internals.keras_clip_gradients(opt)
         self._keras_apply = opt.apply
         # Allreduces of gradients so far, counted inside the traced step: the tripwire's proof that
         # Keras still calls the hook (not a Keras variable, so never saved with the model).
@@ -82,7 +82,7 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
                                  op=op, accumulation_steps=accumulation_steps,
                                  shard_optimizer_state=shard_optimizer_state)
-    if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(optimizer, "_clip_gradients"):
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
         raise TypeError(f"wrap_optimizer needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
                         f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}")
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -101,11 +101,11 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
         optimizer.learning_rate = float(optimizer.learning_rate.numpy()) * scale
     policy = _Policy(optimizer, options, scale)
     setattr(optimizer, POLICY, policy)
-    optimizer._clip_gradients = policy.clip_gradients
+    internals.replace_clip_gradients(optimizer, policy.clip_gradients)
     if options.warmup_steps and scale != 1.0:
         optimizer.apply = policy.apply
     if options.shard_optimizer_state:  # ZeRO stage 1: zero.py
-        zero.shard(optimizer, options)
+        zero.shard(optimizer, options, policy.reductions)
     setattr(optimizer, OPTIONS, options)
     setattr(optimizer, LR_FACTOR, scale)
     return optimizer

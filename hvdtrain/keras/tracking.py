@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.on_main import on_main
 from ..core.lr import warmup_multiplier
+from ..core.tracker import TrainingTracker
 from .optimizer import LR_FACTOR, OPTIONS
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ class MlflowLogger(keras.callbacks.Callback):
     ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
     """
 
-    def __init__(self, tracker: Tracker, log_every: int = 10, per_rank_batch_size: int | None = None,
+    def __init__(self, tracker: TrainingTracker, log_every: int = 10, per_rank_batch_size: int | None = None,
                  log_membership: bool = True):
         super().__init__()
         if log_every < 1:

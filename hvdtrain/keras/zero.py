@@ -32,6 +32,7 @@ from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ..core import elastic
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, plan
+from . import internals
 from ._context import current
 
 _COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
@@ -59,16 +60,15 @@ class _Recorder:
 class _Sharding:
     """A sharded optimizer's layout and the methods that replace its own."""
 
-    def __init__(self, optimizer: keras.optimizers.Optimizer, options: DistributedOptions):
+    def __init__(self, optimizer: keras.optimizers.Optimizer, options: DistributedOptions, reductions: tf.Variable):
         ctx = current()
         self.optimizer, self.options, self.rank, self.size = optimizer, options, ctx.rank, ctx.size
         self.keras_build = optimizer.build
         self.inner_apply = optimizer.apply  # Keras's, or hvdtrain's warmup around it
-        self.keras_clip_gradients = type(optimizer)._clip_gradients.__get__(optimizer)  # not the allreducing one
-        from .optimizer import POLICY  # wrap_optimizer's module imports this one
-
-        # Its count of gradient reductions is the tripwire's proof that the update was data-parallel.
-        self.reductions = getattr(optimizer, POLICY).reductions
+        self.keras_clip_gradients = internals.keras_clip_gradients(optimizer)  # not the allreducing one
+        # The wrapped optimizer's count of gradient reductions: the tripwire's proof that the update
+        # was data-parallel.
+        self.reductions = reductions
         self.variables: list = []
         self.shards: list = []
         self.slots: dict[int, tuple[int, str]] = {}  # optimizer variable -> (bucket, slot name)
@@ -80,7 +80,7 @@ class _Sharding:
     def build(self, variables) -> None:
         self.variables = list(variables)
         self.index = {id(v): i for i, v in enumerate(self.variables)}
-        decayed = [self.optimizer._use_weight_decay(v) for v in self.variables]
+        decayed = [internals.uses_weight_decay(self.optimizer, v) for v in self.variables]
         groups = [[ParamSpec(i, math.prod(v.shape), np.dtype(v.dtype).itemsize, v.dtype)
                    for i, v in enumerate(self.variables) if decayed[i] == wanted] for wanted in (True, False)]
         self.plan = plan(groups, self.size)
@@ -239,8 +239,10 @@ class _Sharding:
                     variable.assign(variable.constraint(variable))
 
 
-def shard(optimizer: keras.optimizers.Optimizer, options: DistributedOptions) -> None:
-    """Make ``optimizer`` (already wrapped, not built) keep and update only this rank's shards."""
+def shard(optimizer: keras.optimizers.Optimizer, options: DistributedOptions, reductions: tf.Variable) -> None:
+    """Make ``optimizer`` (already wrapped, not built) keep and update only this rank's shards;
+    ``reductions``: the wrapped optimizer's count of gradient reductions, which the sharded update
+    increments."""
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
     if optimizer.built:
@@ -250,10 +252,10 @@ def shard(optimizer: keras.optimizers.Optimizer, options: DistributedOptions) ->
                       ("use_ema", "it keeps an average of every variable")):
         if getattr(optimizer, flag, None):
             raise UnsupportedError(f"shard_optimizer_state=True does not support {flag}: {why}")
-    sharding = _Sharding(optimizer, options)
+    sharding = _Sharding(optimizer, options, reductions)
     setattr(optimizer, ATTRIBUTE, sharding)
     methods: dict[str, Callable] = {"build": sharding.build, "apply": sharding.apply,
-                                    "_clip_gradients": sharding.clip_gradients,
+                                    internals.CLIP_GRADIENTS: sharding.clip_gradients,
                                     "save_own_variables": sharding.save_own_variables,
                                     "load_own_variables": sharding.load_own_variables}
     for name, method in methods.items():

@@ -20,9 +20,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..core import failures
+from ..core import failures, tuning
 from ..core.checkpoint import first_line
 from ..core.guards import UserError
+from ..launch.parsers import first_exit
 
 # Horovod waits this long for all num_proc tasks to start (its own default: 600 s).
 DEFAULT_START_TIMEOUT_S = 120
@@ -48,22 +49,26 @@ def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: 
     ``spawn``, which re-imports it).
     """
     import horovod.spark
-    from pyspark import SparkContext
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
 
-    from ..cli.run import worker_env
+    from ..launch import environment
     from ..tracking import legs
 
     failures.install()  # an uncaught SparkJobError prints as its one line
-    context = SparkContext._active_spark_context
-    if context is None:
-        raise SparkJobError("hvdtrain.spark.run needs an active SparkSession (SparkSession.builder...getOrCreate())")
+    try:
+        context = SparkSession.active().sparkContext
+    except PySparkRuntimeError:
+        raise SparkJobError("hvdtrain.spark.run needs an active SparkSession "
+                            "(SparkSession.builder...getOrCreate())") from None
     if num_proc < 1:
         raise SparkJobError(f"num_proc must be >= 1, got {num_proc}")
+    timeout = tuning.hang_timeout() if hang_timeout is None else _checked_hang_timeout(hang_timeout)
     fd, run_file = tempfile.mkstemp(prefix="hvdtrain-spark-run-", suffix=".json")
     os.close(fd)
     try:
-        workers = _worker_variables(worker_env(multi_host=not context.master.startswith("local"),
-                                               hang_timeout=hang_timeout))
+        workers = _worker_variables(environment.build(timeout, multi_host=not context.master.startswith("local"))
+                                    .variables)
         workers.update({legs.RUN_FILE_ENV: run_file, **(env or {})})
         if nics is None and context.master.startswith("local"):
             nics = ["lo"]
@@ -82,6 +87,13 @@ def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: 
         Path(run_file).unlink(missing_ok=True)
 
 
+def _checked_hang_timeout(seconds: int) -> int:
+    try:
+        return tuning.check_hang_timeout(seconds)
+    except ValueError as err:
+        raise SparkJobError(f"hang_timeout: {err}") from None
+
+
 def _worker_variables(full: Mapping[str, str]) -> dict[str, str]:
     """What hvdtrain adds or sets for the workers: the variables that differ from the driver's,
     and the driver's MLflow settings (experiment, credentials)."""
@@ -92,7 +104,7 @@ def _reason(err: Exception, spark_errors: list[BaseException]) -> str:
     """One line from Horovod's exception, or from the Spark job's (a task that failed before
     Horovod started)."""
     text = str(err)
-    if exited := failures.first_exit(text):
+    if exited := first_exit(text):
         return exited
     if lost := _LOST.search(text):  # the task that ran the rank is gone: nobody is left to report a status
         return f"worker {lost.group(1)} lost with its Spark executor (no exit status: the executor or its host died)"

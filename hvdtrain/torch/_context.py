@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..core.tuning import apply_horovod_defaults  # noqa: E402
+from . import internals  # noqa: E402
 
 
 def _average(values: Mapping[str, float]) -> dict[str, float]:
@@ -49,6 +50,7 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     apply_horovod_defaults()
     slurm.check_direct_launch()  # srun without a launcher: N lone rank-0 workers
     hvd.init()
+    internals.check()  # a torch or Horovod release that moved what hvdtrain.torch relies on: one line
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())
         device = f"cuda:{hvd.local_rank()}"

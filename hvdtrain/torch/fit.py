@@ -14,13 +14,15 @@ from ..core import elastic
 from ..core.context import main_process_only
 from ..core.elastic import Position
 from ..core.guards import check_finite
+from ..core.tracker import TrainingTracker
+from ..tracking.params import training_params
 from . import zero
 from ._context import current
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import EvalShard, set_epoch, to_device
 from .elastic import TorchSnapshot
 from .elastic import run as elastic_run
-from .optimizer import current_lr
+from .optimizer import BASE_LR, current_lr
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -69,13 +71,16 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, metr
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, train_loader: DataLoader, *,
         epochs: int, val_loader: DataLoader | None = None, metrics: Mapping[str, Metric] | None = None,
         scheduler: Any = None, scheduler_interval: str = "epoch", checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = False, tracker: Any = None, log_every: int = 10,
+        checkpoint_every: int | None = None, resume: bool = False, tracker: TrainingTracker | None = None,
+        log_every: int = 10,
         config: dict | None = None, amp: bool = False, progress: bool = True,
         commit_every: int | None = None) -> History:
     """Train ``model`` with an optimizer from ``wrap_optimizer`` on a ``distributed_loader``.
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
-    metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker);
+    metrics (``epoch_loss``, ``val_<metric>``) to ``tracker`` (an ``hvdtrain.tracking`` tracker),
+    with the data-parallel params of the run (``tracking.training_params``: world size, scaled LR,
+    global batch size...);
     checkpoints every epoch and every ``checkpoint_every`` steps; with ``resume`` continues from
     the newest valid checkpoint in ``checkpoint_dir`` on any world size. Only rank 0 shows a
     progress bar. A last accumulation group cut short by the epoch's end is still divided by
@@ -93,6 +98,10 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
                  metrics=dict(metrics or {}), scheduler=scheduler, step_scheduler=scheduler_interval == "step",
                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, tracker=tracker,
                  log_every=log_every, config=config, amp=amp, progress=progress, commit_every=commit_every)
+    options = getattr(optimizer, "hvdtrain_options", None)
+    if tracker is not None and options is not None:
+        tracker.log_params(training_params(current(), options, base_lr=optimizer.param_groups[0][BASE_LR],
+                                           per_rank_batch_size=train_loader.batch_size))
     position = elastic.starting_position(current(), checkpoint_dir, resume,
                                          lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler))
     if tracker is not None:

@@ -11,7 +11,7 @@ import torch
 from ..core import elastic, tripwire
 from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import Compression, DistributedOptions, ReduceOp
-from . import zero
+from . import internals, zero
 from ._context import current
 from .collectives import sleep_until_done
 from .tripwire import after_step
@@ -72,7 +72,7 @@ def _synchronize(opt: torch.optim.Optimizer) -> None:
 
 def _step(opt: torch.optim.Optimizer, closure=None):
     policy = opt.hvdtrain_policy
-    if not policy.adasum and opt._should_synchronize:  # False inside skip_synchronize()
+    if not policy.adasum and internals.should_synchronize(opt):  # False inside skip_synchronize()
         opt.synchronize()
     if policy.max_grad_norm is not None:
         policy.clip(opt)
@@ -88,7 +88,7 @@ def _step(opt: torch.optim.Optimizer, closure=None):
 
 def _wait_without_spinning(opt: torch.optim.Optimizer) -> None:
     """Sleep until the pending allreduces are done, before Horovod's own (spinning) wait."""
-    for handle, _ in list(opt._handles.values()):
+    for handle in internals.pending_handles(opt):
         if handle is not None and not callable(handle):
             sleep_until_done(handle)
 
@@ -199,7 +199,7 @@ def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
     optimizer.hvdtrain_policy.scale = new  # warmup ramps to the new scaled LR
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [lr * r for lr, r in zip(scheduler.base_lrs, ratios)]
-        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+        internals.set_last_lr(scheduler, (g["lr"] for g in optimizer.param_groups))
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

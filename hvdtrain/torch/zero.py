@@ -32,6 +32,7 @@ from ..core import elastic, tripwire
 from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, PartitionPlan, plan
+from . import internals
 from ._context import current
 from .collectives import wait
 
@@ -95,7 +96,6 @@ class _ShardedOptimizer:
     hold this rank's shards, so the user's ``step`` updates them and keeps state only for them."""
 
     _zero: _Layout
-    _should_synchronize: bool
 
     def synchronize(self) -> None:
         """Reduce-scatter the gradients into this rank's shards' ``grad``, a bucket at a time."""
@@ -121,11 +121,11 @@ class _ShardedOptimizer:
     @contextlib.contextmanager
     def skip_synchronize(self):
         """Inside, ``step`` uses the shards' gradients as they are (after an explicit ``synchronize``)."""
-        self._should_synchronize = False
+        internals.set_should_synchronize(self, False)
         try:
             yield
         finally:
-            self._should_synchronize = True
+            internals.set_should_synchronize(self, True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for param in self._zero.params:
@@ -257,7 +257,8 @@ def shard(optimizer: torch.optim.Optimizer, model: torch.nn.Module, options: Dis
     cls = type(optimizer)
     sharded = object.__new__(type(cls.__name__, (_ShardedOptimizer, cls), {}))
     sharded.__dict__.update(optimizer.__dict__)
-    sharded._zero, sharded._should_synchronize = layout, True
+    sharded._zero = layout
+    internals.set_should_synchronize(sharded, True)
     sharded.state = defaultdict(dict)
     sharded.param_groups = [{**{k: v for k, v in group.items() if k != "params"},
                              "params": [s for s, b in zip(layout.shards, layout.plan.buckets) if b.group == g]}
@@ -274,7 +275,7 @@ def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
 def agree_on_overflow(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
     """AMP: after ``scaler.unscale_``, every rank skips the step if any rank's shard held an inf
     or NaN (each rank unscaled only its own shard's gradients)."""
-    found = scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"]
+    found = internals.found_inf_flags(scaler, optimizer)
     local = sum((flag.double().cpu() for flag in found.values()), torch.zeros((), dtype=torch.float64))
     total = hvd.allreduce(local, op=hvd.Sum, name="hvdtrain.zero.found_inf")
     for flag in found.values():

@@ -17,6 +17,8 @@ from .legs import log
 from .records import RunSpec
 
 JOURNAL_TAG = "hvdtrain.journal"
+# An experiment hvdtrain creates opens in MLflow 3's model-training view, not the GenAI one.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def is_retryable(err: Exception) -> bool:
@@ -81,14 +83,15 @@ def _create(client: MlflowClient, spec: RunSpec) -> str:
 
 
 def _experiment_id(client: MlflowClient, spec: RunSpec) -> str:
-    """The experiment named in ``spec`` (created if missing), else its id, else MLflow's default."""
+    """The experiment named in ``spec`` (created if missing, with ``EXPERIMENT_TAGS``; one that
+    exists keeps its own), else its id, else MLflow's default."""
     if not spec.experiment:
         return spec.experiment_id or "0"
     found = client.get_experiment_by_name(spec.experiment)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(spec.experiment)
+        return client.create_experiment(spec.experiment, tags=EXPERIMENT_TAGS)
     except MlflowException:  # another job created it meanwhile
         return client.get_experiment_by_name(spec.experiment).experiment_id
 

@@ -54,17 +54,18 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def training_params(ctx: Context, options: DistributedOptions, *, base_lr: float,
+def training_params(ctx: Context, options: DistributedOptions, *, base_lr: float | None,
                     per_rank_batch_size: int) -> dict[str, Any]:
     """The params data parallelism adds to a run; ``scaled_lr`` is what the optimizer uses
-    after warmup, ``global_batch_size`` the samples behind one optimizer step."""
+    after warmup, ``global_batch_size`` the samples behind one optimizer step. ``base_lr`` None
+    (an LR schedule): no LR params."""
     scale = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
+    lrs = {} if base_lr is None else {"base_lr": base_lr, "scaled_lr": base_lr * scale}
     return {
         "framework": ctx.framework,
         "world_size": ctx.size,
         **options.as_params(),
-        "base_lr": base_lr,
-        "scaled_lr": base_lr * scale,
+        **lrs,
         "per_rank_batch_size": per_rank_batch_size,
         "global_batch_size": per_rank_batch_size * ctx.size * options.accumulation_steps,
     }

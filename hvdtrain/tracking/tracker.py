@@ -60,6 +60,7 @@ class Tracker:
         self._system_monitor = system_monitor
         self._last_step_time: float | None = None
         self._elastic_job, self._experiment = elastic_job, experiment
+        self._params: dict[str, str] = {}  # logged through log_params
         self._disabled = ctx.is_main and sender is None  # rank 0 could not open the run: nothing to take over
 
     @property
@@ -75,7 +76,18 @@ class Tracker:
 
     @_sending
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._sender.put(records.params_record(flatten(params)))
+        """Queue ``params``, once each: one already logged is not sent again, and one logged with
+        another value is left out with a warning (MLflow refuses to change a param; ``fit`` logs
+        the training params, which a script may also have logged)."""
+        flat = flatten(params)
+        for key, value in flat.items():
+            if self._params.get(key, value) != value:
+                log.warning("hvdtrain: param %s already logged as %r; %r not logged (MLflow params cannot "
+                            "change)", key, self._params[key], value)
+        new = {key: value for key, value in flat.items() if key not in self._params}
+        self._params.update(new)
+        if new:
+            self._sender.put(records.params_record(new))
 
     @_sending
     def set_tags(self, tags: Mapping[str, Any]) -> None:

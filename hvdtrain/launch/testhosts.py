@@ -168,15 +168,9 @@ class TestHosts:
     def stop(self, name: str) -> None:
         """The host goes away: every process on it is killed (sshd included)."""
         host = self.host(name)
-        for _ in range(50):
-            pids = _netns_pids(host.name)
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        raise TestHostsError(f"processes on test host {name} survive SIGKILL: {_netns_pids(host.name)}")
+        survivors = _kill_all(host.name)
+        if survivors:
+            raise TestHostsError(f"processes on test host {name} survive SIGKILL: {survivors}")
 
     def jump(self, names: Sequence[str], via: str | None) -> None:
         """ssh reaches ``names`` through host ``via`` (ProxyJump, like a cluster behind a login
@@ -329,14 +323,7 @@ def remove(k: int) -> None:
 def _remove_instance(k: int) -> None:
     for name in _netns_names():
         if re.fullmatch(rf"t{k}h\d+", name):
-            for _ in range(50):
-                pids = _netns_pids(name)
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
+            _kill_all(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
     # The links go with their namespace, but only once the kernel has cleaned it up (later, in the
     # background): deleted here so that the same names can be made again at once.
@@ -369,6 +356,19 @@ def _edit_block(path: Path, marker: str, body: str) -> None:
 def _netns_names() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _kill_all(namespace: str) -> list[int]:
+    """SIGKILL every process in ``namespace`` until none is left (for up to 2.5 s); the survivors."""
+    for _ in range(50):
+        pids = _netns_pids(namespace)
+        if not pids:
+            return []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    return _netns_pids(namespace)
 
 
 def _netns_pids(name: str) -> list[int]:

@@ -17,7 +17,7 @@ import re
 import sys
 from typing import TextIO
 
-from ..core import failures
+from . import parsers
 
 ERASE_TO_END = "\x1b[K"  # ANSI: clear from the cursor to the end of the line
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours and cursor moves (Keras's bar has them, even in a pipe)
@@ -44,7 +44,7 @@ class Console:
 
     def show(self, piece: str, launcher_stream: str) -> None:
         """One piece horovodrun relayed on its ``launcher_stream`` ("stdout"/"stderr")."""
-        worker = failures.split_worker_line(piece)
+        worker = parsers.split_worker_line(piece)
         if worker is None and self.continued_pieces and launcher_stream in self._open:
             worker = (*self._open[launcher_stream], piece)
         if worker is None:

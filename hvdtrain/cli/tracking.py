@@ -1,5 +1,5 @@
 """``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow is
-imported when one of them runs, not when the CLI starts)."""
+imported when one of them runs, not when the CLI starts); the work is ``hvdtrain.tracking``'s."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..cli.errors import CliError
+from ..core.errors import UsageError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,22 +27,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _sync(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from .journal import JournalInUse
-    from .sync import sync
+    from ..tracking.journal import JournalInUse
+    from ..tracking.sync import sync
 
     try:
         run_id, sent = sync(args.file, args.tracking_uri)
     except JournalInUse as err:
-        raise CliError(f"mlflow-sync: {err}") from None
+        raise UsageError(f"mlflow-sync: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
-        raise CliError(f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
+        raise UsageError(f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
                        "run the command again)") from None
     print(f"uploaded {sent} records from {args.file} to run {run_id}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from . import store
+    from ..tracking import store
 
     uri = store.prepare_local_store()
     print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True)

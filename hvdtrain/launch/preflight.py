@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import host_probe
-from .errors import CliError
+from ..core.errors import UsageError
 
 SSH_TIMEOUT_S = 8  # a login plus the probe; each host's connection attempts are bounded by host_probe
 PACKAGES = ("horovod", "torch", "tensorflow", "tensorflow-cpu", "keras")
@@ -116,7 +116,7 @@ def through_proxy(host: str, port: int) -> bool:
 
 
 def check(request: Request) -> Plan | None:
-    """Probe every host at once; the plan, or ``CliError`` with one line per problem. None when
+    """Probe every host at once; the plan, or ``UsageError`` with one line per problem. None when
     every host is this machine (no network between workers)."""
     if all(is_local(h) for h in request.hosts):
         return None
@@ -129,7 +129,7 @@ def check(request: Request) -> Plan | None:
         reports = list(pool.map(lambda host: probe(host, request, arguments), request.hosts))
     plan, problems = decide(request, reports, launcher, _versions())
     if problems:
-        raise CliError("\n".join(problems))
+        raise UsageError("\n".join(problems))
     return plan
 
 

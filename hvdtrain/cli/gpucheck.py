@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: gpu-check runs its tests and examples
 SCHEMA = "hvdtrain.gpu-check/1"
 BANDWIDTH_SIZES = "1M,4M,16M,64M,256M,1G"
 PRECISION_TOLERANCE = 0.02  # test accuracy, mixed precision vs fp32 (digits: 360 test images)
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 def no_gpu_reason() -> str | None:
     """Why this machine cannot run the GPU checks (one line), or None when it can."""
-    from . import cudastack
+    from .. import cudastack
 
     names, problem = cudastack.gpus()
     if problem:
@@ -68,7 +68,7 @@ def run(args) -> int:
     if reason:
         print(f"hvdtrain gpu-check: {reason}", file=sys.stderr)
         return 1
-    from . import cudastack
+    from .. import cudastack
 
     gpus, _ = cudastack.gpus()
     args.out = args.out.resolve()  # the parts run from the repository
@@ -81,7 +81,7 @@ def run(args) -> int:
         result.seconds = time.perf_counter() - started
         parts.append(result)
         print(_row(result), flush=True)
-    from .bench import report
+    from ..bench import report
 
     found = {"schema": SCHEMA, "machine": report.machine(), "gpus": gpus, "quick": args.quick,
              "parts": [asdict(p) for p in parts]}
@@ -109,7 +109,7 @@ def doctor(args, ngpus: int) -> Part:
 
 def _bench(args, ngpus: int, parts: str, extra: list[str], name: str) -> tuple[dict | None, str]:
     out = args.out / f"bench-{name}"
-    argv = [sys.executable, "-m", "hvdtrain.bench.cli", "--device", "gpu", "--np", str(ngpus), "--parts", parts,
+    argv = [sys.executable, "-m", "hvdtrain", "bench", "--device", "gpu", "--np", str(ngpus), "--parts", parts,
             "--out", str(out), *extra] + (["--quick", "--windows", "2"] if args.quick else [])
     proc = _command(argv, timeout=3600)
     if proc.returncode != 0:

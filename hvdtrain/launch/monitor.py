@@ -1,8 +1,8 @@
 """Watching a launched job: relay horovodrun's output and turn a failure into one line.
 
-Used by ``hvdtrain run``; the texts it reads are parsed in ``core.failures``. Workers on other
-hosts run under ``core.worker_guard``, which reports their signals and frozen states in the
-output, and stops them when their ssh session ends.
+Used by ``launch.job``; the texts it reads are parsed in ``parsers``. Workers on other hosts
+run under ``worker_guard``, which reports their signals and frozen states in the output, and
+stops them when their ssh session ends; ``stopping`` ends a job.
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from ..core import failures
+from ..core.failures import PEER_FAILURE_MARKERS
+from . import parsers, stopping
 from .console import Console
 
-GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun itself waits 5 s)
 REACH_TIMEOUT_S = 3.0  # a host that does not answer on its SSH port within this is unreachable
-RANK_ENVS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")  # a worker's rank, under Gloo / under MPI
 
 
 class JobMonitor:
@@ -32,7 +31,7 @@ class JobMonitor:
     Workers' lines pass through, except Horovod's multi-line stall report (summarised). horovodrun's
     and mpirun's own failure notices and final traceback are replaced by the summary. When a
     worker fails (not in elastic mode), local workers get SIGTERM at once and SIGKILL after
-    ``GRACE_S``, the ssh sessions of remote ones are closed (their guards stop them), and
+    ``stopping.GRACE_S``, the ssh sessions of remote ones are closed (their guards stop them), and
     horovodrun is not waited on after that: left alone it often adds 5-10 s stopping its own
     shells. Under MPI, where a frozen worker blocks its peers for ever, one frozen for the hang
     timeout ends the job. SIGTERM to the launcher (a scheduler ending the job: scancel, a time
@@ -40,7 +39,7 @@ class JobMonitor:
     """
 
     def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path,
-                 mpi: bool = False, hang_timeout: float | None = None, remote_hosts: list[str] = (),
+                 hang_timeout: int, mpi: bool = False, remote_hosts: list[str] = (),
                  ssh_port: int = 22, all_ranks: bool = False, quiet_startup: bool = False):
         self.rank_hosts = rank_hosts
         self.console = Console(rank_hosts, all_ranks, quiet_startup, continued_pieces=mpi)
@@ -53,10 +52,10 @@ class JobMonitor:
         self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
         self.cancelled: float | None = None  # when SIGTERM came
         self.frozen: dict[int, float] = {}  # rank -> since when
-        self.stalls: dict[int, failures.StallParser] = {}
+        self.stalls: dict[int, parsers.StallParser] = {}
         self.gloo_timeouts: dict[int, float] = {}
         self.launcher_error: list[str] = []
-        self.mpi_notices: dict[int, failures.MpiNotices] = {}  # one per relayed stream
+        self.mpi_notices: dict[int, parsers.MpiNotices] = {}  # one per relayed stream
         self._frozen_checked = 0.0
         self._lost: Future | None = None  # the remote hosts that did not answer once a worker failed
         self._lock = threading.Lock()
@@ -67,25 +66,25 @@ class JobMonitor:
                   for stream, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
         for relay in relays:
             relay.start()
-        previous = _on_sigterm(self._cancel)
+        previous = stopping.on_sigterm(self._cancel)
         try:
             while proc.poll() is None:
                 self._warn_stalls()
                 if self.cancelled is not None:
-                    _stop_job(proc, self)
+                    stopping.stop_job(proc, self.frozen)
                     break
                 if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
                     time.sleep(0.2)
                 elif self.failed.wait(0.2):
                     with ThreadPoolExecutor(1) as pool:  # which hosts answer, asked while the job stops
                         self._lost = pool.submit(self._unreachable)
-                        _stop_job(proc, self)
+                        stopping.stop_job(proc, self.frozen)
                     break
                 elif self.mpi:
                     self._check_frozen(proc)
             returncode = proc.wait()
         finally:
-            _on_sigterm(previous)
+            stopping.on_sigterm(previous)
         stopped = time.monotonic()
         for relay in relays:
             relay.join(timeout=2)
@@ -120,7 +119,7 @@ class JobMonitor:
     def _take_guard_notices(self, line: str) -> str | None:
         """Note what remote workers' guards said in ``line``; the line without it (None if
         nothing else was in it)."""
-        notices = failures.guard_notices(line)
+        notices = parsers.guard_notices(line)
         for rank, kind, signum in notices:
             if kind == "frozen":
                 self.frozen.setdefault(rank, time.monotonic())
@@ -130,20 +129,20 @@ class JobMonitor:
                 self._record_failure(rank, 128 + signum)
         if not notices:
             return line
-        rest = failures.without_guard_notices(line)
+        rest = parsers.without_guard_notices(line)
         return rest if rest.strip() else None
 
     def _inspect(self, line: str) -> bool:
         """Note what ``line`` says about a failure; False for lines the summary replaces."""
-        if worker := failures.split_worker_line(line):
+        if worker := parsers.split_worker_line(line):
             rank, stream, text = worker
-            if text.strip() in ("Terminated", "Killed") or (self.mpi and failures.is_mpi_frame(text)):
+            if text.strip() in ("Terminated", "Killed") or (self.mpi and parsers.is_mpi_frame(text)):
                 return False  # the worker's shell reporting its death (the summary says it), or mpirun's frame
             if stream == "stderr":
                 return self._inspect_worker_stderr(rank, text)
             return True
         if self.mpi:
-            notices = self.mpi_notices.setdefault(threading.get_ident(), failures.MpiNotices())
+            notices = self.mpi_notices.setdefault(threading.get_ident(), parsers.MpiNotices())
             shown = notices.feed(line)
             for rank, status in notices.failures:
                 self._record_failure(rank, status)
@@ -151,14 +150,14 @@ class JobMonitor:
                 for held in shown:
                     self.console.show(held, "stderr")
                 return False
-        if exited := failures.process_exit(line):
+        if exited := parsers.process_exit(line):
             if exited[1] != 0:
                 self._record_failure(*exited)
                 if self.elastic:
-                    self.console.say(f"hvdtrain: worker {exited[0]} {failures.describe_status(exited[1])}; "
+                    self.console.say(f"hvdtrain: worker {exited[0]} {parsers.describe_status(exited[1])}; "
                                      f"elastic mode: training goes on with the others")
             return False
-        if failures.is_termination_notice(line):
+        if parsers.is_termination_notice(line):
             return False
         if self.launcher_error or line.startswith("Traceback (most recent call last):"):
             self.launcher_error.append(line)  # horovodrun's own traceback: summarised or printed at the end
@@ -166,13 +165,13 @@ class JobMonitor:
         return True
 
     def _inspect_worker_stderr(self, rank: int, text: str) -> bool:
-        if self.stalls.setdefault(rank, failures.StallParser()).feed(text):
+        if self.stalls.setdefault(rank, parsers.StallParser()).feed(text):
             return False
-        if (seconds := failures.gloo_timeout_seconds(text)) is not None:
+        if (seconds := parsers.gloo_timeout_seconds(text)) is not None:
             self.gloo_timeouts.setdefault(rank, seconds)
             self._record_failure(rank, 1)  # the rank is about to exit: no need to wait for it
             return False
-        return failures.PEER_FAILURE_MARKERS[1] not in text  # Horovod's C++ line; the rank's own line follows
+        return PEER_FAILURE_MARKERS[1] not in text  # Horovod's C++ line; the rank's own line follows
 
     def _warn_stalls(self) -> None:
         """One line per stall warning Horovod printed (the report is complete once its lines stop)."""
@@ -198,7 +197,7 @@ class JobMonitor:
         if now - self._frozen_checked < 1:
             return
         self._frozen_checked = now
-        for rank, process in _local_workers(proc):
+        for rank, process in stopping.local_workers(proc):
             with contextlib.suppress(psutil.Error), self._lock:
                 if process.status() == psutil.STATUS_STOPPED:
                     self.frozen.setdefault(rank, now)
@@ -206,7 +205,7 @@ class JobMonitor:
                     self.frozen.pop(rank, None)
         with self._lock:
             for rank, since in sorted(self.frozen.items()):
-                if self.hang_timeout is not None and now - since >= self.hang_timeout:
+                if now - since >= self.hang_timeout:
                     self._record_failure(rank, 128 + signal.SIGSTOP)
 
     def _report(self, returncode: int, stopped: float) -> int:
@@ -246,12 +245,12 @@ class JobMonitor:
             on_it = sorted(r for r, h in self.rank_hosts.items() if h == host)
             workers = f" ({self._workers(on_it).replace(f' on {host}', '')})" if on_it else ""
             return f"host {host}{workers} is unreachable ({why}: its link or the host went down){waited}"
-        if rank == failures.DAEMON_LOST:
+        if rank == parsers.DAEMON_LOST:
             return "mpirun lost its connection to a host's daemon (a host or its link went down?)"
         if rank in self.gloo_timeouts:
             return (f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
                     f"(Gloo timeout: a frozen or unreachable worker?)")
-        return f"{self._workers([rank])} {failures.describe_status(status)}"
+        return f"{self._workers([rank])} {parsers.describe_status(status)}"
 
     def _workers(self, ranks: list[int]) -> str:
         names = [f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r) for r in sorted(ranks)]
@@ -275,84 +274,6 @@ class JobMonitor:
         return {host: why for host, why in found.items() if why}
 
 
-def _on_sigterm(handler):
-    """Install ``handler`` for SIGTERM (main thread only: elsewhere Python's default stays);
-    returns the one it replaced."""
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:
-        return signal.getsignal(signal.SIGTERM)
-
-
-def _stop_job(proc: subprocess.Popen, monitor: JobMonitor) -> None:
-    """End a job after a worker failed: the local workers first (SIGTERM, so runs are finished as
-    FAILED; SIGKILL after the grace period) and, by closing their ssh sessions, the remote ones
-    (their guards do the same there); then whatever horovodrun still runs."""
-    import psutil
-
-    try:
-        launcher = psutil.Process(proc.pid)
-        tree = launcher.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    workers = _local_workers(proc, tree)
-    for rank, p in workers:
-        try:
-            if p.status() == psutil.STATUS_STOPPED:
-                monitor.frozen.setdefault(rank, time.monotonic())
-                p.kill()  # a frozen worker cannot finish anything: SIGTERM would only wait out the grace
-            else:
-                p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    for p in tree:
-        with contextlib.suppress(psutil.Error):
-            if p.name() == "ssh":
-                p.terminate()
-    _, alive = psutil.wait_procs([p for _, p in workers], timeout=GRACE_S)
-    for p in alive:
-        p.kill()
-    try:
-        proc.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-        for p in [*tree, launcher]:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-
-
-def _local_workers(proc: subprocess.Popen, tree: list | None = None) -> list[tuple[int, object]]:
-    """(rank, psutil process) of the workers on this machine among ``proc``'s descendants."""
-    import psutil
-
-    if tree is None:
-        try:
-            tree = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-    return [(rank, p) for p in tree if (rank := _worker_rank(p)) is not None]
-
-
-def _worker_rank(process) -> int | None:
-    """A worker is the topmost process with its rank (Gloo's or MPI's) in its environment (not its
-    children)."""
-    import psutil
-
-    def rank_of(p) -> str | None:
-        environ = p.environ()
-        return next((environ[name] for name in RANK_ENVS if name in environ), None)
-
-    try:
-        rank = rank_of(process)
-        parent = process.parent()
-        if rank is None or (parent is not None and rank_of(parent) is not None):
-            return None
-        return int(rank)
-    except (psutil.Error, ValueError):
-        return None
-
-
 def _last_checkpoint(directory: str) -> str:
     """The newest committed checkpoint's payload (either framework's), quietly: the resume itself
     warns about the broken ones it skips."""
@@ -367,7 +288,7 @@ def _last_checkpoint(directory: str) -> str:
 
 
 def _launcher_reason(lines: list[str]) -> str:
-    named = failures.first_exit("".join(lines))
+    named = parsers.first_exit("".join(lines))
     if named:
         return named
     last = [l.strip() for l in lines if l.strip()]

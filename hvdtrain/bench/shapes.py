@@ -1,16 +1,10 @@
-"""The benchmarked models' sizes, and the GPT examples loaded from their files (not copied)."""
+"""The benchmarked models' sizes: a plain MLP, and the examples' GPT (``hvdtrain.models``) at its
+example defaults, at a toy size, and at ~50M parameters for optimizer-state sharding."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
 from ..datasets import text
-
-REPO = Path(__file__).resolve().parents[2]
-GPT_EXAMPLES = {"torch": REPO / "torch_examples" / "gpt.py", "keras": REPO / "tf_examples" / "gpt.py"}
 
 
 @dataclass(frozen=True)
@@ -32,21 +26,6 @@ class GPTShape:
 
 def mlp_shape(quick: bool) -> MLP:
     return MLP(64, 128, 10, 8) if quick else MLP(1024, 2048, 10, 64)
-
-
-def gpt_example(framework: str) -> ModuleType | None:
-    """``torch_examples/gpt.py`` or ``tf_examples/gpt.py`` as a module; ``None`` where it is absent
-    (hvdtrain installed without its examples)."""
-    path = GPT_EXAMPLES[framework]
-    if not path.is_file():
-        return None
-    name = f"hvdtrain_bench_gpt_{framework}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def zero_gpt_shape(quick: bool) -> GPTShape:

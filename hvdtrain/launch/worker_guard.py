@@ -5,7 +5,7 @@ horovodrun starts a remote worker as ``ssh host 'cd DIR; VARS python script'``; 
 execs the worker, so a worker killed by a signal reaches the launcher as ssh's status 255, and
 when the launcher stops the job (its ssh client is killed) nothing stops the remote worker: one
 that is frozen stays for ever. ``hvdtrain run`` therefore starts every worker as
-``python -m hvdtrain.core.worker_guard python script ...``. On the launcher's own host the guard
+``python -m hvdtrain.launch.worker_guard python script ...``. On the launcher's own host the guard
 execs the worker at once (the launcher sees those processes itself). Elsewhere it forks it and:
 
 - exits with 128+N when the worker is killed by signal N, as a shell reports it, and says so
@@ -42,7 +42,7 @@ _PR_SET_PDEATHSIG = 1
 def main(argv: list[str]) -> int:
     command = argv[1:]
     if not command:
-        print("usage: python -m hvdtrain.core.worker_guard COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m hvdtrain.launch.worker_guard COMMAND [ARGS...]", file=sys.stderr)
         return 2
     if os.environ.get(LAUNCHER_HOST_ENV, socket.gethostname()) == socket.gethostname():
         os.execvp(command[0], command)

@@ -1,0 +1,64 @@
+"""The environment every worker of a job starts with, built once by the launcher.
+
+This environment plus what the workers must share: the MLflow store (a local one prepared here
+when ``MLFLOW_TRACKING_URI`` is unset, so every rank writes to the same place), quiet framework
+start-up, the hang bound and Horovod's settings that enforce it (``core.tuning``; applied here
+too, so scripts that call ``hvd.init()`` themselves get them), the launcher's host name for the
+``worker_guard`` of remote workers and, under MPI across hosts, ssh keepalives.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from ..core import tuning
+from ..core.errors import UsageError
+from . import worker_guard
+
+
+@dataclass(frozen=True)
+class WorkerEnvironment:
+    variables: dict[str, str]
+    hang_timeout: int  # seconds, as written into the variables (``HVDTRAIN_HANG_TIMEOUT``)
+
+
+def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvironment:
+    """The workers' environment for a job bounded by ``hang_timeout`` seconds (already checked)."""
+    env = dict(os.environ)
+    if not env.get("MLFLOW_TRACKING_URI"):
+        if multi_host:
+            print("hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's local store "
+                  "is used; set it to a shared tracking server", file=sys.stderr)
+        env["MLFLOW_TRACKING_URI"] = _prepared_local_store()
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the summary names the run, once
+    env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
+    if multi_host:
+        env[worker_guard.LAUNCHER_HOST_ENV] = socket.gethostname()
+        if mpi:
+            _bound_mpi_links(env, hang_timeout)
+    tuning.apply_horovod_defaults(env, hang_timeout_s=hang_timeout)
+    return WorkerEnvironment(env, hang_timeout)
+
+
+def _prepared_local_store() -> str:
+    """``tracking.prepare_local_store`` in a child process: the launcher itself never imports
+    MLflow, whose import and interpreter shutdown cost it seconds of CPU on a busy host, and
+    would delay the launcher's exit after a failed job by as much."""
+    code = "from hvdtrain.tracking.store import prepare_local_store; print(prepare_local_store())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.splitlines() if line.strip()]
+        raise UsageError(f"cannot prepare the local MLflow store: {last[-1] if last else f'exit {done.returncode}'}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:
+    """MPI has no timeout: a host whose link dies leaves every rank waiting for ever. mpirun's ssh
+    sessions to the hosts' daemons then check the link (ssh keepalives) and give up within about
+    the hang timeout; mpirun ends the job and the launcher names the host."""
+    interval = max(1, hang_timeout // 3)
+    env.setdefault("OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3")
