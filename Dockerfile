@@ -46,9 +46,11 @@ ENV HVDTRAIN_VENV=/opt/venv \
     PYTHONUNBUFFERED=1
 WORKDIR /opt/hvdtrain
 # What install.sh reads before hvdtrain is installed: the requirements, the scripts, and
-# hvdtrain.cudastack with what it imports (the gpu flavour checks its CUDA stack with it).
+# hvdtrain.cudastack with what it imports and reads (the gpu flavour checks its CUDA stack with it;
+# hvdtrain/requirements, the package's link to requirements/, is a copy here).
 # tests/test_docker.py keeps this list complete.
 COPY requirements/ requirements/
+COPY requirements/ hvdtrain/requirements/
 COPY scripts/install.sh scripts/patch_horovod.py scripts/system-packages.sh scripts/
 COPY hvdtrain/__init__.py hvdtrain/cudastack.py hvdtrain/
 COPY hvdtrain/core/__init__.py hvdtrain/core/versions.py hvdtrain/core/guards.py hvdtrain/core/context.py \

@@ -100,6 +100,7 @@ def test_frameworks_stage_copies_what_install_imports_before_hvdtrain_is_install
                 if module not in needed:
                     todo.append(module)
     assert copied == needed
+    assert "COPY requirements/ hvdtrain/requirements/" in _stages()["frameworks"]  # cudastack reads gpu.txt there
 
 
 def test_compose_runs_mlflow_and_a_two_worker_job_on_host_networking():
