@@ -104,12 +104,30 @@ def _ref(x):
     return x.ref() if hasattr(x, "ref") else object_identity.Reference(x)
 
 
+def _tf_variable(v):
+    \"\"\"hvdtrain: the tf.Variable behind a Keras 3 variable (its ``value`` outside any autocast); else ``v``.\"\"\"
+    if isinstance(v, tf.Variable) or not isinstance(v, tf.__internal__.types.Tensor):
+        return v
+    value = v.value
+    return value if isinstance(value, tf.Variable) else v
+
+
 def _tf_value(x):
     \"\"\"hvdtrain: a Keras 3 variable (a tensor-like whose dtype is a string) as a tf.Tensor.\"\"\"
     if isinstance(x, (tf.Tensor, tf.Variable, tf.IndexedSlices)) or not isinstance(x, tf.__internal__.types.Tensor):
         return x
     return tf.convert_to_tensor(x)
 """),
+    # broadcast_variables: a Keras 3 variable passed into the tf.function is traced as a tensor
+    # (no ``assign``): pass its backing tf.Variable.
+    ("horovod/tensorflow/functions.py", """        inplace: whether to perform in-place broadcasts
+    \"\"\"
+""", """        inplace: whether to perform in-place broadcasts
+    \"\"\"
+    variables = [_tf_variable(v) for v in variables]  # hvdtrain: Keras 3 variables
+"""),
+    ("horovod/tensorflow/functions.py", "from horovod.tensorflow.util import _cache, _executing_eagerly, _make_subgraph",
+     "from horovod.tensorflow.util import _cache, _executing_eagerly, _make_subgraph, _tf_variable  # hvdtrain"),
     (_TAPE, "from horovod.tensorflow.util import _executing_eagerly, _make_subgraph, _cache, vars_to_refs, refs_to_vars",
      "from horovod.tensorflow.util import _executing_eagerly, _make_subgraph, _cache, vars_to_refs, refs_to_vars, \\\n"
      "    _ref, _tf_value  # hvdtrain: Keras 3 variables"),

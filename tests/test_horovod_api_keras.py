@@ -89,7 +89,7 @@ def test_load_model_restores_a_distributed_optimizer_with_its_state(ranks):
     for rank in ranks:
         found = rank["load_model"]
         assert (found["class"], found["state_restored"]) == ("Adam", True)
-        assert found["diff"] < 1e-3  # fp16 compression of the continued training's gradients
+        assert 1e-9 < found["diff"] < 1e-3  # load_model(compression=fp16) rounds the continued training's gradients
 
 
 @pytest.mark.slow

@@ -92,6 +92,7 @@ def test_optimizer_variables_called_as_in_keras_2_is_named():
         opt.variables()
     assert keras3.explain(raised.value) == ("optimizer.variables() became a property in Keras 3: write "
                                             "optimizer.variables (no call)")
+    optimizers = [opt]
     with pytest.raises(TypeError) as raised:
-        [opt]()  # noqa: the same error from another line: not Keras 2 usage
+        optimizers()  # the same error from another line: not Keras 2 usage
     assert keras3.explain(raised.value) is None

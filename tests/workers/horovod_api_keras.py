@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import horovod.keras as hvd_standalone
+import horovod.tensorflow as htf
 import horovod.tensorflow.keras as hvd
 import keras
 import numpy as np
@@ -67,7 +68,7 @@ def fit_check(make_opt, reference_opt, *, micro=1, embedding=False, epochs=1, mo
     broadcast callback must replace them with rank 0's."""
     x, y = data(hvd.size() * micro * B * STEPS, embedding)
     net = model(seed=hvd.rank(), embedding=embedding)
-    init = hvd.broadcast_object(net.get_weights(), 0)
+    init = htf.broadcast_object(net.get_weights(), 0)
     opt = module.DistributedOptimizer(make_opt(), **options)
     net.compile(optimizer=opt, loss="mse")
     callbacks = [module.callbacks.BroadcastGlobalVariablesCallback(0), module.callbacks.MetricAverageCallback()]
@@ -97,8 +98,8 @@ def metric_average() -> dict:
 
 def warmup_with_momentum_correction() -> dict:
     """LearningRateWarmupCallback over 2 epochs with SGD(momentum=0.9): the LR of every batch, and
-    the weights against the Keras 2 update rule with the momentum scaled by new/old LR while
-    the LR changes (what Horovod's momentum correction did)."""
+    the weights against Keras 2's update rule with the momentum scaled by new/old LR while the LR
+    changes (what Horovod's momentum correction did), written out."""
     x, y = data(hvd.size() * B * STEPS)
     initial_lr, momentum, epochs, warmup = 0.05 * hvd.size(), 0.9, 3, 2
     lrs = []
@@ -114,12 +115,13 @@ def warmup_with_momentum_correction() -> dict:
         hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback(),
         hvd.callbacks.LearningRateWarmupCallback(initial_lr=initial_lr, warmup_epochs=warmup, verbose=1), Record()])
 
-    ref = model()
+    # Keras 2's update with Horovod's correction: velocity = momentum * new / old LR * velocity -
+    # LR * gradient while the LR changes. Keras reads the momentum as a float32 constant.
+    ref, g = model(), hvd.size() * B
     ref.set_weights(init)
-    velocity = [np.zeros_like(w) for w in init]
-    old_lr, g = initial_lr, hvd.size() * B
+    velocity, old_lr, keras_momentum = [np.zeros_like(w) for w in init], initial_lr, float(np.float32(momentum))
     for step, lr in enumerate(lrs):
-        mu = momentum * lr / old_lr if step < warmup * STEPS else momentum
+        mu = keras_momentum * (lr / old_lr if step < warmup * STEPS else 1.0)
         batch = step % STEPS
         with tf.GradientTape() as tape:
             loss = keras.losses.MeanSquaredError()(y[batch * g:(batch + 1) * g], ref(x[batch * g:(batch + 1) * g]))
@@ -215,7 +217,7 @@ def main() -> None:
         "refusals": refusals(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        shared = Path(hvd.broadcast_object(tmp, 0))  # one host: rank 0's directory
+        shared = Path(htf.broadcast_object(tmp, 0))  # one host: rank 0's directory
         results["load_model"] = load_model(shared)
         hvd.allreduce(0.0, name="loaded")  # rank 0 keeps its directory until every rank loaded
     from tests.workers.horovod_api_tf import run_checks  # the TF2 API, in the same launch
