@@ -96,3 +96,12 @@ def test_optimizer_variables_called_as_in_keras_2_is_named():
     with pytest.raises(TypeError) as raised:
         optimizers()  # the same error from another line: not Keras 2 usage
     assert keras3.explain(raised.value) is None
+
+
+def test_an_install_without_the_python_fixes_is_named(tmp_path, monkeypatch):
+    (tmp_path / versions.KEY_FILE).write_text((Path(sys.prefix) / versions.KEY_FILE).read_text())
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    want = "Horovod's TensorFlow and Keras files lack hvdtrain's Keras 3 fixes"
+    assert versions.mismatches("keras") == [want] and versions.mismatches("torch") == []
+    (tmp_path / versions.PYTHON_FIXES_FILE).write_text("1ac0baf5ff220995\n")
+    assert versions.mismatches("keras") == []
