@@ -151,7 +151,12 @@ BUILD_LOG="$LOG_DIR/build-$KEY.log"
 
 installed_key="$("$PY" -c 'import sys, pathlib; p = pathlib.Path(sys.prefix, ".hvdtrain-horovod"); print(p.read_text().strip() if p.exists() else "")')"
 BUILD_INFO="$("$PY" -c 'import sys; print(sys.prefix)')/.hvdtrain-horovod.json"
-if [[ "$installed_key" == "$KEY" && -f "$BUILD_INFO" ]]; then
+# Horovod's Python-only fixes (Keras 3) are applied to the installed files, not compiled: their own
+# fingerprint stamps the venv, outside the cache key. Changed fixes start again from the wheel's files.
+PY_FIXES="$("$PY" "$REPO/scripts/patch_horovod.py" --python-fingerprint)"
+PY_STAMP="$("$PY" -c 'import sys; print(sys.prefix)')/.hvdtrain-horovod-python"
+applied_fixes="$(cat "$PY_STAMP" 2>/dev/null || true)"
+if [[ "$installed_key" == "$KEY" && -f "$BUILD_INFO" && ( -z "$applied_fixes" || "$applied_fixes" == "$PY_FIXES" ) ]]; then
     say "Horovod $HOROVOD_VERSION already installed for this build ($KEY)"
 else
     if ! compgen -G "$WHEEL_DIR/horovod-*.whl" >/dev/null; then
@@ -179,6 +184,7 @@ else
         say "reusing cached Horovod wheel $WHEEL_DIR"
     fi
     run "install Horovod wheel" "$BUILD_LOG" "${PIP[@]}" install --no-deps --force-reinstall "$WHEEL_DIR"/horovod-*.whl
+    rm -f "$PY_STAMP"  # the wheel's own files again
     # Horovod's runtime deps (cloudpickle, psutil, pyyaml, packaging) without touching the frameworks.
     run "install Horovod runtime deps" "$BUILD_LOG" "${PIP[@]}" install cloudpickle psutil pyyaml packaging
     STEP="check Horovod build"; LOG="$LOG_DIR/check-build.log"
@@ -194,6 +200,12 @@ else
         "controllers": sorted({c.lower() for c in re.findall(r"\[X\] (Gloo|MPI)", open(sys.argv[3]).read())})}))' \
         "$BUILD_INFO" "$KEY" "$LOG"
     "$PY" -c 'import sys, pathlib; pathlib.Path(sys.prefix, ".hvdtrain-horovod").write_text(sys.argv[1])' "$KEY"
+fi
+if [[ "$(cat "$PY_STAMP" 2>/dev/null || true)" != "$PY_FIXES" ]]; then
+    SITE="$("$PY" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("horovod").submodule_search_locations[0]))')"
+    run "patch Horovod's Python files" "$LOG_DIR/patch-python.log" "$PY" "$REPO/scripts/patch_horovod.py" --python "$SITE"
+    printf '%s\n' "$PY_FIXES" >"$PY_STAMP"
+    say "Horovod's TensorFlow and Keras APIs patched for Keras 3 (fixes $PY_FIXES)"
 fi
 fi
 if [[ "$MODE" == deps ]]; then say "done: frameworks and Horovod $HOROVOD_VERSION; python: $PY"; exit 0; fi

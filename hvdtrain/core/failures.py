@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from . import guards
+from . import guards, keras3
 from .checkpoint import first_line
 
 # Texts Horovod raises or logs on every surviving rank after a peer died or the job was shut down.
@@ -21,8 +21,9 @@ PEER_FAILURE_MARKERS = ("Horovod has been shut down", "Horovod background loop u
 
 
 def install() -> None:
-    """Install the SIGTERM handler and the one-line reports of a peer's failure and of a
-    ``guards.UserError`` (``HVDTRAIN_TRACEBACK=1``: full tracebacks); idempotent."""
+    """Install the SIGTERM handler and the one-line reports of a peer's failure, of a
+    ``guards.UserError`` and of Keras 2 usage Keras 3 removed (``keras3``; ``HVDTRAIN_TRACEBACK=1``:
+    full tracebacks); idempotent."""
     if sys.excepthook is not _excepthook:
         _excepthook.previous = sys.excepthook
         sys.excepthook = _excepthook
@@ -54,6 +55,11 @@ def _excepthook(kind, err, tb) -> None:
     if isinstance(err, guards.UserError):
         return guards.report(err)
     rank = os.environ.get("HOROVOD_RANK", "?")
+    removed = keras3.explain(err)
+    if removed:
+        print(f"hvdtrain: rank {rank}: {removed}" if rank != "?" else f"hvdtrain: {removed}", file=sys.stderr,
+              flush=True)
+        return None
     if not is_peer_failure(err):
         if _exit_on_sigterm.received:
             # The launcher is stopping the job: SIGTERM's SystemExit surfaced wrapped in another

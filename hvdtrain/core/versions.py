@@ -3,7 +3,8 @@ one Python, and a later ``pip install`` of another torch leaves it loading a mis
 (an undefined-symbol error deep in an import, or worse, a crash in training).
 
 ``scripts/install.sh`` records the build key ``horovod-<ver>-torch<v>-tf<v>-cuda<v>-py<v>-<hash>``
-in ``<venv>/.hvdtrain-horovod`` (and the controllers it found in ``.hvdtrain-horovod.json``);
+in ``<venv>/.hvdtrain-horovod`` (and the controllers it found in ``.hvdtrain-horovod.json``, and in
+``.hvdtrain-horovod-python`` the Python fixes it applied to Horovod's installed files);
 each adapter calls ``check`` before it imports Horovod, and ``hvdtrain doctor`` shows the same
 lines. Versions are read from the installed packages'
 metadata, so nothing here imports a framework.
@@ -22,6 +23,8 @@ from .guards import UserError
 
 KEY_FILE = ".hvdtrain-horovod"
 INFO_FILE = ".hvdtrain-horovod.json"  # {"key": ..., "controllers": [...]}
+# The fingerprint of the Python fixes install.sh applied to the installed Horovod (Keras 3 APIs).
+PYTHON_FIXES_FILE = ".hvdtrain-horovod-python"
 FIX = "run make install"
 _KEY = re.compile(r"horovod-(?P<horovod>[^-]+)-torch(?P<torch>.+)-tf(?P<tensorflow>.+)-cuda(?P<cuda>.+)"
                   r"-py(?P<python>\d+)-(?P<flags>[0-9a-f]+)")
@@ -112,6 +115,8 @@ def mismatches(framework: str | None = None, key: BuildKey | None = None) -> lis
         else:
             found.append(f"Horovod was built for {_name(package)} {_version(package, built)}, running "
                          f"{_version(package, now)}")
+    if framework in ("keras", None) and not (Path(sys.prefix) / PYTHON_FIXES_FILE).exists():
+        found.append("Horovod's TensorFlow and Keras files lack hvdtrain's Keras 3 fixes")
     return found
 
 

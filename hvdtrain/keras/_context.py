@@ -91,6 +91,18 @@ def current() -> core_context.Context:
     return core_context.current("keras")
 
 
+def attached() -> core_context.Context:
+    """The current context; in a script on Horovod's own API (``hvd.init()``, not ``init``) one made
+    for the job Horovod started, leaving its devices and seeds as the script set them."""
+    try:
+        return current()
+    except ValueError:
+        device = "gpu:0" if tf.config.list_logical_devices("GPU") else "cpu"
+        return core_context.set_current(core_context.Context(
+            "keras", *_membership(), device=device,
+            broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
+
+
 def average_metrics(values: Mapping[str, float]) -> dict[str, float]:
     """Mean of each metric over all ranks (every rank must call it with the same keys)."""
     return current().average(values)

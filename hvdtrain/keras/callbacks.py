@@ -1,13 +1,12 @@
 """``callbacks()``: what ``model.fit`` needs to train data-parallel, in the order it needs it.
 
-Upstream ``horovod.tensorflow.keras.callbacks`` broadcasts through Keras 2 variable internals and
-fails on Keras 3 (``'Variable' object has no attribute 'ref'``); these use plain collectives.
+Horovod's own Keras callbacks, on hvdtrain's build, are made of the same pieces
+(``horovod_callbacks``): one broadcast, one metric average, one tripwire.
 """
 from __future__ import annotations
 
 import horovod.tensorflow as hvd
 import keras
-import tensorflow as tf
 
 from ..core.guards import check_finite
 from . import zero
@@ -17,26 +16,38 @@ from .tripwire import Tripwire
 
 
 def broadcast_variables(variables, root_rank: int = 0) -> None:
-    """Overwrite ``variables`` (Keras or TF variables) with ``root_rank``'s values."""
-    for i, variable in enumerate(variables):
-        variable.assign(hvd.broadcast(tf.convert_to_tensor(variable), root_rank, name=f"hvdtrain.broadcast.{i}"))
+    """Overwrite ``variables`` (Keras or TF variables) with ``root_rank``'s values: Horovod's own
+    ``broadcast_variables``, which takes Keras 3 variables on hvdtrain's build."""
+    hvd.broadcast_variables(list(variables), root_rank)
+
+
+def optimizer_variables(model: keras.Model, optimizer) -> list:
+    """The optimizer's variables, slots included: a Keras 3 optimizer is built on the model's
+    trainable variables first (it has none until its first step). Keras 2-style optimizers'
+    ``variables()`` method also works (Horovod's elastic state calls this for both)."""
+    if callable(optimizer.variables):
+        return optimizer.variables()
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return list(optimizer.variables)
 
 
 def broadcast_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
-                    root_rank: int = 0) -> None:
+                    root_rank: int = 0, local=()) -> None:
     """Give every rank ``root_rank``'s weights and optimizer state, optimizer slots included.
 
     ``optimizer`` defaults to the compiled one; custom training loops call this once before the
     first step. ``model.weights`` leaves out seed-generator state, so dropout still differs by rank.
+    ``local``: variables each rank keeps its own (Horovod's ``local_variables``).
     """
     optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     variables = list(model.weights)
     if optimizer is not None:
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
+        slots = optimizer_variables(model, optimizer)
         if zero.sharding_of(optimizer) is None:  # a sharded state has one owner per shard: nothing to send
-            variables += optimizer.variables
-    broadcast_variables(variables, root_rank)
+            variables += slots
+    kept = {id(v) for v in local}
+    broadcast_variables([v for v in variables if id(v) not in kept], root_rank)
 
 
 class BroadcastState(keras.callbacks.Callback):

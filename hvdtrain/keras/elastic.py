@@ -6,15 +6,12 @@ from typing import Callable, TypeVar
 import horovod.tensorflow as hvd
 import keras
 import numpy as np
-import tensorflow as tf
-from horovod.common.elastic import run_fn
-from horovod.common.exceptions import HorovodInternalError
 
 from ..core.elastic import Position
 from ..core.lr import lr_scale_factor
 from ..elastic import TrainingState
 from ._context import current
-from .callbacks import broadcast_model
+from .callbacks import broadcast_model, optimizer_variables
 from .optimizer import LR_FACTOR, OPTIONS, base_learning_rate, set_base_learning_rate
 
 T = TypeVar("T")
@@ -27,10 +24,8 @@ class KerasSnapshot:
         self.model = model
 
     def _variables(self) -> list:
-        optimizer = self.model.optimizer
-        if not optimizer.built:  # a worker that joined before its first step
-            optimizer.build(self.model.trainable_variables)
-        return [*self.model.weights, *optimizer.variables]
+        # A worker that joined before its first step builds its optimizer here.
+        return [*self.model.weights, *optimizer_variables(self.model, self.model.optimizer)]
 
     def capture(self) -> list[np.ndarray]:
         return [np.array(v.numpy()) for v in self._variables()]
@@ -56,21 +51,7 @@ class KerasSnapshot:
 def run(train: Callable[[TrainingState], T], model: keras.Model, position: Position,
         on_membership: Callable[[Position, int, int], None] | None = None) -> T:
     """Call ``train(state)`` until it returns, restarting it from the last commit after each
-    membership change. A Horovod op failing inside ``model.fit`` surfaces as a TensorFlow
-    ``OpError``; it is turned into the ``HorovodInternalError`` that Horovod's loop recovers from."""
+    membership change: Horovod's own ``hvd.elastic.run``, which on hvdtrain's build recovers from a
+    Horovod op failing inside ``model.fit`` (any TensorFlow ``OpError`` naming Horovod)."""
     state = TrainingState(current(), KerasSnapshot(model), position, on_membership)
-
-    def attempt(state: TrainingState) -> T:
-        try:
-            return train(state)
-        except tf.errors.OpError as err:
-            if "horovod" in str(err).lower():
-                raise HorovodInternalError(err) from err
-            raise
-
-    return run_fn(attempt, _reset)(state)
-
-
-def _reset() -> None:
-    hvd.shutdown()
-    hvd.init()
+    return hvd.elastic.run(train)(state)

@@ -20,6 +20,9 @@ from ..core.guards import UserError
 CLIP_GRADIENTS = "_clip_gradients"
 # Whether weight decay applies to a variable (the user's exclusions): ZeRO's bucket groups.
 USE_WEIGHT_DECAY = "_use_weight_decay"
+# RMSprop's momentum slots (SGD's are public): Horovod's LR callbacks rescale them (momentum
+# correction). An attribute of a built instance, so checked where it is read.
+RMSPROP_MOMENTUMS = "_momentums"
 
 
 class InternalsError(UserError, RuntimeError):
@@ -48,3 +51,13 @@ def replace_clip_gradients(optimizer: keras.optimizers.Optimizer, method: Callab
 
 def uses_weight_decay(optimizer: keras.optimizers.Optimizer, variable) -> bool:
     return getattr(optimizer, USE_WEIGHT_DECAY)(variable)
+
+
+def rmsprop_momentums(optimizer: keras.optimizers.RMSprop) -> list:
+    """The momentum slots of a built ``RMSprop``; ``InternalsError`` if Keras moved them."""
+    slots = getattr(optimizer, RMSPROP_MOMENTUMS, None)
+    if not isinstance(slots, list):
+        raise InternalsError(f"hvdtrain.keras relies on keras.optimizers.RMSprop.{RMSPROP_MOMENTUMS}, which Keras "
+                             f"{keras.__version__} no longer has: install the tested versions (make install), "
+                             f"or update hvdtrain/keras/internals.py")
+    return slots
