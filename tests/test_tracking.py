@@ -125,12 +125,13 @@ def test_resume_with_mlflow_run_id_and_nested_runs(store, monkeypatch):
 def test_a_rejected_record_is_dropped_with_a_warning_and_the_rest_still_sent(store, caplog):
     tracker = tracking.start(experiment="rejected")
     tracker.log_params({"batch": 32})
-    tracker.log_params({"batch": 64})  # MLflow refuses to change a logged param
+    tracker.log_params({"bad#name": 64})  # MLflow refuses a param name with '#'
     tracker.log_metrics({"loss": 0.5}, step=3)
     with caplog.at_level(logging.WARNING, logger="hvdtrain.tracking"):
         assert tracker.finish() is None
     client = MlflowClient(store)
-    assert client.get_run(tracker.run_id).data.params["batch"] == "32"
+    params = client.get_run(tracker.run_id).data.params
+    assert params["batch"] == "32" and "bad#name" not in params
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [3]
     assert "rejected a params record" in caplog.text
 
