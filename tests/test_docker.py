@@ -29,7 +29,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import require
-from tests.container_hosts import ContainerHosts
+from tests.container_hosts import SSH_PORT, ContainerHosts
 from tests.launch import REPO
 from tests.mlflow_server import free_port
 
@@ -291,7 +291,7 @@ def test_two_containers_are_two_hosts_and_a_killed_worker_is_named_with_its_host
                 "--no-tracking"]
     with ContainerHosts(docker, image, 2, tmp_path) as hosts:
         c1, c2 = hosts.names
-        job = ["hvdtrain", "run", "-np", "2", "-H", f"{c1}:1,{c2}:1", "--ssh-port", "12345"]
+        job = ["hvdtrain", "run", "-np", "2", "-H", f"{c1}:1,{c2}:1", "--ssh-port", str(SSH_PORT)]
         out, err = hosts.exec(c1, *job, *training, "--epochs", "2", "--results", "/job/results.json").communicate(
             timeout=600)
         result = json.loads((hosts.job_dir / "results.json").read_text())
