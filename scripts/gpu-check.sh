@@ -2,7 +2,7 @@
 # make gpu-check: the GPU acceptance run on a host with NVIDIA GPUs, in one command.
 #   1. no GPU (nvidia-smi missing or listing none): one line, exit 1, before anything is installed;
 #   2. the gpu flavour into its own venv (HVDTRAIN_GPU_VENV, default .venv-gpu), idempotent, so a
-#      second run reuses it (the first compiles Horovod's NCCL ops: see README, GPU);
+#      second run reuses it (the first compiles Horovod's NCCL ops: see docs/gpu.md);
 #   3. hvdtrain gpu-check: gpu-check-results/gpu-check.json and a table (hvdtrain/cli/gpucheck.py).
 # Extra arguments go to hvdtrain gpu-check (e.g. --quick, --out DIR).
 set -euo pipefail

@@ -7,7 +7,7 @@ and Keras APIs run on Keras 3.
     python scripts/patch_horovod.py --python-fingerprint    print the Python fixes' fingerprint
 
 Each fix is checked: if the text to replace is missing (a different Horovod), fail loudly
-rather than build something untested. Why each fix: README.md, 'How Horovod is built'.
+rather than build something untested. Why each fix: docs/build.md.
 The GPU fixes only touch code compiled for NCCL builds; install.sh keys the wheel cache on the
 fingerprint of the fixes a build applies, so changing a GPU fix never rebuilds the CPU wheel.
 

@@ -1,5 +1,5 @@
 """Issue 8, item 5: every bad input a user can give ends in one clear line and, where the job
-cannot go on, a non-zero exit, with nothing already written lost (the README's bad-input table;
+cannot go on, a non-zero exit, with nothing already written lost (the bad-input table of docs/reliability.md;
 launcher rows are in test_cli_run.py, tracking rows in test_tracking*.py).
 
 Multi-process rows run ``tests/workers/bad_*.py`` under ``horovodrun -np 2``; what a user sees
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hvdtrain.core.checkpoint import read_meta
-from tests import readme_table
+from tests import docs_table
 from tests.launch import REPO, horovodrun, results
 from tests.workers.bad_common import snapshot
 
@@ -35,9 +35,9 @@ def workers_output(proc: subprocess.CompletedProcess) -> str:
 
 
 def assert_row(proc: subprocess.CompletedProcess, key: str, **fill: str) -> str:
-    """The job ended as the README's bad-input row ``key`` says (its exit status, exactly one line
+    """The job ended as the bad-input table's row ``key`` says (its exit status, exactly one line
     of its answer), with no other error line and no traceback; returns that line."""
-    line = readme_table.row(key).check(proc.stdout + proc.stderr, proc.returncode, **fill)
+    line = docs_table.row(key).check(proc.stdout + proc.stderr, proc.returncode, **fill)
     assert len(error_lines(proc)) <= 1, error_lines(proc)  # no second error, from another rank
     assert "Traceback" not in workers_output(proc), workers_output(proc)[-3000:]
     return line
@@ -67,12 +67,12 @@ def copy_of(ckpt: Path, into: Path) -> Path:
 
 # --- flags of the example scripts: argparse, exit 2, before Horovod starts -----------------------
 
-FLAG_ROWS = readme_table.rows_for("test_bad_input.py::test_bad_flag_is_an_argparse_error_exit_2")
+FLAG_ROWS = docs_table.rows_for("test_bad_input.py::test_bad_flag_is_an_argparse_error_exit_2")
 
 
 @pytest.mark.parametrize("row", FLAG_ROWS, ids=[r.command for r in FLAG_ROWS])
 def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, row):
-    """The README's command; the example runs in this process (its imports are cached) and stops
+    """The table's command; the example runs in this process (its imports are cached) and stops
     before ``init``."""
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -87,7 +87,7 @@ def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, row
 
 @pytest.mark.slow
 def test_bad_flag_under_hvdtrain_run_stops_the_job_with_status_2(tmp_path):
-    row = readme_table.row("hvdtrain run -np 2 torch_examples/digits.py --epochs 0 (a bad flag under the launcher)")
+    row = docs_table.row("hvdtrain run -np 2 torch_examples/digits.py --epochs 0 (a bad flag under the launcher)")
     proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), *shlex.split(row.command)[1:]],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to exit.

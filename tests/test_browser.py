@@ -8,7 +8,7 @@ Chromium (Debian's, driven by Playwright) opens the run as a user would and read
 parameters with the values MLflow holds, the loss and lr charts with every logged point (the
 plotted data, and what the page fetched), the world_size metric, the logged model, and a system
 chart per host. Screenshots of the pages are saved in ``$HVDTRAIN_SCREENSHOTS`` (default: the
-test's temp dir); ``docs/mlflow-run-*.png`` in the README are these.
+test's temp dir); ``docs/mlflow-run-*.png`` in ``docs/tracking.md`` are these.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import readme_table
+from tests import docs_table
 
 HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
 
@@ -52,17 +52,17 @@ def test_success_runs_every_worker_with_one_tracking_store(tmp_path, worker):
 @pytest.mark.slow
 def test_a_failing_worker_sets_the_exit_status_and_is_named(tmp_path, worker):
     proc = _run("-np", "2", str(worker), str(tmp_path), "1", "3", cwd=tmp_path)
-    row = readme_table.row("a script that fails on one rank (sys.exit(3))")
+    row = docs_table.row("a script that fails on one rank (sys.exit(3))")
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip().splitlines()[-1]
     assert "Traceback" not in proc.stderr  # horovodrun's own traceback is replaced by that line
 
 
-LAUNCH_ROWS = readme_table.rows_for("test_cli_run.py::test_bad_launch_command_is_one_line_and_exit_2")
+LAUNCH_ROWS = docs_table.rows_for("test_cli_run.py::test_bad_launch_command_is_one_line_and_exit_2")
 
 
 @pytest.mark.parametrize("row", LAUNCH_ROWS, ids=[r.command for r in LAUNCH_ROWS])
 def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
-    """The README's command, run as it reads: refused before any worker starts, the answer the
+    """The table's command, run as it reads: refused before any worker starts, the answer the
     whole of stderr."""
     (tmp_path / "train.py").write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
     (tmp_path / "hosts.txt").write_text("# my nodes\nnode1 slots\n")
@@ -78,7 +78,7 @@ def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
 
 def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
     """192.0.2.1 is TEST-NET-1: never routed, so the SSH probe fails (refused or timed out)."""
-    row = readme_table.row("hvdtrain run -np 2 -H 192.0.2.1:2 train.py (an unroutable host)")
+    row = docs_table.row("hvdtrain run -np 2 -H 192.0.2.1:2 train.py (an unroutable host)")
     started = time.monotonic()
     proc = _run(*shlex.split(row.command)[2:-1], str(worker), cwd=tmp_path)
     assert time.monotonic() - started < 30  # the probe's own bound is a few seconds; startup is the rest

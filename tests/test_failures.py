@@ -20,7 +20,7 @@ from hvdtrain.core import failures, tuning
 from hvdtrain.launch import parsers
 from hvdtrain.core.checkpoint import CheckpointDir, read_meta
 from hvdtrain.tracking import legs
-from tests import readme_table
+from tests import docs_table
 from tests.launch import REPO, WORKERS, worker_process
 from tests.mlflow_server import free_port
 
@@ -85,7 +85,7 @@ def test_sigkill_of_one_worker_stops_the_job_with_one_line(tmp_path, framework):
     out, err, took = _finish(proc, killed, timeout=60)
     print(f"\n{framework}: SIGKILL of worker 1 -> launcher exit in {took:.1f} s")
     assert took < 10, (took, err[-3000:])
-    last = readme_table.row("a worker is killed").check(err, proc.returncode)
+    last = docs_table.row("a worker is killed").check(err, proc.returncode)
     assert last == err.strip().splitlines()[-1]
     match = re.fullmatch(r".*; last checkpoint: (ckpt/step-\d+\.\w+)", last)
     assert "Traceback" not in err + out  # rank 0 reports its peer's failure in one line, if at all
@@ -122,7 +122,7 @@ def test_a_frozen_worker_ends_the_job_within_the_hang_timeout(tmp_path):
             frozen.kill()
     print(f"\nSIGSTOP of worker 1 (hang timeout {HANG_TIMEOUT} s) -> launcher exit in {took:.1f} s")
     assert took < HANG_TIMEOUT + 12, (took, err[-3000:])
-    row = readme_table.row("a worker freezes (--hang-timeout 12)")  # the README's row is this test's HANG_TIMEOUT
+    row = docs_table.row("a worker freezes (--hang-timeout 12)")  # the table's row is this test's HANG_TIMEOUT
     assert row.check(err, proc.returncode) == err.strip().splitlines()[-1]
     messages = _messages(err)
     assert "Traceback" not in err and len(messages) <= 2, messages  # rank 0's line and the summary
@@ -159,7 +159,7 @@ def discovery(tmp_path):
     return make
 
 
-DISCOVERY_SCRIPTS = {  # the README row's bad input -> discover.sh as that row has it
+DISCOVERY_SCRIPTS = {  # the table row's bad input -> discover.sh as that row has it
     "discovery script not executable": {"mode": 0o644},
     "discovery script prints localhost:two": {"text": "localhost:two"},
     "discovery script prints nothing": {"text": ""},
@@ -170,7 +170,7 @@ DISCOVERY_SCRIPTS = {  # the README row's bad input -> discover.sh as that row h
 
 @pytest.mark.parametrize("key", sorted(DISCOVERY_SCRIPTS))
 def test_bad_discovery_script_is_one_line_and_exit_2(tmp_path, discovery, key):
-    row = readme_table.row(key)
+    row = docs_table.row(key)
     assert "test_failures.py::test_bad_discovery_script_is_one_line_and_exit_2" in row.tests
     (tmp_path / "train.py").write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
     discovery(**DISCOVERY_SCRIPTS[key])
@@ -182,7 +182,7 @@ def test_bad_discovery_script_is_one_line_and_exit_2(tmp_path, discovery, key):
 
 
 def test_bad_hang_timeout_in_a_worker_is_one_line(tmp_path):
-    row = readme_table.row("HVDTRAIN_HANG_TIMEOUT=x in a worker started without hvdtrain run")
+    row = docs_table.row("HVDTRAIN_HANG_TIMEOUT=x in a worker started without hvdtrain run")
     proc = subprocess.run([sys.executable, "-c", "import hvdtrain.torch as ht\nht.init()"], capture_output=True,
                           text=True, timeout=300, env={**os.environ, tuning.HANG_TIMEOUT_ENV: "x"})
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()

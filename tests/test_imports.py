@@ -3,7 +3,7 @@
 The core and tracking never import Horovod or a framework; the CLI imports a subcommand's
 dependencies only when that subcommand runs; ``hvdtrain run`` and the horovodrun it starts never
 import TensorFlow (or torch); an example run with ``--no-tracking`` never imports MLflow.
-How fast ``hvdtrain --help`` answers is measured with farm-bench (README), not here.
+How fast ``hvdtrain --help`` answers is measured with farm-bench (docs/cli.md), not here.
 
 Issue 23, item 3: the package's layers, read from the source (every import statement, those
 inside functions too): no module outside ``cli`` imports ``cli``, no import cycle, no package

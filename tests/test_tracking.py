@@ -22,7 +22,7 @@ from hvdtrain.core.options import DistributedOptions
 from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.params import flatten
 from hvdtrain.tracking.sync import sync
-from tests import readme_table
+from tests import docs_table
 from tests.launch import REPO
 from tests.mlflow_server import QUIET_SERVER, free_port, wait_healthy
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
@@ -229,7 +229,7 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
     tracker.log_metrics({"loss": 1.0}, step=0)
     assert tracker.run_id is None and tracker.finish() is None
     messages = "\n".join(record.getMessage() for record in caplog.records)
-    readme_table.row("MLFLOW_TRACKING_URI with an unknown scheme").check(messages, 0)
+    docs_table.row("MLFLOW_TRACKING_URI with an unknown scheme").check(messages, 0)
 
 
 def committed_checkpoint(directory, step):

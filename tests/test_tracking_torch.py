@@ -13,7 +13,7 @@ import torch
 
 from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.journal import replay
-from tests import readme_table
+from tests import docs_table
 from tests.launch import REPO, horovodrun, results
 from tests.mlflow_server import free_port, mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
 
@@ -166,7 +166,7 @@ def test_unreachable_server_at_start_warns_once_and_training_runs(tmp_path, mlfl
     assert ranks[0]["run_id"] is None and ranks[1]["run_id"] is None
     assert ranks[0]["weights"] == ranks[1]["weights"] and len(ranks[0]["losses"]) == 5
     output = proc.stdout + proc.stderr
-    readme_table.row("MLFLOW_TRACKING_URI on a dead port").check(output, proc.returncode)
+    docs_table.row("MLFLOW_TRACKING_URI on a dead port").check(output, proc.returncode)
     assert output.count("is unreachable") == 1, output[-3000:]
     assert output.count("hvdtrain mlflow-sync") == 1
 

@@ -6,7 +6,7 @@ overhead`` (BENCHMARKS.md), not here."""
 import pytest
 
 from hvdtrain.core import tripwire
-from tests import readme_table
+from tests import docs_table
 from tests.launch import horovodrun, results
 from tests.workers.tripwire import STEPS
 
@@ -50,7 +50,7 @@ def test_broken_gradient_averaging_stops_the_job_at_the_first_check(tmp_path, fr
     assert ranks[0]["error"] == ranks[1]["error"] and ranks[0]["error"].startswith(CAUSES[framework, fault])
     lines = [line.split(ERROR, 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if ERROR in line]
     assert lines == [ranks[0]["error"].split(": ", 1)[1]]  # one line, from rank 0
-    row = readme_table.row(ROWS[fault])
+    row = docs_table.row(ROWS[fault])
     assert row.check(proc.stdout + proc.stderr, proc.returncode) == ERROR + lines[0]
 
 

@@ -16,7 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from hvdtrain.core import versions
-from tests import readme_table
+from tests import docs_table
 from tests.launch import REPO
 
 BUILT = versions.recorded()
@@ -47,7 +47,7 @@ def test_a_framework_other_than_horovods_build_stops_the_job_in_one_line(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert (proc.returncode, proc.stdout, proc.stderr.strip().splitlines()) == (1, "", [want])
     if framework == "torch":
-        row = readme_table.row("torch or TensorFlow upgraded after make install (Horovod was compiled against the "
+        row = docs_table.row("torch or TensorFlow upgraded after make install (Horovod was compiled against the "
                                "old one)")
         assert row.check(proc.stderr, proc.returncode, HOST=socket.gethostname()) == want
     # Under horovodrun every rank of the host stops the same way; its first local rank says so.

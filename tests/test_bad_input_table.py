@@ -1,10 +1,10 @@
-"""The README's bad-input table enforces itself: every row names tests that exist, and those tests
-take the row's answer and exit status from the table (``tests/readme_table.py``) rather than
-their own copy, so the table cannot say what hvdtrain does not do."""
+"""The bad-input table (``docs/reliability.md``) enforces itself: every row names tests that exist,
+and those tests take the row's answer and exit status from the table (``tests/docs_table.py``)
+rather than their own copy, so the table cannot say what hvdtrain does not do."""
 import ast
 from pathlib import Path
 
-from tests.readme_table import rows
+from tests.docs_table import rows
 
 TESTS = Path(__file__).parent
 
@@ -30,3 +30,8 @@ def test_every_bad_input_row_is_asserted_by_the_tests_it_names():
             assert row.key in strings_in(module) or named in strings_in(module), \
                 f"row {row.key!r}: {named} does not take its answer from the table"
 
+
+def test_the_readme_gives_the_number_of_rows_the_table_has():
+    """The README's overview counts the table's rows; a row added or removed must update it."""
+    readme = (TESTS.parent / "README.md").read_text()
+    assert f"a tested table of {len(rows())} cases" in readme, "README.md miscounts the bad-input table"

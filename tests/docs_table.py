@@ -1,5 +1,6 @@
-"""The README's bad-input table, read by the tests that enforce it: each row's answer and exit
-status are what its tests assert, so the table cannot drift from what hvdtrain does.
+"""The bad-input table of ``docs/reliability.md``, read by the tests that enforce it: each row's
+answer and exit status are what its tests assert, so the table cannot drift from what hvdtrain
+does.
 
 A row is ``| bad input | what hvdtrain answers | exit | test |``. The first code span of the
 answer is the exact line hvdtrain prints, in which ``...`` stands for any text (a time, a
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).parent.parent
+PAGE = REPO / "docs" / "reliability.md"
 _CODE = re.compile(r"`([^`]+)`")
 _RANK_PREFIX = re.compile(r"^\[\d+\]<std(?:out|err)>:")
 
@@ -51,15 +53,16 @@ class Row:
         pattern = self.pattern(**fill)
         lines = [_RANK_PREFIX.sub("", line) for line in output.splitlines()]
         matching = [line for line in lines if pattern.fullmatch(line.strip())]
-        assert returncode == self.exit, f"{self.key}: exit {returncode}, the README says {self.exit}\n{output[-3000:]}"
-        assert len(matching) == 1, (f"{self.key}: {len(matching)} lines match the README's answer {self.answer!r} "
-                                    f"({pattern.pattern})\n{output[-3000:]}")
+        assert returncode == self.exit, \
+            f"{self.key}: exit {returncode}, the table says {self.exit}\n{output[-3000:]}"
+        assert len(matching) == 1, (f"{self.key}: {len(matching)} lines match the table's answer "
+                                    f"{self.answer!r} ({pattern.pattern})\n{output[-3000:]}")
         return matching[0].strip()
 
 
 def rows() -> list[Row]:
-    text = (REPO / "README.md").read_text()
-    start = text.index("| bad input |", text.index("### Bad input\n"))
+    text = PAGE.read_text()
+    start = text.index("| bad input |", text.index("## Bad input\n"))
     table = text[start:text.index("\n\n", start)]
     found = []
     for line in table.splitlines()[2:]:
@@ -76,7 +79,7 @@ def rows() -> list[Row]:
 def row(key: str) -> Row:
     """The row whose bad input reads ``key`` (markdown left out)."""
     found = [r for r in rows() if r.key == key]
-    assert len(found) == 1, f"the README's bad-input table has {len(found)} rows reading {key!r}"
+    assert len(found) == 1, f"the bad-input table has {len(found)} rows reading {key!r}"
     return found[0]
 
 
