@@ -3,7 +3,7 @@
 # cached Horovod build, so a second run costs seconds.
 PY := $(or $(filter-out system,$(HVDTRAIN_VENV)),.venv)/bin/python
 
-.PHONY: demo test install lint image gpu-check
+.PHONY: demo test install lint docs image gpu-check
 demo: install
 	$(PY) -m hvdtrain.demo
 
@@ -20,6 +20,11 @@ image:
 
 lint: install
 	$(PY) -m pytest -q tests/test_docker.py
+
+# The documentation site (mkdocs.yml: docs/, with README.md as its home page) into site/; --strict
+# makes a broken link or anchor, or an API reference entry that no longer resolves, an error.
+docs: install
+	$(PY) -m mkdocs build --strict
 
 # On a host with NVIDIA GPUs: installs the gpu flavour into .venv-gpu and runs the acceptance checks
 # (gpu-check-results/). Without a GPU it says so in one line. Never part of demo or test.

@@ -68,6 +68,8 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
 
 
 def current() -> core_context.Context:
+    """The job as this worker sees it (rank, size, device...), made by ``init``; a clear error
+    when ``init`` was not called."""
     return core_context.current("torch")
 
 
