@@ -1,6 +1,7 @@
 """Shared fixtures. Tests that need something this machine may lack (root for test hosts, ...) skip
 with one line naming it, except in CI (``HVDTRAIN_CI=1``, set by ``.ci/run``), where they must run:
 there a missing requirement fails the test instead of hiding it as a skip."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,12 +1,14 @@
 """What the core needs to know about the running job, filled in by an adapter's ``init``."""
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-_current: "Context | None" = None
+_current: Context | None = None
 
 
 @dataclass

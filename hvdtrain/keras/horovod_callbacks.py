@@ -6,6 +6,7 @@ implementations (behind ``hvd.callbacks.BroadcastGlobalVariablesCallback`` and
 which are hvdtrain's own callbacks, and makes Horovod's LR schedule and warmup callbacks read and
 set the LR through ``learning_rate``/``set_learning_rate`` and ramp by hvdtrain's warmup rule.
 """
+
 from __future__ import annotations
 
 import horovod.tensorflow as hvd
@@ -82,7 +83,9 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def set_learning_rate(optimizer: keras.optimizers.Optimizer, new_lr: float, momentum_correction: bool) -> None:
+def set_learning_rate(
+    optimizer: keras.optimizers.Optimizer, new_lr: float, momentum_correction: bool
+) -> None:
     """Set the LR; with ``momentum_correction`` (Goyal et al.) rescale the momentum by new/old LR
     for the next update. Keras 3 bakes ``momentum`` into the traced step as a constant, so the
     velocity slots are rescaled instead: ``m' = momentum * (r m) - lr g`` is the same update."""
@@ -98,9 +101,11 @@ def _velocities(optimizer: keras.optimizers.Optimizer) -> list:
         return optimizer.momentums
     if isinstance(optimizer, keras.optimizers.RMSprop):
         return internals.rmsprop_momentums(optimizer)
-    raise ValueError(f"momentum_correction cannot be reproduced for {type(optimizer).__name__}"
-                     f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its momentum "
-                     "is a constant of the traced step): pass momentum_correction=False")
+    raise ValueError(
+        f"momentum_correction cannot be reproduced for {type(optimizer).__name__}"
+        f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its momentum "
+        "is a constant of the traced step): pass momentum_correction=False"
+    )
 
 
 def warmup_multiplier(epoch: float, steps_per_epoch: int, warmup_epochs: float) -> float:

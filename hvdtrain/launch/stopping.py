@@ -2,6 +2,7 @@
 ``worker_guard`` stops them), then what horovodrun still runs; and the launcher's own SIGTERM
 (a scheduler cancelling the job), which ``JobMonitor`` turns into the same stop.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,9 +6,11 @@ throwaway object, so a release that moved one stops the job at start with one li
 instead of failing mid-run or training wrongly. The tripwire (``torch.tripwire``) stays the
 behavioural guard: it proves every update was data-parallel, whatever the names.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import horovod
 import horovod.torch as hvd
@@ -37,19 +39,29 @@ def check() -> None:
     """Find each private attribute on a throwaway object (after ``hvd.init``); ``InternalsError``
     naming the first one missing."""
     parameter = torch.zeros(1, requires_grad=True)
-    optimizer = hvd.DistributedOptimizer(torch.optim.SGD([parameter], lr=0.1),
-                                         named_parameters=[("hvdtrain.internals.probe", parameter)])
+    optimizer = hvd.DistributedOptimizer(
+        torch.optim.SGD([parameter], lr=0.1),
+        named_parameters=[("hvdtrain.internals.probe", parameter)],
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu")
-    found = {f"Horovod's DistributedOptimizer.{SHOULD_SYNCHRONIZE}": hasattr(optimizer, SHOULD_SYNCHRONIZE),
-             f"Horovod's DistributedOptimizer.{HANDLES}": hasattr(optimizer, HANDLES),
-             f"torch's LRScheduler.{LAST_LR}": hasattr(scheduler, LAST_LR),
-             f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(scaler, optimizer)}
+    found = {
+        f"Horovod's DistributedOptimizer.{SHOULD_SYNCHRONIZE}": hasattr(
+            optimizer, SHOULD_SYNCHRONIZE
+        ),
+        f"Horovod's DistributedOptimizer.{HANDLES}": hasattr(optimizer, HANDLES),
+        f"torch's LRScheduler.{LAST_LR}": hasattr(scheduler, LAST_LR),
+        f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(
+            scaler, optimizer
+        ),
+    }
     missing = [name for name, present in found.items() if not present]
     if missing:
-        raise InternalsError(f"hvdtrain.torch relies on {missing[0]}, which torch {torch.__version__} / Horovod "
-                             f"{horovod.__version__} no longer has: install the tested versions (make install), or "
-                             f"update hvdtrain/torch/internals.py")
+        raise InternalsError(
+            f"hvdtrain.torch relies on {missing[0]}, which torch {torch.__version__} / Horovod "
+            f"{horovod.__version__} no longer has: install the tested versions (make install), or "
+            f"update hvdtrain/torch/internals.py"
+        )
 
 
 def _has_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:

@@ -10,10 +10,17 @@ Framework-free: ranks talk only through the core ``Context`` the adapter's ``ini
 The names below are imported when first used, so ``tracked(enabled=False)`` and the CLI never
 import MLflow.
 """
+
 import importlib
 
-_HOMES = {"Tracker": "tracker", "start": "tracker", "tracked": "tracker", "sync": "sync",
-          "prepare_local_store": "store", "training_params": "params"}
+_HOMES = {
+    "Tracker": "tracker",
+    "start": "tracker",
+    "tracked": "tracker",
+    "sync": "sync",
+    "prepare_local_store": "store",
+    "training_params": "params",
+}
 
 __all__ = sorted(_HOMES)
 

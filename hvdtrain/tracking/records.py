@@ -2,12 +2,14 @@
 journal while the server is down, and sent by ``hvdtrain mlflow-sync`` later: one code path
 (sending them is ``delivery``). Nothing here imports MLflow.
 """
+
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 
 @dataclass
@@ -21,7 +23,9 @@ class RunSpec:
     parent_run_id: str | None = None
     run_id: str | None = None
     leg: int | None = None  # 1 for a new run, +1 each time a resumed job reopens it
-    run_files: list[str] = field(default_factory=list)  # where to record the run's id once it exists
+    run_files: list[str] = field(
+        default_factory=list
+    )  # where to record the run's id once it exists
     # Tags the run when it is created, so a journal synced after a crash between creating the run
     # and recording its id finds that run instead of creating a second one.
     journal_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -36,7 +40,10 @@ def now_ms() -> int:
 
 def metrics_record(metrics: Mapping[str, float], step: int) -> dict[str, Any]:
     timestamp = now_ms()
-    return {"kind": "metrics", "metrics": [[k, float(v), timestamp, int(step)] for k, v in metrics.items()]}
+    return {
+        "kind": "metrics",
+        "metrics": [[k, float(v), timestamp, int(step)] for k, v in metrics.items()],
+    }
 
 
 def params_record(params: Mapping[str, Any]) -> dict[str, Any]:

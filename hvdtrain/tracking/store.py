@@ -5,6 +5,7 @@ exponential backoff, 120 s timeout). Tracking must never hold training that long
 user set them, the retry settings below are shortened for this process; the tracker's own
 background thread keeps retrying for as long as the job runs.
 """
+
 from __future__ import annotations
 
 import logging

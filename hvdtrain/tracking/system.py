@@ -11,12 +11,14 @@ server, so a job whose store is a local file keeps rank 0's monitor only: anothe
 a store of its own. A monitor is a daemon thread: a server that dies makes it stop with one
 warning, it never holds training, and stopping it waits at most ``STOP_TIMEOUT_S``.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .legs import log
 
@@ -26,7 +28,11 @@ STOP_TIMEOUT_S = 10.0
 
 def wanted(asked: bool | None) -> bool:
     """``asked``, or when the caller left it open, MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``."""
-    return asked if asked is not None else os.environ.get(ENABLE_ENV, "").strip().lower() in ("true", "1")
+    return (
+        asked
+        if asked is not None
+        else os.environ.get(ENABLE_ENV, "").strip().lower() in ("true", "1")
+    )
 
 
 def node_id(hostnames: Sequence[str]) -> str | None:
@@ -38,11 +44,16 @@ def plan_for_hosts(uri: str, continued: bool, hostnames: Sequence[str]) -> dict[
     """Rank 0's word to the other hosts' local rank 0: where to log (``None``: they start none)."""
     from .store import is_local
 
-    return None if node_id(hostnames) is None or is_local(uri) else {"uri": uri, "continued": continued}
+    return (
+        None
+        if node_id(hostnames) is None or is_local(uri)
+        else {"uri": uri, "continued": continued}
+    )
 
 
-def start_on_this_host(local_rank: int, hostnames: Sequence[str], run_id: str | None,
-                       plan: dict[str, Any] | None) -> Any:
+def start_on_this_host(
+    local_rank: int, hostnames: Sequence[str], run_id: str | None, plan: dict[str, Any] | None
+) -> Any:
     """Not rank 0: this host's monitor when this process is its local rank 0 (none on rank 0's host)."""
     if plan is None or run_id is None or local_rank != 0 or socket.gethostname() == hostnames[0]:
         return None
@@ -58,16 +69,25 @@ def start(run_id: str, uri: str, node: str | None, continued: bool) -> Any:
         from .store import bound_http_calls
 
         bound_http_calls()  # a dead server's retries end within seconds (rank 0's process has them already)
-        monitor = SystemMetricsMonitor(run_id, resume_logging=continued, node_id=node, tracking_uri=uri)
+        monitor = SystemMetricsMonitor(
+            run_id, resume_logging=continued, node_id=node, tracking_uri=uri
+        )
         monitor.start()
         return monitor
     except Exception as err:  # system metrics must never stop training
-        log.warning("hvdtrain: no system metrics from host %s: %s: %s", socket.gethostname(), type(err).__name__, err)
+        log.warning(
+            "hvdtrain: no system metrics from host %s: %s: %s",
+            socket.gethostname(),
+            type(err).__name__,
+            err,
+        )
         return None
 
 
 def stop(monitor: Any, timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop sampling and send the last samples, waiting at most ``timeout`` s (a dead server's retries)."""
-    closing = threading.Thread(target=monitor.finish, name="hvdtrain-system-metrics-stop", daemon=True)
+    closing = threading.Thread(
+        target=monitor.finish, name="hvdtrain-system-metrics-stop", daemon=True
+    )
     closing.start()
     closing.join(timeout)
