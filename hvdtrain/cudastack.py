@@ -104,7 +104,8 @@ def torch_facts() -> dict:
 
 
 def tensorflow_facts() -> dict:
-    """TF's version, the CUDA/cuDNN it was built for and the CUDA wheels of its ``and-cuda`` extra."""
+    """TF's version, the CUDA/cuDNN it was built for and the CUDA wheels of its
+    ``and-cuda`` extra."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
@@ -136,8 +137,8 @@ def check_frameworks() -> list[str]:
     nvcc = nvcc_version(home)
     if nvcc is None:
         raise StackError(
-            f"no CUDA toolkit (nvcc) found in $CUDA_HOME, /usr/local/cuda or on the PATH: Horovod's "
-            f"NCCL ops for torch {torch['version']} need nvcc {torch['cuda']}"
+            "no CUDA toolkit (nvcc) found in $CUDA_HOME, /usr/local/cuda or on the PATH: "
+            f"Horovod's NCCL ops for torch {torch['version']} need nvcc {torch['cuda']}"
         )
     if nvcc.split(".")[0] != torch["cuda"].split(".")[0]:
         raise StackError(
@@ -156,8 +157,9 @@ def check_frameworks() -> list[str]:
     nccl = wheels[0]
     if str(nccl.cuda_major) != torch["cuda"].split(".")[0]:
         raise StackError(
-            f"{nccl.dist} {nccl.version} is built for CUDA {nccl.cuda_major}, torch {torch['version']} "
-            f"for CUDA {torch['cuda']}: install the NCCL wheel torch requires ({', '.join(torch['requires'])})"
+            f"{nccl.dist} {nccl.version} is built for CUDA {nccl.cuda_major}, torch "
+            f"{torch['version']} for CUDA {torch['cuda']}: install the NCCL wheel torch requires "
+            f"({', '.join(torch['requires'])})"
         )
     for pin in torch["requires"]:
         if Requirement(pin).name == nccl.dist and not Requirement(pin).specifier.contains(
@@ -169,8 +171,8 @@ def check_frameworks() -> list[str]:
     tf = tensorflow_facts()
     if not tf["cuda_build"]:
         raise StackError(
-            f"{tf['dist']} {tf['version']} is a CPU build: Keras would train on the CPU of a GPU host; "
-            f"install tensorflow (requirements/gpu.txt)"
+            f"{tf['dist']} {tf['version']} is a CPU build: Keras would train on the CPU of a GPU "
+            "host; install tensorflow (requirements/gpu.txt)"
         )
     for text in tf["cuda_wheels"]:
         requirement = Requirement(text)
@@ -179,12 +181,12 @@ def check_frameworks() -> list[str]:
         version = installed(requirement.name)
         if version is None or not requirement.specifier.contains(version, prereleases=True):
             raise StackError(
-                f"TensorFlow {tf['version']} (CUDA {tf['cuda']}) needs {text} (its and-cuda extra), "
-                f"found {version or 'none'}: install requirements/gpu.txt"
+                f"TensorFlow {tf['version']} (CUDA {tf['cuda']}) needs {text} (its and-cuda "
+                f"extra), found {version or 'none'}: install requirements/gpu.txt"
             )
     return [
-        f"torch {torch['version']} (CUDA {torch['cuda']}), nvcc {nvcc} ({home}), {nccl.dist} {nccl.version}, "
-        f"TensorFlow {tf['version']} (CUDA {tf['cuda']}, cuDNN {tf['cudnn']})"
+        f"torch {torch['version']} (CUDA {torch['cuda']}), nvcc {nvcc} ({home}), {nccl.dist} "
+        f"{nccl.version}, TensorFlow {tf['version']} (CUDA {tf['cuda']}, cuDNN {tf['cudnn']})"
     ]
 
 
@@ -225,14 +227,15 @@ def load_in_one_process(first: str) -> str:
     libraries = loaded_libraries(r"^libnccl\.so")
     if len(libraries) != 1:
         raise StackError(
-            f"{len(libraries)} NCCL libraries loaded in one process ({', '.join(libraries) or 'none'}); "
-            f"want exactly one"
+            f"{len(libraries)} NCCL libraries loaded in one process "
+            f"({', '.join(libraries) or 'none'}); want exactly one"
         )
     loaded = nccl_version(libraries[0])
     compiled = f"{built // 10000}.{built % 10000 // 100}.{built % 100}"
     if tuple(map(int, loaded.split("."))) < tuple(map(int, compiled.split("."))):
         raise StackError(
-            f"NCCL {loaded} ({libraries[0]}) is older than the NCCL {compiled} Horovod was compiled with"
+            f"NCCL {loaded} ({libraries[0]}) is older than the NCCL {compiled} Horovod was "
+            "compiled with"
         )
     runtimes = ", ".join(Path(p).name for p in loaded_libraries(r"^libcudart\.so"))
     for hvd in (hvd_tf, hvd_torch):

@@ -1,9 +1,9 @@
 """What ``make image`` hands the Docker build from this machine, without baking it into a layer.
 
-* ``pip_conf`` / ``pip_ca`` (build secrets): pip's effective settings here that mean something inside
-  the build (index URLs that may carry a token, proxy, timeouts) and the CA bundle pip trusts (a
-  proxy's certificate): the build reaches the same indexes as this machine, and neither file is in
-  the image or its history.
+* ``pip_conf`` / ``pip_ca`` (build secrets): pip's effective settings here that mean something
+  inside the build (index URLs that may carry a token, proxy, timeouts) and the CA bundle pip
+  trusts (a proxy's certificate): the build reaches the same indexes as this machine, and neither
+  file is in the image or its history.
 * ``docker/wheels``: wheels from pip's ``find-links`` directories here whose name and version a
   requirement file of the image pins (torch's CPU build where PyTorch's index is out of reach), and
   the Horovod wheels ``scripts/install.sh`` compiled here when this machine runs the image's Debian
@@ -38,7 +38,8 @@ PORTABLE = {
 
 
 def pip_settings() -> dict[str, str]:
-    """``pip config list`` of this machine's python3: files and PIP_* variables, the latter winning."""
+    """``pip config list`` of this machine's python3:
+    files and PIP_* variables, the latter winning."""
     out = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
     ).stdout

@@ -1,10 +1,14 @@
 """Patch Horovod 0.28.1 so it builds against torch >= 2.1 and TF >= 2.16, and so its TensorFlow
 and Keras APIs run on Keras 3.
 
-    python scripts/patch_horovod.py SRC [--gpu]      patch an unpacked sdist SRC (--gpu: the NCCL build's fixes too)
-    python scripts/patch_horovod.py --fingerprint [--gpu]   print the fixes a build applies
-    python scripts/patch_horovod.py --python SITE    patch the installed package under SITE (Python files only)
-    python scripts/patch_horovod.py --python-fingerprint    print the Python fixes' fingerprint
+    python scripts/patch_horovod.py SRC [--gpu]
+        patch an unpacked sdist SRC (--gpu: the NCCL build's fixes too)
+    python scripts/patch_horovod.py --fingerprint [--gpu]
+        print the fixes a build applies
+    python scripts/patch_horovod.py --python SITE
+        patch the installed package under SITE (Python files only)
+    python scripts/patch_horovod.py --python-fingerprint
+        print the Python fixes' fingerprint
 
 Each fix is checked: if the text to replace is missing (a different Horovod), fail loudly
 rather than build something untested. Why each fix: README.md, 'How Horovod is built'.
@@ -44,7 +48,8 @@ FIXES = [
 # Only for the gpu flavour: its torch (2.14.1; the CPU flavour's 2.13.0 builds as C++17) and its
 # NCCL ops. Kept apart so the CPU build stays byte-for-byte what it was.
 GPU_FIXES = [
-    # torch >= 2.14's headers use C++20 (std::strong_ordering, operator<=> in c10/util/intrusive_ptr.h).
+    # torch >= 2.14's headers use C++20 (std::strong_ordering, operator<=> in
+    # c10/util/intrusive_ptr.h).
     ("horovod/torch/CMakeLists.txt", "set(CMAKE_CXX_STANDARD 17)", "set(CMAKE_CXX_STANDARD 20)"),
     # TF >= 2.18 no longer exports stream_executor::gpu::AsGpuStreamValue, which 0.28.1 declares
     # and calls for the cudaStream_t of a TF op: the extension fails to load ("undefined symbol"),
@@ -295,8 +300,8 @@ class LearningRateWarmupCallbackImpl(LearningRateScheduleCallbackImpl):""",
     ],
     # Elastic: a Keras 3 optimizer's variables (a property, empty until built); a traced step that
     # still holds the old world size is traced again after a reset; run() re-raises what it cannot
-    # recover from (0.28.1 swallowed any other UnknownError and returned None) and recognises a failed
-    # Horovod op however Keras 3's fit raises it.
+    # recover from (0.28.1 swallowed any other UnknownError and returned None) and recognises a
+    # failed Horovod op however Keras 3's fit raises it.
     (
         _ELASTIC,
         "            self._saved_optimizer_state = [tf.identity(var) for var in self.optimizer.variables()]",
@@ -368,7 +373,8 @@ def fingerprint(gpu: bool) -> str:
 
 
 def python_fingerprint() -> str:
-    """A digest of the Python fixes (install.sh stamps the venv with it, apart from the cache key)."""
+    """A digest of the Python fixes
+    (install.sh stamps the venv with it, apart from the cache key)."""
     return hashlib.sha256(repr(PYTHON_FIXES).encode()).hexdigest()[:16]
 
 
@@ -385,17 +391,20 @@ def main(root: str, gpu: bool) -> None:
 
 
 def patch_python(site: str) -> None:
-    """Apply ``PYTHON_FIXES`` to the pristine installed package under ``site`` (install.sh reinstalls
-    the wheel first when other fixes were applied). Nothing is written unless every fix applies."""
+    """Apply ``PYTHON_FIXES`` to the pristine installed package under ``site`` (install.sh
+    reinstalls the wheel first when other fixes were applied). Nothing is written unless every fix
+    applies."""
     texts: dict[pathlib.Path, str] = {}
     for rel, old, new in PYTHON_FIXES:
         path = pathlib.Path(site, rel)
         text = texts.get(path) or path.read_text()
         if new in text:
-            continue  # already applied (install.sh reinstalls the wheel before applying changed fixes)
+            # already applied (install.sh reinstalls the wheel before applying changed fixes)
+            continue
         if text.count(old) != 1:
             sys.exit(
-                f"patch_horovod: expected text once in {path}, found {text.count(old)} times: {old[:200]!r}"
+                f"patch_horovod: expected text once in {path}, found {text.count(old)} times: "
+                f"{old[:200]!r}"
             )
         texts[path] = text.replace(old, new)
     for path, text in texts.items():
@@ -417,5 +426,6 @@ if __name__ == "__main__":
         main(args[0], gpu)
     else:
         sys.exit(
-            "usage: patch_horovod.py SRC [--gpu] | --fingerprint [--gpu] | --python SITE | --python-fingerprint"
+            "usage: patch_horovod.py SRC [--gpu] | --fingerprint [--gpu] | --python SITE | "
+            "--python-fingerprint"
         )

@@ -40,14 +40,15 @@ def _host_sets():
 
 @pytest.fixture
 def test_hosts():
-    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.launch.testhosts``),
-    all removed when the test ends, whatever happened in it."""
+    """``test_hosts(count, link_rate=None)``: that many separate hosts
+    (``hvdtrain.launch.testhosts``), all removed when the test ends, whatever happened in it."""
     with _host_sets() as make:
         yield make
 
 
 @pytest.fixture(scope="module")
 def module_test_hosts():
-    """``test_hosts`` kept for a whole test module, for tests that can share hosts (set-up paid once)."""
+    """``test_hosts`` kept for a whole test module,
+    for tests that can share hosts (set-up paid once)."""
     with _host_sets() as make:
         yield make

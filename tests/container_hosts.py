@@ -30,7 +30,8 @@ def _sh(*argv: str, timeout: float = 60) -> str:
 
 
 class ContainerHosts:
-    """``count`` containers of ``image`` named ``ctr1``..., up in ``__enter__``, gone in ``__exit__``."""
+    """``count`` containers of ``image`` named ``ctr1``...,
+    up in ``__enter__``, gone in ``__exit__``."""
 
     def __init__(self, docker: str, image: str, count: int, root: Path):
         tag = os.getpid() % 100000

@@ -28,7 +28,8 @@ def run_script(
     check: bool = True,
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess:
-    """Run any python ``script`` on ``np`` local ranks; raise with the workers' errors if it fails."""
+    """Run any python ``script`` on ``np`` local ranks;
+    raise with the workers' errors if it fails."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
     cmd = [
         str(horovodrun_bin),
@@ -54,9 +55,9 @@ def run_script(
     if check and proc.returncode != 0:
         # Workers' tracebacks come through horovodrun as "[rank]<stderr>:" lines.
         worker_errors = [
-            l
-            for l in (proc.stdout + proc.stderr).splitlines()
-            if "<stderr>" in l and "Warning" not in l
+            line
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if "<stderr>" in line and "Warning" not in line
         ]
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"

@@ -1,5 +1,6 @@
 """A real ``mlflow server`` for tests: 127.0.0.1 (or another local address), a free port, sqlite
-backend and artifact root in a temp dir. ``stop``/``start`` keep the port and the store, so tests can stage an outage.
+backend and artifact root in a temp dir. ``stop``/``start`` keep the port and the
+store, so tests can stage an outage.
 
 Use it by importing both fixtures into a test module:
 ``from tests.mlflow_server import mlflow_server, mlflow_server_session``.

@@ -1,6 +1,6 @@
-"""Jobs on test hosts (``hvdtrain.launch.testhosts``) for the multi-host tests: ``hvdtrain run`` started
-on a host as a user would there, the worker processes of a rank on a host, a host left clean, and
-an MLflow server on a host of its own."""
+"""Jobs on test hosts (``hvdtrain.launch.testhosts``) for the multi-host tests: ``hvdtrain run``
+started on a host as a user would there, the worker processes of a rank on a host, a host left
+clean, and an MLflow server on a host of its own."""
 
 from __future__ import annotations
 
@@ -79,7 +79,8 @@ def finish(proc: subprocess.Popen, since: float, timeout: float) -> tuple[str, s
 def worker(
     hosts: TestHosts, host: str, rank: int, proc: subprocess.Popen, timeout: float = 180
 ) -> int:
-    """The pid of the training process of ``rank`` on ``host`` (the worker itself, not its guard)."""
+    """The pid of the training process of ``rank`` on ``host``
+    (the worker itself, not its guard)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in hosts.processes(host):
@@ -117,7 +118,8 @@ def wait_clean(hosts: TestHosts, names: list[str], timeout: float) -> float:
 
 
 class HostMlflowServer:
-    """``mlflow server`` on a test host of its own, reached by every host as ``http://HOST:PORT``."""
+    """``mlflow server`` on a test host of its own,
+    reached by every host as ``http://HOST:PORT``."""
 
     def __init__(self, hosts: TestHosts, host: str, root: Path):
         self.hosts, self.host, self.root, self.port = hosts, host, root, free_port()

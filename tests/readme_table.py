@@ -43,15 +43,16 @@ class Row:
             for name, value in fill.items():
                 text = re.sub(
                     rf"(?<![\w]){re.escape(re.escape(name))}(?![\w])",
-                    lambda _: re.escape(str(value)),
+                    lambda _, value=value: re.escape(str(value)),
                     text,
                 )
             pieces.append(text)
         return re.compile(".*?".join(pieces))
 
     def check(self, output: str, returncode: int, **fill: str) -> str:
-        """Assert ``returncode`` is the row's exit and exactly one line of ``output`` (a worker's line
-        with horovodrun's ``[rank]<stderr>:`` prefix taken off) is the row's answer; returns it."""
+        """Assert ``returncode`` is the row's exit and exactly one line of ``output``
+        (a worker's line with horovodrun's ``[rank]<stderr>:`` prefix taken off) is
+        the row's answer; returns it."""
         pattern = self.pattern(**fill)
         lines = [_RANK_PREFIX.sub("", line) for line in output.splitlines()]
         matching = [line for line in lines if pattern.fullmatch(line.strip())]

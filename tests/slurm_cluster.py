@@ -1,4 +1,5 @@
-"""A real Slurm cluster on test hosts (``hvdtrain.launch.testhosts``): Debian's slurm-wlm 22.05 and munge.
+"""A real Slurm cluster on test hosts (``hvdtrain.launch.testhosts``):
+Debian's slurm-wlm 22.05 and munge.
 
 The first host is the login and controller node (munged, slurmctld; jobs are submitted from
 it), every other host a compute node (slurmd). Everything lives in one temporary directory (munge
@@ -213,7 +214,8 @@ class SlurmCluster:
                     "ReturnToService=2",
                     "MpiDefault=none",
                     "KillWait=30",
-                    # Each node has the machine's cores; without this slurmd refuses a config that names fewer.
+                    # Each node has the machine's cores; without this slurmd refuses a config that
+                    # names fewer.
                     "SlurmdParameters=config_overrides",
                     f"NodeName={nodelist} CPUs={os.cpu_count()} State=UNKNOWN",
                     "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP",

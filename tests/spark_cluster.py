@@ -100,7 +100,8 @@ class SparkStandalone:
         while len(self.alive_workers()) < self.workers:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                 raise RuntimeError(
-                    f"Spark standalone cluster not up within {START_TIMEOUT_S} s:\n{self.log_tails()}"
+                    f"Spark standalone cluster not up within {START_TIMEOUT_S} s:\n"
+                    f"{self.log_tails()}"
                 )
             time.sleep(0.5)
         return self
@@ -138,9 +139,8 @@ class SparkStandalone:
     def down(self) -> None:
         for proc in self.procs:
             try:
-                os.killpg(
-                    proc.pid, signal.SIGKILL
-                )  # the JVM and the executors and Python workers it started
+                # the JVM and the executors and Python workers it started
+                os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.wait()

@@ -104,9 +104,8 @@ def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, row
         runpy.run_path(str(REPO / script), run_name="__main__")
     err = capsys.readouterr().err
     assert row.check(err, stopped.value.code) == err.strip()  # that line only: no usage block
-    assert list(tmp_path.iterdir()) == [
-        tmp_path / "empty"
-    ]  # nothing written: no store, no checkpoint
+    # nothing written: no store, no checkpoint
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
 @pytest.mark.slow
@@ -121,7 +120,8 @@ def test_bad_flag_under_hvdtrain_run_stops_the_job_with_status_2(tmp_path):
         cwd=REPO,
         timeout=120,
     )
-    # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to exit.
+    # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to
+    # exit.
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip().splitlines()[-1]
     output = proc.stdout + proc.stderr
     assert output.count("digits.py: error: argument --epochs: must be >= 1, got 0") == 1
@@ -169,9 +169,8 @@ def test_corrupt_or_partial_newest_checkpoint_is_skipped_for_the_previous_one(tm
         assert_row(proc, "newest checkpoint partial (payload, no sidecar: a save cut short)"),
         assert_row(proc, "newest checkpoint truncated or corrupt (torch)"),
     ]
-    assert (
-        proc.stdout.count("resumed at step 4") == 2
-    )  # both ranks, from the previous good checkpoint
+    # both ranks, from the previous good checkpoint
+    assert proc.stdout.count("resumed at step 4") == 2
     # The corrupt one is kept aside, out of the way of later saves; training goes on from step 4.
     assert {"step-00000008.pt.corrupt", "step-00000008.json.corrupt"} <= {
         p.name for p in ckpt.iterdir()
@@ -193,9 +192,8 @@ def test_keras_corrupt_newest_checkpoint_is_skipped_and_another_model_refused(tm
     before = snapshot(ckpt)
     proc = job("keras", "resume", ckpt, tmp_path / "other", "--width", "16")
     line = assert_row(proc, "resume from a checkpoint of another model (Keras)", ckpt=str(ckpt))
-    assert line.startswith(
-        f"hvdtrain: error: {ckpt}/step-00000004.keras: "
-    )  # step 8 was set aside as corrupt
+    # step 8 was set aside as corrupt
+    assert line.startswith(f"hvdtrain: error: {ckpt}/step-00000004.keras: ")
     assert "variable.shape=(4, 16), Received: value.shape=(4, 8)" in line
     assert snapshot(ckpt) == before
 
@@ -206,9 +204,8 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
     not_a_dir = tmp_path / "ckpt"
     not_a_dir.write_text("my notes")
     proc = job(framework, "save", not_a_dir, tmp_path / "out", "--epochs", "1")
-    assert_row(
-        proc, "--checkpoint-dir is a file (or under one)", ckpt=str(not_a_dir)
-    )  # before training
+    # before training
+    assert_row(proc, "--checkpoint-dir is a file (or under one)", ckpt=str(not_a_dir))
     assert [r["error_type"] for r in results(tmp_path / "out")] == [
         "CheckpointError"
     ] * 2  # every rank stopped
@@ -223,9 +220,8 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
     proc = job("torch", "continue", ckpt, tmp_path / "full", "--epochs", "3", "--fsize", "1000")
     assert_row(proc, "disk full while saving a checkpoint", ckpt=str(ckpt))
     assert snapshot(ckpt) == before  # no temporary file left, nothing pruned or overwritten
-    state = torch.load(
-        ckpt / "step-00000008.pt", weights_only=True
-    )  # and the newest one still loads
+    # and the newest one still loads
+    state = torch.load(ckpt / "step-00000008.pt", weights_only=True)
     assert state["model"]["0.weight"].shape == (8, 4)
 
 

@@ -80,9 +80,8 @@ def test_allreduce_rows(bench):
     for row in rows:
         assert row["np"] == 2 and len(row["per_rank_time_s"]) == 2
         assert row["time_s"] == pytest.approx(sum(row["per_rank_time_s"]) / 2)
-        assert row["busbw_GBps"] == pytest.approx(
-            row["size_bytes"] / row["time_s"] / 1e9
-        )  # 2(N-1)/N = 1
+        # 2(N-1)/N = 1
+        assert row["busbw_GBps"] == pytest.approx(row["size_bytes"] / row["time_s"] / 1e9)
     modes = {r["mode"] for r in bench["report"]["fusion"]}
     assert {
         "horovod.torch one by one",
@@ -104,9 +103,8 @@ def test_step_rows_ratios_and_scaling(bench):
     expected |= {
         ("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)
     }
-    plain = {
-        ("torch", m, "plain torch", np) for m in ("mlp", "gpt") for np in (1, 2)
-    }  # no Horovod, no allreduce
+    # no Horovod, no allreduce
+    plain = {("torch", m, "plain torch", np) for m in ("mlp", "gpt") for np in (1, 2)}
     assert found == expected | plain
     for row in result["steps"]:
         # the total is the sum of every rank's own throughput
@@ -139,9 +137,8 @@ def test_step_rows_ratios_and_scaling(bench):
         "horovod.torch, hvdtrain's wait",
         "horovod.tensorflow",
     }
-    for r in result[
-        "ratios"
-    ]:  # every ratio is taken window by window, judged against 1 from 3 windows on
+    # every ratio is taken window by window, judged against 1 from 3 windows on
+    for r in result["ratios"]:
         assert r["ratio_min"] <= r["step_time_ratio"] <= r["ratio_max"] and len(r["ratios"]) == 1
         assert r["vs_1"] == "too few windows"  # one window: no spread, no verdict
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
@@ -151,6 +148,7 @@ def test_step_rows_ratios_and_scaling(bench):
 def zero_bench(tmp_path_factory) -> dict:
     """The zero part alone: its memory measurements start a job per optimizer and world size."""
     out = tmp_path_factory.mktemp("zero_bench")
+    # 6 launches
     proc = subprocess.run(
         [
             sys.executable,
@@ -168,7 +166,7 @@ def zero_bench(tmp_path_factory) -> dict:
         capture_output=True,
         text=True,
         timeout=600,
-    )  # 6 launches
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
 

@@ -106,9 +106,8 @@ def test_allreduce_rows_spread_and_link(bench):
     for row in rows:
         assert len(row["windows_s"]) == WINDOWS and len(row["per_rank_time_s"]) == 2
         assert row["spread_s"] == [min(row["windows_s"]), max(row["windows_s"])]
-        assert row["busbw_GBps"] == pytest.approx(
-            row["size_bytes"] / row["time_s"] / 1e9
-        )  # 2(N-1)/N = 1
+        # 2(N-1)/N = 1
+        assert row["busbw_GBps"] == pytest.approx(row["size_bytes"] / row["time_s"] / 1e9)
         assert row["link_fraction"] == pytest.approx(row["busbw_GBps"] * 1e9 / LINK_BPS)
         assert row["link_fraction_spread"] == pytest.approx(
             [row["size_bytes"] / t / LINK_BPS for t in row["spread_s"][::-1]]
@@ -197,9 +196,8 @@ def test_steps_ratios_scaling_and_link_bound(bench):
     }
     for r in bound:
         assert r["gradient_bytes"] == _gradient_bytes(r["model"])
-        assert r["link_s"] == pytest.approx(
-            r["gradient_bytes"] * 1.0 / LINK_BPS
-        )  # 2(N-1)/N = 1 at N=2
+        # 2(N-1)/N = 1 at N=2
+        assert r["link_s"] == pytest.approx(r["gradient_bytes"] * 1.0 / LINK_BPS)
         assert r["compute_s"] == plain[r["model"]]
         assert r["bound_samples_per_s"] == pytest.approx(
             2 * r["batch_per_rank"] / max(r["link_s"], r["compute_s"])

@@ -38,7 +38,10 @@ SYSTEM_NAMES = ("cpu_utilization_percentage", "system_memory_usage_megabytes")
 def browser_missing() -> str | None:
     """Why the browser test cannot run here, in one line; None when it can."""
     if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing: scripts/system-packages.sh test installs Debian's chromium (apt, as root)"
+        return (
+            f"{CHROMIUM} is missing: scripts/system-packages.sh test installs Debian's "
+            "chromium (apt, as root)"
+        )
     if importlib.util.find_spec("playwright") is None:
         return "the playwright package is missing: make install (requirements/dev.txt)"
     return None
@@ -113,9 +116,8 @@ def test_each_host_reports_its_system_metrics_under_its_node_id(job):
     names, server, _, run_ = job
     client = server.client()
     system = {key for key in run_.data.metrics if key.startswith("system/")}
-    assert {key.split("/")[1] for key in system} == set(names), sorted(
-        system
-    )  # no host missing, none unnamed
+    # no host missing, none unnamed
+    assert {key.split("/")[1] for key in system} == set(names), sorted(system)
     for host in names:
         for name in SYSTEM_NAMES:
             history = client.get_metric_history(run_.info.run_id, f"system/{host}/{name}")
@@ -132,17 +134,21 @@ def test_each_host_reports_its_system_metrics_under_its_node_id(job):
 
 
 # Each chart card of a run page: its title -> the (x, y) of every plotly trace drawn in it.
-CHARTS_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]'))
-    .map(card => [card.innerText.split('\\n')[0].trim(), Array.from(card.querySelector('.js-plotly-plot')?.data || [])
+CHARTS_JS = """() => Object.fromEntries(
+    Array.from(document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]'))
+    .map(card => [card.innerText.split('\\n')[0].trim(),
+        Array.from(card.querySelector('.js-plotly-plot')?.data || [])
         .map(trace => [Array.from(trace.x || []), Array.from(trace.y || [])])]))"""
 # The rows of the overview table under the heading that starts with ``heading``: the cells' text.
-TABLE_JS = """heading => Array.from(Array.from(document.querySelectorAll('h4')).find(h => h.textContent.startsWith(heading))
+TABLE_JS = """heading => Array.from(Array.from(document.querySelectorAll('h4'))
+    .find(h => h.textContent.startsWith(heading))
     .parentElement.querySelectorAll('[role=row]'))
     .map(row => Array.from(row.querySelectorAll('[role=cell]')).map(cell => cell.innerText.trim()))
     .filter(cells => cells.length > 1)"""
 # The overview's "Logged models" grid (ag-grid): each model's row as {column id: text}.
 MODELS_JS = """() => Array.from(document.querySelectorAll('.ag-row')).map(row => Object.fromEntries(
-    Array.from(row.querySelectorAll('[role=gridcell][col-id]')).map(cell => [cell.getAttribute('col-id'), cell.innerText.trim()])))
+    Array.from(row.querySelectorAll('[role=gridcell][col-id]'))
+        .map(cell => [cell.getAttribute('col-id'), cell.innerText.trim()])))
     .filter(cells => cells.name)"""
 
 
@@ -154,13 +160,15 @@ def screenshots(tmp_path) -> Path:
 
 
 def table(page, heading: str) -> list[list[str]]:
-    """The rows of the overview's table under ``heading``, once it has any (each table loads on its own)."""
+    """The rows of the overview's table under ``heading``, once it has any
+    (each table loads on its own)."""
     page.wait_for_function(f"heading => ({TABLE_JS})(heading).length > 0", arg=heading, polling=250)
     return page.evaluate(TABLE_JS, heading)
 
 
 def history_fetched(response) -> list[tuple[int, float]]:
-    """The (step, value) points a chart's ``metrics/get-history-bulk-interval`` call brought the page."""
+    """The (step, value) points a chart's ``metrics/get-history-bulk-interval``
+    call brought the page."""
     return sorted((m["step"], m["value"]) for m in response.json()["metrics"])
 
 
@@ -183,9 +191,8 @@ def test_the_run_page_shows_what_a_user_looks_for(browser, job, screenshots):
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.goto(f"{server.uri}/#/experiments/{run_.info.experiment_id}/runs/{run_id}")
     page.get_by_text("Parameters (").wait_for()
-    assistant = page.get_by_role(
-        "button", name="Close"
-    )  # the MLflow Assistant's panel (a UI on localhost)
+    # the MLflow Assistant's panel (a UI on localhost)
+    assistant = page.get_by_role("button", name="Close")
     if assistant.count():
         assistant.click()
     page.screenshot(path=screenshots / "mlflow-run-overview.png")
@@ -225,7 +232,8 @@ def test_the_run_page_shows_what_a_user_looks_for(browser, job, screenshots):
     fetched = {"loss": history_fetched(loss.value), "lr": history_fetched(lr.value)}
     assert fetched == {"loss": history["loss"], "lr": history["lr"]}
     page.wait_for_function(
-        f"() => {{ const c = ({CHARTS_JS})(); return ['loss', 'lr', 'world_size'].every(k => c[k]?.length); }}",
+        f"() => {{ const c = ({CHARTS_JS})(); return ['loss', 'lr', 'world_size'].every(k => "
+        f"c[k]?.length); }}",
         polling=250,
     )
     charts = page.evaluate(CHARTS_JS)
@@ -234,9 +242,8 @@ def test_the_run_page_shows_what_a_user_looks_for(browser, job, screenshots):
             key,
             charts[key],
         )
-    assert [x for x, _ in charts["world_size"]] == [[2]] * len(
-        charts["world_size"]
-    )  # one bar: 2 workers
+    # one bar: 2 workers
+    assert [x for x, _ in charts["world_size"]] == [[2]] * len(charts["world_size"])
     page.screenshot(path=screenshots / "mlflow-run-metrics.png")
 
     # System metrics: a section per host, each with that host's metrics.

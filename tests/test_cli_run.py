@@ -1,4 +1,5 @@
-"""Issue 6: ``hvdtrain run`` launches, passes MLflow settings, returns the job's status, refuses bad input."""
+"""Issue 6: ``hvdtrain run`` launches, passes MLflow settings,
+returns the job's status, refuses bad input."""
 
 import json
 import os
@@ -90,9 +91,8 @@ def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
     row = readme_table.row("hvdtrain run -np 2 -H 192.0.2.1:2 train.py (an unroutable host)")
     started = time.monotonic()
     proc = _run(*shlex.split(row.command)[2:-1], str(worker), cwd=tmp_path)
-    assert (
-        time.monotonic() - started < 30
-    )  # the probe's own bound is a few seconds; startup is the rest
+    # the probe's own bound is a few seconds; startup is the rest
+    assert time.monotonic() - started < 30
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
 
 

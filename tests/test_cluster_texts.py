@@ -76,14 +76,15 @@ def test_problems_are_one_line_per_host():
     plan, problems = preflight.decide(REQUEST, reports, launcher, VERSIONS)
     assert plan is None and problems == [
         "host n3 asks for an SSH password (...)",
-        "host n1 has no /p/train.py: put the project at the same path on every host (or share it, e.g. over NFS)",
-        "host n2 resolves its own name n2 to 127.0.1.1 (loopback, as in Debian's default /etc/hosts): Horovod's "
-        "Gloo would tell the other hosts to connect there; map n2 to its address on the hosts' network in n2's "
-        "/etc/hosts",
-        "host n2 has torch 2.12.0, this machine 2.13.0: install the same Horovod, torch and TensorFlow on every "
-        "host (make install)",
-        "host n2 cannot connect to this machine at 10.0.0.1 (eth0), where the job's rendezvous server runs: run "
-        "hvdtrain run on one of the hosts, or on a machine they can connect to",
+        "host n1 has no /p/train.py: put the project at the same path on every host (or share it, "
+        "e.g. over NFS)",
+        "host n2 resolves its own name n2 to 127.0.1.1 (loopback, as in Debian's default "
+        "/etc/hosts): Horovod's Gloo would tell the other hosts to connect there; map n2 to its "
+        "address on the hosts' network in n2's /etc/hosts",
+        "host n2 has torch 2.12.0, this machine 2.13.0: install the same Horovod, torch and "
+        "TensorFlow on every host (make install)",
+        "host n2 cannot connect to this machine at 10.0.0.1 (eth0), where the job's rendezvous "
+        "server runs: run hvdtrain run on one of the hosts, or on a machine they can connect to",
     ]
 
 
@@ -146,7 +147,10 @@ def test_mpirun_notices_give_rank_and_status_and_are_hidden():
 
 
 def test_guard_notices_are_found_anywhere_in_a_line():
-    chunk = "[1,0]<stderr>:epoch 1:  20%|██ | 5/25[1,1]<stderr>:hvdtrain-guard: worker frozen by SIGSTOP[1,1]<stderr>:\n"
+    chunk = (
+        "[1,0]<stderr>:epoch 1:  20%|██ | 5/25[1,1]<stderr>:hvdtrain-guard: worker frozen by "
+        "SIGSTOP[1,1]<stderr>:\n"
+    )
     assert parsers.guard_notices(chunk) == [(1, "frozen", signal.SIGSTOP)]
     assert (
         parsers.without_guard_notices(chunk)

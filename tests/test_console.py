@@ -35,13 +35,15 @@ SCRIPTS = {"torch": "torch_examples/digits.py", "keras": "tf_examples/digits.py"
 JOB_TIMEOUT_S = 300
 
 NUMBER = r"\d+\.\d{4}"
-# tqdm's bar (torch; on stderr, erased at each epoch's end) and Keras's (stdout, kept, one per epoch).
+# tqdm's bar (torch; on stderr, erased at each epoch's end) and Keras's (stdout, kept, one per
+# epoch).
 TORCH_BAR = re.compile(rf"epoch [12]/{EPOCHS}: +\d+%\|.*\| \d+/12 \[[^\]]*\]")
 KERAS_BAR = re.compile(r" ?\d+/12 ━+ \S+ \S+/step( - \w+: \d+\.\d{4})*")
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """The user's environment: TF_CPP_MIN_LOG_LEVEL unset (the launcher quiets TensorFlow itself)."""
+    """The user's environment: TF_CPP_MIN_LOG_LEVEL unset
+    (the launcher quiets TensorFlow itself)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -117,13 +119,14 @@ def on_screen(request, tmux, tmp_path_factory):
 def final_lines(
     framework: str, results: dict, keras_bars: bool, tracking: tuple[str, str] | None = None
 ) -> list:
-    """What a finished job leaves, a pattern a line: the epochs, the script's last line, the summary."""
+    """What a finished job leaves, a pattern a line:
+    the epochs, the script's last line, the summary."""
     val = re.escape(f"{results['val_accuracy']:.4f}")
     if framework == "torch":
         epochs = [
             re.compile(
-                rf"epoch {e}/{EPOCHS}: loss={NUMBER}, val_accuracy={val if e == EPOCHS else NUMBER}, "
-                rf"val_loss={NUMBER}"
+                rf"epoch {e}/{EPOCHS}: loss={NUMBER}, "
+                rf"val_accuracy={val if e == EPOCHS else NUMBER}, val_loss={NUMBER}"
             )
             for e in range(1, EPOCHS + 1)
         ]
@@ -131,9 +134,8 @@ def final_lines(
         epochs = []
         for e in range(1, EPOCHS + 1):
             epochs.append(re.compile(f"Epoch {e}/{EPOCHS}"))
-            if (
-                keras_bars
-            ):  # rank 0's own validation metrics (the summary's are averaged over the ranks)
+            # rank 0's own validation metrics (the summary's are averaged over the ranks)
+            if keras_bars:
                 epochs.append(
                     re.compile(
                         rf"12/12 ━{{20}} \S+ \S+/step - accuracy: {NUMBER} - loss: {NUMBER} - "
@@ -141,7 +143,8 @@ def final_lines(
                     )
                 )
     exact = [
-        f"test accuracy: {results['test_accuracy']:.4f} on 360 images (2 workers, {results['wall_time_s']:.1f} s)"
+        f"test accuracy: {results['test_accuracy']:.4f} on 360 images (2 workers, "
+        f"{results['wall_time_s']:.1f} s)"
     ]
     head = re.compile(
         r"hvdtrain: job finished: 2 workers on 1 host \(localhost\), wall time \d+\.\d s"
@@ -163,9 +166,9 @@ def final_lines(
 
 
 def assert_lines(lines: list[str], patterns: list) -> None:
-    assert len(lines) == len(patterns) and all(p.fullmatch(l) for p, l in zip(patterns, lines)), (
-        "\n".join(lines) + "\n--- expected ---\n" + "\n".join(p.pattern for p in patterns)
-    )
+    assert len(lines) == len(patterns) and all(
+        p.fullmatch(line) for p, line in zip(patterns, lines)
+    ), "\n".join(lines) + "\n--- expected ---\n" + "\n".join(p.pattern for p in patterns)
 
 
 @pytest.mark.slow
@@ -174,7 +177,8 @@ def test_the_terminal_shows_rank_0_as_written_and_the_summary(on_screen):
     assert status == 0 and results is not None, "\n".join(screens[-1])
     patterns = final_lines(framework, results, keras_bars=True)
     assert_lines(screens[-1], patterns)
-    # While it ran: never a prefix or the remains of a bar, only lines it ends with or a bar being redrawn.
+    # While it ran: never a prefix or the remains of a bar, only lines it ends with or a bar being
+    # redrawn.
     bar = TORCH_BAR if framework == "torch" else KERAS_BAR
     for screen in screens:
         for line in screen:
@@ -236,5 +240,6 @@ def test_summary_names_the_journal_when_the_server_was_down(tmp_path, monkeypatc
         workers=4, hosts=["h1", "h2"], wall_s=61.04, results={}, run=summary.read(run_file)
     ) == [
         "hvdtrain: job finished: 4 workers on 2 hosts (h1, h2), wall time 61.0 s",
-        f"  MLflow: server unreachable, data kept in {journal} (send it: hvdtrain mlflow-sync {journal})",
+        f"  MLflow: server unreachable, data kept in {journal} (send it: hvdtrain mlflow-sync "
+        f"{journal})",
     ]

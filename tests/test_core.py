@@ -34,9 +34,10 @@ def test_checkpoints_keep_the_newest_and_skip_a_broken_one(tmp_path, caplog):
         payload, meta = directory.latest()
     assert meta.step == 20 and payload.read_text() == "weights 20"
     assert [r.getMessage() for r in caplog.records] == [
-        "hvdtrain: warning: skipping checkpoint step-00000040.pt: partial checkpoint (step-00000040.json missing)",
-        "hvdtrain: warning: skipping checkpoint step-00000030.json: unreadable checkpoint metadata (Expecting "
-        "property name enclosed in double quotes: line 1 column 2 (char 1))",
+        "hvdtrain: warning: skipping checkpoint step-00000040.pt: partial checkpoint "
+        "(step-00000040.json missing)",
+        "hvdtrain: warning: skipping checkpoint step-00000030.json: unreadable checkpoint "
+        "metadata (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
     ]
 
 
@@ -45,9 +46,8 @@ def test_a_new_run_in_an_old_runs_directory_is_refused(tmp_path):
     _save(directory, 1200)
     with pytest.raises(CheckpointError, match="later step \\(1200 > 100\\)"):
         _save(directory, 100)
-    assert [step for step, _ in directory.checkpoints()] == [
-        1200
-    ]  # nothing already written is lost
+    # nothing already written is lost
+    assert [step for step, _ in directory.checkpoints()] == [1200]
 
 
 def test_a_killed_save_leaves_no_checkpoint_that_looks_complete(tmp_path):
@@ -127,17 +127,19 @@ def test_check_finite_names_the_metric_and_step():
             "1",
             ["hvdtrain: error: ckpt/step-1.pt: truncated"],
         ),
+        # rank 0 says it
         (
             "CheckpointError('ckpt/step-1.pt: truncated', collective=True)",
             "1",
             [],
-        ),  # rank 0 says it
+        ),
         ("ValueError('a bug of the script')", "0", ["ValueError: a bug of the script"]),
     ],
 )
 def test_user_errors_end_the_script_in_one_line(raised, rank, want):
     code = (
-        "from hvdtrain.core import context, failures\nfrom hvdtrain.core.checkpoint import CheckpointError\n"
+        "from hvdtrain.core import context, failures\n"
+        "from hvdtrain.core.checkpoint import CheckpointError\n"
         f"context.set_current(context.Context('torch', {rank}, 2, 0, 2, 'cpu', None, None))\n"
         f"failures.install()\nraise {raised}"
     )

@@ -79,9 +79,8 @@ def test_one_dockerfile_two_flavours_one_install_script():
     }
     assert "bash scripts/install.sh deps" in runs["frameworks"]
     assert "bash scripts/install.sh self && hvdtrain doctor" in runs["final"]
-    assert (
-        "pip install" not in runs["frameworks"] + runs["final"]
-    )  # everything goes through the one script
+    # everything goes through the one script
+    assert "pip install" not in runs["frameworks"] + runs["final"]
     # No compiler in the final image; the frameworks stage's virtualenv is all it takes from there.
     assert not re.search(r"\b(g\+\+|gcc|make|-dev)\b", runs["final"])
     assert re.findall(r"^COPY --from=(\S+) (\S+)", stages["final"], flags=re.M) == [
@@ -119,9 +118,8 @@ def test_frameworks_stage_copies_what_install_imports_before_hvdtrain_is_install
                 if module not in needed:
                     todo.append(module)
     assert copied == needed
-    assert (
-        "COPY requirements/ hvdtrain/requirements/" in _stages()["frameworks"]
-    )  # cudastack reads gpu.txt there
+    # cudastack reads gpu.txt there
+    assert "COPY requirements/ hvdtrain/requirements/" in _stages()["frameworks"]
 
 
 def test_compose_runs_mlflow_and_a_two_worker_job_on_host_networking():
@@ -190,7 +188,8 @@ def run_in(
     env: dict | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """``docker run --rm --network host`` of ``argv``; volumes as ``{host path: container path}``."""
+    """``docker run --rm --network host`` of ``argv``;
+    volumes as ``{host path: container path}``."""
     mounts = [f"-v{host}:{inside}" for host, inside in (volumes or {}).items()]
     envs = [f"-e{key}={value}" for key, value in (env or {}).items()]
     return subprocess.run(
@@ -252,9 +251,8 @@ def test_layers_hold_no_private_key_and_no_pip_secret(docker, image, tmp_path):
     )
     image_inputs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(image_inputs)
-    image_inputs.write_secrets(
-        image_inputs.pip_settings(), tmp_path
-    )  # what make image handed the build
+    # what make image handed the build
+    image_inputs.write_secrets(image_inputs.pip_settings(), tmp_path)
     secret_digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in tmp_path.iterdir()}
     assert (tmp_path / "pip_conf").exists()
     keys, secrets, files = [], [], 0
@@ -328,9 +326,8 @@ def test_training_in_a_container_resumes_from_a_mounted_checkpoint_in_a_new_one(
     ]
     loss = {m.step: m.value for m in client.get_metric_history(run_id, "loss")}
     assert sorted(loss) == list(range(1, 2 * steps + 1))
-    assert (
-        loss[steps + 1] < loss[1] - 0.1
-    )  # restarted from scratch, it would begin near ln 10 again
+    # restarted from scratch, it would begin near ln 10 again
+    assert loss[steps + 1] < loss[1] - 0.1
     assert legs[1]["test_accuracy"] >= 0.9, legs
 
 

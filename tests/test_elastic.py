@@ -120,8 +120,8 @@ def test_worker_dies_survivor_continues_and_added_host_rejoins(framework, tmp_pa
             proc.kill()
     assert proc.returncode == 0, output[-3000:]
     print(
-        f"{framework}: survivor trained on alone {resumed[0]['time'] - killed_at:.1f} s after the kill; "
-        f"the added host trained {joined[0]['time'] - added_at:.1f} s after it was listed"
+        f"{framework}: survivor trained on alone {resumed[0]['time'] - killed_at:.1f} s after the "
+        f"kill; the added host trained {joined[0]['time'] - added_at:.1f} s after it was listed"
     )
     sizes = [p["size"] for p in progress(tmp_path)]
     assert [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]] == [2, 1, 2]
@@ -157,19 +157,16 @@ def assert_state_checked(out: Path) -> None:
     restores = syncs = 0
     for mine in by_process.values():
         for i, event in enumerate(mine):
-            if (
-                event["event"] == "restore"
-            ):  # the rollback put back the last commit (or sync) of this process
+            # the rollback put back the last commit (or sync) of this process
+            if event["event"] == "restore":
                 restores += 1
                 committed = next(e for e in reversed(mine[:i]) if e["event"] == "save")
                 assert (event["step"], event["digest"]) == (committed["step"], committed["digest"])
-            if (
-                event["event"] == "sync" and event["rank"] == 0
-            ):  # rank 0's weights are those it had before the change
+            # rank 0's weights are those it had before the change
+            if event["event"] == "sync" and event["rank"] == 0:
                 syncs += 1
-                before = mine[
-                    i - 2
-                ]  # mine[i - 1] is the sync's own save; the LR was re-scaled in between
+                # mine[i - 1] is the sync's own save; the LR was re-scaled in between
+                before = mine[i - 2]
                 assert (event["step"], event["weights"]) == (before["step"], before["weights"]), (
                     before,
                     event,
@@ -181,6 +178,6 @@ def assert_state_checked(out: Path) -> None:
             groups.setdefault((event["size"], event["step"]), []).append(event)
     sizes = [size for size, _ in sorted(groups, key=lambda k: k[1])]
     assert [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]] == [2, 1, 2]
-    for (size, step), group in groups.items():  # after each change every rank holds rank 0's state
+    for (size, _step), group in groups.items():  # after each change every rank holds rank 0's state
         assert sorted(e["rank"] for e in group) == list(range(size)), group
         assert len({e["digest"] for e in group}) == 1, group

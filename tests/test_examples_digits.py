@@ -26,7 +26,8 @@ TINY = ("--no-tracking", "--seed", "1")
 
 
 def rows(*parts: digits.Part) -> list[bytes]:
-    """Each sample (image and label) as bytes, sorted: equal lists mean equal multisets of samples."""
+    """Each sample (image and label) as bytes, sorted:
+    equal lists mean equal multisets of samples."""
     return sorted(
         p.images[i].tobytes() + p.labels[i].tobytes() for p in parts for i in range(len(p))
     )
@@ -36,9 +37,8 @@ def test_splits_partition_the_dataset_and_are_stratified():
     splits = digits.load_splits(seed=0)
     full = load_digits()
     everything = digits.Part((full.images / 16).astype(np.float32), full.target.astype(np.int64))
-    assert rows(splits.train, splits.val, splits.test) == rows(
-        everything
-    )  # no overlap, nothing lost
+    # no overlap, nothing lost
+    assert rows(splits.train, splits.val, splits.test) == rows(everything)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1257, 180, 360)
     class_share = np.bincount(everything.labels) / len(everything)
     for part in (splits.train, splits.val, splits.test):
@@ -93,7 +93,8 @@ def test_accuracy_on_hand_made_scores():
 
 
 def single_rank_context(rank: int = 0, size: int = 1) -> Context:
-    """A job's context as one process sees it; ``average`` over a single contribution is the value."""
+    """A job's context as one process sees it;
+    ``average`` over a single contribution is the value."""
     return Context(
         framework="numpy",
         rank=rank,
@@ -112,9 +113,8 @@ def test_sharded_accuracy_predicts_this_ranks_share_only():
 
     def predict(images):
         seen.append(images)
-        return np.eye(10)[
-            part.labels[: len(images)]
-        ]  # one-hot of the first labels: right on the full set
+        # one-hot of the first labels: right on the full set
+        return np.eye(10)[part.labels[: len(images)]]
 
     assert digits.sharded_accuracy(predict, part, single_rank_context()) == 1.0
     np.testing.assert_array_equal(seen[0], part.images)
@@ -148,9 +148,8 @@ def assert_far_better_than_chance(result: dict, framework: str) -> None:
         "run_id": None,
     }
     assert result["metric"] == result["test_accuracy"] >= 8 * CHANCE
-    assert result["metric"] * 360 == pytest.approx(
-        round(result["metric"] * 360)
-    )  # a count over the whole test set
+    # a count over the whole test set
+    assert result["metric"] * 360 == pytest.approx(round(result["metric"] * 360))
     assert result["wall_time_s"] > 0
 
 
@@ -190,9 +189,8 @@ def test_keras_example_learns_and_resumes(tmp_path):
         out=tmp_path,
     )
     assert_far_better_than_chance(result, "keras")
-    assert (
-        "Epoch 3/4" in stdout and "Epoch 1/4" not in stdout
-    )  # continued where the first job stopped
+    # continued where the first job stopped
+    assert "Epoch 3/4" in stdout and "Epoch 1/4" not in stdout
     steps = 20
     assert checkpoint_epochs(ckpt) == {2 * steps: 2, 3 * steps: 3, 4 * steps: 4}
     assert stdout.count("test accuracy:") == 1

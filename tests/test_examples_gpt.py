@@ -82,10 +82,8 @@ def test_file_split_is_a_seeded_partition(tree):
     train, val = text.split_files(files, 0.25, seed=1)
     assert sorted(train + val) == files and not set(train) & set(val)
     assert len(val) == 3  # round(0.25 * 12)
-    assert text.split_files(list(reversed(files)), 0.25, seed=1) == (
-        train,
-        val,
-    )  # input order is irrelevant
+    # input order is irrelevant
+    assert text.split_files(list(reversed(files)), 0.25, seed=1) == (train, val)
     assert any(text.split_files(files, 0.25, seed=s)[1] != val for s in range(2, 6))
     with pytest.raises(ValueError, match="val_fraction must be between 0 and 1"):
         text.split_files(files, 1.0, seed=0)
@@ -110,7 +108,10 @@ def test_corpus_concatenates_its_files_in_split_order_up_to_the_budget(tree):
 
 def test_stdlib_corpus_is_the_same_in_another_process():
     """What every rank and every machine with this Python does: no shared state, same bytes."""
-    code = "from hvdtrain.datasets import text; print(text.load_stdlib(400_000, 40_000, seed=3).fingerprint())"
+    code = (
+        "from hvdtrain.datasets import text; print(text.load_stdlib(400_000, 40_000, "
+        "seed=3).fingerprint())"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "123"}
     other = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", check=True
@@ -141,17 +142,15 @@ def test_windows_pair_each_byte_with_the_next():
     data = np.arange(200, dtype=np.uint8)
     inputs, targets = text.random_windows(data, block=8, count=50, seed=0)
     assert inputs.shape == targets.shape == (50, 8) and inputs.dtype == np.int32
-    np.testing.assert_array_equal(
-        targets, inputs + 1
-    )  # consecutive bytes: the target is the next one
+    # consecutive bytes: the target is the next one
+    np.testing.assert_array_equal(targets, inputs + 1)
     np.testing.assert_array_equal(np.diff(inputs, axis=1), 1)
     assert inputs.min() >= 0 and targets.max() <= 199
     np.testing.assert_array_equal(inputs, text.random_windows(data, 8, 50, seed=0)[0])
     assert not np.array_equal(inputs, text.random_windows(data, 8, 50, seed=1)[0])
     inputs, targets = text.tiled_windows(data[:33], block=8)
-    np.testing.assert_array_equal(
-        targets.ravel(), data[1:33]
-    )  # every byte after the first, exactly once
+    # every byte after the first, exactly once
+    np.testing.assert_array_equal(targets.ravel(), data[1:33])
     np.testing.assert_array_equal(inputs.ravel(), data[:32])
     with pytest.raises(ValueError, match="too few"):
         text.tiled_windows(data[:8], block=8)
@@ -173,13 +172,13 @@ def test_sampling_follows_the_tempered_softmax():
 
 def test_encode_decode_round_trip():
     assert text.decode(text.encode("déf f(x):\n")) == "déf f(x):\n"
-    assert (
-        text.decode([0x66, 0xFF]) == "f\ufffd"
-    )  # a model may emit invalid UTF-8: shown, not raised
+    # a model may emit invalid UTF-8: shown, not raised
+    assert text.decode([0x66, 0xFF]) == "f\ufffd"
 
 
 def check_result(found: dict, stdout: str, framework: str) -> None:
-    """Far better than chance and than the no-context baseline, which is computed on the right bytes."""
+    """Far better than chance and than the no-context baseline,
+    which is computed on the right bytes."""
     corpus = text.load_stdlib(300_000, 20_000)
     assert found["unigram_ce"] == pytest.approx(
         text.unigram_cross_entropy(corpus.train, text.tiled_windows(corpus.val, 32)[1]), rel=1e-12
@@ -189,9 +188,8 @@ def check_result(found: dict, stdout: str, framework: str) -> None:
     assert found["metric"] == pytest.approx(found["val_loss"] / found["unigram_ce"])
     assert found["val_loss"] < 0.5 * CHANCE and found["metric"] < 0.9, found
     assert found["sample"].startswith("import ") and len(found["sample"]) > len("import ") + 20
-    assert (
-        stdout.count("validation loss:") == stdout.count("--- sampled at temperature") == 1
-    )  # rank 0 only
+    # rank 0 only
+    assert stdout.count("validation loss:") == stdout.count("--- sampled at temperature") == 1
 
 
 @pytest.mark.slow
@@ -213,7 +211,8 @@ def test_torch_gpt_learns_the_stdlib(tmp_path):
         "step-00000150.json",
         "step-00000150.pt",
     ]
-    # Resumed with nothing left to train: the restored model scores exactly what the trained one did.
+    # Resumed with nothing left to train: the restored model scores exactly what the trained one
+    # did.
     again, _ = run_example(
         "torch_examples/gpt.py", *TINY, *ckpt, "--resume", out=tmp_path / "again"
     )

@@ -206,7 +206,8 @@ def test_hf_gpt2_trains_resumes_sharded_and_logs_one_run(tmp_path):
         run.data.params["shard_optimizer_state"] == "False"
         and run.data.params["leg2.shard_optimizer_state"] == "True"
     )
-    # 4800 windows / (16 per worker x 2) = 150 steps an epoch, logged every 5: continued, no repeats.
+    # 4800 windows / (16 per worker x 2) = 150 steps an epoch, logged every 5: continued, no
+    # repeats.
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(
         range(5, 301, 5)
     )

@@ -1,4 +1,5 @@
-"""The token-tagging examples (both frameworks) and their data module ``hvdtrain.datasets.tagging``."""
+"""The token-tagging examples (both frameworks) and their data module
+``hvdtrain.datasets.tagging``."""
 
 from __future__ import annotations
 
@@ -82,13 +83,14 @@ def test_tag_source_labels_tokens_and_skips_lines_of_multiline_tokens():
             (")", "OP"),
             (":", "OP"),
         ],
+        # a comment keeps its trailing blanks
         "return x>=1.5  # done  ": [
             ("return", "KEYWORD"),
             ("x", "NAME"),
             (">=", "OP"),
             ("1.5", "NUMBER"),
             ("# done  ", "COMMENT"),
-        ],  # a comment keeps its trailing blanks
+        ],
         # An f-string is one STRING on every Python (3.12 tokenizes its pieces separately).
         "y = f\"a{f'{x!r}'}b{{c}}\" if x else None": [
             ("y", "NAME"),

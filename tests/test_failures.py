@@ -80,9 +80,9 @@ def _messages(err: str) -> list[str]:
     """stderr without progress bars, blank lines and library start-up chatter."""
     noise = ("it/s]", "s/it]", "%|", "absl::InitializeLog", "oneDNN", "mlflow.store.db.utils")
     return [
-        l
-        for l in err.splitlines()
-        if l.split(">:", 1)[-1].strip() and not any(n in l for n in noise)
+        line
+        for line in err.splitlines()
+        if line.split(">:", 1)[-1].strip() and not any(n in line for n in noise)
     ]
 
 
@@ -187,9 +187,8 @@ def test_a_frozen_worker_ends_the_job_within_the_hang_timeout(tmp_path):
             frozen.kill()
     print(f"\nSIGSTOP of worker 1 (hang timeout {HANG_TIMEOUT} s) -> launcher exit in {took:.1f} s")
     assert took < HANG_TIMEOUT + 12, (took, err[-3000:])
-    row = readme_table.row(
-        "a worker freezes (--hang-timeout 12)"
-    )  # the README's row is this test's HANG_TIMEOUT
+    # the README's row is this test's HANG_TIMEOUT
+    row = readme_table.row("a worker freezes (--hang-timeout 12)")
     assert row.check(err, proc.returncode) == err.strip().splitlines()[-1]
     messages = _messages(err)
     assert "Traceback" not in err and len(messages) <= 2, messages  # rank 0's line and the summary
@@ -209,7 +208,8 @@ def test_diverged_ranks_end_the_job_with_a_stall_diagnosis(tmp_path):
     started = time.monotonic()
     out, err, took = _finish(proc, started, timeout=HANG_TIMEOUT + 120)
     print(
-        f"\ndiverged ranks (hang timeout {HANG_TIMEOUT} s) -> launcher exit {took:.1f} s after the workers started"
+        f"\ndiverged ranks (hang timeout {HANG_TIMEOUT} s) -> launcher exit {took:.1f} s after the "
+        "workers started"
     )
     assert proc.returncode != 0, err[-3000:]
     assert re.fullmatch(
@@ -334,15 +334,18 @@ def test_elastic_command_line(tmp_path, discovery):
     ]
 
 
-# Horovod's own texts, as relayed by horovodrun (copied from real runs), read without a job.
+# Horovod's own texts, as relayed by horovodrun (copied from real runs, trailing space included),
+# read without a job.
 STALL_WARNING = """\
-[2026-11-22 14:20:06.629552: E /tmp/horovod-0.28.1/horovod/common/stall_inspector.cc:107] One or more tensors \
-were submitted to be reduced, gathered or broadcasted by subset of ranks and are waiting for remainder of ranks \
-for more than 3 seconds. This may indicate that different ranks are trying to submit different tensors or that \
-only subset of ranks is submitting tensors, which will cause deadlock. 
+[2026-11-22 14:20:06.629552: E /tmp/horovod-0.28.1/horovod/common/stall_inspector.cc:107] One or \
+more tensors were submitted to be reduced, gathered or broadcasted by subset of ranks and are \
+waiting for remainder of ranks for more than 3 seconds. This may indicate that different ranks are \
+trying to submit different tensors or that only subset of ranks is submitting tensors, which will \
+cause deadlock. 
 Missing ranks:
 1!: [allreduce.fc1.weight, allreduce.fc1.bias]
-One or more rank (marked by "!") is stalled for longer than 3 seconds. Will shutdown."""
+One or more rank (marked by "!") is stalled for longer than 3 seconds. \
+Will shutdown."""  # noqa: W291
 
 
 def test_stall_report_is_parsed_from_horovods_warning():
@@ -363,12 +366,13 @@ def test_exit_statuses_and_hang_settings():
     assert parsers.process_exit("Process 1 exit with status code 137.") == (1, 137)
     assert parsers.split_worker_line("[1]<stderr>:hello") == (1, "stderr", "hello")
     gloo = "[unbound_buffer.cc:81] Timed out waiting 12000ms for recv operation to complete"
+    # the rank's own line
     assert (
         parsers.gloo_timeout_seconds(
             f"hvdtrain: rank 0 stopped: another worker failed (HorovodInternalError: {gloo})"
         )
         == 12.0
-    )  # the rank's own line
+    )
     assert (
         parsers.gloo_timeout_seconds(f"Horovod background loop uncaught exception: {gloo}") == 12.0
     )
@@ -378,10 +382,8 @@ def test_exit_statuses_and_hang_settings():
         "HOROVOD_STALL_CHECK_TIME_SECONDS": "50",
         "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "150",
     }
-    environ = {
-        tuning.HANG_TIMEOUT_ENV: "40",
-        "HOROVOD_GLOO_TIMEOUT_SECONDS": "99",
-    }  # the user's own value wins
+    # the user's own value wins
+    environ = {tuning.HANG_TIMEOUT_ENV: "40", "HOROVOD_GLOO_TIMEOUT_SECONDS": "99"}
     tuning.apply_horovod_defaults(environ)
     assert (
         environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "99"
@@ -402,7 +404,7 @@ def test_peer_failures_are_told_apart_from_user_errors():
                 "Horovod has been shut down. This was caused by an exception on one of the ranks"
             )
         except RuntimeError as err:
-            raise HorovodInternalError(err)
+            raise HorovodInternalError(err)  # noqa: B904 (as Horovod raises it: no ``from``)
     except HorovodInternalError as err:
         assert failures.is_peer_failure(err)
     assert not failures.is_peer_failure(ValueError("bad shape"))
@@ -426,8 +428,9 @@ def test_dead_tracking_server_when_a_job_fails_is_one_warning(tmp_path):
         json.dumps({"run_id": "0123abcd", "tracking_uri": f"http://127.0.0.1:{free_port()}"})
     )
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom hvdtrain.tracking.legs import mark_failed\n"
-        "since = time.monotonic()\nmark_failed(Path(sys.argv[1]), 'worker 1 was killed by SIGKILL')\n"
+        "import sys, time\nfrom pathlib import Path\n"
+        "from hvdtrain.tracking.legs import mark_failed\nsince = time.monotonic()\n"
+        "mark_failed(Path(sys.argv[1]), 'worker 1 was killed by SIGKILL')\n"
         "print(time.monotonic() - since)\n"
     )
     proc = subprocess.run(

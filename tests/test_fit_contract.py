@@ -31,8 +31,9 @@ SHARED = (
 def test_both_fits_take_the_same_training_parameters():
     code = (
         "import inspect, json, hvdtrain.torch as ht, hvdtrain.keras as hk\n"
-        "print(json.dumps({name: {p.name: repr(p.default) for p in inspect.signature(fit).parameters.values()"
-        " if p.kind is p.KEYWORD_ONLY} for name, fit in (('torch', ht.fit), ('keras', hk.fit))}))"
+        "print(json.dumps({name: {p.name: repr(p.default) for p in "
+        "inspect.signature(fit).parameters.values() if p.kind is p.KEYWORD_ONLY} for name, fit in "
+        "(('torch', ht.fit), ('keras', hk.fit))}))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

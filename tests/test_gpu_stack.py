@@ -40,9 +40,8 @@ def test_requirements_dockerfile_and_install_name_one_cuda():
     assert base and base.group(1) == cuda, (
         "the image's CUDA toolkit must be the one Horovod is compiled with"
     )
-    assert "-cudnn" not in base.group(
-        0
-    )  # cuDNN comes from the frameworks' own wheels, one per CUDA
+    # cuDNN comes from the frameworks' own wheels, one per CUDA
+    assert "-cudnn" not in base.group(0)
     # The image runs the gpu flavour of the one install script, on the toolkit cudastack finds.
     assert (
         "FROM base-${FLAVOR} AS frameworks" in dockerfile
@@ -66,7 +65,8 @@ def test_tensorflow_cuda_wheels_are_its_and_cuda_extra_without_nccl():
     one it asks for but NCCL is pinned: read from TF's own metadata where the GPU wheel is here."""
     if cudastack.installed("tensorflow") is None:
         pytest.skip(
-            "needs the tensorflow wheel's metadata (the gpu flavour's venv); this venv has tensorflow-cpu"
+            "needs the tensorflow wheel's metadata (the gpu flavour's venv); this venv has "
+            "tensorflow-cpu"
         )
     extra = {r.name: r for r in map(Requirement, cudastack.tensorflow_facts()["cuda_wheels"])}
     found = {name: r for name, r in pins().items() if name.endswith("-cu12")}
@@ -101,7 +101,10 @@ def _no_gpu_here():
 
 def test_make_gpu_check_without_a_gpu_is_one_line():
     _no_gpu_here()
-    line = "gpu-check: no GPU on this machine (no NVIDIA driver: nvidia-smi not found); nothing was checked\n"
+    line = (
+        "gpu-check: no GPU on this machine (no NVIDIA driver: nvidia-smi not found); nothing "
+        "was checked\n"
+    )
     proc = subprocess.run(
         ["bash", "scripts/gpu-check.sh"], capture_output=True, text=True, timeout=60, cwd=REPO
     )
@@ -128,7 +131,8 @@ def test_hvdtrain_gpu_check_without_a_gpu_is_one_line(tmp_path):
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         1,
         "",
-        "hvdtrain gpu-check: no GPU on this machine (the driver lists none, torch sees none): nothing to check\n",
+        "hvdtrain gpu-check: no GPU on this machine (the driver lists none, torch sees none): "
+        "nothing to check\n",
     )
     assert not (tmp_path / "o").exists()
 
@@ -136,9 +140,8 @@ def test_hvdtrain_gpu_check_without_a_gpu_is_one_line(tmp_path):
 def test_compose_gpu_variant_requests_gpus_like_docker_run():
     base = yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
     gpu = yaml.safe_load((REPO / "docker" / "compose.gpu.yaml").read_text())
-    assert (
-        set(gpu["services"]) == {"trainer"} <= set(base["services"])
-    )  # an override of the same job
+    # an override of the same job
+    assert set(gpu["services"]) == {"trainer"} <= set(base["services"])
     trainer = gpu["services"]["trainer"]
     assert trainer["build"] == {
         "context": "..",
@@ -181,8 +184,8 @@ def test_torch_amp_without_a_gpu_is_refused_in_one_line():
     )
     assert proc.returncode == 1
     assert (
-        "rank 0: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a GPU; this worker has none"
-        in proc.stdout + proc.stderr
+        "rank 0: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a GPU; this "
+        "worker has none" in proc.stdout + proc.stderr
     )
 
 
@@ -192,7 +195,8 @@ def test_torch_amp_without_a_gpu_is_refused_in_one_line():
 def _gpu_build():
     if cudastack.torch_facts()["cuda"] is None:
         pytest.skip(
-            "needs the gpu flavour's venv (HVDTRAIN_FLAVOR=gpu HVDTRAIN_VENV=.venv-gpu make install)"
+            "needs the gpu flavour's venv (HVDTRAIN_FLAVOR=gpu HVDTRAIN_VENV=.venv-gpu make "
+            "install)"
         )
 
 
@@ -260,6 +264,6 @@ def test_doctor_reports_the_nccl_build_and_no_gpu_in_one_line():
         assert line in proc.stdout, proc.stdout
     if not shutil.which("nvidia-smi"):
         assert (
-            "[x] GPUs                      none on this machine: the NCCL build is checked, not run "
-            "(live GPU allreduce skipped)"
+            "[x] GPUs                      none on this machine: the NCCL build is checked, not "
+            "run (live GPU allreduce skipped)"
         ) in proc.stdout

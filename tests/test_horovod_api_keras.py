@@ -1,4 +1,5 @@
-"""Issue 24: Horovod's own TensorFlow 2 and Keras APIs run unchanged on Keras 3 with hvdtrain's build.
+"""Issue 24: Horovod's own TensorFlow 2 and Keras APIs run unchanged on Keras 3
+with hvdtrain's build.
 
 One horovodrun launch (``workers/horovod_api_keras.py``, which also runs ``horovod_api_tf.py``)
 trains with each API as Horovod's docs write it, on 2 ranks, against single-process Keras on the
@@ -44,9 +45,8 @@ def test_distributed_optimizer_matches_one_process_on_the_global_batch(ranks, ch
     # backward_passes_per_step=2 without averaging the two is one process at twice the LR.
     for rank in ranks:
         assert rank[check]["diff"] < ATOL, rank[check]["diff"]
-        assert rank[check][
-            "same_class"
-        ]  # the user's optimizer class: model.save writes a plain one
+        # the user's optimizer class: model.save writes a plain one
+        assert rank[check]["same_class"]
     assert ranks[0][check]["weights"] == ranks[1][check]["weights"]
 
 
@@ -97,7 +97,8 @@ def test_lr_warmup_follows_horovods_ramp_with_momentum_correction(ranks):
 
 @pytest.mark.slow
 def test_lr_schedule_callback_sets_each_epochs_lr(ranks):
-    # multiplier 0.5 from start_epoch 1, staircase: epoch 0 untouched, then 0.01 * 0.5 ** (epoch - 1).
+    # multiplier 0.5 from start_epoch 1, staircase: epoch 0 untouched, then 0.01 * 0.5 ** (epoch -
+    # 1).
     for rank in ranks:
         np.testing.assert_allclose(rank["schedule"], [0.01, 0.01, 0.005, 0.0025], rtol=1e-6)
 
@@ -107,9 +108,8 @@ def test_load_model_restores_a_distributed_optimizer_with_its_state(ranks):
     for rank in ranks:
         found = rank["load_model"]
         assert (found["class"], found["state_restored"]) == ("Adam", True)
-        assert (
-            1e-9 < found["diff"] < 1e-3
-        )  # load_model(compression=fp16) rounds the continued training's gradients
+        # load_model(compression=fp16) rounds the continued training's gradients
+        assert 1e-9 < found["diff"] < 1e-3
 
 
 @pytest.mark.slow

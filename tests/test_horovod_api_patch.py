@@ -1,5 +1,6 @@
-"""Issue 24: how Horovod's Python files are fixed for Keras 3 (``scripts/patch_horovod.py --python``),
-and Keras 2 usage that Keras 3 removed named in one line."""
+"""Issue 24: how Horovod's Python files are fixed for Keras 3
+(``scripts/patch_horovod.py --python``), and Keras 2 usage that Keras 3 removed
+named in one line."""
 
 from __future__ import annotations
 
@@ -96,8 +97,9 @@ def test_keras_2_arguments_keras_3_removed_are_named_in_one_line(tmp_path):
     assert (proc.returncode, proc.stderr.strip().splitlines()) == (
         1,
         [
-            "hvdtrain: compile(experimental_run_tf_function=...) was removed in Keras 3: delete the argument (Keras 3 "
-            "always runs the train step as a tf.function, and Horovod's DistributedOptimizer works inside it)"
+            "hvdtrain: compile(experimental_run_tf_function=...) was removed in Keras 3: delete "
+            "the argument (Keras 3 always runs the train step as a tf.function, and Horovod's "
+            "DistributedOptimizer works inside it)"
         ],
     )
 

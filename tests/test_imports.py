@@ -41,7 +41,8 @@ LAYERS = (
 
 
 def imported_after(code: str, watched: tuple[str, ...], **kwargs) -> dict:
-    """Run ``code`` in a fresh interpreter; it sets ``found`` (a dict), printed as JSON at the end."""
+    """Run ``code`` in a fresh interpreter;
+    it sets ``found`` (a dict), printed as JSON at the end."""
     report = "\nimport json, sys\nprint(json.dumps(found))"
     env = {
         **os.environ,
@@ -79,7 +80,10 @@ def test_core_and_tracking_modules_import_no_horovod_or_framework():
 
 
 def test_the_cli_imports_no_tracking_plotting_or_framework():
-    code = "import sys\nimport hvdtrain.cli\nfound = {'pulled': [w for w in WATCHED if w in sys.modules]}"
+    code = (
+        "import sys\nimport hvdtrain.cli\n"
+        "found = {'pulled': [w for w in WATCHED if w in sys.modules]}"
+    )
     assert imported_after(code, ("mlflow", "matplotlib", *FRAMEWORKS))["pulled"] == []
 
 

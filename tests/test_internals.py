@@ -53,9 +53,10 @@ def test_a_moved_private_attribute_stops_init_with_one_line(framework):
         assert (returncode, stderr) == (
             1,
             (
-                f"hvdtrain: error: hvdtrain.torch relies on torch's GradScaler._per_optimizer_states"
-                f"['found_inf_per_device'], which torch {torch.__version__} / Horovod {horovod.__version__} no longer "
-                f"has: install the tested versions (make install), or update hvdtrain/torch/internals.py"
+                "hvdtrain: error: hvdtrain.torch relies on torch's "
+                "GradScaler._per_optimizer_states['found_inf_per_device'], which torch "
+                f"{torch.__version__} / Horovod {horovod.__version__} no longer has: install the "
+                "tested versions (make install), or update hvdtrain/torch/internals.py"
             ),
         )
     else:
@@ -65,9 +66,10 @@ def test_a_moved_private_attribute_stops_init_with_one_line(framework):
         assert (returncode, stderr) == (
             1,
             (
-                f"hvdtrain: error: hvdtrain.keras relies on keras.optimizers.Optimizer._use_weight_decay, which Keras "
-                f"{keras.__version__} no longer has: install the tested versions (make install), or update "
-                f"hvdtrain/keras/internals.py"
+                "hvdtrain: error: hvdtrain.keras relies on "
+                f"keras.optimizers.Optimizer._use_weight_decay, which Keras {keras.__version__} no "
+                "longer has: install the tested versions (make install), or update "
+                "hvdtrain/keras/internals.py"
             ),
         )
 

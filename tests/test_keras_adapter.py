@@ -239,7 +239,10 @@ def test_non_keras3_optimizer_is_a_type_error():
 
 
 def test_other_keras_backend_fails_at_init_naming_the_supported_one():
-    code = "import hvdtrain.keras as hk\ntry:\n    hk.init()\nexcept ValueError as err:\n    print(err)\n"
+    code = (
+        "import hvdtrain.keras as hk\ntry:\n    hk.init()\nexcept ValueError as err:\n"
+        "    print(err)\n"
+    )
     env = {
         **os.environ,
         "KERAS_BACKEND": "torch",

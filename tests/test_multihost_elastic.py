@@ -180,12 +180,10 @@ def assert_state_checked(out) -> None:
     for event in events:
         if event["event"] == "sync":
             groups.setdefault((event["size"], event["step"]), []).append(event)
-    assert (
-        restores >= 2 and len(groups) >= 4
-    )  # rollbacks: lost, rank 0's host lost; syncs: the start and each change
-    for (size, step), group in groups.items():
-        latest = {
-            e["rank"]: e for e in group
-        }  # a rank may sync twice at one step (a retried change)
+    # rollbacks: lost, rank 0's host lost; syncs: the start and each change
+    assert restores >= 2 and len(groups) >= 4
+    for (size, _step), group in groups.items():
+        # a rank may sync twice at one step (a retried change)
+        latest = {e["rank"]: e for e in group}
         assert sorted(latest) == list(range(size)), group
         assert len({e["digest"] for e in latest.values()}) == 1, group

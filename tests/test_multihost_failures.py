@@ -92,9 +92,8 @@ def test_remote_sigstop_ends_the_job_within_the_hang_timeout(test_hosts, tmp_pat
         HANG_TIMEOUT + 60,
         f"{'mpi' if mpi else 'gloo'}: SIGSTOP of worker 1 on {h2} (hang timeout {HANG_TIMEOUT} s)",
     )
-    print(
-        f"hosts clean {wait_clean(hosts, hosts.names, timeout=15):.1f} s after"
-    )  # the frozen worker too
+    # the frozen worker too
+    print(f"hosts clean {wait_clean(hosts, hosts.names, timeout=15):.1f} s after")
     assert proc.returncode != 0 and took < HANG_TIMEOUT + 12, (took, err[-3000:])
     gave_up = "" if mpi else f"; worker 0 gave up after {HANG_TIMEOUT} s"
     assert re.fullmatch(
@@ -132,5 +131,6 @@ def test_a_host_whose_link_goes_down_is_named_unreachable(test_hosts, tmp_path, 
     # and once the link is back its ssh session learns the launcher is gone and ends too.
     hosts.restore(h2)
     print(
-        f"{h2} clean {wait_clean(hosts, [h2], timeout=HANG_TIMEOUT + 15):.1f} s after its link came back"
+        f"{h2} clean {wait_clean(hosts, [h2], timeout=HANG_TIMEOUT + 15):.1f} s after its link "
+        "came back"
     )

@@ -114,10 +114,8 @@ def test_digits_on_2x1_then_resumed_on_2x2_from_rank0s_checkpoints(cluster, tmp_
     )
     assert (first["workers"], second["workers"]) == (2, 4)
     assert first["test_accuracy"] > 0.7 and second["test_accuracy"] > 0.8, second  # chance: 0.1
-    assert {p.suffix for p in checkpoints.glob("step-*")} == {
-        suffix,
-        ".json",
-    }  # written by h1, rank 0's host
+    # written by h1, rank 0's host
+    assert {p.suffix for p in checkpoints.glob("step-*")} == {suffix, ".json"}
     client, run_ = the_run(server, experiment)
     assert (
         run_.info.run_id == first["run_id"] == second["run_id"] and run_.info.status == "FINISHED"

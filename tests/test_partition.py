@@ -48,6 +48,7 @@ def test_buckets_follow_groups_kinds_and_the_size_cap():
         ],
     ]
     found = plan(groups, 2, bucket_bytes=80)  # 20 float32 elements per bucket
+    # by kind in order of first appearance; the empty parameter left out
     assert [(b.group, [s.index for s in b.slots]) for b in found.buckets] == [
         (0, [0, 1]),
         (0, [2]),
@@ -55,7 +56,7 @@ def test_buckets_follow_groups_kinds_and_the_size_cap():
         (1, [4]),
         (1, [7]),
         (1, [5]),
-    ]  # by kind in order of first appearance; the empty parameter left out
+    ]
     assert [s.offset for s in found.buckets[0].slots] == [0, 10]
 
 

@@ -34,7 +34,8 @@ def test_every_bad_input_row_is_asserted_by_the_tests_it_names():
                 if isinstance(node, ast.FunctionDef)
             }
             assert test_name in functions, f"row {row.key!r}: no {named}"
-            # The test reads the row: by its bad input (row(...)) or as one of the rows naming it (rows_for(...)).
+            # The test reads the row: by its bad input (row(...)) or as one of the rows naming it
+            # (rows_for(...)).
             assert row.key in strings_in(module) or named in strings_in(module), (
                 f"row {row.key!r}: {named} does not take its answer from the table"
             )

@@ -38,7 +38,8 @@ class Job:
         return [(m.step, m.value) for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
 
     def leg_of(self, step: int) -> int:
-        """The leg (0-based) that logged ``step``: leg k logs the steps after the previous legs' total."""
+        """The leg (0-based) that logged ``step``:
+        leg k logs the steps after the previous legs' total."""
         return next(k for k in range(len(LEGS)) if step <= sum(self.steps[: k + 1]))
 
 
@@ -123,9 +124,8 @@ def test_step_axis_continues_without_gaps_or_duplicates(job):
 def test_lr_is_rescaled_for_each_legs_world_size(job):
     for step, lr in job.history("lr"):
         workers = LEGS[job.leg_of(step)][0]
-        assert lr == pytest.approx(BASE_LR * workers), (
-            f"step {step}"
-        )  # linear scaling: 1 worker, half the LR
+        # linear scaling: 1 worker, half the LR
+        assert lr == pytest.approx(BASE_LR * workers), f"step {step}"
 
 
 @pytest.mark.slow
@@ -152,9 +152,8 @@ def test_loss_continues_from_the_checkpoint(job):
 def test_resume_with_no_checkpoint_warns_once_and_trains_from_scratch(job):
     first, later = job.outputs[0], job.outputs[1:]
     warnings = [line for line in first.splitlines() if "training from scratch" in line]
-    assert len(warnings) == 1 and "ckpt" in warnings[0], first[
-        -3000:
-    ]  # rank 0 only, naming the directory
+    # rank 0 only, naming the directory
+    assert len(warnings) == 1 and "ckpt" in warnings[0], first[-3000:]
     assert all("training from scratch" not in output for output in later)
     assert job.history("loss")[0][0] == 1  # the first leg's first step
 

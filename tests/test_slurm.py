@@ -25,7 +25,7 @@ SBATCH = str(REPO / "slurm" / "train.sbatch")
 CHANCE = 0.1
 
 
-# --- the allocation, read from Slurm's variables ---------------------------------------------------
+# --- the allocation, read from Slurm's variables --------------------------------------------------
 
 HOSTLISTS = {
     "t0h[2-3]": ["t0h2", "t0h3"],
@@ -86,16 +86,18 @@ def test_allocation_gives_hosts_slots_and_world_size():
     [
         (
             {**JOB, "SLURM_TASKS_PER_NODE": "2"},
-            "Slurm job 41: SLURM_TASKS_PER_NODE=2 gives 1 counts for 3 nodes in SLURM_JOB_NODELIST=n[1-3]",
+            "Slurm job 41: SLURM_TASKS_PER_NODE=2 gives 1 counts for 3 nodes in "
+            "SLURM_JOB_NODELIST=n[1-3]",
         ),
         (
             {**JOB, "SLURM_TASKS_PER_NODE": ""},
-            "Slurm job 41: SLURM_TASKS_PER_NODE is not set (allocate tasks, e.g. --ntasks-per-node=1, or pass -H)",
+            "Slurm job 41: SLURM_TASKS_PER_NODE is not set (allocate tasks, e.g. "
+            "--ntasks-per-node=1, or pass -H)",
         ),
         (
             {**JOB, "SLURM_STEP_ID": "0"},
-            "inside srun step 41.0 the job's hosts are not visible: run hvdtrain run in the batch script or salloc "
-            "shell, not under srun (or pass -H)",
+            "inside srun step 41.0 the job's hosts are not visible: run hvdtrain run in the batch "
+            "script or salloc shell, not under srun (or pass -H)",
         ),
     ],
 )
@@ -129,16 +131,17 @@ def test_launches_that_make_lone_rank_zero_workers_are_refused():
         "srun started 2 tasks (step 41.3) without a launcher: each would train alone as rank 0; "
         "launch with hvdtrain run, once, in the batch script or salloc shell (not under srun)"
     )
+    # horovodrun; srun --mpi=pmix or pmi2
     for started_by in (
         "HOROVOD_RANK",
         "PMIX_RANK",
         "PMI_RANK",
-    ):  # horovodrun; srun --mpi=pmix or pmi2
+    ):
         check_direct_launch({**step, started_by: "1"})
     check_direct_launch(JOB)  # not in a step
 
 
-# --- a real cluster --------------------------------------------------------------------------------
+# --- a real cluster -------------------------------------------------------------------------------
 
 
 def submit(cluster, *argv: str, uri: str, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
@@ -227,9 +230,8 @@ def test_batch_job_trains_digits_on_two_nodes(slurm_cluster, bridge_mlflow):
         [mlflow.client().get_experiment_by_name("slurm").experiment_id]
     )
     assert run.info.status == "FINISHED" and run.info.run_id == result["run_id"]
-    assert (
-        run.data.params["hostnames"] == f"t{k}h2,t{k}h3"
-    )  # one worker on each node of the allocation
+    # one worker on each node of the allocation
+    assert run.data.params["hostnames"] == f"t{k}h2,t{k}h3"
     assert run.data.params["world_size"] == "2"
     assert run.data.metrics["test_accuracy"] == result["test_accuracy"]
     completed = cluster.completed(job_id)
@@ -303,8 +305,9 @@ def test_refused_launches_in_an_allocation(slurm_cluster):
     wrong = cluster.run([*salloc, HVDTRAIN, "run", "-np", "1", script], cwd=REPO)
     assert wrong.returncode == 2
     assert hvdtrain_lines(wrong.stderr) == [
-        f"hvdtrain: error: -np 1 differs from the allocation: Slurm job {_granted(wrong)} has 2 tasks on t{k}h[2-3]; "
-        f"hvdtrain run starts one worker per task (leave out -np, or change --ntasks/--ntasks-per-node)"
+        f"hvdtrain: error: -np 1 differs from the allocation: Slurm job {_granted(wrong)} has 2 "
+        f"tasks on t{k}h[2-3]; hvdtrain run starts one worker per task (leave out -np, or change "
+        "--ntasks/--ntasks-per-node)"
     ]
     per_task = cluster.run([*salloc, "srun", HVDTRAIN, "run", script], cwd=REPO)
     lines = hvdtrain_lines(per_task.stderr)
@@ -321,16 +324,18 @@ def test_refused_launches_in_an_allocation(slurm_cluster):
     assert (
         sorted(hvdtrain_lines(lone.stderr))
         == [  # one line per task, before Horovod (MPI_Init) starts
-            f"hvdtrain: error: srun started 2 tasks (step {_granted(lone)}.0) without a launcher: each would train alone "
-            f"as rank 0; launch with hvdtrain run, once, in the batch script or salloc shell (not under srun)"
+            f"hvdtrain: error: srun started 2 tasks (step {_granted(lone)}.0) without a launcher: "
+            "each would train alone as rank 0; launch with hvdtrain run, once, in the batch "
+            "script or salloc shell (not under srun)"
         ]
         * 2
     )
     job_id, done = submit(cluster, "-np", "3", "torch_examples/digits.py", uri="", wait=True)
     assert done.returncode == 2
     assert hvdtrain_lines(job_output(cluster, job_id)) == [
-        f"hvdtrain: error: -np 3 differs from the allocation: Slurm job {job_id} has 2 tasks on t{k}h[2-3]; "
-        f"hvdtrain run starts one worker per task (leave out -np, or change --ntasks/--ntasks-per-node)"
+        f"hvdtrain: error: -np 3 differs from the allocation: Slurm job {job_id} has 2 tasks on "
+        f"t{k}h[2-3]; hvdtrain run starts one worker per task (leave out -np, or change "
+        "--ntasks/--ntasks-per-node)"
     ]
     completed = cluster.completed(job_id)
     assert (completed.state, completed.exit_code) == ("FAILED", "2:0")

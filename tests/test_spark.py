@@ -23,7 +23,7 @@ from tests.spark_cluster import spark_env, spark_standalone  # noqa: F401 (fixtu
 CHANCE = 0.1
 
 
-# --- each rank's shard of a Parquet dataset ------------------------------------------------------------
+# --- each rank's shard of a Parquet dataset -------------------------------------------------------
 
 
 @pytest.fixture
@@ -47,11 +47,12 @@ def ids(table) -> list[int]:
 
 
 def test_shards_are_equal_contiguous_blocks_across_files(uneven_parquet):
+    # ceil(10 / 3) = 4 rows each, the last block wraps
     assert [ids(read_shard(uneven_parquet, rank=r, size=3)) for r in range(3)] == [
         [0, 1, 2, 3],
         [4, 5, 6, 7],
         [8, 9, 0, 1],
-    ]  # ceil(10 / 3) = 4 rows each, the last block wraps
+    ]
     assert [ids(read_shard(uneven_parquet, rank=r, size=4)) for r in range(4)] == [
         [0, 1, 2],
         [3, 4, 5],
@@ -75,7 +76,7 @@ def test_missing_or_empty_dataset_is_one_line(tmp_path):
         read_shard(tmp_path / "empty", rank=0, size=1)
 
 
-# --- the examples on Spark ---------------------------------------------------------------------------
+# --- the examples on Spark ------------------------------------------------------------------------
 
 
 def run_example(
@@ -210,8 +211,8 @@ def test_a_lost_executor_is_one_line_and_a_failed_run(tmp_path, mlflow_server, s
     assert job.returncode == 1, (out + err)[-4000:]
     lines = hvdtrain_lines(err)
     assert len(lines) == 1 and lines[0] in [
-        f"hvdtrain: error: Spark job failed: worker {rank} lost with its Spark executor (no exit status: the "
-        f"executor or its host died)"
+        f"hvdtrain: error: Spark job failed: worker {rank} lost with its Spark executor (no exit "
+        "status: the executor or its host died)"
         for rank in (0, 1)
     ], err[-4000:]
     run = client.get_run(runs[0].info.run_id)

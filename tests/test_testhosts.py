@@ -1,5 +1,5 @@
-"""The test hosts themselves (``hvdtrain.launch.testhosts``): separate hosts that ssh, resolve each other's
-names, can lose their link, and leave nothing behind."""
+"""The test hosts themselves (``hvdtrain.launch.testhosts``): separate hosts that ssh, resolve each
+other's names, can lose their link, and leave nothing behind."""
 
 import re
 import socket
@@ -20,17 +20,14 @@ def test_hosts_are_separate_and_reach_each_other(test_hosts, tmp_path):
     assert hosts.names == [f"t{k}h1", f"t{k}h2", f"t{k}h3"]
     for i, name in enumerate(hosts.names, start=1):
         assert hosts.ssh(name, "hostname").stdout.strip() == name  # a login over ssh, no prompt
-        assert (
-            hosts.run(name, ["hostname"]).stdout.strip() == name
-        )  # spawn: the host's own UTS namespace
-        assert hosts.run(name, ["pwd"], cwd=tmp_path).stdout.strip() == str(
-            tmp_path
-        )  # and the caller's directory
+        # spawn: the host's own UTS namespace
+        assert hosts.run(name, ["hostname"]).stdout.strip() == name
+        # and the caller's directory
+        assert hosts.run(name, ["pwd"], cwd=tmp_path).stdout.strip() == str(tmp_path)
         addresses = hosts.run(name, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
         assert f"10.77.{k}.{10 + i}/24" in addresses
-        assert (
-            socket.gethostbyname(name) == f"10.77.{k}.{10 + i}"
-        )  # /etc/hosts, for every host and the launcher
+        # /etc/hosts, for every host and the launcher
+        assert socket.gethostbyname(name) == f"10.77.{k}.{10 + i}"
     # host to host, by name, through ssh (what horovodrun does from the launching host)
     assert (
         hosts.run(hosts.names[0], ["ssh", hosts.names[2], "hostname"]).stdout.strip()
@@ -128,13 +125,14 @@ def test_down_removes_everything_even_after_a_failure(test_hosts):
 
 
 def test_a_dead_makers_set_is_reclaimed(test_hosts):
-    """A set whose maker was SIGKILLed (a crashed test run) is removed by the next one to claim it."""
+    """A set whose maker was SIGKILLed (a crashed test run) is removed by the
+    next one to claim it."""
     maker = subprocess.run(
         [
             "python3",
             "-c",
-            "import os, sys; sys.path.insert(0, '.'); from hvdtrain.launch.testhosts import TestHosts; "
-            "h = TestHosts(1).up(); print(h.instance, flush=True); os._exit(9)",
+            "import os, sys; sys.path.insert(0, '.'); from hvdtrain.launch.testhosts import "
+            "TestHosts; h = TestHosts(1).up(); print(h.instance, flush=True); os._exit(9)",
         ],
         capture_output=True,
         text=True,

@@ -1,4 +1,5 @@
-"""Issue 3: hvdtrain.torch on 2 ranks reproduces single-process training, resumes on any world size."""
+"""Issue 3: hvdtrain.torch on 2 ranks reproduces single-process training,
+resumes on any world size."""
 
 import math
 import subprocess
@@ -158,7 +159,10 @@ def test_bad_arguments_raise_value_error_with_allowed_values(kwargs, message):
 
 
 def test_importing_one_adapter_does_not_import_the_other_framework():
-    code = "import sys, hvdtrain.torch, hvdtrain.core.checkpoint; assert 'tensorflow' not in sys.modules"
+    code = (
+        "import sys, hvdtrain.torch, hvdtrain.core.checkpoint; assert 'tensorflow' not in "
+        "sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     code = "import sys, hvdtrain.core.lr, hvdtrain.core.sharding; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

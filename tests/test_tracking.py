@@ -120,9 +120,8 @@ def test_training_params_follow_the_lr_policy():
 def test_prepare_local_store_is_idempotent_and_exports_the_store(local_store, monkeypatch):
     cwd, uri = local_store
     assert uri == f"sqlite:///{cwd / 'mlflow.db'}" and (cwd / "mlflow.db").is_file()
-    monkeypatch.setenv(
-        "MLFLOW_TRACKING_URI", uri
-    )  # what prepare_local_store exported to the launcher's env
+    # what prepare_local_store exported to the launcher's env
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(cwd.parent)  # a worker started elsewhere still finds the same store
     assert tracking.prepare_local_store() == uri
 
@@ -224,15 +223,12 @@ def test_another_hosts_system_metrics_stop_quietly_when_the_server_is_dead(monke
     time.sleep(0.5)  # training goes on meanwhile
     system.stop(monitor)
     assert time.monotonic() - started < system.STOP_TIMEOUT_S
-    assert (
-        monitor._process is None
-    )  # finished: the sampling thread ended, the last flush failed quietly
-    assert (
-        system.start_on_this_host(1, ["rank0s-host", "this-host"], "0" * 32, dead) is None
-    )  # local rank 1: none
-    assert (
-        system.start_on_this_host(0, [socket.gethostname(), "h2"], "0" * 32, dead) is None
-    )  # rank 0's host: none
+    # finished: the sampling thread ended, the last flush failed quietly
+    assert monitor._process is None
+    # local rank 1: none
+    assert system.start_on_this_host(1, ["rank0s-host", "this-host"], "0" * 32, dead) is None
+    # rank 0's host: none
+    assert system.start_on_this_host(0, [socket.gethostname(), "h2"], "0" * 32, dead) is None
 
 
 @pytest.mark.slow
@@ -242,8 +238,9 @@ def test_ui_command_serves_the_local_store(store, local_store):
     port = free_port()
     # The subcommand through its own parser: the test does not depend on how hvdtrain/cli wires it.
     cli = (
-        "import argparse, sys; from hvdtrain.cli.tracking import register; p = argparse.ArgumentParser(); "
-        "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+        "import argparse, sys; from hvdtrain.cli.tracking import register; p = "
+        "argparse.ArgumentParser(); register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); "
+        "sys.exit(a.func(a))"
     )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env = {**env, **QUIET_SERVER, "PYTHONPATH": str(REPO)}
@@ -266,9 +263,8 @@ def test_ui_command_serves_the_local_store(store, local_store):
 
 
 def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, monkeypatch):
-    monkeypatch.setenv(
-        "MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}"
-    )  # nothing listens there
+    # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     tracker = tracking.start(config={"lr": 0.1}, experiment="spilled", spill_dir=tmp_path / "spill")
     checkpoint = tmp_path / "step-7.pt"
     checkpoint.write_text("weights")
@@ -286,17 +282,15 @@ def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, mon
     )
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(7, 0.25)]
     assert open(client.download_artifacts(run_id, "checkpoints/step-7.pt")).read() == "weights"
-    assert (
-        run.info.status == "FINISHED" and sent == 5
-    )  # params, config.json, checkpoint, metrics, end
+    # params, config.json, checkpoint, metrics, end
+    assert run.info.status == "FINISHED" and sent == 5
     # A synced file is set aside, so syncing again cannot duplicate the run.
     assert not spill.exists() and spill.with_name(spill.name + ".synced").exists()
 
 
 def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv(
-        "MLFLOW_TRACKING_URI", "unknownscheme://nowhere"
-    )  # MLflow cannot even build a client
+    # MLflow cannot even build a client
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unknownscheme://nowhere")
     tracker = tracking.start(config={"lr": 0.1})
     tracker.log_artifact(tmp_path / "missing.pt")
     tracker.log_metrics({"loss": 1.0}, step=0)
@@ -306,7 +300,8 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
 
 
 def committed_checkpoint(directory, step):
-    """A checkpoint as the adapters commit it (payload, then sidecar): what a resume continues from."""
+    """A checkpoint as the adapters commit it
+    (payload, then sidecar): what a resume continues from."""
     meta = CheckpointMeta(step=step, epoch=1, world_size=2, framework="torch", payload="")
     CheckpointDir(directory, ".pt").save(meta, lambda tmp: open(tmp, "w").write("weights"))
 
@@ -337,9 +332,8 @@ def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_p
     second = tracking.start(
         config={"epochs": 2, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True
     )
-    second.log_params(
-        {"world_size": 1}
-    )  # MLflow would refuse this change: logged as leg2.world_size
+    # MLflow would refuse this change: logged as leg2.world_size
+    second.log_params({"world_size": 1})
     second.log_membership(1, 1)
     second.log_metrics({"loss": 1.0}, step=2)
     assert second.finish() is None

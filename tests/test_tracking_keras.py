@@ -1,4 +1,5 @@
-"""Issue 5: a 2-rank Keras job tracked through the same tracker: one run, params, histories, model."""
+"""Issue 5: a 2-rank Keras job tracked through the same tracker:
+one run, params, histories, model."""
 
 import numpy as np
 import pytest
@@ -47,11 +48,12 @@ def test_keras_metric_histories(keras_job):
     server, ranks = keras_job
     client, run_id = server.client(), ranks[0]["run_id"]
     total_steps = 2 * ranks[0]["steps_per_epoch"]
+    # at the optimizer's step count after the update, as in the torch adapter
     for key in (
         "loss",
         "mae",
         "lr",
-    ):  # at the optimizer's step count after the update, as in the torch adapter
+    ):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(
             range(2, total_steps + 1, 2)
         )

@@ -16,7 +16,11 @@ from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.journal import replay
 from tests import readme_table
 from tests.launch import REPO, horovodrun, results
-from tests.mlflow_server import free_port, mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
+from tests.mlflow_server import (  # noqa: F401 - fixtures
+    free_port,
+    mlflow_server,
+    mlflow_server_session,
+)
 
 STEPS = 12
 

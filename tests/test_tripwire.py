@@ -13,8 +13,8 @@ from tests.workers.tripwire import STEPS
 
 EVERY = {"HVDTRAIN_TRIPWIRE_EVERY": "2"}
 ROWS = {
-    "unreduced": "an update that skipped the gradient allreduce (torch: step() inside skip_synchronize(); Keras: "
-    "an optimizer that no longer calls _clip_gradients)",
+    "unreduced": "an update that skipped the gradient allreduce (torch: step() inside "
+    "skip_synchronize(); Keras: an optimizer that no longer calls _clip_gradients)",
     "diverged": "a rank that changed its weights by itself",
 }
 ERROR = "hvdtrain: error: "

@@ -52,8 +52,8 @@ def test_a_framework_other_than_horovods_build_stops_the_job_in_one_line(tmp_pat
     code = f"import hvdtrain.{framework} as adapter\nadapter.init()\nprint('trained')"
     name = "torch" if framework == "torch" else "TensorFlow"
     want = (
-        f"hvdtrain: error: Horovod was built for {name} {getattr(BUILT, distribution)}, running {version} "
-        f"on {socket.gethostname()}: run make install"
+        f"hvdtrain: error: Horovod was built for {name} {getattr(BUILT, distribution)}, running "
+        f"{version} on {socket.gethostname()}: run make install"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300

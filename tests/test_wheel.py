@@ -79,9 +79,8 @@ def installed(tmp_path_factory) -> dict:
             check=True,
         ).stdout.strip()
     )
-    (site / "project.pth").write_text(
-        sysconfig.get_path("purelib") + "\n"
-    )  # frameworks, Horovod, pip
+    # frameworks, Horovod, pip
+    (site / "project.pth").write_text(sysconfig.get_path("purelib") + "\n")
     done = subprocess.run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
         capture_output=True,
@@ -119,9 +118,9 @@ def hvdtrain(installed: dict, *args: str, timeout: float = 600) -> subprocess.Co
 def test_the_wheel_holds_the_package_data_and_no_other_hvdtrain_is_importable(installed):
     python = installed["bin"] / "python"
     code = (
-        "import hvdtrain, hvdtrain.cudastack as c, hvdtrain.models.torch_gpt as g, hvdtrain.models.keras_gpt as k\n"
-        "import os, sys\n"
-        "homes = [p for p in sys.path if os.path.isfile(os.path.join(p or '.', 'hvdtrain', '__init__.py'))]\n"
+        "import hvdtrain, hvdtrain.cudastack as c, hvdtrain.models.torch_gpt as g, "
+        "hvdtrain.models.keras_gpt as k\nimport os, sys\nhomes = [p for p in sys.path if "
+        "os.path.isfile(os.path.join(p or '.', 'hvdtrain', '__init__.py'))]\n"
         "print(hvdtrain.__file__, c.pinned_cuda(), g.__file__, k.__file__, *homes)"
     )
     found = subprocess.run(
@@ -164,8 +163,9 @@ def test_run(installed):
 
 @pytest.mark.slow
 def test_bench_has_its_gpt_rows(installed):
-    """torch's rows: the GPT of both frameworks comes from the package the same way (``hvdtrain.models``,
-    imported from the wheel in the test above); Keras's start-up would double the test's time."""
+    """torch's rows: the GPT of both frameworks comes from the package the same way
+    (``hvdtrain.models``, imported from the wheel in the test above); Keras's start-up
+    would double the test's time."""
     proc = hvdtrain(
         installed, "bench", "--quick", "--windows", "1", "--parts", "torch", "--out", "bench"
     )

@@ -1,4 +1,5 @@
-"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for Keras, against the unsharded optimizer.
+"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for Keras,
+against the unsharded optimizer.
 
 The same 83-parameter model as the torch tests (kernels 70, biases 13). AdamW excludes the
 biases from weight decay, so its variables fall in two buckets (ceil(70/N) + ceil(13/N) elements
@@ -36,9 +37,8 @@ def test_sharded_training_matches_unsharded(suite, case):
         )
         assert run["sharded"]["final"] == suite[0][case]["sharded"]["final"]
         assert run["sharded"]["iterations"] == run["unsharded"]["iterations"]
-        assert (
-            np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
-        )  # clipping acted
+        # clipping acted
+        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
 
 
 @pytest.mark.slow
@@ -126,19 +126,21 @@ REFUSALS = [
     (
         "keras.optimizers.SGD(0.1, clipnorm=1.0)",
         "",
-        "hvdtrain: error: shard_optimizer_state=True does not support clipnorm: it clips each variable by its own norm; "
-        "use global_clipnorm",
+        "hvdtrain: error: shard_optimizer_state=True does not support clipnorm: it clips each "
+        "variable by its own norm; use global_clipnorm",
     ),
     (
         "keras.optimizers.SGD(0.1, use_ema=True)",
         "",
-        "hvdtrain: error: shard_optimizer_state=True does not support use_ema: it keeps an average of every variable",
+        "hvdtrain: error: shard_optimizer_state=True does not support use_ema: it keeps an "
+        "average of every variable",
     ),
     (
         "keras.optimizers.SGD(0.1)",
         "import os; os.environ['HOROVOD_ELASTIC'] = '1'",
-        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
-        "shard of the optimizer state with it; run without --elastic, or unsharded",
+        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker "
+        "that leaves takes its shard of the optimizer state with it; run without --elastic, or "
+        "unsharded",
     ),
 ]
 

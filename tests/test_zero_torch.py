@@ -1,4 +1,5 @@
-"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for torch, against the unsharded optimizer.
+"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for torch,
+against the unsharded optimizer.
 
 The model has 83 parameters in two param groups (weights 70, biases 13): neither 2 nor 3 workers
 divide them. Buckets are per group, so each rank's shard holds ceil(70/N) + ceil(13/N) elements.
@@ -39,20 +40,17 @@ def test_sharded_training_matches_unsharded(suite, case):
         np.testing.assert_allclose(
             run["sharded"]["final"], run["unsharded"]["final"], atol=TOLERANCE, rtol=0
         )
-        assert (
-            run["sharded"]["final"] == first["sharded"]["final"]
-        )  # all-gathered: bit-identical on every rank
+        # all-gathered: bit-identical on every rank
+        assert run["sharded"]["final"] == first["sharded"]["final"]
         assert (
             run["sharded"]["sharded"]
             and not run["unsharded"]["sharded"]
             and run["sharded"]["is_instance"]
         )
-        assert (
-            run["sharded"]["lr"] == run["unsharded"]["lr"]
-        )  # scheduler and LR scaling saw the same steps
-        assert (
-            np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
-        )  # clipping acted
+        # scheduler and LR scaling saw the same steps
+        assert run["sharded"]["lr"] == run["unsharded"]["lr"]
+        # clipping acted
+        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
 
 
 @pytest.mark.slow
@@ -86,9 +84,8 @@ def test_fp16_compression_reduces_the_same_gradients(suite):
 def test_amp_overflow_on_one_shard_skips_the_step_on_every_rank(suite):
     for rank in suite:
         found = rank["overflow"]
-        assert (
-            found["weights"][0] == found["before"]
-        )  # skipped everywhere, though only rank 0's shard saw the inf
+        # skipped everywhere, though only rank 0's shard saw the inf
+        assert found["weights"][0] == found["before"]
         assert found["scales"] == [512.0, 512.0]  # halved once, then a clean step
         assert (
             found["weights"][1] != found["before"]
@@ -132,10 +129,8 @@ def test_checkpoint_resumes_from_2_sharded_to_1_unsharded_to_3_sharded(tmp_path)
     assert (
         not one["sharded"] and one["loaded"]["step"] == k and one["loaded"]["saved_world_size"] == 2
     )
-    assert one["loaded"]["state"] == {
-        "exp_avg": 83,
-        "exp_avg_sq": 83,
-    }  # the full state, as unsharded
+    # the full state, as unsharded
+    assert one["loaded"]["state"] == {"exp_avg": 83, "exp_avg_sq": 83}
     assert one["loaded"]["adam_steps"] == [float(k)]
     np.testing.assert_array_equal(one["loaded"]["weights"], reference["saved"]["weights"])
     np.testing.assert_allclose(one["continued"], reference["at_2k"], atol=TOLERANCE, rtol=0)
@@ -159,9 +154,8 @@ def test_checkpoint_resumes_from_2_sharded_to_1_unsharded_to_3_sharded(tmp_path)
         )
         assert rank["loaded"]["state"] == {"exp_avg": shard_numel(3), "exp_avg_sq": shard_numel(3)}
         assert rank["loaded"]["adam_steps"] == [float(2 * k)]
-        assert (
-            rank["loaded"]["lr"] == one["loaded"]["lr"] * 0.7
-        )  # StepLR (5 steps) crossed a boundary since
+        # StepLR (5 steps) crossed a boundary since
+        assert rank["loaded"]["lr"] == one["loaded"]["lr"] * 0.7
         np.testing.assert_allclose(rank["continued"], reference["at_3k"], atol=TOLERANCE, rtol=0)
         assert rank["continued"] == three[0]["continued"]
 
@@ -170,8 +164,9 @@ REFUSALS = [
     (
         "import os; os.environ['HOROVOD_ELASTIC'] = '1'",
         {},
-        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its shard "
-        "of the optimizer state with it; run without --elastic, or unsharded",
+        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker "
+        "that leaves takes its shard of the optimizer state with it; run without --elastic, or "
+        "unsharded",
     ),
     (
         "",
@@ -191,8 +186,8 @@ REFUSALS = [
 def test_refusals_are_one_line(setup, kwargs, message):
     code = (
         f"import torch, hvdtrain.torch as ht\nht.init()\n{setup}\nm = torch.nn.Linear(2, 1)\n"
-        f"ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, **{{'shard_optimizer_state': True, "
-        f"**{kwargs!r}}})"
+        "ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, "
+        f"**{{'shard_optimizer_state': True, **{kwargs!r}}})"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1

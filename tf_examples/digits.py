@@ -7,7 +7,8 @@ test set and printed by rank 0.
 
     horovodrun -np 2 -H localhost:2 --gloo python tf_examples/digits.py
     hvdtrain run -np 2 tf_examples/digits.py --epochs 5 --no-tracking
-    python tf_examples/spark_digits.py --master local[2] --epochs 5     # on Spark, data from Parquet
+    # on Spark, data from Parquet:
+    python tf_examples/spark_digits.py --master local[2] --epochs 5
 
 The PyTorch twin is ``torch_examples/digits.py``: same data, split, model and evaluation.
 """
@@ -67,9 +68,9 @@ def train(
         metrics=["accuracy"],
         jit_compile=False,
     )
-    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number
-    # of steps), or within its Parquet shard on Spark; checkpoints, resume, tracking and elastic restarts
-    # are hk.fit's, as ht.fit's in the torch twin.
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same
+    # number of steps), or within its Parquet shard on Spark; checkpoints, resume, tracking and
+    # elastic restarts are hk.fit's, as ht.fit's in the torch twin.
     train_part = splits.train if shard is None else shard
     fit_started = time.perf_counter()
     history = hk.fit(
@@ -84,9 +85,8 @@ def train(
         validation_data=(with_channel(splits.val.images), splits.val.labels),
         **cli.fit_kwargs(args),
     )
-    samples_per_sec = (
-        len(splits.train) * args.epochs / (time.perf_counter() - fit_started)
-    )  # all workers
+    # all workers
+    samples_per_sec = len(splits.train) * args.epochs / (time.perf_counter() - fit_started)
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)),
         splits.test,

@@ -80,8 +80,8 @@ def validation_loss(model: keras.Model, inputs: np.ndarray, targets: np.ndarray)
 @main_process_only
 def describe(corpus: text.ByteCorpus, unigram: float) -> None:
     print(
-        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
-        f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train "
+        f"bytes from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
         f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte",
         flush=True,
     )
@@ -98,9 +98,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
         **cli.optimizer_kwargs(args),
     )
-    peak_lr = float(
-        optimizer.learning_rate.numpy()
-    )  # scaled for the world size; the decay starts here
+    # scaled for the world size; the decay starts here
+    peak_lr = float(optimizer.learning_rate.numpy())
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
     model.compile(
         optimizer=optimizer,
@@ -108,21 +107,24 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         jit_compile=False,
     )
     windows = text.random_windows(corpus.train, args.block, args.windows, args.seed)
-    # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch twin.
+    # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch
+    # twin.
     updates_per_epoch = math.ceil(
         math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
         / args.accumulation_steps
     )
     if tracker is not None:
+        # hk.fit logs the training params
         tracker.log_params(
             {
                 "parameters": model.count_params(),
                 "unigram_ce": unigram,
                 "corpus_fingerprint": corpus.fingerprint(),
             }
-        )  # hk.fit logs the training params
-    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number of
-    # steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
+        )
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same
+    # number of steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch
+    # twin.
     history = hk.fit(
         model,
         *windows,
@@ -135,7 +137,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         callbacks=[CosineDecay(peak_lr, args.epochs * updates_per_epoch)],
         **cli.fit_kwargs(args),
     )
-    # A resumed run that had nothing left to train evaluates the restored model (every window once over the ranks).
+    # A resumed run that had nothing left to train evaluates the restored model (every window once
+    # over the ranks).
     val_loss = (
         history.history["val_loss"][-1]
         if history.history
@@ -161,8 +164,8 @@ def report(
     args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
 ) -> None:
     print(
-        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
-        f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
+        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
         flush=True,
     )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)

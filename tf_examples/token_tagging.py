@@ -1,9 +1,10 @@
-"""BERT-style token classification with Keras 3 (TensorFlow) on Horovod: tag Python source like a NER model.
+"""BERT-style token classification with Keras 3 (TensorFlow) on Horovod:
+tag Python source like a NER model.
 
 A small bidirectional transformer encoder reads standard-library source lines character by character
 and tags each character with the BIO label of the Python token covering it (``B-KEYWORD``,
-``I-STRING``, ...), labels made by Python's own ``tokenize`` module. Training is data-parallel; at the
-end rank 0 prints an entity-level precision / recall / F1 report on held-out files, as for NER.
+``I-STRING``, ...), labels made by Python's own ``tokenize`` module. Training is data-parallel; at
+the end rank 0 prints an entity-level precision / recall / F1 report on held-out files, as for NER.
 
     horovodrun -np 2 -H localhost:2 --gloo python tf_examples/token_tagging.py
     hvdtrain run -np 2 tf_examples/token_tagging.py --epochs 1 --train-lines 5000
@@ -134,8 +135,9 @@ def main(argv=None) -> None:
             weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="char_accuracy")],
             jit_compile=False,
         )
-        # Each epoch every rank trains on its equal share of a fresh permutation and validates on every
-        # size-th held-out row; checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
+        # Each epoch every rank trains on its equal share of a fresh permutation and validates on
+        # every size-th held-out row; checkpoints, resume and tracking are hk.fit's, as ht.fit's in
+        # the torch twin.
         ids, labels, weights = keras_arrays(data.train_ids, data.train_labels)
         hk.fit(
             model,

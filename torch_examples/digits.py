@@ -7,7 +7,8 @@ test set and printed by rank 0.
 
     horovodrun -np 2 -H localhost:2 --gloo python torch_examples/digits.py
     hvdtrain run -np 2 torch_examples/digits.py --epochs 5 --no-tracking
-    python torch_examples/spark_digits.py --master local[2] --epochs 5     # on Spark, data from Parquet
+    # on Spark, data from Parquet:
+    python torch_examples/spark_digits.py --master local[2] --epochs 5
 
 The Keras twin is ``tf_examples/digits.py``: same data, split, model and evaluation.
 """
@@ -103,9 +104,8 @@ def train(
         amp=args.mixed_precision,
         **cli.fit_kwargs(args),
     )
-    samples_per_sec = (
-        len(splits.train) * args.epochs / (time.perf_counter() - fit_started)
-    )  # all workers
+    # all workers
+    samples_per_sec = len(splits.train) * args.epochs / (time.perf_counter() - fit_started)
     test_accuracy = digits.sharded_accuracy(predictor(model, ctx.device), splits.test)
     if tracker is not None:
         tracker.log_metrics({"test_accuracy": test_accuracy}, step=history.global_step)
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None, parquet: str | None = None) -> dict:
     ctx = ht.init(seed=args.seed)
     if args.mixed_precision and not ctx.on_gpu:
         raise SystemExit(
-            f"rank {ctx.rank}: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a GPU; "
-            f"this worker has none"
+            f"rank {ctx.rank}: --mixed-precision (torch AMP, fp16 with a gradient scaler) needs a "
+            "GPU; this worker has none"
         )
     shard = digits.read_parquet_shard(parquet) if parquet else None
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:

@@ -50,8 +50,8 @@ def generate(
 @main_process_only
 def describe(corpus: text.ByteCorpus, unigram: float) -> None:
     print(
-        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
-        f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train "
+        f"bytes from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
         f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte",
         flush=True,
     )
@@ -97,7 +97,8 @@ def fit_language_model(
     params: dict,
 ) -> tuple[float, ht.History]:
     """The recipe, shared with ``hf_gpt2.py``: AdamW with clipping, a cosine schedule over the run,
-    ``ht.fit`` on the (inputs, next symbols) windows. Returns the final validation loss and the history."""
+    ``ht.fit`` on the (inputs, next symbols) windows. Returns the final
+    validation loss and the history."""
     optimizer = ht.wrap_optimizer(
         torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01),
         model,
@@ -113,13 +114,14 @@ def fit_language_model(
         optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
     )
     if tracker is not None:
+        # ht.fit logs the training params
         tracker.log_params(
             {
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "unigram_ce": unigram,
                 **params,
             }
-        )  # ht.fit logs the training params
+        )
     val_loader = ht.eval_loader(TensorDataset(*map(torch.from_numpy, val_windows)), batch_size=64)
     history = ht.fit(
         model,
@@ -149,8 +151,8 @@ def report(
     args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
 ) -> None:
     print(
-        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
-        f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
+        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
         flush=True,
     )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)

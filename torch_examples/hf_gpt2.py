@@ -1,5 +1,6 @@
-"""A GPT-2 causal language model from Hugging Face ``transformers``, trained data-parallel on Horovod
-on the Python standard library's source, with a BPE tokenizer trained locally with ``tokenizers``.
+"""A GPT-2 causal language model from Hugging Face ``transformers``, trained
+data-parallel on Horovod on the Python standard library's source, with a BPE tokenizer
+trained locally with ``tokenizers``.
 
 Model and tokenizer are loaded the way users load them: ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``. Nothing is downloaded (``HF_HUB_OFFLINE=1``): when
@@ -17,9 +18,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault(
-    "HF_HUB_OFFLINE", "1"
-)  # before transformers is imported: never reach for the hub
+# before transformers is imported: never reach for the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -51,8 +51,8 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--model-dir",
         default="gpt2-stdlib",
-        help="from_pretrained() directory; written (tokenizer trained, model from --d-model, --layers, "
-        "--heads) if it holds no model; --block is then in tokens",
+        help="from_pretrained() directory; written (tokenizer trained, model from --d-model, "
+        "--layers, --heads) if it holds no model; --block is then in tokens",
     )
     group.add_argument(
         "--vocab-size", type=int, default=2000, help="BPE vocabulary of a newly trained tokenizer"
@@ -105,8 +105,8 @@ def write_gpt2(args: argparse.Namespace, corpus: text.ByteCorpus, directory: Pat
 def generate(
     model: Logits, tokenizer, prompt: str, length: int, temperature: float, seed: int
 ) -> str:
-    """``prompt`` continued by ``generate`` for up to ``length`` characters (a token is at least one),
-    within the model's context."""
+    """``prompt`` continued by ``generate`` for up to ``length`` characters (a token is at least
+    one), within the model's context."""
     model.eval()
     torch.manual_seed(seed)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.model.device)
@@ -150,9 +150,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     )
     model_uri = None
     if tracker is not None and args.log_model:
-        example = np.ascontiguousarray(
-            val_windows[0][:2]
-        )  # MLflow exports for the example's shape and strides
+        # MLflow exports for the example's shape and strides
+        example = np.ascontiguousarray(val_windows[0][:2])
         model_uri = log_model(tracker, model, torch.from_numpy(example).to(ctx.device))
     sample = generate(model, tokenizer, args.prompt, args.sample_bytes, args.temperature, args.seed)
     return {
@@ -169,8 +168,8 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
 @main_process_only
 def describe(corpus: text.ByteCorpus, train_ids: np.ndarray, vocab: int, unigram: float) -> None:
     print(
-        f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary {vocab}); "
-        f"unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}",
+        f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary "
+        f"{vocab}); unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}",
         flush=True,
     )
 
@@ -180,8 +179,9 @@ def report(
     args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
 ) -> None:
     print(
-        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the unigram baseline "
-        f"({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
+        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) "
+        f"({ctx.size} workers, {wall_time_s:.1f} s)",
         flush=True,
     )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)

@@ -1,4 +1,5 @@
-"""BERT token classification with Hugging Face ``transformers``, fine-tuned data-parallel on Horovod.
+r"""BERT token classification with Hugging Face ``transformers``,
+fine-tuned data-parallel on Horovod.
 
 The task, data, loss, metrics and report are ``token_tagging.py``'s (tag each character of Python
 source with the BIO label of its token); the model is a ``BertForTokenClassification`` loaded the
@@ -8,16 +9,16 @@ small, randomly initialised BERT there with ``save_pretrained`` (its vocabulary 
 129 character ids, 0 = padding), standing in for a downloaded checkpoint. hvdtrain's checkpoints,
 ``--resume``, MLflow tracking and ``--log-model`` work on it unchanged.
 
-    hvdtrain run -np 2 torch_examples/hf_token_tagging.py --model-dir bert-tiny --epochs 1 --log-model
+    hvdtrain run -np 2 torch_examples/hf_token_tagging.py --model-dir bert-tiny --epochs 1 \
+        --log-model
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault(
-    "HF_HUB_OFFLINE", "1"
-)  # before transformers is imported: never reach for the hub
+# before transformers is imported: never reach for the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import token_tagging  # noqa: E402  (the plain example, beside this file)
 import transformers  # noqa: E402
@@ -35,7 +36,8 @@ def parser():
     group.add_argument(
         "--model-dir",
         default="bert-token-tagging",
-        help="from_pretrained() directory; written from --dim/--layers/--heads if it holds no model",
+        help="from_pretrained() directory; written from --dim/--layers/--heads if it holds no "
+        "model",
     )
     group.add_argument(
         "--log-model", action="store_true", help="log the trained model to the MLflow run"

@@ -2,8 +2,8 @@
 
 A small bidirectional transformer encoder reads standard-library source lines character by character
 and tags each character with the BIO label of the Python token covering it (``B-KEYWORD``,
-``I-STRING``, ...), labels made by Python's own ``tokenize`` module. Training is data-parallel; at the
-end rank 0 prints an entity-level precision / recall / F1 report on held-out files, as for NER.
+``I-STRING``, ...), labels made by Python's own ``tokenize`` module. Training is data-parallel; at
+the end rank 0 prints an entity-level precision / recall / F1 report on held-out files, as for NER.
 
     horovodrun -np 2 -H localhost:2 --gloo python torch_examples/token_tagging.py
     hvdtrain run -np 2 torch_examples/token_tagging.py --epochs 1 --train-lines 5000
@@ -26,9 +26,9 @@ from hvdtrain.datasets import tagging
 
 
 class Tagger(nn.Module):
-    """Character embedding + a local convolution, a pre-norm transformer encoder, and a per-character
-    classifier. Each character attends only to its own line (the lines packed into a row are
-    unrelated): a block-diagonal mask made from the newline separators."""
+    """Character embedding + a local convolution, a pre-norm transformer encoder, and a
+    per-character classifier. Each character attends only to its own line (the lines packed into a
+    row are unrelated): a block-diagonal mask made from the newline separators."""
 
     def __init__(self, dim: int, layers: int, heads: int, max_len: int):
         super().__init__()
@@ -105,7 +105,8 @@ def main(
     argv=None, *, parser=None, build_model=build_tagger, log_model=None, example="token_tagging"
 ) -> None:
     """Train and report; ``build_model(args, ctx)`` makes the model and, with ``--log-model``,
-    ``log_model(tracker, model, ids)`` logs it (``hf_token_tagging.py`` passes both and the flag)."""
+    ``log_model(tracker, model, ids)`` logs it (``hf_token_tagging.py`` passes
+    both and the flag)."""
     started = time.perf_counter()
     args = cli.parse(parser or tagging.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)

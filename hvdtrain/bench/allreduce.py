@@ -66,7 +66,8 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         with tf.device(_tf_device(device)):
             return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
 
-    def hvd_fp16():  # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
+    # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
+    def hvd_fp16():
         compressed, context = ht.Compression.fp16.compress(fp16_tensor)
         return ht.Compression.fp16.decompress(
             wait(ht.allreduce_async_(compressed, op=ht.Sum, name=name + "h")), context
@@ -171,7 +172,8 @@ def run(
     device: str = "cpu",
     window_bytes: int = WINDOW_BYTES,
 ) -> dict:
-    """Every rank's seconds per allreduce in each window, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
+    """Every rank's seconds per allreduce in each window, all-gathered:
+    ``{"sizes": ..., "fusion": ...}``."""
     by_size = {
         size: windows(
             size_contenders(size, device),

@@ -200,9 +200,8 @@ def keras_part(windows: int, steps: int) -> dict:
         if isinstance(callback, Tripwire):
             callback.every = NEVER  # whole steps without a check: the check is timed apart
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(
-        dataset, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks
-    )  # traced, broadcast
+    # traced, broadcast
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks)
 
     def window_of_steps() -> None:
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
@@ -219,10 +218,8 @@ def keras_part(windows: int, steps: int) -> dict:
 
     def due_check() -> None:
         step, reductions = check._counters()
-        check._since, check._batches_left = (
-            (step - 1, reductions - 1),
-            1,
-        )  # as if this batch made an update
+        # as if this batch made an update
+        check._since, check._batches_left = ((step - 1, reductions - 1), 1)
         check.on_train_batch_end(0)
 
     counter = tf.Variable(0, dtype=tf.int64)
@@ -245,9 +242,8 @@ def keras_part(windows: int, steps: int) -> dict:
         pieces,
         lambda: hvd.allreduce(tf.zeros([1]), op=hvd.Sum, name="bench.overhead.barrier"),
     )
-    found["step"] = [
-        seconds / steps for seconds in found["step"]
-    ]  # a window of fit steps, per step
+    # a window of fit steps, per step
+    found["step"] = [seconds / steps for seconds in found["step"]]
     every = tripwire.DEFAULT_EVERY
     default = [
         h + a + c / every
@@ -272,7 +268,8 @@ def _write(out: Path, framework: str, found: dict) -> None:
     )
     for name, value in found["fraction_of_step"].items():
         print(
-            f"  {name:<32} {value['median']:.5%} of a step  (min {value['min']:.5%}, max {value['max']:.5%})"
+            f"  {name:<32} {value['median']:.5%} of a step  (min {value['min']:.5%}, max "
+            f"{value['max']:.5%})"
         )
 
 

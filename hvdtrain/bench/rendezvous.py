@@ -23,7 +23,8 @@ HOSTS_ENV = "HVDTRAIN_BENCH_HOSTS"  # horovodrun's -H of the job
 def fresh_rendezvous(
     rank: int, size: int, broadcast_object: Callable[[Any], Any]
 ) -> RendezvousServer | None:
-    """Point this rank's next ``hvd.init`` at a new server; rank 0 returns it (stop it at the end)."""
+    """Point this rank's next ``hvd.init`` at a new server;
+    rank 0 returns it (stop it at the end)."""
     server, port = None, None
     if rank == 0:
         server = RendezvousServer()

@@ -51,7 +51,8 @@ FEW_WINDOWS = "too few windows"
 
 
 def window_ratio(top: list[float], bottom: list[float]) -> dict:
-    """The ratio of two contenders window by window: median, [min, max] and whether it is settled."""
+    """The ratio of two contenders window by window:
+    median, [min, max] and whether it is settled."""
     ratios = [t / b for t, b in zip(top, bottom)]
     low, high = min(ratios), max(ratios)
     verdict = settled(low, high) if len(ratios) >= MIN_WINDOWS_TO_SETTLE else FEW_WINDOWS
@@ -142,7 +143,8 @@ def step_rows(raw: dict, framework: str, np: int) -> list[dict]:
     return rows
 
 
-# (framework, numerator loop, denominator loop): step-time ratios, > 1 means the numerator is slower.
+# (framework, numerator loop, denominator loop): step-time ratios, > 1 means the numerator is
+# slower.
 RATIOS = [
     ("torch", "hvdtrain", "raw horovod"),
     ("torch", "hvdtrain", "ddp"),
@@ -438,7 +440,8 @@ def targets(report: dict) -> dict:
     return found
 
 
-HVDTRAIN_WAIT = "horovod.torch, hvdtrain's wait"  # allreduce.HVD_TORCH_QUIET: what hvdtrain.torch's optimizer does
+# allreduce.HVD_TORCH_QUIET: what hvdtrain.torch's optimizer does
+HVDTRAIN_WAIT = "horovod.torch, hvdtrain's wait"
 HVDTRAIN_FP16 = "horovod.torch, fp16, hvdtrain's wait"
 LINK_TARGET = 0.95  # 64 MB allreduce bus bandwidth over the link rate
 FP16_TARGET = 1.8  # fp16's effective (float32) bus bandwidth over the link rate
@@ -511,15 +514,16 @@ def table(report: dict) -> str:
     link = report["config"].get("link_Bps")
     if report["allreduce"]:
         lines += [
-            "Allreduce, float32, sum (time = mean over ranks of each rank's median; busbw = 2(N-1)/N x size / time,"
-            " fp16 rows counting the float32 bytes; [min, max] over windows)"
-            + (f"; link = {link / 1e6:.1f} MB/s per host" if link else ""),
-            f"{'np':>3} {'size':>9} {'backend':<33} {'time ms':>9} {'busbw GB/s':>11} {'[min, max]':>17}"
-            + (f" {'of link':>8} {'[min, max]':>14}" if link else ""),
+            "Allreduce, float32, sum (time = mean over ranks of each rank's median; busbw = "
+            "2(N-1)/N x size / time, fp16 rows counting the float32 bytes; [min, max] over "
+            "windows)" + (f"; link = {link / 1e6:.1f} MB/s per host" if link else ""),
+            f"{'np':>3} {'size':>9} {'backend':<33} {'time ms':>9} {'busbw GB/s':>11} "
+            f"{'[min, max]':>17}" + (f" {'of link':>8} {'[min, max]':>14}" if link else ""),
         ]
         lines += [
-            f"{r['np']:>3} {_size(r['size_bytes']):>9} {r['backend']:<33} {r['time_s'] * 1e3:>9.3f} "
-            f"{r['busbw_GBps']:>11.4f} {_range(r['busbw_spread_GBps'], 4):>17}"
+            f"{r['np']:>3} {_size(r['size_bytes']):>9} {r['backend']:<33} "
+            f"{r['time_s'] * 1e3:>9.3f} {r['busbw_GBps']:>11.4f} "
+            f"{_range(r['busbw_spread_GBps'], 4):>17}"
             + (
                 f" {r['link_fraction']:>8.3f} {_range(r['link_fraction_spread'], 3):>14}"
                 if link
@@ -530,72 +534,80 @@ def table(report: dict) -> str:
         lines += [
             "",
             "Tensor fusion: many small tensors per operation",
-            f"{'np':>3} {'tensors':>12} {'mode':<45} {'time ms':>9} {'busbw GB/s':>11} {'[min, max]':>17}",
+            f"{'np':>3} {'tensors':>12} {'mode':<45} {'time ms':>9} {'busbw GB/s':>11} "
+            f"{'[min, max]':>17}",
         ]
         lines += [
             f"{r['np']:>3} {r['tensors']:>4} x {_size(r['tensor_bytes']):>5} {r['mode']:<45} "
-            f"{r['time_s'] * 1e3:>9.3f} {r['busbw_GBps']:>11.4f} {_range(r['busbw_spread_GBps'], 4):>17}"
+            f"{r['time_s'] * 1e3:>9.3f} {r['busbw_GBps']:>11.4f} "
+            f"{_range(r['busbw_spread_GBps'], 4):>17}"
             for r in report["fusion"]
         ]
         lines.append("")
     if report["steps"]:
         lines += [
-            "Training step (fixed batch; samples/s total = sum over ranks; [min, max] over windows)",
-            f"{'fw':<6} {'model':<5} {'np':>3} {'loop':<18} {'step ms':>9} {'[min, max]':>17} {'samples/s':>10}",
+            "Training step (fixed batch; samples/s total = sum over ranks; [min, max] over "
+            "windows)",
+            f"{'fw':<6} {'model':<5} {'np':>3} {'loop':<18} {'step ms':>9} {'[min, max]':>17} "
+            f"{'samples/s':>10}",
         ]
         lines += [
-            f"{r['framework']:<6} {r['model']:<5} {r['np']:>3} {r['loop']:<18} {r['step_time_s'] * 1e3:>9.2f} "
-            f"{_range([v * 1e3 for v in r['spread_s']], 1):>17} {r['samples_per_s_total']:>10.0f}"
+            f"{r['framework']:<6} {r['model']:<5} {r['np']:>3} {r['loop']:<18} "
+            f"{r['step_time_s'] * 1e3:>9.2f} {_range([v * 1e3 for v in r['spread_s']], 1):>17} "
+            f"{r['samples_per_s_total']:>10.0f}"
             for r in report["steps"]
         ]
         lines += [
             "",
-            "Step-time ratios, window by window (> 1: the first is slower; median [min, max]; settled only "
-            "when the spread does not cross 1)",
+            "Step-time ratios, window by window (> 1: the first is slower; median [min, max]; "
+            "settled only when the spread does not cross 1)",
         ]
         lines += [
-            f"{r['framework']:<6} {r['model']:<5} np={r['np']} {r['numerator']} / {r['denominator']}: "
-            f"{r['step_time_ratio']:.3f} {_range([r['ratio_min'], r['ratio_max']], 3)} "
-            f"{_verdict(r['vs_1'])}"
+            f"{r['framework']:<6} {r['model']:<5} np={r['np']} {r['numerator']} / "
+            f"{r['denominator']}: {r['step_time_ratio']:.3f} "
+            f"{_range([r['ratio_min'], r['ratio_max']], 3)} {_verdict(r['vs_1'])}"
             for r in report["ratios"]
         ]
         lines += [
             "",
-            "Scaling efficiency (samples/s at np=N over N x np=1; [worst, best] pairing of windows)",
+            "Scaling efficiency (samples/s at np=N over N x np=1; [worst, best] pairing of "
+            "windows)",
         ]
         lines += [
-            f"{r['framework']:<6} {r['model']:<5} {r['loop']:<18} np={r['np']}: {r['efficiency']:.2f} "
-            f"{_range(r['efficiency_spread'], 2)}"
+            f"{r['framework']:<6} {r['model']:<5} {r['loop']:<18} np={r['np']}: "
+            f"{r['efficiency']:.2f} {_range(r['efficiency_spread'], 2)}"
             for r in report["scaling"]
         ]
     if report.get("link_bound"):
         lines += [
             "",
-            "Link bound (torch): a step takes at least max(compute, gradient bytes x 2(N-1)/N / link rate); "
-            "compute = the plain loop at the same np",
-            f"{'model':<5} {'np':>3} {'loop':<12} {'grad MB':>8} {'link ms':>8} {'compute ms':>10} {'by':>7} "
-            f"{'bound/s':>8} {'samples/s':>10} {'of bound':>9} {'[min, max]':>14}",
+            "Link bound (torch): a step takes at least max(compute, gradient bytes x 2(N-1)/N / "
+            "link rate); compute = the plain loop at the same np",
+            f"{'model':<5} {'np':>3} {'loop':<12} {'grad MB':>8} {'link ms':>8} {'compute ms':>10} "
+            f"{'by':>7} {'bound/s':>8} {'samples/s':>10} {'of bound':>9} {'[min, max]':>14}",
         ]
         lines += [
-            f"{r['model']:<5} {r['np']:>3} {r['loop']:<12} {r['gradient_bytes'] / 1e6:>8.2f} {r['link_s'] * 1e3:>8.1f} "
-            f"{r['compute_s'] * 1e3:>10.1f} {r['limited_by']:>7} {r['bound_samples_per_s']:>8.0f} "
-            f"{r['samples_per_s']:>10.0f} {r['of_bound']:>9.3f} {_range(r['of_bound_spread'], 3):>14}"
+            f"{r['model']:<5} {r['np']:>3} {r['loop']:<12} {r['gradient_bytes'] / 1e6:>8.2f} "
+            f"{r['link_s'] * 1e3:>8.1f} {r['compute_s'] * 1e3:>10.1f} {r['limited_by']:>7} "
+            f"{r['bound_samples_per_s']:>8.0f} {r['samples_per_s']:>10.0f} {r['of_bound']:>9.3f} "
+            f"{_range(r['of_bound_spread'], 3):>14}"
             for r in report["link_bound"]
         ]
     mib = 1 << 20
     if report["zero"]:
         lines += [
             "",
-            f"Optimizer-state sharding: GPT of {report['zero'][0]['parameters'] / 1e6:.1f} M parameters, "
-            f"AdamW, batch {report['zero'][0]['batch_per_rank']} per rank (ratio: median over windows "
-            f"[min, max])",
-            f"{'np':>3} {'state MiB/rank':>15} {'sharded':>8} {'x 1/N':>6} {'step s':>8} {'sharded':>8} "
-            f"{'step ratio':>22}",
+            f"Optimizer-state sharding: GPT of {report['zero'][0]['parameters'] / 1e6:.1f} M "
+            f"parameters, AdamW, batch {report['zero'][0]['batch_per_rank']} per rank (ratio: "
+            "median over windows [min, max])",
+            f"{'np':>3} {'state MiB/rank':>15} {'sharded':>8} {'x 1/N':>6} {'step s':>8} "
+            f"{'sharded':>8} {'step ratio':>22}",
         ]
         lines += [
-            f"{r['np']:>3} {r['state_bytes_unsharded'] / mib:>15.1f} {r['state_bytes_sharded_max'] / mib:>8.1f} "
-            f"{r['state_over_ideal']:>6.3f} {r['step_s_unsharded']:>8.3f} {r['step_s_sharded']:>8.3f} "
-            f"{r['step_ratio']:>8.3f} [{r['step_ratio_min']:.3f}, {r['step_ratio_max']:.3f}]"
+            f"{r['np']:>3} {r['state_bytes_unsharded'] / mib:>15.1f} "
+            f"{r['state_bytes_sharded_max'] / mib:>8.1f} {r['state_over_ideal']:>6.3f} "
+            f"{r['step_s_unsharded']:>8.3f} {r['step_s_sharded']:>8.3f} {r['step_ratio']:>8.3f} "
+            f"[{r['step_ratio_min']:.3f}, {r['step_ratio_max']:.3f}]"
             for r in report["zero"]
         ]
     if report["zero_memory"]:

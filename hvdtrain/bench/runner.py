@@ -45,7 +45,8 @@ class Settings:
 
 
 def run(settings: Settings) -> int:
-    """Run every launch, print the table and write ``bench.json`` and the plots to ``settings.out``."""
+    """Run every launch, print the table and write ``bench.json`` and the plots
+    to ``settings.out``."""
     from . import plots, report  # matplotlib: only when the benchmark runs
 
     config = {
@@ -85,7 +86,8 @@ def run(settings: Settings) -> int:
         ]
         for np, np_parts in plan:
             print(
-                f"hvdtrain bench: np={np}{' (hosts ' + ','.join(hosts.names[:np]) + ')' if hosts else ''}: "
+                "hvdtrain bench: "
+                f"np={np}{' (hosts ' + ','.join(hosts.names[:np]) + ')' if hosts else ''}: "
                 f"{', '.join(np_parts)} ...",
                 flush=True,
             )

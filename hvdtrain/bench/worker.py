@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="CPU threads per rank (test hosts share the machine's cores; default: cores / local ranks)",
+        help="CPU threads per rank (test hosts share the machine's cores; default: cores / local "
+        "ranks)",
     )
     parser.add_argument(
         "--compression",
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             sizes, fusion, args.quick, args.windows, ctx.device, args.window_bytes
         )
         htf.shutdown()
-        hvd.init()  # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
+        # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
+        hvd.init()
     if "torch" in parts:
         from . import torch_step
 

@@ -1,4 +1,5 @@
-"""One rank of ``hvdtrain doctor``'s live check: allreduce known values, exit 1 if a result is wrong.
+"""One rank of ``hvdtrain doctor``'s live check:
+allreduce known values, exit 1 if a result is wrong.
 
     python -m hvdtrain.cli.allreduce_check torch|tensorflow [cpu|gpu]
 

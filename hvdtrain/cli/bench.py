@@ -18,10 +18,11 @@ DEFAULT_LINK_RATE = "200mbit"
 HOSTS_PARTS = "allreduce,torch"
 _SIZE = re.compile(r"^(\d+)([KMG]?)B?$", re.IGNORECASE)
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)bit$")
-DESCRIPTION = """Launch the benchmark workers under horovodrun at np=1 and at each np=N, then print a
-table and write bench.json and PNG plots to --out. --hosts N runs on N test hosts made for the run
+DESCRIPTION = """Launch the benchmark workers under horovodrun at np=1 and at each np=N, then print
+a table and write bench.json and PNG plots to --out. --hosts N runs on N test hosts made for the run
 (network namespaces with sshd and a tc rate limit on each host's link; root only), one worker per
-host, at np=1..N: bus bandwidth as a fraction of the link rate and the bound the link sets on training."""
+host, at np=1..N: bus bandwidth as a fraction of the link rate and the bound the link sets on
+training."""
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--link-rate",
         default=DEFAULT_LINK_RATE,
         metavar="RATE",
-        help=f"each test host's link rate, tc syntax, e.g. 200mbit, 1gbit (default {DEFAULT_LINK_RATE})",
+        help="each test host's link rate, tc syntax, e.g. 200mbit, 1gbit (default "
+        f"{DEFAULT_LINK_RATE})",
     )
     parser.add_argument(
         "--compression",
@@ -129,7 +131,8 @@ def parse_np(text: str) -> list[int]:
 
 
 def parse_link_rate(text: str) -> float:
-    """A ``tc`` rate (``200mbit``, ``1gbit``) in bytes per second (tc's units are powers of 1000)."""
+    """A ``tc`` rate (``200mbit``, ``1gbit``) in bytes per second
+    (tc's units are powers of 1000)."""
     match = _RATE.match(text.strip().lower())
     if not match:
         raise UsageError(f"bad --link-rate {text!r}: use tc's bit rates, e.g. 200mbit, 1gbit")

@@ -1,4 +1,5 @@
-"""``hvdtrain doctor``: is this install able to train? Versions, Horovod's build, a live allreduce."""
+"""``hvdtrain doctor``: is this install able to train?
+Versions, Horovod's build, a live allreduce."""
 
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def _nccl_code(code: int) -> str:
 
 def cuda_stack_checks() -> tuple[list[Check], list[str]]:
     """A GPU build's CUDA stack: the CUDA each framework and NCCL were built for, whether they load
-    in one process, and the GPUs. No GPU is one line, not a failure: the build can still be checked."""
+    in one process, and the GPUs. No GPU is one line, not a failure: the build
+    can still be checked."""
     from .. import cudastack
 
     torch_facts, tf = cudastack.torch_facts(), cudastack.tensorflow_facts()
@@ -250,7 +252,11 @@ def live_allreduce(framework: str, np: int, timeout: float, device: str = "cpu")
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return Check(name, True, f"pass in {seconds:.1f} s")
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "Error" in l or "error" in l]
+    lines = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "Error" in line or "error" in line
+    ]
     return Check(
         name,
         False,

@@ -194,8 +194,9 @@ def steps(args, ngpus: int) -> Part:
     }
     plain = targets.get("adapter_vs_plain_torch_step_time", {})
     detail = (
-        f"hvdtrain / plain torch on 1 GPU: {', '.join(f'{k} {v:.3f}' for k, v in plain.items()) or 'n/a'} "
-        f"(goal <= 1.02); hvdtrain / raw Horovod within 2%: {targets['adapter_within_2pct']}"
+        "hvdtrain / plain torch on 1 GPU: "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in plain.items()) or 'n/a'} (goal <= 1.02); hvdtrain "
+        f"/ raw Horovod within 2%: {targets['adapter_within_2pct']}"
     )
     ok = targets.get("adapter_within_2pct_of_plain") is not False
     return Part("steps", ok, detail, data={"ratios": ratios, "targets": targets})

@@ -1,5 +1,5 @@
-"""``hvdtrain test-hosts``: make, list and remove the test hosts of ``hvdtrain.launch.testhosts`` by hand
-(root, Linux), e.g. to try a multi-host job the way the multi-host tests do."""
+"""``hvdtrain test-hosts``: make, list and remove the test hosts of ``hvdtrain.launch.testhosts`` by
+hand (root, Linux), e.g. to try a multi-host job the way the multi-host tests do."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def main(args) -> int:
     if args.action == "list":
         for k, owner, names in testhosts.instances():
             print(
-                f"{k}\t{'by hand' if owner == testhosts.MANUAL else f'process {owner}'}\t{','.join(names)}"
+                f"{k}\t{'by hand' if owner == testhosts.MANUAL else f'process {owner}'}\t"
+                f"{','.join(names)}"
             )
         return 0
     if args.action == "down":
@@ -46,7 +47,8 @@ def main(args) -> int:
         raise UsageError(str(err)) from None
     rate = f", each sending at most {args.link_rate}" if args.link_rate else ""
     print(
-        f"test host set {hosts.instance}: {', '.join(f'{h.name} ({h.address})' for h in hosts.hosts)}{rate}"
+        f"test host set {hosts.instance}: "
+        f"{', '.join(f'{h.name} ({h.address})' for h in hosts.hosts)}{rate}"
     )
     print(f"  ssh {hosts.names[0]}            # a shell on a host")
     print(

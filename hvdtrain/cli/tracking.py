@@ -1,5 +1,5 @@
-"""``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow is
-imported when one of them runs, not when the CLI starts); the work is ``hvdtrain.tracking``'s."""
+"""``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow
+is imported when one of them runs, not when the CLI starts); the work is ``hvdtrain.tracking``'s."""
 
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ def training_parser(
     group.add_argument(
         "--shard-optimizer-state",
         action="store_true",
-        help="ZeRO stage 1: each worker keeps optimizer state for, and updates, 1/N of the parameters",
+        help="ZeRO stage 1: each worker keeps optimizer state for, and updates, 1/N of the "
+        "parameters",
     )
     group.add_argument("--seed", type=int, default=0)
     group = parser.add_argument_group("checkpoints and tracking")
@@ -50,14 +51,15 @@ def training_parser(
         type=_positive,
         default=None,
         metavar="STEPS",
-        help="also save a checkpoint every STEPS optimizer steps (default: at each epoch's end only)",
+        help="also save a checkpoint every STEPS optimizer steps (default: at each epoch's end "
+        "only)",
     )
     group.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest valid checkpoint in --checkpoint-dir, on any number of workers, "
-        "and continue its MLflow run; with no checkpoint there yet, start from scratch (so it "
-        "can always be passed)",
+        help="continue from the newest valid checkpoint in --checkpoint-dir, on any number of "
+        "workers, and continue its MLflow run; with no checkpoint there yet, start from scratch "
+        "(so it can always be passed)",
     )
     group.add_argument(
         "--log-every",

@@ -76,7 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
 
 
 class CheckpointDir:
-    """``root/step-N.<ext>`` payloads with ``root/step-N.json`` sidecars; keeps the newest ``keep``."""
+    """``root/step-N.<ext>`` payloads with ``root/step-N.json`` sidecars;
+    keeps the newest ``keep``."""
 
     def __init__(self, root: str | os.PathLike, extension: str, keep: int = 3):
         if keep < 1:
@@ -129,7 +130,8 @@ class CheckpointDir:
 
     def candidates(self) -> Iterator[tuple[Path, CheckpointMeta]]:
         """(payload, metadata) of each checkpoint, newest first; a partial one (a payload whose
-        save was cut short before its sidecar) or one with a broken sidecar is skipped with a warning."""
+        save was cut short before its sidecar) or one with a broken sidecar is
+        skipped with a warning."""
         committed = {sidecar.with_suffix(self.extension) for _, sidecar in self.checkpoints()}
         if self.root.is_dir():
             for orphan in sorted(self.root.glob(f"step-*{self.extension}")):

@@ -15,8 +15,9 @@ _current: Context | None = None
 class Context:
     """The job as seen from one worker.
 
-    ``broadcast_object``, ``average`` and ``gather`` are the adapter's collectives, so framework-free code
-    (tracking, checkpoint policy) can talk to other ranks without importing a framework.
+    ``broadcast_object``, ``average`` and ``gather`` are the adapter's collectives,
+    so framework-free code (tracking, checkpoint policy) can talk to other ranks
+    without importing a framework.
     """
 
     framework: str

@@ -37,7 +37,8 @@ class Position:
     epochs: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
 
     def batches_done(self, global_batch: int) -> int:
-        """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a step."""
+        """Batches of the current epoch to skip when it restarts with
+        ``global_batch`` samples a step."""
         return self.epoch_samples // global_batch
 
 
@@ -86,8 +87,9 @@ class Snapshot(Protocol):
 def report_membership(
     tracker: TrainingTracker | None = None,
 ) -> Callable[[Position, int, int], None]:
-    """What both adapters do after a change: log the new size to ``tracker`` (an ``hvdtrain.tracking``
-    tracker, if any) at the step training resumes from, and tell the user (rank 0)."""
+    """What both adapters do after a change: log the new size to ``tracker`` (an
+    ``hvdtrain.tracking`` tracker, if any) at the step training resumes from,
+    and tell the user (rank 0)."""
 
     def changed(position: Position, old_size: int, new_size: int) -> None:
         if tracker is not None:

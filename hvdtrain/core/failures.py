@@ -1,11 +1,12 @@
 """How a job's failures look on the workers.
 
 When one worker dies, every other rank's next collective fails with Horovod's "Horovod has been
-shut down" error, and horovodrun then sends them SIGTERM. Left alone, each prints pages of tracebacks and dies without finishing
-its MLflow run. Here a peer's failure prints one line, and SIGTERM raises ``SystemExit`` so
-``tracking.tracked`` ends the run FAILED and flushes within horovodrun's 5 s grace period. A
-user's own exception keeps its traceback: it is the user's bug. ``install`` is called by each
-adapter's ``init``; the launcher reads what the workers print in ``hvdtrain.launch.parsers``.
+shut down" error, and horovodrun then sends them SIGTERM. Left alone, each prints pages of
+tracebacks and dies without finishing its MLflow run. Here a peer's failure prints one line,
+and SIGTERM raises ``SystemExit`` so ``tracking.tracked`` ends the run FAILED and flushes
+within horovodrun's 5 s grace period. A user's own exception keeps its traceback: it is the
+user's bug. ``install`` is called by each adapter's ``init``; the launcher reads what the
+workers print in ``hvdtrain.launch.parsers``.
 """
 
 from __future__ import annotations

@@ -16,14 +16,15 @@ REMOVED = [
     (
         "TypeError",
         r"unexpected keyword argument 'experimental_run_tf_function'",
-        "compile(experimental_run_tf_function=...) was removed in Keras 3: delete the argument (Keras 3 always "
-        "runs the train step as a tf.function, and Horovod's DistributedOptimizer works inside it)",
+        "compile(experimental_run_tf_function=...) was removed in Keras 3: delete the argument "
+        "(Keras 3 always runs the train step as a tf.function, and Horovod's DistributedOptimizer "
+        "works inside it)",
     ),
     (
         "TypeError",
         r"unexpected keyword argument '(workers|use_multiprocessing|max_queue_size)'",
-        "fit(workers=, use_multiprocessing=, max_queue_size=) were removed in Keras 3: delete them (a "
-        "keras.utils.PyDataset takes them)",
+        "fit(workers=, use_multiprocessing=, max_queue_size=) were removed in Keras 3: delete "
+        "them (a keras.utils.PyDataset takes them)",
     ),
     (
         "ValueError",
@@ -49,8 +50,8 @@ REMOVED = [
     (
         "AttributeError",
         r"backend' has no attribute '(get_value|set_value)'",
-        "keras.backend.get_value/set_value were removed in Keras 3: read with keras.ops.convert_to_numpy(variable), "
-        "write with variable.assign(value)",
+        "keras.backend.get_value/set_value were removed in Keras 3: read with "
+        "keras.ops.convert_to_numpy(variable), write with variable.assign(value)",
     ),
 ]
 

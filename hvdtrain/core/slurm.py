@@ -24,9 +24,9 @@ def check_direct_launch(env: Mapping[str, str] = os.environ) -> None:
     tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
     if tasks > 1 and not any(name in env for name in _STARTED_BY_LAUNCHER):
         raise SlurmError(
-            f"srun started {tasks} tasks (step {step_name(env)}) without a launcher: each would train "
-            f"alone as rank 0; launch with hvdtrain run, once, in the batch script or salloc shell "
-            f"(not under srun)"
+            f"srun started {tasks} tasks (step {step_name(env)}) without a launcher: each would "
+            "train alone as rank 0; launch with hvdtrain run, once, in the batch script or salloc "
+            "shell (not under srun)"
         )
 
 

@@ -83,9 +83,10 @@ def check(
     names: Sequence[str],
     causes: Causes,
 ) -> None:
-    """Collective, at a step ``due`` on every rank: ``reduced``, whether this rank's last update went
-    through the allreduce; ``sums``/``magnitudes``, per trainable tensor, the sum of its values and
-    of their absolute values. ``DataParallelError`` on every rank alike when something is wrong."""
+    """Collective, at a step ``due`` on every rank: ``reduced``, whether this rank's last
+    update went through the allreduce; ``sums``/``magnitudes``, per trainable tensor, the
+    sum of its values and of their absolute values. ``DataParallelError`` on every rank
+    alike when something is wrong."""
     rows = ctx.gather([float(reduced), *sums, *magnitudes])
     count = len(sums)
     unreduced = [rank for rank, row in enumerate(rows) if not row[0]]
@@ -103,8 +104,9 @@ def check(
         ]
         if differing:
             raise DataParallelError(
-                f"data parallelism is off at step {step}: rank {rank} holds different weights from rank 0 in "
-                f"{len(differing)} of {count} tensors (first: {names[differing[0]]}); likely cause: {causes.diverged}"
+                f"data parallelism is off at step {step}: rank {rank} holds different weights from "
+                f"rank 0 in {len(differing)} of {count} tensors (first: {names[differing[0]]}); "
+                f"likely cause: {causes.diverged}"
             )
 
 

@@ -117,8 +117,8 @@ def mismatches(framework: str | None = None, key: BuildKey | None = None) -> lis
             continue
         if package == "horovod":
             found.append(
-                f"Horovod {_version(package, now)} is installed, not the build make install recorded "
-                f"({built})"
+                f"Horovod {_version(package, now)} is installed, not the build make install "
+                f"recorded ({built})"
             )
         else:
             found.append(

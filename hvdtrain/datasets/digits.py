@@ -78,7 +78,8 @@ def load_splits(
     if train_samples is not None:
         if not NUM_CLASSES <= train_samples <= len(train_y):
             raise ValueError(
-                f"train_samples must be between {NUM_CLASSES} and {len(train_y)}, got {train_samples}"
+                f"train_samples must be between {NUM_CLASSES} and {len(train_y)}, got "
+                f"{train_samples}"
             )
         if train_samples < len(train_y):
             train_x, _, train_y, _ = train_test_split(
@@ -88,11 +89,13 @@ def load_splits(
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of rows of ``scores`` (N, classes: logits or probabilities) whose argmax is the label."""
+    """Fraction of rows of ``scores`` (N, classes: logits or probabilities)
+    whose argmax is the label."""
     scores, labels = np.asarray(scores), np.asarray(labels)
     if scores.ndim != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(
-            f"accuracy needs scores (N, classes) and labels (N,), got {scores.shape} and {labels.shape}"
+            f"accuracy needs scores (N, classes) and labels (N,), got {scores.shape} and "
+            f"{labels.shape}"
         )
     if len(labels) == 0:
         raise ValueError("accuracy of an empty set is undefined")
@@ -145,7 +148,8 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
 
 
 def _train_samples(text: str) -> int:
-    """``--train-samples``, refused at parse time (one line) rather than by every rank after init."""
+    """``--train-samples``, refused at parse time (one line) rather than by
+    every rank after init."""
     value, most = int(text), len(load_splits().train)  # the split's sizes do not depend on the seed
     if not NUM_CLASSES <= value <= most:
         raise argparse.ArgumentTypeError(
@@ -155,7 +159,7 @@ def _train_samples(text: str) -> int:
     return value
 
 
-# --- on Spark: the training split as a Parquet dataset, each rank reading its own shard -------------
+# --- on Spark: the training split as a Parquet dataset, each rank reading its own shard -----------
 
 PARQUET_SCHEMA = (
     "image array<float>, label long"  # image: the 64 pixels of one 8x8 digit, row-major
@@ -170,7 +174,8 @@ def write_parquet(spark, part: Part, path: str) -> None:
 
 
 def read_parquet_shard(path: str) -> Part:
-    """This rank's equal share of a dataset ``write_parquet`` wrote (``hvdtrain.spark.read_shard``)."""
+    """This rank's equal share of a dataset ``write_parquet`` wrote
+    (``hvdtrain.spark.read_shard``)."""
     from ..spark import read_shard
 
     table = read_shard(path, columns=["image", "label"])
@@ -183,8 +188,9 @@ def read_parquet_shard(path: str) -> Part:
 
 def spark_main(example_main: Callable, framework: str, argv: list[str] | None = None) -> list:
     """Driver of the Spark twins of the digits examples: write the training split to Parquet,
-    then run ``example_main(flags, parquet)`` on ``--num-proc`` Spark tasks (``hvdtrain.spark.run``).
-    The example's own flags pass through; rank 0 prints the test accuracy as without Spark."""
+    then run ``example_main(flags, parquet)`` on ``--num-proc`` Spark tasks
+    (``hvdtrain.spark.run``). The example's own flags pass through; rank 0 prints the
+    test accuracy as without Spark."""
     import tempfile
 
     from pyspark.sql import SparkSession

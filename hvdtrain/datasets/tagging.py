@@ -3,10 +3,11 @@ category of the Python token covering it, as Python's own ``tokenize`` module se
 
 The NER setup with code instead of prose: labels are BIO tags (``B-NAME`` starts a token, ``I-NAME``
 continues it, ``O`` is whitespace), so adjacent tokens of one category, like ``(`` ``)``, stay two
-entities. Evaluation is at entity level as in CoNLL/seqeval: an entity counts only when its exact span
-and category are predicted. Only lines whose tokens all start and end on that line are used (a line in
-the middle of a docstring cannot be tagged from the line alone). The split is by file, seeded, so every
-rank (and both frameworks) builds the same arrays; ranks must run the same Python to read the same files.
+entities. Evaluation is at entity level as in CoNLL/seqeval: an entity counts only when its exact
+span and category are predicted. Only lines whose tokens all start and end on that line are used
+(a line in the middle of a docstring cannot be tagged from the line alone). The split is by file,
+seeded, so every rank (and both frameworks) builds the same arrays; ranks must run the same
+Python to read the same files.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ Span = tuple[int, int, str]  # [start, end) character offsets and category
 
 @dataclass(frozen=True)
 class TaggingData:
-    """``*_ids``: (rows, max_len) int32 character ids of packed lines; ``*_labels``: their label ids."""
+    """``*_ids``: (rows, max_len) int32 character ids of packed lines;
+    ``*_labels``: their label ids."""
 
     train_ids: np.ndarray
     train_labels: np.ndarray
@@ -83,7 +85,8 @@ def tag_source(text: str) -> Iterator[tuple[str, list[Span]]]:
 
 def _categorized_tokens(text: str) -> Iterator[tuple[str | None, tuple[int, int], tuple[int, int]]]:
     """(category or None for an error token, start, end) of each non-layout token. From Python
-    3.12 an f-string arrives in pieces; it is merged back into one STRING, as older Pythons report it."""
+    3.12 an f-string arrives in pieces; it is merged back into one STRING, as
+    older Pythons report it."""
     fstring_depth, fstring_start = 0, None
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
         if token.type == _FSTRING_START:
@@ -230,7 +233,8 @@ def evaluate(
     """Entity-level ``report`` of ``predict`` (a batch of ids -> label ids) over all ranks.
 
     Each rank tags every ``size``-th row, so every row counts exactly once; the counts are summed
-    over ranks (rank average times world size, exact for counts), so all ranks return the same report.
+    over ranks (rank average times world size, exact for counts), so all ranks
+    return the same report.
     """
     mine_ids, mine_labels = ids[ctx.rank :: ctx.size], labels[ctx.rank :: ctx.size]
     counts = entity_counts(mine_labels[:0], mine_labels[:0])

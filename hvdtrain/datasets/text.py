@@ -91,7 +91,8 @@ def read_bytes(root: str | Path, files: list[str], max_bytes: int) -> np.ndarray
 
 
 def read_file(path: Path, text: bool = False) -> bytes | str:
-    """The file's bytes, or with ``text`` its decoded source; ``DataError`` naming it if unreadable."""
+    """The file's bytes, or with ``text`` its decoded source;
+    ``DataError`` naming it if unreadable."""
     try:
         if not text:
             return path.read_bytes()
@@ -146,7 +147,8 @@ def unigram_cross_entropy(
     """
     if smoothing <= 0:
         raise ValueError(
-            f"smoothing must be > 0 (an unseen byte would cost infinitely many nats), got {smoothing}"
+            "smoothing must be > 0 (an unseen byte would cost infinitely many nats), got "
+            f"{smoothing}"
         )
     counts = (
         np.bincount(np.asarray(train, dtype=np.int64).ravel(), minlength=vocab_size) + smoothing

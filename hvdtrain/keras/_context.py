@@ -1,4 +1,5 @@
-"""``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job in a core ``Context``."""
+"""``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job
+in a core ``Context``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 from ..core import context as core_context
 from ..core import failures, slurm, versions
 
-versions.check(
-    "keras"
-)  # before Horovod's extension loads: a mismatched build fails inside its import
+# before Horovod's extension loads: a mismatched build fails inside its import
+versions.check("keras")
 
 import horovod.tensorflow as hvd  # noqa: E402
 import keras  # noqa: E402
@@ -53,7 +53,8 @@ def _check_backend() -> None:
 
 
 def _configure_devices(local_rank: int, local_size: int, threads: int | None) -> str:
-    """One GPU per local rank with memory growth; on CPU, split the host's cores between its ranks."""
+    """One GPU per local rank with memory growth;
+    on CPU, split the host's cores between its ranks."""
     gpus = tf.config.list_physical_devices("GPU")
     gpu_index = local_rank % len(gpus) if gpus else None
     try:

@@ -49,9 +49,8 @@ def broadcast_model(
     variables = list(model.weights)
     if optimizer is not None:
         slots = optimizer_variables(model, optimizer)
-        if (
-            zero.sharding_of(optimizer) is None
-        ):  # a sharded state has one owner per shard: nothing to send
+        # a sharded state has one owner per shard: nothing to send
+        if zero.sharding_of(optimizer) is None:
             variables += slots
     kept = {id(v) for v in local}
     broadcast_variables([v for v in variables if id(v) not in kept], root_rank)

@@ -1,4 +1,5 @@
-"""Checkpoints of a Keras model with its optimizer state, written by rank 0, resumable on any world size.
+"""Checkpoints of a Keras model with its optimizer state,
+written by rank 0, resumable on any world size.
 
 The payload is a regular ``.keras`` file; the core's JSON sidecar holds the step, epoch and the
 single-worker LR, so a job on a different number of workers re-scales the LR on resume.

@@ -1,4 +1,5 @@
-"""Elastic training for Keras: the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+"""Elastic training for Keras:
+the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
 
 from __future__ import annotations
 

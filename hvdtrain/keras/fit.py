@@ -67,20 +67,21 @@ def fit(
     sharded: bool = False,
     **fit_kwargs: Any,
 ) -> keras.callbacks.History:
-    """Train a compiled ``model`` (its optimizer from ``wrap_optimizer``) on all ranks; ``batch_size``
-    is per rank, ``x``/``y``/``sample_weight`` are the whole training set (arrays, or dicts/lists of
-    arrays), the same on every rank.
+    """Train a compiled ``model`` (its optimizer from ``wrap_optimizer``) on all ranks;
+    ``batch_size`` is per rank, ``x``/``y``/``sample_weight`` are the whole training set (arrays, or
+    dicts/lists of arrays), the same on every rank.
 
     Logs the rank-averaged batch logs, LR and global samples/s every ``log_every`` steps and the
     epoch logs (``epoch_<metric>``, ``val_<metric>``) to ``tracker``, with the data-parallel params
-    of the run (``tracking.training_params``: world size, scaled LR, global batch size...); checkpoints every epoch and
-    every ``checkpoint_every`` steps into ``checkpoint_dir``; with ``resume`` continues from its
-    newest valid checkpoint, at the batch it was taken, on any world size. Validation metrics are
-    averaged over the ranks' shards weighted by their sizes (every sample once). Only rank 0 shows
-    progress. In elastic mode (``hvdtrain run --elastic``) training survives workers leaving and
-    joining: it rolls back to the last commit (each epoch, each checkpoint and every
-    ``commit_every`` steps), re-shards and re-scales the LR. Returns the rank-averaged epoch
-    metrics of this run as a Keras ``History``. Other keyword arguments go to ``model.fit``.
+    of the run (``tracking.training_params``: world size, scaled LR, global batch size...);
+    checkpoints every epoch and every ``checkpoint_every`` steps into ``checkpoint_dir``; with
+    ``resume`` continues from its newest valid checkpoint, at the batch it was taken, on any
+    world size. Validation metrics are averaged over the ranks' shards weighted by their sizes
+    (every sample once). Only rank 0 shows progress. In elastic mode
+    (``hvdtrain run --elastic``) training survives workers leaving and joining: it rolls back to
+    the last commit (each epoch, each checkpoint and every ``commit_every`` steps), re-shards
+    and re-scales the LR. Returns the rank-averaged epoch metrics of this run as a Keras
+    ``History``. Other keyword arguments go to ``model.fit``.
 
     ``sharded=True``: ``x``/``y`` are already this rank's equal share (``hvdtrain.spark.read_shard``
     on Spark); each epoch shuffles within it. Not with elastic training (the shares are fixed).
@@ -167,7 +168,8 @@ class _Data:
         lengths = {len(a) for a in keras.tree.flatten(self.parts) if a is not None}
         if len(lengths) != 1:
             raise ValueError(
-                f"x, y and sample_weight must have the same number of samples, got {sorted(lengths)}"
+                "x, y and sample_weight must have the same number of samples, got "
+                f"{sorted(lengths)}"
             )
         self.size = lengths.pop()
 
@@ -240,9 +242,8 @@ class _Loop:
         stopped = False  # a callback (EarlyStopping) set model.stop_training
         while position.epoch < self.epochs and not stopped:
             epoch = position.epoch
-            rank, size = (
-                (0, 1) if self.sharded else (ctx.rank, ctx.size)
-            )  # a shard: shuffled within
+            # a shard: shuffled within
+            rank, size = (0, 1) if self.sharded else (ctx.rank, ctx.size)
             index = shard_indices(
                 self.data.size, rank, size, seed=self.seed, epoch=epoch, drop_last=self.drop_last
             )
@@ -264,7 +265,8 @@ class _Loop:
         training.finish({})
 
     def _validation(self) -> tuple[tuple | None, int | None]:
-        """This rank's every size-th validation sample (each sample once over the ranks), and how many."""
+        """This rank's every size-th validation sample
+        (each sample once over the ranks), and how many."""
         if self.validation_data is None:
             return None, None
         ctx = current()
@@ -317,9 +319,8 @@ class _Progress(keras.callbacks.Callback):
         checkpoint = bool(loop.checkpoint_every) and step % loop.checkpoint_every == 0
         if checkpoint:
             loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
-            check_finite(
-                current().average({"loss": loss}), step
-            )  # never checkpoint diverged weights
+            # never checkpoint diverged weights
+            check_finite(current().average({"loss": loss}), step)
             loop.checkpoint(position)
         if checkpoint or (loop.commit_every and step % loop.commit_every == 0):
             self.commit()

@@ -88,9 +88,10 @@ def _register_local_var(var) -> None:
 
 
 def load_model(keras_module, wrap_optimizer, filepath, custom_optimizers, custom_objects):
-    """``hvd.load_model``: Keras 3 finds classes by their registered names, so load the model as saved
-    (custom optimizers by class name), then make its restored optimizer distributed through
-    Horovod's ``wrap_optimizer(cls)`` (which carries ``compression``) with a factory returning it."""
+    """``hvd.load_model``: Keras 3 finds classes by their registered names, so load the
+    model as saved (custom optimizers by class name), then make its restored optimizer
+    distributed through Horovod's ``wrap_optimizer(cls)`` (which carries ``compression``)
+    with a factory returning it."""
     objects = {cls.__name__: cls for cls in custom_optimizers or ()}
     objects.update(custom_objects or {})
     model = keras_module.models.load_model(filepath, custom_objects=objects)

@@ -2,9 +2,9 @@
 
 ``scripts/patch_horovod.py`` binds ``horovod._keras.callbacks``' broadcast and metric-averaging
 implementations (behind ``hvd.callbacks.BroadcastGlobalVariablesCallback`` and
-``MetricAverageCallback`` of ``horovod.keras`` and ``horovod.tensorflow.keras``) to the classes here,
-which are hvdtrain's own callbacks, and makes Horovod's LR schedule and warmup callbacks read and
-set the LR through ``learning_rate``/``set_learning_rate`` and ramp by hvdtrain's warmup rule.
+``MetricAverageCallback`` of ``horovod.keras`` and ``horovod.tensorflow.keras``) to the classes
+here, which are hvdtrain's own callbacks, and makes Horovod's LR schedule and warmup callbacks read
+and set the LR through ``learning_rate``/``set_learning_rate`` and ramp by hvdtrain's warmup rule.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ failures.install()
 
 class _Tripwire(Tripwire):
     """hvdtrain's tripwire. A step whose optimizer has no hvdtrain hook (a custom ``train_step``
-    reducing through ``DistributedGradientTape``) counts as reduced: only its weights are compared."""
+    reducing through ``DistributedGradientTape``) counts as reduced: only its
+    weights are compared."""
 
     def _counters(self) -> tuple[int, int]:
         step, reductions = super()._counters()
@@ -103,8 +104,8 @@ def _velocities(optimizer: keras.optimizers.Optimizer) -> list:
         return internals.rmsprop_momentums(optimizer)
     raise ValueError(
         f"momentum_correction cannot be reproduced for {type(optimizer).__name__}"
-        f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its momentum "
-        "is a constant of the traced step): pass momentum_correction=False"
+        f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its "
+        "momentum is a constant of the traced step): pass momentum_correction=False"
     )
 
 

@@ -44,9 +44,9 @@ class Reduction:
     """How one update's gradients are combined across ranks (Horovod's allreduce arguments).
 
     Dense gradients go in one ``grouped_allreduce``. ``IndexedSlices`` (``Embedding`` gradients) are
-    made dense with ``sparse_as_dense``, else allgathered one by one as Horovod does; never mixed into
-    the grouped call: Horovod 0.28.1's ``grouped_allreduce`` pairs their results with the wrong inputs
-    unless they lead the list.
+    made dense with ``sparse_as_dense``, else allgathered one by one as Horovod does; never mixed
+    into the grouped call: Horovod 0.28.1's ``grouped_allreduce`` pairs their results with the wrong
+    inputs unless they lead the list.
     """
 
     op: Any = hvd.Average
@@ -78,9 +78,8 @@ class Reduction:
         )
         for i, grad in zip(dense, summed):
             reduced[i] = grad
-        scale = (
-            self.prescale * self.postscale
-        )  # Horovod's sparse allreduce takes no factors; they commute
+        # Horovod's sparse allreduce takes no factors; they commute
+        scale = self.prescale * self.postscale
         for i in sorted(set(range(len(grads))) - set(dense)):
             grad = grads[i]
             values = (
@@ -217,7 +216,8 @@ def wrap_optimizer(
 def set_accumulation(
     optimizer: keras.optimizers.Optimizer, steps: int, what: str = "accumulation_steps"
 ) -> None:
-    """Accumulate ``steps`` micro-batches per update with Keras's own ``gradient_accumulation_steps``."""
+    """Accumulate ``steps`` micro-batches per update with Keras's own
+    ``gradient_accumulation_steps``."""
     if steps == 1:
         return  # leaves any accumulation the user configured on the optimizer itself
     if optimizer.gradient_accumulation_steps not in (None, steps):
@@ -241,6 +241,7 @@ def base_learning_rate(optimizer: keras.optimizers.Optimizer) -> float | None:
 
 
 def set_base_learning_rate(optimizer: keras.optimizers.Optimizer, base_lr: float) -> None:
-    """Set the LR to ``base_lr`` scaled for this job's world size (used when resuming); schedules stay."""
+    """Set the LR to ``base_lr`` scaled for this job's world size
+    (used when resuming); schedules stay."""
     if isinstance(optimizer.learning_rate, keras.Variable):
         optimizer.learning_rate = base_lr * getattr(optimizer, LR_FACTOR, 1.0)

@@ -26,7 +26,8 @@ class MlflowLogger(keras.callbacks.Callback):
 
     The step is the optimizer's own count, restored with a checkpoint, so a resumed job continues
     the run's step axis; with gradient accumulation it counts updates, not micro-batches.
-    ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
+    ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell
+    callbacks the batch size).
     """
 
     def __init__(

@@ -12,10 +12,11 @@ from ._context import current
 from .optimizer import POLICY
 
 CAUSES = tripwire.Causes(
-    not_reduced="Keras did not call Optimizer._clip_gradients on its update path, where hvdtrain averages the "
-    "gradients (a Keras release outside the tested range, or an optimizer overriding apply())",
-    diverged="a rank's update did not use the averaged gradients, or a rank changed its weights outside the "
-    "optimizer",
+    not_reduced="Keras did not call Optimizer._clip_gradients on its update path, where hvdtrain "
+    "averages the gradients (a Keras release outside the tested range, or an optimizer overriding "
+    "apply())",
+    diverged="a rank's update did not use the averaged gradients, or a rank changed its weights "
+    "outside the optimizer",
 )
 
 

@@ -43,8 +43,9 @@ ATTRIBUTE = "_hvdtrain_zero"
 
 
 class _Recorder:
-    """Records, for each variable an optimizer's ``build`` makes with ``add_variable_from_reference``,
-    the position of its reference among ``references`` and its slot name."""
+    """Records, for each variable an optimizer's ``build`` makes with
+    ``add_variable_from_reference``, the position of its reference among
+    ``references`` and its slot name."""
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, references: list):
         self.slots: dict[int, tuple[int, str]] = {}
@@ -72,9 +73,8 @@ class _Sharding:
         self.optimizer, self.options, self.rank, self.size = optimizer, options, ctx.rank, ctx.size
         self.keras_build = optimizer.build
         self.inner_apply = optimizer.apply  # Keras's, or hvdtrain's warmup around it
-        self.keras_clip_gradients = internals.keras_clip_gradients(
-            optimizer
-        )  # not the allreducing one
+        # not the allreducing one
+        self.keras_clip_gradients = internals.keras_clip_gradients(optimizer)
         # The wrapped optimizer's count of gradient reductions: the tripwire's proof that the update
         # was data-parallel.
         self.reductions = reductions
@@ -110,7 +110,8 @@ class _Sharding:
             )
             for n, b in enumerate(self.plan.buckets)
         ]
-        # The model's exclusions (by variable or name) decided the groups; the shards' names mean nothing.
+        # The model's exclusions (by variable or name) decided the groups; the shards' names mean
+        # nothing.
         self.optimizer.exclude_from_weight_decay(
             var_list=[s for s, b in zip(self.shards, self.plan.buckets) if b.group == 1]
         )
@@ -129,7 +130,8 @@ class _Sharding:
         for grad, variable in zip(grads, trainable_variables):
             if id(variable) not in self.index:
                 raise ValueError(
-                    f"variable {variable.path} was not among those the sharded optimizer was built for"
+                    f"variable {variable.path} was not among those the sharded optimizer was built "
+                    "for"
                 )
             by_index[self.index[id(variable)]] = grad
         compression, op = _COMPRESSION[self.options.compression], _OP[self.options.op]
@@ -152,9 +154,8 @@ class _Sharding:
 
     def clip_gradients(self, grads):
         if not self.optimizer.global_clipnorm:
-            return self.keras_clip_gradients(
-                grads
-            )  # clipvalue: element by element, shards are fine
+            # clipvalue: element by element, shards are fine
+            return self.keras_clip_gradients(grads)
         squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads])
         if self.size > 1:
             squares = hvd.allreduce(squares, op=hvd.Sum, name="hvdtrain.zero.norm")

@@ -21,9 +21,8 @@ from typing import TextIO
 from . import parsers
 
 ERASE_TO_END = "\x1b[K"  # ANSI: clear from the cursor to the end of the line
-_ANSI = re.compile(
-    r"\x1b\[[0-9;]*[A-Za-z]"
-)  # colours and cursor moves (Keras's bar has them, even in a pipe)
+# colours and cursor moves (Keras's bar has them, even in a pipe)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # TensorFlow's start-up lines that TF_CPP_MIN_LOG_LEVEL does not silence: logged through absl before
 # TensorFlow reads it (oneDNN's notice, at every import), info and warnings only.
 _STARTUP_NOISE = re.compile(
@@ -50,7 +49,8 @@ class Console:
         self.rank_hosts, self.all_ranks, self.quiet_startup = rank_hosts, all_ranks, quiet_startup
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.tty = self.out.isatty()
-        # mpirun prefixes only what follows a newline: a piece after a carriage return is the same worker's.
+        # mpirun prefixes only what follows a newline: a piece after a carriage return is the same
+        # worker's.
         self.continued_pieces = continued_pieces
         self._open: dict[
             str, tuple[int, str]
@@ -89,9 +89,8 @@ class Console:
         text = text.replace("\b", "")  # Keras's bar backs over itself before its carriage return
         body = text.rstrip("\r\n")
         end = text[len(body) :]
-        if (
-            not self.tty
-        ):  # a file: each redraw a line of its own, the blank ones that erase a bar dropped
+        # a file: each redraw a line of its own, the blank ones that erase a bar dropped
+        if not self.tty:
             body = _ANSI.sub("", body)
             if end == "\r":
                 body, end = body.rstrip(), ("\n" if body.strip() else "")

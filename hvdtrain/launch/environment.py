@@ -32,15 +32,14 @@ def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvir
     if not env.get("MLFLOW_TRACKING_URI"):
         if multi_host:
             print(
-                "hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's local store "
-                "is used; set it to a shared tracking server",
+                "hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's "
+                "local store is used; set it to a shared tracking server",
                 file=sys.stderr,
             )
         env["MLFLOW_TRACKING_URI"] = _prepared_local_store()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault(
-        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"
-    )  # the summary names the run, once
+    # the summary names the run, once
+    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
     if multi_host:
         env[worker_guard.LAUNCHER_HOST_ENV] = socket.gethostname()
@@ -59,7 +58,8 @@ def _prepared_local_store() -> str:
     if done.returncode != 0:
         last = [line for line in done.stderr.splitlines() if line.strip()]
         raise UsageError(
-            f"cannot prepare the local MLflow store: {last[-1] if last else f'exit {done.returncode}'}"
+            "cannot prepare the local MLflow store: "
+            f"{last[-1] if last else f'exit {done.returncode}'}"
         )
     return done.stdout.strip().splitlines()[-1]
 

@@ -30,7 +30,8 @@ def parse_host_list(text: str) -> Hosts:
 
 
 def read_hostfile(path: Path) -> Hosts:
-    """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment), as MPI reads them."""
+    """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment),
+    as MPI reads them."""
     if not path.is_file():
         raise UsageError(f"hostfile not found: {path}")
     hosts = []
@@ -73,7 +74,7 @@ def discover_hosts(script: str) -> Hosts:
             f"host discovery script {script} exited with status {done.returncode}: {detail}"
         )
     hosts = []
-    for line in filter(None, (l.strip() for l in done.stdout.splitlines())):
+    for line in filter(None, (raw.strip() for raw in done.stdout.splitlines())):
         match = re.fullmatch(r"([^:\s]+):([1-9]\d*)", line)
         if not match:
             raise UsageError(

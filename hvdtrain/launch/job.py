@@ -124,7 +124,8 @@ def build_command(job: Job, plan: preflight.Plan | None = None) -> list[str]:
             worker_guard.__name__,
             sys.executable,
         ]
-    # Under MPI the default port is left to environment's ssh keepalives (horovodrun would override its ssh options).
+    # Under MPI the default port is left to environment's ssh keepalives (horovodrun would override
+    # its ssh options).
     port = [] if request.mpi and request.ssh_port == 22 else ["-p", str(request.ssh_port)]
     return [
         *horovodrun.COMMAND,
@@ -140,7 +141,8 @@ def build_command(job: Job, plan: preflight.Plan | None = None) -> list[str]:
 
 
 def _preflight(job: Job) -> preflight.Plan | None:
-    """The pre-flight checks of a job on several hosts (``UsageError``), and the network they chose."""
+    """The pre-flight checks of a job on several hosts
+    (``UsageError``), and the network they chose."""
     request = job.request
     return preflight.check(
         preflight.Request(

@@ -158,7 +158,8 @@ class JobMonitor:
             if text.strip() in ("Terminated", "Killed") or (
                 self.mpi and parsers.is_mpi_frame(text)
             ):
-                return False  # the worker's shell reporting its death (the summary says it), or mpirun's frame
+                # the worker's shell reporting its death (the summary says it), or mpirun's frame
+                return False
             if stream == "stderr":
                 return self._inspect_worker_stderr(rank, text)
             return True
@@ -167,9 +168,8 @@ class JobMonitor:
             shown = notices.feed(line)
             for rank, status in notices.failures:
                 self._record_failure(rank, status)
-            if shown != [
-                line
-            ]:  # mpirun's framed notice: held back until it ends, dropped if about a failure
+            # mpirun's framed notice: held back until it ends, dropped if about a failure
+            if shown != [line]:
                 for held in shown:
                     self.console.show(held, "stderr")
                 return False
@@ -185,9 +185,8 @@ class JobMonitor:
         if parsers.is_termination_notice(line):
             return False
         if self.launcher_error or line.startswith("Traceback (most recent call last):"):
-            self.launcher_error.append(
-                line
-            )  # horovodrun's own traceback: summarised or printed at the end
+            # horovodrun's own traceback: summarised or printed at the end
+            self.launcher_error.append(line)
             return False
         return True
 
@@ -198,20 +197,20 @@ class JobMonitor:
             self.gloo_timeouts.setdefault(rank, seconds)
             self._record_failure(rank, 1)  # the rank is about to exit: no need to wait for it
             return False
-        return (
-            PEER_FAILURE_MARKERS[1] not in text
-        )  # Horovod's C++ line; the rank's own line follows
+        # Horovod's C++ line; the rank's own line follows
+        return PEER_FAILURE_MARKERS[1] not in text
 
     def _warn_stalls(self) -> None:
-        """One line per stall warning Horovod printed (the report is complete once its lines stop)."""
+        """One line per stall warning Horovod printed
+        (the report is complete once its lines stop)."""
         with self._lock:
             reports = [r for p in self.stalls.values() for r in p.take_finished(idle_s=0.3)]
         for report in reports:
             if not report.shutdown:
                 with self._lock:
                     self.console.say(
-                        f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is stopped "
-                        f"if this lasts past the hang timeout"
+                        f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is "
+                        "stopped if this lasts past the hang timeout"
                     )
 
     def _record_failure(self, rank: int, status: int) -> None:
@@ -268,14 +267,20 @@ class JobMonitor:
     def _reason(self, rank: int, status: int) -> str:
         stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
         if stall is not None:
-            return f"{stall.summary()} (ranks diverged: different step counts, or a collective only some ranks call?)"
+            return (
+                f"{stall.summary()} (ranks diverged: different step counts, or a collective "
+                "only some ranks call?)"
+            )
         waited = (
             f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s"
             if rank in self.gloo_timeouts
             else ""
         )
         if self.frozen:
-            return f"{self._workers(list(self.frozen))} stopped responding (process frozen, e.g. SIGSTOP){waited}"
+            return (
+                f"{self._workers(list(self.frozen))} stopped responding (process frozen, e.g. "
+                f"SIGSTOP){waited}"
+            )
         lost = (
             self._lost.result()
             if self._lost and (rank in self.gloo_timeouts or status == 255)
@@ -285,13 +290,16 @@ class JobMonitor:
             host, why = next(iter(lost.items()))
             on_it = sorted(r for r, h in self.rank_hosts.items() if h == host)
             workers = f" ({self._workers(on_it).replace(f' on {host}', '')})" if on_it else ""
-            return f"host {host}{workers} is unreachable ({why}: its link or the host went down){waited}"
+            return (
+                f"host {host}{workers} is unreachable ({why}: its link or the host went "
+                f"down){waited}"
+            )
         if rank == parsers.DAEMON_LOST:
             return "mpirun lost its connection to a host's daemon (a host or its link went down?)"
         if rank in self.gloo_timeouts:
             return (
-                f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
-                f"(Gloo timeout: a frozen or unreachable worker?)"
+                f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that "
+                "did not answer (Gloo timeout: a frozen or unreachable worker?)"
             )
         return f"{self._workers([rank])} {parsers.describe_status(status)}"
 
@@ -338,7 +346,7 @@ def _launcher_reason(lines: list[str]) -> str:
     named = parsers.first_exit("".join(lines))
     if named:
         return named
-    last = [l.strip() for l in lines if l.strip()]
+    last = [line.strip() for line in lines if line.strip()]
     return last[-1] if last else "horovodrun failed without a message"
 
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from ..core.failures import PEER_FAILURE_MARKERS
 from . import worker_guard
 
-_WORKER_LINE = re.compile(
-    r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S
-)  # horovodrun's, mpirun's
+# horovodrun's, mpirun's
+_WORKER_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
 _PROCESS_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.\s*$")
 _TERMINATING = re.compile(r"^Terminating remaining workers after failure of Process \d+\.\s*$")
 _STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) seconds")
@@ -164,8 +163,8 @@ class StallReport:
         tensors = sorted({t for names in self.missing.values() for t in names})
         more = f" and {len(tensors) - 1} more" if len(tensors) > 1 else ""
         return (
-            f"ranks {sorted(self.missing)} did not join collective '{tensors[0] if tensors else '?'}'{more} "
-            f"for {self.seconds} s"
+            f"ranks {sorted(self.missing)} did not join collective "
+            f"'{tensors[0] if tensors else '?'}'{more} for {self.seconds} s"
         )
 
 

@@ -212,9 +212,9 @@ def probe(host: str, request: Request, arguments: dict) -> HostReport:
 
 def _ssh_problem(host: str, port: int, stderr: str) -> str:
     lines = [
-        l.strip()
-        for l in stderr.splitlines()
-        if l.strip() and not l.startswith("Warning: Permanently")
+        line.strip()
+        for line in stderr.splitlines()
+        if line.strip() and not line.startswith("Warning: Permanently")
     ]
     said = lines[-1] if lines else "no error output"
     copy_id = f"ssh-copy-id{'' if port == 22 else f' -p {port}'} {host}"
@@ -222,8 +222,8 @@ def _ssh_problem(host: str, port: int, stderr: str) -> str:
         methods = denied.group(1).split(",")
         if "password" in methods or "keyboard-interactive" in methods:
             return (
-                f"host {host} asks for an SSH password (ssh: {said}): hvdtrain run logs in to every host "
-                f"without a prompt; set up key login, e.g. {copy_id}"
+                f"host {host} asks for an SSH password (ssh: {said}): hvdtrain run logs in to "
+                f"every host without a prompt; set up key login, e.g. {copy_id}"
             )
         return (
             f"host {host} refused this machine's SSH key (ssh: {said}): add the key to {host}'s "
@@ -231,8 +231,8 @@ def _ssh_problem(host: str, port: int, stderr: str) -> str:
         )
     if "Host key verification failed" in said:
         return (
-            f"host {host}'s SSH host key differs from the one in known_hosts (ssh: {said}): if {host} was "
-            f"reinstalled, ssh-keygen -R {host}"
+            f"host {host}'s SSH host key differs from the one in known_hosts (ssh: {said}): if "
+            f"{host} was reinstalled, ssh-keygen -R {host}"
         )
     return f"host {host}: ssh failed (ssh: {said})"
 
@@ -284,9 +284,10 @@ def _host_problems(
         )
     elif loopback := [a for a in report.own_addresses if _loopback(a)]:
         problems.append(
-            f"host {host} resolves its own name {report.hostname} to {loopback[0]} (loopback, as in "
-            f"Debian's default /etc/hosts): Horovod's Gloo would tell the other hosts to connect there; "
-            f"map {report.hostname} to its address on the hosts' network in {host}'s /etc/hosts"
+            f"host {host} resolves its own name {report.hostname} to {loopback[0]} (loopback, as "
+            "in Debian's default /etc/hosts): Horovod's Gloo would tell the other hosts to "
+            f"connect there; map {report.hostname} to its address on the hosts' network in "
+            f"{host}'s /etc/hosts"
         )
     for package, expected in versions.items():
         found = report.versions.get(package)
@@ -297,8 +298,8 @@ def _host_problems(
             )
     if request.mpi and not report.commands.get("orted", True):
         problems.append(
-            f"host {host} has no Open MPI (orted is not on the PATH of an ssh login there): install "
-            f"openmpi-bin there, or drop --mpi"
+            f"host {host} has no Open MPI (orted is not on the PATH of an ssh login there): "
+            "install openmpi-bin there, or drop --mpi"
         )
     return problems
 
@@ -334,8 +335,8 @@ def _interface(request: Request, reports: list[HostReport]) -> tuple[str | None,
         hosts = "; ".join(f"{r.host}: {listed(r)}" for r in reports)
         return None, [
             f"no network interface name is on every host with its own address ({hosts}): Horovod "
-            f"binds to one interface name on all hosts; give the hosts' interfaces on one network the same "
-            f"name, then pass --network-interface NAME"
+            "binds to one interface name on all hosts; give the hosts' interfaces on one network "
+            "the same name, then pass --network-interface NAME"
         ]
     # Several (eth0 and ib0, say): the one on a single subnet across hosts, then the first name.
     return min(
@@ -358,13 +359,14 @@ def _rendezvous(
         ), []
     tried = ", ".join(f"{_address(i)} ({n})" for n, i in sorted(launcher.items()))
     return None, [
-        f"host {r.host} cannot connect to this machine at {tried}, where the job's rendezvous server "
-        f"runs: run hvdtrain run on one of the hosts, or on a machine they can connect to"
+        f"host {r.host} cannot connect to this machine at {tried}, where the job's rendezvous "
+        "server runs: run hvdtrain run on one of the hosts, or on a machine they can connect to"
         for r in reports
         if not r.reached
     ] or [
-        f"the hosts reach this machine at no common address ({'; '.join(f'{r.host}: {r.reached}' for r in reports)}): "
-        f"run hvdtrain run on one of the hosts"
+        "the hosts reach this machine at no common address "
+        f"({'; '.join(f'{r.host}: {r.reached}' for r in reports)}): run hvdtrain run on one of the "
+        "hosts"
     ]
 
 

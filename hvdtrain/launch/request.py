@@ -80,7 +80,8 @@ def check(request: Request) -> Job:
 
 
 def _hang_timeout(given: int | None) -> int:
-    """``--hang-timeout`` when given, else ``$HVDTRAIN_HANG_TIMEOUT`` or the default: parsed once."""
+    """``--hang-timeout`` when given,
+    else ``$HVDTRAIN_HANG_TIMEOUT`` or the default: parsed once."""
     try:
         return tuning.hang_timeout() if given is None else tuning.check_hang_timeout(given)
     except ValueError as err:
@@ -150,8 +151,8 @@ def _check_elastic(request: Request) -> tuple[int, int, Hosts]:
         raise UsageError(f"-np {np} must lie within {bounds}")
     if slots < np:
         print(
-            f"hvdtrain: warning: the discovery script offers {slots} slots for -np {np}; horovodrun "
-            f"waits for more (up to its --elastic-timeout)",
+            f"hvdtrain: warning: the discovery script offers {slots} slots for -np {np}; "
+            "horovodrun waits for more (up to its --elastic-timeout)",
             file=sys.stderr,
         )
     return np, min_np, hosts

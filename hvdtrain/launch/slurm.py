@@ -70,9 +70,9 @@ def check_launcher(env: Mapping[str, str] = os.environ) -> None:
     tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
     if tasks > 1:
         raise SlurmError(
-            f"started by srun as task {env.get('SLURM_PROCID', '?')} of {tasks} (step {step_name(env)}): "
-            f"each task would launch its own job; run hvdtrain run once, in the batch script or salloc "
-            f"shell, without srun"
+            f"started by srun as task {env.get('SLURM_PROCID', '?')} of {tasks} (step "
+            f"{step_name(env)}): each task would launch its own job; run hvdtrain run once, in the "
+            "batch script or salloc shell, without srun"
         )
 
 
@@ -86,7 +86,7 @@ def check_world_size(alloc: Allocation, np: int | None) -> int:
     return alloc.tasks
 
 
-# --- Slurm's compressed lists ----------------------------------------------------------------------
+# --- Slurm's compressed lists ---------------------------------------------------------------------
 
 
 def expand_hostlist(text: str) -> list[str]:

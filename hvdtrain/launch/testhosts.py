@@ -46,7 +46,8 @@ MANUAL = "manual"  # owner of a set made by ``hvdtrain test-hosts up``: kept unt
 
 
 class TestHostsError(RuntimeError):
-    """The machine cannot make test hosts (not root, a missing tool); the message says what to do."""
+    """The machine cannot make test hosts (not root, a missing tool);
+    the message says what to do."""
 
 
 def unavailable_reason() -> str | None:
@@ -133,7 +134,7 @@ class TestHosts:
             remove(self.instance)
             self.instance = None
 
-    # --- what tests do to hosts --------------------------------------------------------------------
+    # --- what tests do to hosts -------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
@@ -222,8 +223,9 @@ class TestHosts:
             _edit_block(
                 SSH_CONFIG,
                 self._marker,
-                f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n  StrictHostKeyChecking no\n"
-                f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n",
+                f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n"
+                "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+                "  ConnectTimeout 5\n",
             )
 
     def cut(self, name: str) -> None:
@@ -262,7 +264,8 @@ class TestHosts:
         pid = self._sshd_pid(host)
         if pid is None:
             raise TestHostsError(f"test host {name} is stopped")
-        # Entering a mount namespace moves to its root directory: the working directory is set again.
+        # Entering a mount namespace moves to its root directory: the working directory is set
+        # again.
         workdir = os.fspath(popen.pop("cwd", None) or os.getcwd())
         return subprocess.Popen(
             [
@@ -375,7 +378,7 @@ class TestHosts:
         return False
 
 
-# --- instances: numbered sets, one owner each --------------------------------------------------------
+# --- instances: numbered sets, one owner each -----------------------------------------------------
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """One process at a time edits instances and the shared files (/etc/hosts, ~/.ssh/config)."""
@@ -465,7 +468,8 @@ def _netns_names() -> list[str]:
 
 
 def _kill_all(namespace: str) -> list[int]:
-    """SIGKILL every process in ``namespace`` until none is left (for up to 2.5 s); the survivors."""
+    """SIGKILL every process in ``namespace`` until none is left
+    (for up to 2.5 s); the survivors."""
     for _ in range(50):
         pids = _netns_pids(namespace)
         if not pids:

@@ -29,15 +29,15 @@ class Block(nn.Module):
             .view(batch, length, 3, self.heads, width // self.heads)
             .permute(2, 0, 3, 1, 4)
         )
-        attended = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True
-        )  # each byte sees only its past
+        # each byte sees only its past
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, length, width))
         return x + self.mlp(self.norm2(x))
 
 
 class GPT(nn.Module):
-    """Byte and position embeddings, ``layers`` blocks, a final norm and a linear head to 256 logits."""
+    """Byte and position embeddings, ``layers`` blocks,
+    a final norm and a linear head to 256 logits."""
 
     def __init__(self, block: int, d_model: int, layers: int, heads: int):
         super().__init__()

@@ -48,9 +48,8 @@ def read_shard(
     per_rank = samples_per_rank(total, size)
     first = rank * per_rank % total
     spans = [(first, min(first + per_rank, total))]
-    if (
-        first + per_rank > total
-    ):  # the padded end of the last blocks: the dataset's first rows again
+    # the padded end of the last blocks: the dataset's first rows again
+    if first + per_rank > total:
         spans.append((0, first + per_rank - total))
     pieces = []
     for lo, hi in spans:

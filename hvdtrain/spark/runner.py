@@ -128,10 +128,12 @@ def _reason(err: Exception, spark_errors: list[BaseException]) -> str:
     text = str(err)
     if exited := first_exit(text):
         return exited
-    if lost := _LOST.search(
-        text
-    ):  # the task that ran the rank is gone: nobody is left to report a status
-        return f"worker {lost.group(1)} lost with its Spark executor (no exit status: the executor or its host died)"
+    # the task that ran the rank is gone: nobody is left to report a status
+    if lost := _LOST.search(text):
+        return (
+            f"worker {lost.group(1)} lost with its Spark executor (no exit status: the "
+            "executor or its host died)"
+        )
     if spark_errors:
         return _spark_reason(spark_errors[0])
     return f"{type(err).__name__}: {first_line(err)}"

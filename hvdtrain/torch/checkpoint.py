@@ -38,8 +38,8 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> Path | None:
     """Write ``directory/step-<step>.pt`` atomically; call it on every rank: a sharded optimizer's
-    state is gathered from all of them, then rank 0 writes while the others wait with it (``on_main``:
-    a slow save is no hang). Returns the path on rank 0."""
+    state is gathered from all of them, then rank 0 writes while the others wait with it
+    (``on_main``: a slow save is no hang). Returns the path on rank 0."""
     optimizer_state = optimizer.state_dict() if optimizer is not None else None
     return on_main(
         current(),
@@ -130,7 +130,8 @@ def load_checkpoint(
         return None
     broadcast_state(model)
     if optimizer is not None:
-        # The file's optimizer state, not rank 0's: a sharded optimizer holds only its own partition.
+        # The file's optimizer state, not rank 0's: a sharded optimizer holds only its own
+        # partition.
         optimizer_state = ctx.broadcast_object(restored.get("optimizer"), 0)
         if optimizer_state is not None and not ctx.is_main:
             optimizer.load_state_dict(optimizer_state)

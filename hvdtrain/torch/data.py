@@ -67,7 +67,8 @@ class _ShardSampler(DistributedSampler):
 
 
 class EvalShard(Sampler[int]):
-    """Every ``size``-th index from ``rank`` of the job at iteration time: each sample once over ranks."""
+    """Every ``size``-th index from ``rank`` of the job at iteration time:
+    each sample once over ranks."""
 
     def __init__(self, length: int):
         self.length = length

@@ -1,4 +1,5 @@
-"""Elastic training for torch: the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+"""Elastic training for torch:
+the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class TorchSnapshot:
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
-        self.optimizer.zero_grad()  # after load_state_dict: the interrupted step's gradients must not carry over
+        # after load_state_dict: the interrupted step's gradients must not carry over
+        self.optimizer.zero_grad()
 
     def broadcast(self) -> None:
         broadcast_state(self.model, self.optimizer)

@@ -1,4 +1,5 @@
-"""An optional ``fit`` loop for users who want one: every piece of ``hvdtrain.torch`` wired together."""
+"""An optional ``fit`` loop for users who want one:
+every piece of ``hvdtrain.torch`` wired together."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from ..core.guards import UserError
 
 # Horovod's DistributedOptimizer: False inside ``skip_synchronize()``.
 SHOULD_SYNCHRONIZE = "_should_synchronize"
-# Horovod's DistributedOptimizer: parameter -> (allreduce handle, context) of the pending allreduces.
+# Horovod's DistributedOptimizer: parameter -> (allreduce handle, context) of the pending
+# allreduces.
 HANDLES = "_handles"
 # torch's LRScheduler: what ``get_last_lr()`` returns, set after a rescale of the LR.
 LAST_LR = "_last_lr"
@@ -83,7 +84,8 @@ def set_should_synchronize(optimizer: torch.optim.Optimizer, value: bool) -> Non
 
 
 def pending_handles(optimizer: torch.optim.Optimizer) -> list[Any]:
-    """The handles of the allreduces Horovod started for this step (None or a callable: none yet)."""
+    """The handles of the allreduces Horovod started for this step
+    (None or a callable: none yet)."""
     return [handle for handle, _ in list(getattr(optimizer, HANDLES).values())]
 
 
@@ -92,5 +94,6 @@ def set_last_lr(scheduler: Any, lrs: Iterable[float]) -> None:
 
 
 def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict:
-    """device -> the flag ``scaler.unscale_(optimizer)`` set: 1.0 if a gradient held an inf or NaN."""
+    """device -> the flag ``scaler.unscale_(optimizer)`` set:
+    1.0 if a gradient held an inf or NaN."""
     return getattr(scaler, PER_OPTIMIZER_STATES)[id(optimizer)][FOUND_INF]

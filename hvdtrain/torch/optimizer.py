@@ -32,7 +32,8 @@ class _Policy:
     """hvdtrain's state on a Horovod optimizer, whose ``step``/``synchronize`` it replaces.
 
     Order per step: allreduce (once), average accumulated micro-batches, clip, apply with the
-    warmup multiplier, then at a due step the tripwire (``core.tripwire``). The instance keeps its class, so schedulers and ``isinstance`` still work.
+    warmup multiplier, then at a due step the tripwire (``core.tripwire``). The instance keeps its
+    class, so schedulers and ``isinstance`` still work.
     """
 
     def __init__(
@@ -55,7 +56,8 @@ class _Policy:
         torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), self.max_grad_norm)
 
     def parameters(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-        """The model's parameters this optimizer updates (what the tripwire compares across ranks)."""
+        """The model's parameters this optimizer updates
+        (what the tripwire compares across ranks)."""
         return [p for group in opt.param_groups for p in group["params"]]
 
     def apply(self, opt: torch.optim.Optimizer, closure=None):
@@ -177,9 +179,8 @@ def wrap_optimizer(
         )
         if optimizer.state:
             distributed.load_state_dict(optimizer.state_dict())
-        if (
-            not elastic.enabled()
-        ):  # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+        # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+        if not elastic.enabled():
             broadcast_state(model, distributed)
         distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
         distributed.synchronize = types.MethodType(_synchronize, distributed)
@@ -213,7 +214,8 @@ def broadcast_scheduler(scheduler: Any) -> None:
 
 
 def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
-    """Re-scale LRs set for another world size (a checkpoint's, or before an elastic change) to this one."""
+    """Re-scale LRs set for another world size (a checkpoint's, or before an
+    elastic change) to this one."""
     options = getattr(optimizer, "hvdtrain_options", None)
     if options is None:
         return

@@ -9,11 +9,11 @@ from ..core import tripwire
 from ._context import current
 
 CAUSES = tripwire.Causes(
-    not_reduced="the optimizer stepped without hvdtrain's gradient allreduce (step() inside skip_synchronize() "
-    "with no synchronize() before it, or a Horovod release whose DistributedOptimizer no longer "
-    "reduces in synchronize())",
-    diverged="a rank changed its weights outside the optimizer step, or its update did not use the averaged "
-    "gradients",
+    not_reduced="the optimizer stepped without hvdtrain's gradient allreduce (step() inside "
+    "skip_synchronize() with no synchronize() before it, or a Horovod release whose "
+    "DistributedOptimizer no longer reduces in synchronize())",
+    diverged="a rank changed its weights outside the optimizer step, or its update did not use "
+    "the averaged gradients",
 )
 
 

@@ -141,7 +141,8 @@ class _ShardedOptimizer:
 
     @contextlib.contextmanager
     def skip_synchronize(self):
-        """Inside, ``step`` uses the shards' gradients as they are (after an explicit ``synchronize``)."""
+        """Inside, ``step`` uses the shards' gradients as they are
+        (after an explicit ``synchronize``)."""
         internals.set_should_synchronize(self, False)
         try:
             yield
@@ -318,7 +319,8 @@ def shard(
     scale: float,
     max_grad_norm: float | None,
 ) -> torch.optim.Optimizer:
-    """``optimizer`` (LR already scaled) made sharded, with rank 0's parameters and state everywhere."""
+    """``optimizer`` (LR already scaled) made sharded,
+    with rank 0's parameters and state everywhere."""
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
     ctx = current()
@@ -327,7 +329,8 @@ def shard(
     layout = _Layout(
         [list(g["params"]) for g in optimizer.param_groups], ctx.rank, ctx.size, options
     )
-    # A subclass of the user's class, like Horovod's DistributedOptimizer: isinstance and schedulers work.
+    # A subclass of the user's class, like Horovod's DistributedOptimizer: isinstance and schedulers
+    # work.
     cls = type(optimizer)
     sharded = object.__new__(type(cls.__name__, (_ShardedOptimizer, cls), {}))
     sharded.__dict__.update(optimizer.__dict__)
@@ -373,7 +376,8 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def _is_shard_wide(value: Any, numel: int) -> bool:
-    """One value per element of the shard (Adam's moments), as opposed to per-parameter scalars (step)."""
+    """One value per element of the shard (Adam's moments),
+    as opposed to per-parameter scalars (step)."""
     return torch.is_tensor(value) and value.dim() == 1 and value.shape[0] == numel
 
 

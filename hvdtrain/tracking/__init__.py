@@ -1,6 +1,7 @@
 """MLflow tracking shared by the torch and Keras adapters: one run per job, never stalling training.
 
-    tracker = tracking.start(config={...}, checkpoint_dir=ckpt, resume=True)  # every rank, after init()
+    # every rank, after init():
+    tracker = tracking.start(config={...}, checkpoint_dir=ckpt, resume=True)
     tracker.log_params(tracking.training_params(ctx, options, base_lr=0.1, per_rank_batch_size=32))
     tracker.log_step(step, {"loss": loss}, lr=lr, samples=batch_size)   # every rank
     tracker.finish()

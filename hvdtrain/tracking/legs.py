@@ -93,7 +93,8 @@ def record_journal(journal: Path) -> None:
         recorded = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
         content = json.dumps({**recorded, "journal": str(journal)})
         atomic_write(path, lambda tmp: Path(tmp).write_text(content, encoding="utf-8"))
-    except Exception as err:  # noqa: BLE001 - best effort: the job's own warning names the journal too
+    # best effort: the job's own warning names the journal too
+    except Exception as err:  # noqa: BLE001
         log.warning("hvdtrain: could not record the tracking journal in %s: %s", path, err)
 
 
@@ -115,7 +116,8 @@ def leg_artifact_path(artifact_path: str | None, leg: int) -> str | None:
 def mark_failed(run_file: Path, reason: str) -> None:
     """Mark the job's MLflow run FAILED with ``reason`` (tag hvdtrain.failure), its metrics kept:
     what a launcher (``hvdtrain run``, ``hvdtrain.spark.run``) does when the job failed. Rank 0's
-    tracker wrote the run's id to ``run_file``; bounded, so a dead server cannot hold the launcher."""
+    tracker wrote the run's id to ``run_file``; bounded, so a dead server cannot
+    hold the launcher."""
     try:
         run = json.loads(run_file.read_text())
         run_id, uri = run["run_id"], run["tracking_uri"]

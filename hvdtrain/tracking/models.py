@@ -34,7 +34,8 @@ def log_model(
     registered_model_name: str | None = None,
     save_first: bool = False,
 ) -> str | None:
-    """``flavor``'s ``save_model(<model_arg>=model, ...)`` logged under ``name``; returns the model URI.
+    """``flavor``'s ``save_model(<model_arg>=model, ...)`` logged under
+    ``name``; returns the model URI.
 
     ``Model.log`` is what ``mlflow.<flavor>.log_model`` calls; it is used directly because it takes
     the run id, so the run need not be MLflow's (process-global) active run. ``save_first`` saves

@@ -86,7 +86,8 @@ class Sender:
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
-        """Journal ``record``, then queue it (or leave it to the journal while the queue is full)."""
+        """Journal ``record``, then queue it
+        (or leave it to the journal while the queue is full)."""
         with self._cond:
             if not self._writable:  # no journal (a warning said why): memory only, unbounded
                 self._queue.append((0, record))
@@ -140,8 +141,8 @@ class Sender:
                 )
             elif unsent:
                 log.warning(
-                    "hvdtrain: MLflow tracking data not sent: the server is unreachable and there is no "
-                    "journal to keep it in (see the warning above)"
+                    "hvdtrain: MLflow tracking data not sent: the server is unreachable and there "
+                    "is no journal to keep it in (see the warning above)"
                 )
             if not unsent:
                 shutil.rmtree(self._artifacts, ignore_errors=True)
@@ -150,9 +151,8 @@ class Sender:
                 _remove_if_empty(self._journal.path.parent)
                 self._journal, self._writable = None, False
             elif self._journal is not None and not self._thread.is_alive():
-                self._journal.close(
-                    delete=False
-                )  # nothing in flight: the lock is released for a sync
+                # nothing in flight: the lock is released for a sync
+                self._journal.close(delete=False)
                 self._journal, self._writable = None, False
         return self.kept
 
@@ -161,8 +161,8 @@ class Sender:
             return self._journal.append(record)
         except OSError as err:  # a full disk: keep tracking in memory, as without a journal
             log.warning(
-                "hvdtrain: tracking journal %s cannot be written (%s); unsent tracking data is kept in "
-                "memory only from now on",
+                "hvdtrain: tracking journal %s cannot be written (%s); unsent tracking data is "
+                "kept in memory only from now on",
                 self._journal.path,
                 err,
             )
@@ -184,7 +184,8 @@ class Sender:
                 batch = self._head()
             try:
                 self._send([record for _, record in batch])
-            except Exception as err:  # noqa: BLE001 - any tracking failure is a warning, never a crash
+            # any tracking failure is a warning, never a crash
+            except Exception as err:  # noqa: BLE001
                 if self._run_open and not delivery.is_retryable(err):
                     log.warning(
                         "hvdtrain: MLflow rejected a %s record, dropping it: %s",
@@ -238,10 +239,11 @@ class Sender:
             try:
                 self._previous_params = delivery.open_run(self.client, self.spec)
                 self._run_open = True
+                # unrecorded: sync finds the run by its tag
                 with (
                     self._cond,
                     contextlib.suppress(OSError),
-                ):  # unrecorded: sync finds the run by its tag
+                ):
                     if self._writable:
                         self._journal.mark_opened(self.spec)
             finally:

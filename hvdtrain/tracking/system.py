@@ -22,12 +22,14 @@ from typing import Any
 
 from .legs import log
 
-ENABLE_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch (mlflow.enable_system_metrics_logging)
+# MLflow's own switch (mlflow.enable_system_metrics_logging)
+ENABLE_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
 STOP_TIMEOUT_S = 10.0
 
 
 def wanted(asked: bool | None) -> bool:
-    """``asked``, or when the caller left it open, MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``."""
+    """``asked``, or when the caller left it open,
+    MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``."""
     return (
         asked
         if asked is not None
@@ -54,21 +56,24 @@ def plan_for_hosts(uri: str, continued: bool, hostnames: Sequence[str]) -> dict[
 def start_on_this_host(
     local_rank: int, hostnames: Sequence[str], run_id: str | None, plan: dict[str, Any] | None
 ) -> Any:
-    """Not rank 0: this host's monitor when this process is its local rank 0 (none on rank 0's host)."""
+    """Not rank 0: this host's monitor when this process is its local rank 0
+    (none on rank 0's host)."""
     if plan is None or run_id is None or local_rank != 0 or socket.gethostname() == hostnames[0]:
         return None
     return start(run_id, plan["uri"], socket.gethostname(), plan["continued"])
 
 
 def start(run_id: str, uri: str, node: str | None, continued: bool) -> Any:
-    """MLflow's sampler of this host, logging to the run every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
-    s (default 10); ``None``, with one warning, when it cannot start."""
+    """MLflow's sampler of this host, logging to the run every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s (default 10); ``None``, with one
+    warning, when it cannot start."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         from .store import bound_http_calls
 
-        bound_http_calls()  # a dead server's retries end within seconds (rank 0's process has them already)
+        # a dead server's retries end within seconds (rank 0's process has them already)
+        bound_http_calls()
         monitor = SystemMetricsMonitor(
             run_id, resume_logging=continued, node_id=node, tracking_uri=uri
         )
@@ -85,7 +90,8 @@ def start(run_id: str, uri: str, node: str | None, continued: bool) -> Any:
 
 
 def stop(monitor: Any, timeout: float = STOP_TIMEOUT_S) -> None:
-    """Stop sampling and send the last samples, waiting at most ``timeout`` s (a dead server's retries)."""
+    """Stop sampling and send the last samples, waiting at most ``timeout`` s
+    (a dead server's retries)."""
     closing = threading.Thread(
         target=monitor.finish, name="hvdtrain-system-metrics-stop", daemon=True
     )

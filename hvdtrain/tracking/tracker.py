@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
@@ -33,6 +33,9 @@ from . import legs, records, system
 from .legs import log
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
+
+if TYPE_CHECKING:
+    from .sender import Sender  # imports MLflow: at run time only rank 0 does, when it starts
 
 HANDBACK_TIMEOUT_S = 10.0  # a process no longer rank 0 sends what it still holds within this
 
@@ -69,9 +72,8 @@ class Tracker:
         self._last_step_time: float | None = None
         self._elastic_job, self._experiment = elastic_job, experiment
         self._params: dict[str, str] = {}  # logged through log_params
-        self._disabled = (
-            ctx.is_main and sender is None
-        )  # rank 0 could not open the run: nothing to take over
+        # rank 0 could not open the run: nothing to take over
+        self._disabled = ctx.is_main and sender is None
 
     @property
     def run_id(self) -> str | None:
@@ -272,9 +274,8 @@ def start(
     opened = on_main(ctx, open_run, "opening the MLflow run") if exchange else open_run()
     run_id, sender, monitor, hosts_plan = opened or (None, None, None, None)
     if exchange:
-        shared = ctx.broadcast_object(
-            {"run_id": run_id, "hosts_plan": hosts_plan}, 0
-        )  # same type on every rank
+        # same type on every rank
+        shared = ctx.broadcast_object({"run_id": run_id, "hosts_plan": hosts_plan}, 0)
         run_id = shared["run_id"]
         if not ctx.is_main:
             monitor = system.start_on_this_host(

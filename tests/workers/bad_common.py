@@ -1,4 +1,5 @@
-"""Shared by the bad-input workers: the flags, and each rank's record of the error that stopped it."""
+"""Shared by the bad-input workers:
+the flags, and each rank's record of the error that stopped it."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def torch_job(out) -> dict:
 
     import hvdtrain.torch as ht
 
-    ctx = ht.init(seed=0)
+    ht.init(seed=0)
     torch.set_default_dtype(torch.float64)
     x, y = map(torch.from_numpy, features())
     order = {}
@@ -73,7 +73,7 @@ def keras_job(out) -> dict:
 
     import hvdtrain.keras as hk
 
-    ctx = hk.init(seed=0)
+    hk.init(seed=0)
     keras.config.set_floatx("float64")
     x, y = features()
     seen: list[list[int]] = []

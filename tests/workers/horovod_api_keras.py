@@ -51,8 +51,8 @@ def data(n: int, embedding: bool = False):
 
 
 def shard(a: np.ndarray, micro: int = 1) -> np.ndarray:
-    """This rank's rows: each global batch of ``size * micro * B`` rows is ``micro`` micro-batches of
-    ``B`` per rank; any partition of the global batch gives the same mean gradient."""
+    """This rank's rows: each global batch of ``size * micro * B`` rows is ``micro`` micro-batches
+    of ``B`` per rank; any partition of the global batch gives the same mean gradient."""
     size, rank, g = hvd.size(), hvd.rank(), hvd.size() * micro * B
     return np.concatenate(
         [a[u * g + (k * size + rank) * B :][:B] for u in range(len(a) // g) for k in range(micro)]
@@ -260,7 +260,8 @@ def load_model(out: Path) -> dict:
 
 
 def plain_optimizer_is_caught() -> str:
-    """A Horovod script that forgot DistributedOptimizer: the broadcast callback's tripwire stops it."""
+    """A Horovod script that forgot DistributedOptimizer:
+    the broadcast callback's tripwire stops it."""
     x, y = data(hvd.size() * B * STEPS)
     net = model()
     net.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")

@@ -23,7 +23,8 @@ def _grads(net: keras.Model, x, y) -> list[np.ndarray]:
 def tape_training() -> dict:
     """The tensorflow2 example's step: DistributedGradientTape, then on the first batch
     broadcast_variables of the model and the optimizer, in a tf.function. Ranks start from their
-    own weights, so step 1 applies the mean of gradients taken at each rank's weights to rank 0's."""
+    own weights, so step 1 applies the mean of gradients taken at each rank's
+    weights to rank 0's."""
     x, y = data(hvd.size() * B * STEPS)
     xs, ys = shard(x), shard(y)
     mnist_model = model(seed=hvd.rank())
@@ -79,7 +80,8 @@ def partial_tape() -> dict:
 
 
 def collectives() -> dict:
-    """allreduce, grouped_allreduce, allgather, broadcast_variables on Keras 3 variables, eager and traced."""
+    """allreduce, grouped_allreduce, allgather, broadcast_variables on Keras 3 variables,
+    eager and traced."""
     a = keras.Variable(np.full((2,), hvd.rank() + 1.0))
     b = keras.Variable(np.full((3,), 10.0 * (hvd.rank() + 1)))
     traced = tf.function(lambda: hvd.grouped_allreduce([a, b], op=hvd.Sum))()

@@ -43,11 +43,12 @@ def _train(model: keras.Model, epoch: int) -> None:
 def _state(model: keras.Model) -> dict:
     return {
         "weights": [w.ravel().tolist() for w in model.get_weights()],
+        # the LR is compared on its own
         "optimizer": [
             np.ravel(v.numpy()).tolist()
             for v in model.optimizer.variables
             if not v.path.endswith("learning_rate")
-        ],  # the LR is compared on its own
+        ],
         "learning_rate": float(model.optimizer.learning_rate.numpy()),
     }
 
@@ -63,7 +64,8 @@ def _truncated_copy(ckpt: Path, into: Path) -> Path:
 
 
 def resume_and_save(ckpt: Path, out: Path) -> dict:
-    """Resume from the newest checkpoint in ``ckpt`` (if any), train one epoch, save; report both states."""
+    """Resume from the newest checkpoint in ``ckpt`` (if any), train one epoch, save;
+    report both states."""
     ctx = hk.current()
     model = _compiled_model(ctx.rank)
     meta = hk.load_checkpoint(ckpt, model)

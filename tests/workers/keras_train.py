@@ -92,9 +92,8 @@ def fit_vs_reference(
     """``fit`` on 2 ranks with ``batch`` samples each vs one process on the global batch."""
     global_batch = 2 * batch * accumulation_steps
     x, y = _data(steps * global_batch)
-    model = _model(
-        hk.current().rank
-    )  # different initial weights per rank: the broadcast must fix them
+    # different initial weights per rank: the broadcast must fix them
+    model = _model(hk.current().rank)
     model.compile(
         optimizer=hk.wrap_optimizer(make_opt(), accumulation_steps=accumulation_steps, **wrap),
         loss="mse",
@@ -104,9 +103,8 @@ def fit_vs_reference(
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda b, logs: after_batch.append(model.get_weights())
     )
-    xs, ys = hk.shard(
-        x, y, shuffle=False
-    )  # rank r gets samples r, r+2, ...: step s covers the global batch s
+    # rank r gets samples r, r+2, ...: step s covers the global batch s
+    xs, ys = hk.shard(x, y, shuffle=False)
     model.fit(
         xs,
         ys,
@@ -152,7 +150,8 @@ def custom_loop(use_apply: bool, steps: int = 10, batch: int = 4) -> dict:
 
 
 def warmup(steps: int = 6, batch: int = 4) -> dict:
-    """SGD 0.05 on 2 ranks, linear scaling (0.1) and 4 warmup steps: 0.05, 0.0625, 0.075, 0.0875, 0.1, 0.1."""
+    """SGD 0.05 on 2 ranks, linear scaling (0.1) and 4 warmup steps:
+    0.05, 0.0625, 0.075, 0.0875, 0.1, 0.1."""
     x, y = _data(steps * 2 * batch)
     model = _model(hk.current().rank)
     model.compile(
@@ -170,7 +169,8 @@ def warmup(steps: int = 6, batch: int = 4) -> dict:
 
 
 def seeds_and_metrics(rank: int) -> dict:
-    """Dropout, per-rank seeds and different data per rank; what callbacks see before/after averaging."""
+    """Dropout, per-rank seeds and different data per rank;
+    what callbacks see before/after averaging."""
     x, y = _data(64)
     model = _model(rank, dropout=0.5)
     initial = model.get_weights()
@@ -271,7 +271,8 @@ def refusals() -> dict:
 
 
 def saved_model(out) -> dict:
-    """A model trained with a wrapped Adam, saved as a plain ``.keras`` file for the test to load."""
+    """A model trained with a wrapped Adam,
+    saved as a plain ``.keras`` file for the test to load."""
     x, y = _data(32)
     model = _model(0)
     model.compile(

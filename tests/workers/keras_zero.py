@@ -1,4 +1,5 @@
-"""Worker for tests/test_zero_keras.py: Keras optimizer-state sharding against the unsharded optimizer."""
+"""Worker for tests/test_zero_keras.py:
+Keras optimizer-state sharding against the unsharded optimizer."""
 
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def suite():
 
 
 def compiled(shard: bool):
-    """lr_scaling="none": with the same global batch, a resumed run on any world size continues the trajectory."""
+    """lr_scaling="none": with the same global batch,
+    a resumed run on any world size continues the trajectory."""
     model = mlp()
     model.compile(
         optimizer=hk.wrap_optimizer(

@@ -36,9 +36,8 @@ def torch_job(args, slow: SlowOnce) -> dict:
     ctx = ht.init(seed=0)
     model = torch.nn.Linear(3, 1)
     optimizer = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.05), model)
-    model.register_state_dict_post_hook(
-        slow
-    )  # a model whose state is slow to gather: its save is slow
+    # a model whose state is slow to gather: its save is slow
+    model.register_state_dict_post_hook(slow)
     slow.arm()
     data = TensorDataset(
         torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.ones(64, 1)
@@ -64,7 +63,8 @@ def keras_job(args, slow: SlowOnce) -> dict:
     ctx = hk.init(seed=0)
 
     class SlowToDescribe(keras.layers.Dense):
-        """A layer whose config takes long to build: saving the model (a checkpoint, a model upload) is slow."""
+        """A layer whose config takes long to build:
+        saving the model (a checkpoint, a model upload) is slow."""
 
         def get_config(self):
             slow()

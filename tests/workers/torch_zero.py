@@ -45,7 +45,8 @@ def flat(model) -> list[float]:
 
 
 def train(model, opt, sched, first, steps, accumulation=1):
-    """Steps ``first``..: each global batch of GLOBAL_BATCH * accumulation samples split over the ranks."""
+    """Steps ``first``..: each global batch of GLOBAL_BATCH * accumulation
+    samples split over the ranks."""
     x, y = data()
     per_rank = GLOBAL_BATCH // ctx.size
     for step in range(first, first + steps):
@@ -94,8 +95,8 @@ def state_numels(opt) -> dict:
 
 
 def equivalence(name, accumulation, compression="none"):
-    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a scheduler,
-    accumulation and clipping."""
+    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a
+    scheduler, accumulation and clipping."""
     model = mlp()
     runs = {}
     for shard in (False, True):
@@ -132,7 +133,8 @@ def suite():
 
 
 def overflow():
-    """AMP: an inf in one rank's gradient lands in one rank's shard; every rank must skip the step."""
+    """AMP: an inf in one rank's gradient lands in one rank's shard;
+    every rank must skip the step."""
     model = mlp()
     opt, _ = wrapped(model, "adamw", shard=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -145,9 +147,8 @@ def overflow():
         )
         scaler.scale(loss).backward()
         if step == 0 and ctx.rank == ctx.size - 1:
-            model[0].weight.grad[0, 0] = float(
-                "inf"
-            )  # element 0: in rank 0's shard after the reduce-scatter
+            # element 0: in rank 0's shard after the reduce-scatter
+            model[0].weight.grad[0, 0] = float("inf")
         opt.synchronize()
         scaler.unscale_(opt)
         zero.agree_on_overflow(opt, scaler)

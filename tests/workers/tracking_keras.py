@@ -1,4 +1,5 @@
-"""2-rank Keras job tracked in MLflow: ``model.fit`` with hvdtrain's callbacks and ``MlflowLogger``."""
+"""2-rank Keras job tracked in MLflow:
+``model.fit`` with hvdtrain's callbacks and ``MlflowLogger``."""
 
 import numpy as np
 

@@ -28,9 +28,8 @@ def torch_job(args, finished: list) -> None:
     if args.fault == "diverged" and ctx.rank == 1:
         with torch.no_grad():
             model[0].bias.add_(0.01)
-    data = torch.Generator().manual_seed(
-        ctx.rank
-    )  # each rank its own batches, as with a sharded loader
+    # each rank its own batches, as with a sharded loader
+    data = torch.Generator().manual_seed(ctx.rank)
     for step in range(1, STEPS + 1):
         x, y = torch.randn(BATCH, 3, generator=data), torch.randn(BATCH, 1, generator=data)
         optimizer.zero_grad()
