@@ -18,8 +18,12 @@ install:
 image:
 	EXTRAS="$(EXTRAS)" TAG="$(or $(TAG),hvdtrain:$(or $(FLAVOR),cpu))" bash scripts/image.sh $(or $(FLAVOR),cpu)
 
+# ruff (pyproject.toml) and hadolint (.hadolint.yaml); CI runs it before the tests. Most findings
+# are fixed by `ruff check --fix .` and `ruff format .`.
 lint: install
-	$(PY) -m pytest -q tests/test_docker.py
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(dir $(PY))hadolint --config .hadolint.yaml Dockerfile
 
 # The documentation site (mkdocs.yml: docs/, with README.md as its home page) into site/; --strict
 # makes a broken link or anchor, or an API reference entry that no longer resolves, an error.

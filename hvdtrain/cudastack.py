@@ -11,6 +11,7 @@ prints one line naming what cannot work and exits 1. ``hvdtrain doctor`` reports
 
 Standard library only at import time (install.sh runs it before hvdtrain is installed).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -62,7 +63,9 @@ def nvcc_version(home: Path | None) -> str | None:
     """``13.0`` from ``nvcc --version`` ('... release 13.0, V13.0.88')."""
     if home is None:
         return None
-    out = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(home / "bin" / "nvcc"), "--version"], capture_output=True, text=True
+    ).stdout
     match = re.search(r"release (\d+\.\d+)", out)
     return match.group(1) if match else None
 
@@ -91,21 +94,32 @@ def nccl_file_owner() -> str | None:
 def torch_facts() -> dict:
     import torch
 
-    return {"version": torch.__version__, "cuda": torch.version.cuda,
-            "requires": [str(r) for r in md.requires("torch") or () if NCCL_DIST.match(r.split("=")[0].strip())]}
+    return {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "requires": [
+            str(r) for r in md.requires("torch") or () if NCCL_DIST.match(r.split("=")[0].strip())
+        ],
+    }
 
 
 def tensorflow_facts() -> dict:
-    """TF's version, the CUDA/cuDNN it was built for and the CUDA wheels of its ``and-cuda`` extra."""
+    """TF's version, the CUDA/cuDNN it was built for and the CUDA wheels of its
+    ``and-cuda`` extra."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     info = tf.sysconfig.get_build_info()
     dist = next((d for d in ("tensorflow", "tensorflow-cpu") if installed(d)), None)
     extra = [r for r in md.requires(dist) or () if 'extra == "and-cuda"' in r] if dist else []
-    return {"dist": dist, "version": tf.__version__, "cuda_build": bool(info.get("is_cuda_build")),
-            "cuda": info.get("cuda_version"), "cudnn": info.get("cudnn_version"),
-            "cuda_wheels": [r.split(";")[0].strip() for r in extra]}
+    return {
+        "dist": dist,
+        "version": tf.__version__,
+        "cuda_build": bool(info.get("is_cuda_build")),
+        "cuda": info.get("cuda_version"),
+        "cudnn": info.get("cudnn_version"),
+        "cuda_wheels": [r.split(";")[0].strip() for r in extra],
+    }
 
 
 def check_frameworks() -> list[str]:
@@ -115,44 +129,65 @@ def check_frameworks() -> list[str]:
 
     torch = torch_facts()
     if torch["cuda"] is None:
-        raise StackError(f"torch {torch['version']} is a CPU build; the gpu flavour needs the CUDA build "
-                         f"pinned in requirements/gpu.txt")
+        raise StackError(
+            f"torch {torch['version']} is a CPU build; the gpu flavour needs the CUDA build "
+            f"pinned in requirements/gpu.txt"
+        )
     home = cuda_home()
     nvcc = nvcc_version(home)
     if nvcc is None:
-        raise StackError(f"no CUDA toolkit (nvcc) found in $CUDA_HOME, /usr/local/cuda or on the PATH: Horovod's "
-                         f"NCCL ops for torch {torch['version']} need nvcc {torch['cuda']}")
+        raise StackError(
+            "no CUDA toolkit (nvcc) found in $CUDA_HOME, /usr/local/cuda or on the PATH: "
+            f"Horovod's NCCL ops for torch {torch['version']} need nvcc {torch['cuda']}"
+        )
     if nvcc.split(".")[0] != torch["cuda"].split(".")[0]:
-        raise StackError(f"nvcc {nvcc} ({home}) cannot build Horovod for torch {torch['version']} (CUDA "
-                         f"{torch['cuda']}): the CUDA major versions differ; use a CUDA {torch['cuda']} toolkit")
+        raise StackError(
+            f"nvcc {nvcc} ({home}) cannot build Horovod for torch {torch['version']} (CUDA "
+            f"{torch['cuda']}): the CUDA major versions differ; use a CUDA {torch['cuda']} toolkit"
+        )
     wheels = nccl_wheels()
     if len(wheels) != 1:
         names = ", ".join(f"{w.dist} {w.version}" for w in wheels) or "none"
         owner = nccl_file_owner() if wheels else None
-        raise StackError(f"exactly one NCCL wheel must be installed, found: {names}"
-                         + (f"; they share nvidia/nccl/lib/libnccl.so.2, now {owner}'s" if owner else "")
-                         + " (TensorFlow's and-cuda extra adds nvidia-nccl-cu12: install requirements/gpu.txt)")
+        raise StackError(
+            f"exactly one NCCL wheel must be installed, found: {names}"
+            + (f"; they share nvidia/nccl/lib/libnccl.so.2, now {owner}'s" if owner else "")
+            + " (TensorFlow's and-cuda extra adds nvidia-nccl-cu12: install requirements/gpu.txt)"
+        )
     nccl = wheels[0]
     if str(nccl.cuda_major) != torch["cuda"].split(".")[0]:
-        raise StackError(f"{nccl.dist} {nccl.version} is built for CUDA {nccl.cuda_major}, torch {torch['version']} "
-                         f"for CUDA {torch['cuda']}: install the NCCL wheel torch requires ({', '.join(torch['requires'])})")
+        raise StackError(
+            f"{nccl.dist} {nccl.version} is built for CUDA {nccl.cuda_major}, torch "
+            f"{torch['version']} for CUDA {torch['cuda']}: install the NCCL wheel torch requires "
+            f"({', '.join(torch['requires'])})"
+        )
     for pin in torch["requires"]:
-        if Requirement(pin).name == nccl.dist and not Requirement(pin).specifier.contains(nccl.version):
-            raise StackError(f"torch {torch['version']} requires {pin}, found {nccl.dist} {nccl.version}")
+        if Requirement(pin).name == nccl.dist and not Requirement(pin).specifier.contains(
+            nccl.version
+        ):
+            raise StackError(
+                f"torch {torch['version']} requires {pin}, found {nccl.dist} {nccl.version}"
+            )
     tf = tensorflow_facts()
     if not tf["cuda_build"]:
-        raise StackError(f"{tf['dist']} {tf['version']} is a CPU build: Keras would train on the CPU of a GPU host; "
-                         f"install tensorflow (requirements/gpu.txt)")
+        raise StackError(
+            f"{tf['dist']} {tf['version']} is a CPU build: Keras would train on the CPU of a GPU "
+            "host; install tensorflow (requirements/gpu.txt)"
+        )
     for text in tf["cuda_wheels"]:
         requirement = Requirement(text)
         if NCCL_DIST.match(requirement.name):
             continue  # the one NCCL is torch's (TensorFlow does not load NCCL)
         version = installed(requirement.name)
         if version is None or not requirement.specifier.contains(version, prereleases=True):
-            raise StackError(f"TensorFlow {tf['version']} (CUDA {tf['cuda']}) needs {text} (its and-cuda extra), "
-                             f"found {version or 'none'}: install requirements/gpu.txt")
-    return [f"torch {torch['version']} (CUDA {torch['cuda']}), nvcc {nvcc} ({home}), {nccl.dist} {nccl.version}, "
-            f"TensorFlow {tf['version']} (CUDA {tf['cuda']}, cuDNN {tf['cudnn']})"]
+            raise StackError(
+                f"TensorFlow {tf['version']} (CUDA {tf['cuda']}) needs {text} (its and-cuda "
+                f"extra), found {version or 'none'}: install requirements/gpu.txt"
+            )
+    return [
+        f"torch {torch['version']} (CUDA {torch['cuda']}), nvcc {nvcc} ({home}), {nccl.dist} "
+        f"{nccl.version}, TensorFlow {tf['version']} (CUDA {tf['cuda']}, cuDNN {tf['cudnn']})"
+    ]
 
 
 def loaded_libraries(pattern: str) -> list[str]:
@@ -191,28 +226,41 @@ def load_in_one_process(first: str) -> str:
         hvd.init()
     libraries = loaded_libraries(r"^libnccl\.so")
     if len(libraries) != 1:
-        raise StackError(f"{len(libraries)} NCCL libraries loaded in one process ({', '.join(libraries) or 'none'}); "
-                         f"want exactly one")
+        raise StackError(
+            f"{len(libraries)} NCCL libraries loaded in one process "
+            f"({', '.join(libraries) or 'none'}); want exactly one"
+        )
     loaded = nccl_version(libraries[0])
     compiled = f"{built // 10000}.{built % 10000 // 100}.{built % 100}"
     if tuple(map(int, loaded.split("."))) < tuple(map(int, compiled.split("."))):
-        raise StackError(f"NCCL {loaded} ({libraries[0]}) is older than the NCCL {compiled} Horovod was compiled with")
+        raise StackError(
+            f"NCCL {loaded} ({libraries[0]}) is older than the NCCL {compiled} Horovod was "
+            "compiled with"
+        )
     runtimes = ", ".join(Path(p).name for p in loaded_libraries(r"^libcudart\.so"))
     for hvd in (hvd_tf, hvd_torch):
         hvd.shutdown()
-    return (f"{' then '.join(order)}: Horovod NCCL {compiled} ops, one libnccl.so.2 = NCCL {loaded}, "
-            f"CUDA runtimes {runtimes or 'none yet'}")
+    return (
+        f"{' then '.join(order)}: Horovod NCCL {compiled} ops, one libnccl.so.2 = NCCL {loaded}, "
+        f"CUDA runtimes {runtimes or 'none yet'}"
+    )
 
 
 def check_load() -> list[str]:
     """``load_in_one_process`` in a fresh interpreter for each import order."""
     lines = []
     for first in ("torch", "tensorflow"):
-        proc = subprocess.run([sys.executable, "-m", "hvdtrain.cudastack", "load-one", first], capture_output=True,
-                              text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        proc = subprocess.run(
+            [sys.executable, "-m", "hvdtrain.cudastack", "load-one", first],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         if proc.returncode != 0:
             last = (proc.stdout + proc.stderr).strip().splitlines()
-            raise StackError(f"importing {first} first: {last[-1] if last else f'exit {proc.returncode}'}")
+            raise StackError(
+                f"importing {first} first: {last[-1] if last else f'exit {proc.returncode}'}"
+            )
         lines.append(proc.stdout.strip().splitlines()[-1])
     return lines
 
@@ -224,22 +272,30 @@ def gpus() -> tuple[list[str], str | None]:
     the CUDA torch was built for) is a problem, not "no GPU"."""
     import torch
 
-    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
-        if torch.cuda.is_available() else []
+    names = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
     smi = shutil.which("nvidia-smi")
     listed = []
     if smi:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True).stdout
         listed = [line for line in out.splitlines() if line.startswith("GPU ")]
     if listed and not names:
-        return [], (f"the driver lists {len(listed)} GPU(s) but torch {torch.__version__} cannot use them "
-                    f"(CUDA {torch.version.cuda} needs a driver that supports it: see nvidia-smi)")
+        return [], (
+            f"the driver lists {len(listed)} GPU(s) but torch {torch.__version__} cannot use them "
+            f"(CUDA {torch.version.cuda} needs a driver that supports it: see nvidia-smi)"
+        )
     return names, None
 
 
 def main(argv: list[str]) -> int:
-    commands = {"frameworks": check_frameworks, "load": check_load,
-                "load-one": lambda: [load_in_one_process(argv[1])]}
+    commands = {
+        "frameworks": check_frameworks,
+        "load": check_load,
+        "load-one": lambda: [load_in_one_process(argv[1])],
+    }
     if not argv or argv[0] not in commands:
         print(f"usage: python -m hvdtrain.cudastack {'|'.join(commands)}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The main job (``make demo``): the digits example in both frameworks and a short GPT run, each on
 2 workers launched by ``hvdtrain.launch``, tracked in the local MLflow store, then a summary table.
 The examples are the checkout's (``torch_examples/``, ``tf_examples/``)."""
+
 from __future__ import annotations
 
 import json
@@ -32,19 +33,43 @@ def main() -> int:
             print(f"\n=== {example} ({framework}), {WORKERS} workers ===", flush=True)
             start = time.perf_counter()
             try:
-                returncode = job.run(Request(script=str(REPO / script), np=WORKERS,
-                                             args=("--experiment", "hvdtrain-demo", "--results", str(results), *extra)))
+                returncode = job.run(
+                    Request(
+                        script=str(REPO / script),
+                        np=WORKERS,
+                        args=("--experiment", "hvdtrain-demo", "--results", str(results), *extra),
+                    )
+                )
             except UsageError as err:
                 print(f"hvdtrain: error: {err}", file=sys.stderr)
                 returncode = 2
             wall = time.perf_counter() - start
             if returncode != 0 or not results.exists():
                 failed = True
-                rows.append((framework, example, WORKERS, "FAILED", f"exit {returncode}", f"{wall:.0f} s", "-"))
+                rows.append(
+                    (
+                        framework,
+                        example,
+                        WORKERS,
+                        "FAILED",
+                        f"exit {returncode}",
+                        f"{wall:.0f} s",
+                        "-",
+                    )
+                )
                 continue
             found = json.loads(results.read_text())
-            rows.append((framework, example, WORKERS, found["metric_name"], f"{found['metric']:.4f}",
-                         f"{wall:.0f} s", found.get("run_id") or "-"))
+            rows.append(
+                (
+                    framework,
+                    example,
+                    WORKERS,
+                    found["metric_name"],
+                    f"{found['metric']:.4f}",
+                    f"{wall:.0f} s",
+                    found.get("run_id") or "-",
+                )
+            )
     header = ("framework", "example", "workers", "metric", "value", "wall time", "MLflow run id")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("\n" + "  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -5,12 +5,14 @@ Each rollback and each membership change is checked, not trusted: after a rollba
 optimizer state must be the committed one, after a sync every rank must hold rank 0's (digests of
 every tensor's bytes), or the job stops with one line.
 """
+
 from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from horovod.common.elastic import State
@@ -38,7 +40,9 @@ def digest(state: Any) -> str:
             for item in value:
                 feed(item)
         elif hasattr(value, "numpy") or isinstance(value, np.ndarray):
-            array = np.ascontiguousarray(value if isinstance(value, np.ndarray) else _as_numpy(value))
+            array = np.ascontiguousarray(
+                value if isinstance(value, np.ndarray) else _as_numpy(value)
+            )
             hashed.update(f"{array.dtype}{array.shape}".encode())
             hashed.update(array.tobytes())
         else:
@@ -62,9 +66,16 @@ class TrainingState(State):
     added or removed, which restarts the training function on the new membership.
     """
 
-    def __init__(self, ctx: Context, snapshot: Snapshot, position: Position,
-                 on_membership: Callable[[Position, int, int], None] | None = None):
-        super().__init__(bcast_object=lambda obj: ctx.broadcast_object(obj, 0), get_rank=lambda: ctx.rank)
+    def __init__(
+        self,
+        ctx: Context,
+        snapshot: Snapshot,
+        position: Position,
+        on_membership: Callable[[Position, int, int], None] | None = None,
+    ):
+        super().__init__(
+            bcast_object=lambda obj: ctx.broadcast_object(obj, 0), get_rank=lambda: ctx.rank
+        )
         self.ctx, self.snapshot, self.position = ctx, snapshot, position
         self._on_membership = on_membership
         self._saved: tuple[Any, Position] | None = None
@@ -78,8 +89,10 @@ class TrainingState(State):
         self.snapshot.apply(saved)
         self.position = copy.deepcopy(position)
         if digest(self.snapshot.capture()) != digest(saved):
-            raise ElasticStateError(f"rolling back to step {position.step} did not restore the committed model and "
-                                    f"optimizer state on rank {self.ctx.rank}")
+            raise ElasticStateError(
+                f"rolling back to step {position.step} did not restore the committed model and "
+                f"optimizer state on rank {self.ctx.rank}"
+            )
 
     def sync(self) -> None:
         self.snapshot.broadcast()
@@ -88,8 +101,11 @@ class TrainingState(State):
         mine = digest(self._saved[0])
         differs = mine != self.ctx.broadcast_object(mine, 0)
         if self.ctx.average({"hvdtrain.state_differs": float(differs)})["hvdtrain.state_differs"]:
-            raise ElasticStateError(f"after the workers changed ({self.ctx.size} now), not every rank holds rank 0's "
-                                    f"model and optimizer state at step {self.position.step}", collective=True)
+            raise ElasticStateError(
+                f"after the workers changed ({self.ctx.size} now), not every rank holds rank 0's "
+                f"model and optimizer state at step {self.position.step}",
+                collective=True,
+            )
 
     def reset(self) -> None:
         old_size = self.ctx.size

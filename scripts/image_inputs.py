@@ -1,9 +1,9 @@
 """What ``make image`` hands the Docker build from this machine, without baking it into a layer.
 
-* ``pip_conf`` / ``pip_ca`` (build secrets): pip's effective settings here that mean something inside
-  the build (index URLs that may carry a token, proxy, timeouts) and the CA bundle pip trusts (a
-  proxy's certificate): the build reaches the same indexes as this machine, and neither file is in
-  the image or its history.
+* ``pip_conf`` / ``pip_ca`` (build secrets): pip's effective settings here that mean something
+  inside the build (index URLs that may carry a token, proxy, timeouts) and the CA bundle pip
+  trusts (a proxy's certificate): the build reaches the same indexes as this machine, and neither
+  file is in the image or its history.
 * ``docker/wheels``: wheels from pip's ``find-links`` directories here whose name and version a
   requirement file of the image pins (torch's CPU build where PyTorch's index is out of reach), and
   the Horovod wheels ``scripts/install.sh`` compiled here when this machine runs the image's Debian
@@ -13,6 +13,7 @@
 Usage: ``python3 scripts/image_inputs.py OUT_SECRETS_DIR FLAVOR "EXTRAS" BASE_OS_RELEASE`` prints
 ``torch_cpu_index=<yes|no>`` (whether the build still needs PyTorch's CPU index) and what it staged.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,13 +26,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 WHEELS = REPO / "docker" / "wheels"
 # pip settings that work the same inside the build; host paths (find-links, constraint) do not.
-PORTABLE = {"index-url", "extra-index-url", "trusted-host", "proxy", "timeout", "default-timeout", "retries"}
+PORTABLE = {
+    "index-url",
+    "extra-index-url",
+    "trusted-host",
+    "proxy",
+    "timeout",
+    "default-timeout",
+    "retries",
+}
 
 
 def pip_settings() -> dict[str, str]:
-    """``pip config list`` of this machine's python3: files and PIP_* variables, the latter winning."""
-    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                         check=True).stdout
+    """``pip config list`` of this machine's python3:
+    files and PIP_* variables, the latter winning."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=True
+    ).stdout
     settings: dict[str, str] = {}
     for line in sorted(out.splitlines(), key=lambda line: line.startswith(":env:")):
         match = re.match(r"^([^.]*)\.([\w-]+)='(.*)'$", line)
@@ -83,7 +94,9 @@ def link(source: Path, dest: Path) -> None:
             shutil.copyfile(source, dest)
 
 
-def stage_wheels(settings: dict[str, str], flavor: str, extras: list[str], base_os: str) -> list[str]:
+def stage_wheels(
+    settings: dict[str, str], flavor: str, extras: list[str], base_os: str
+) -> list[str]:
     """Fill docker/wheels afresh; returns the staged files' names."""
     for old in WHEELS.glob("*"):
         if old.name != "README.md":
@@ -97,8 +110,10 @@ def stage_wheels(settings: dict[str, str], flavor: str, extras: list[str], base_
                 link(wheel, WHEELS / wheel.name)
                 staged.append(wheel.name)
     if Path("/etc/os-release").read_text().strip() == base_os.strip():
-        cache = Path(os.environ.get("HVDTRAIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
-                                                               "hvdtrain"))
+        cache = Path(
+            os.environ.get("HVDTRAIN_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "hvdtrain")
+        )
         for wheel in sorted(cache.glob("wheels/*/horovod-*.whl")):
             link(wheel, WHEELS / "horovod" / wheel.parent.name / wheel.name)
             staged.append(f"horovod/{wheel.parent.name}/{wheel.name}")

@@ -7,6 +7,7 @@ root file ``docs/adapters.md`` becomes ``adapters.md``; in a page of docs/ ``../
 becomes ``index.md``. A link that fits neither layout is left alone, so ``mkdocs build --strict``
 reports it.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,8 @@ def _site_target(target: str, from_root: bool) -> str:
         path = path.removeprefix("docs/")
     elif from_root and path in ROOT_PAGES:
         path = ROOT_PAGES[path]
-    elif not from_root and path.startswith("../") and path[len("../"):] in ROOT_PAGES:
-        path = ROOT_PAGES[path[len("../"):]]
+    elif not from_root and path.startswith("../") and path[len("../") :] in ROOT_PAGES:
+        path = ROOT_PAGES[path[len("../") :]]
     return path + hash_sign + anchor
 
 

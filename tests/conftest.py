@@ -1,6 +1,7 @@
 """Shared fixtures. Tests that need something this machine may lack (root for test hosts, ...) skip
 with one line naming it, except in CI (``HVDTRAIN_CI=1``, set by ``.ci/run``), where they must run:
 there a missing requirement fails the test instead of hiding it as a skip."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,15 @@ def _host_sets():
 
 @pytest.fixture
 def test_hosts():
-    """``test_hosts(count, link_rate=None)``: that many separate hosts (``hvdtrain.launch.testhosts``),
-    all removed when the test ends, whatever happened in it."""
+    """``test_hosts(count, link_rate=None)``: that many separate hosts
+    (``hvdtrain.launch.testhosts``), all removed when the test ends, whatever happened in it."""
     with _host_sets() as make:
         yield make
 
 
 @pytest.fixture(scope="module")
 def module_test_hosts():
-    """``test_hosts`` kept for a whole test module, for tests that can share hosts (set-up paid once)."""
+    """``test_hosts`` kept for a whole test module,
+    for tests that can share hosts (set-up paid once)."""
     with _host_sets() as make:
         yield make

@@ -7,6 +7,7 @@ Every container mounts the same job directory (like an NFS home) and the same ``
 a client key, ``authorized_keys``, and ``known_hosts`` holding each container's host key, so ssh
 checks them (``StrictHostKeyChecking yes`` in its config).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,12 +23,15 @@ SSH_PORT = 12345
 def _sh(*argv: str, timeout: float = 60) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
+        )
     return done.stdout
 
 
 class ContainerHosts:
-    """``count`` containers of ``image`` named ``ctr1``..., up in ``__enter__``, gone in ``__exit__``."""
+    """``count`` containers of ``image`` named ``ctr1``...,
+    up in ``__enter__``, gone in ``__exit__``."""
 
     def __init__(self, docker: str, image: str, count: int, root: Path):
         tag = os.getpid() % 100000
@@ -40,7 +44,7 @@ class ContainerHosts:
         self.containers = {name: f"hvdtrain-test-{tag}-{name}" for name in self.names}
         self.job_dir = root / "job"
 
-    def __enter__(self) -> "ContainerHosts":
+    def __enter__(self) -> ContainerHosts:
         try:
             self._keys()
             _sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -68,45 +72,98 @@ class ContainerHosts:
         for name in self.names:
             keydir = self.root / f"hostkey-{name}"
             keydir.mkdir(mode=0o700)
-            _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "ssh_host_ed25519_key"))
+            _sh(
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                str(keydir / "ssh_host_ed25519_key"),
+            )
             public = (keydir / "ssh_host_ed25519_key.pub").read_text().split()[:2]
-            known.append(f"[{name}]:{SSH_PORT},[{self.addresses[name]}]:{SSH_PORT} {' '.join(public)}\n")
+            known.append(
+                f"[{name}]:{SSH_PORT},[{self.addresses[name]}]:{SSH_PORT} {' '.join(public)}\n"
+            )
         (ssh / "known_hosts").write_text("".join(known))
-        (ssh / "config").write_text(f"Host *\n  Port {SSH_PORT}\n  IdentityFile /root/.ssh/id_ed25519\n"
-                                    "  StrictHostKeyChecking yes\n  UserKnownHostsFile /root/.ssh/known_hosts\n")
+        (ssh / "config").write_text(
+            f"Host *\n  Port {SSH_PORT}\n  IdentityFile /root/.ssh/id_ed25519\n"
+            "  StrictHostKeyChecking yes\n  UserKnownHostsFile /root/.ssh/known_hosts\n"
+        )
 
     def _start(self, name: str) -> None:
         hosts = [f"--add-host={other}:{address}" for other, address in self.addresses.items()]
-        _sh(self.docker, "run", "-d", "--name", self.containers[name], "--hostname", name, "--network", "none",
-            *hosts, "-v", f"{self.root / 'ssh'}:/root/.ssh:ro", "-v", f"{self.root / f'hostkey-{name}'}:/etc/ssh/host:ro",
-            "-v", f"{self.job_dir}:/job", "-w", "/job", self.image,
-            "/usr/sbin/sshd", "-D", "-e", "-p", str(SSH_PORT), "-h", "/etc/ssh/host/ssh_host_ed25519_key",
-            "-o", "MaxStartups=100", "-o", "MaxSessions=100")
+        _sh(
+            self.docker,
+            "run",
+            "-d",
+            "--name",
+            self.containers[name],
+            "--hostname",
+            name,
+            "--network",
+            "none",
+            *hosts,
+            "-v",
+            f"{self.root / 'ssh'}:/root/.ssh:ro",
+            "-v",
+            f"{self.root / f'hostkey-{name}'}:/etc/ssh/host:ro",
+            "-v",
+            f"{self.job_dir}:/job",
+            "-w",
+            "/job",
+            self.image,
+            "/usr/sbin/sshd",
+            "-D",
+            "-e",
+            "-p",
+            str(SSH_PORT),
+            "-h",
+            "/etc/ssh/host/ssh_host_ed25519_key",
+            "-o",
+            "MaxStartups=100",
+            "-o",
+            "MaxSessions=100",
+        )
         pid = self.pid(name)
         outside, inside = f"{self.bridge}x{name[-1]}", f"{self.bridge}y{name[-1]}"
         _sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
         _sh("ip", "link", "set", inside, "netns", str(pid))
         _sh("ip", "link", "set", outside, "master", self.bridge, "up")
-        for argv in (("ip", "link", "set", inside, "name", "eth0"),
-                     ("ip", "addr", "add", f"{self.addresses[name]}/24", "dev", "eth0"),
-                     ("ip", "link", "set", "eth0", "up"), ("ip", "link", "set", "lo", "up")):
+        for argv in (
+            ("ip", "link", "set", inside, "name", "eth0"),
+            ("ip", "addr", "add", f"{self.addresses[name]}/24", "dev", "eth0"),
+            ("ip", "link", "set", "eth0", "up"),
+            ("ip", "link", "set", "lo", "up"),
+        ):
             _sh("nsenter", "-t", str(pid), "-n", *argv)
 
     def pid(self, name: str) -> int:
         """The container's first process (its sshd), as this machine numbers it."""
-        return int(_sh(self.docker, "inspect", "-f", "{{.State.Pid}}", self.containers[name]).strip())
+        return int(
+            _sh(self.docker, "inspect", "-f", "{{.State.Pid}}", self.containers[name]).strip()
+        )
 
     def exec(self, name: str, *argv: str, **popen) -> subprocess.Popen:
         """``argv`` run in container ``name`` (in /job), output captured as text."""
-        return subprocess.Popen([self.docker, "exec", self.containers[name], *argv], text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+        return subprocess.Popen(
+            [self.docker, "exec", self.containers[name], *argv],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **popen,
+        )
 
     def worker(self, name: str, rank: int) -> int | None:
         """The pid (on this machine) of the training process of ``rank`` in container ``name``."""
         for proc in psutil.Process(self.pid(name)).children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 command = " ".join(proc.cmdline())
-                if proc.environ().get("HOROVOD_RANK") == str(rank) and "python" in command \
-                        and "worker_guard" not in command:
+                if (
+                    proc.environ().get("HOROVOD_RANK") == str(rank)
+                    and "python" in command
+                    and "worker_guard" not in command
+                ):
                     return proc.pid
         return None

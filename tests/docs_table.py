@@ -8,6 +8,7 @@ library's wording) and names the test fills in (``train.py``, ``ckpt``, ``HOST``
 and values of its run. Rows whose bad input starts with a ``hvdtrain run`` command are run as
 they read, with ``train.py``, ``hosts.txt``, ``empty.txt`` and ``discover.sh`` made by the test.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,31 +43,40 @@ class Row:
         for piece in self.answer.split("..."):
             text = re.escape(piece)
             for name, value in fill.items():
-                text = re.sub(rf"(?<![\w]){re.escape(re.escape(name))}(?![\w])", lambda _: re.escape(str(value)),
-                              text)
+                text = re.sub(
+                    rf"(?<![\w]){re.escape(re.escape(name))}(?![\w])",
+                    lambda _, value=value: re.escape(str(value)),
+                    text,
+                )
             pieces.append(text)
         return re.compile(".*?".join(pieces))
 
     def check(self, output: str, returncode: int, **fill: str) -> str:
-        """Assert ``returncode`` is the row's exit and exactly one line of ``output`` (a worker's line
-        with horovodrun's ``[rank]<stderr>:`` prefix taken off) is the row's answer; returns it."""
+        """Assert ``returncode`` is the row's exit and exactly one line of ``output``
+        (a worker's line with horovodrun's ``[rank]<stderr>:`` prefix taken off) is
+        the row's answer; returns it."""
         pattern = self.pattern(**fill)
         lines = [_RANK_PREFIX.sub("", line) for line in output.splitlines()]
         matching = [line for line in lines if pattern.fullmatch(line.strip())]
-        assert returncode == self.exit, \
+        assert returncode == self.exit, (
             f"{self.key}: exit {returncode}, the table says {self.exit}\n{output[-3000:]}"
-        assert len(matching) == 1, (f"{self.key}: {len(matching)} lines match the table's answer "
-                                    f"{self.answer!r} ({pattern.pattern})\n{output[-3000:]}")
+        )
+        assert len(matching) == 1, (
+            f"{self.key}: {len(matching)} lines match the table's answer "
+            f"{self.answer!r} ({pattern.pattern})\n{output[-3000:]}"
+        )
         return matching[0].strip()
 
 
 def rows() -> list[Row]:
     text = PAGE.read_text()
     start = text.index("| bad input |", text.index("## Bad input\n"))
-    table = text[start:text.index("\n\n", start)]
+    table = text[start : text.index("\n\n", start)]
     found = []
     for line in table.splitlines()[2:]:
-        bad_input, answer, exit_code, tests = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        bad_input, answer, exit_code, tests = (
+            cell.strip() for cell in line.strip().strip("|").split("|")
+        )
         named = _CODE.findall(tests)
         first = next((n.split("::")[0] for n in named if "::" in n and not n.startswith("::")), "")
         named = tuple(n if not n.startswith("::") else first + n for n in named)

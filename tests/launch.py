@@ -3,6 +3,7 @@
 Worker scripts in ``tests/workers`` write ``<out>/rank<R>.json`` with
 ``tests.workers.common.report``; the test asserts on those values, not only on the exit code.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,29 +19,68 @@ WORKERS = Path(__file__).parent / "workers"
 REPO = Path(__file__).parent.parent
 
 
-def run_script(script: str | Path, *args: str, np: int = 2, timeout: float = 300,
-               env: dict[str, str] | None = None, check: bool = True,
-               cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Run any python ``script`` on ``np`` local ranks; raise with the workers' errors if it fails."""
+def run_script(
+    script: str | Path,
+    *args: str,
+    np: int = 2,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    cwd: Path = REPO,
+) -> subprocess.CompletedProcess:
+    """Run any python ``script`` on ``np`` local ranks;
+    raise with the workers' errors if it fails."""
     horovodrun_bin = Path(sys.executable).parent / "horovodrun"
-    cmd = [str(horovodrun_bin), "-np", str(np), "-H", f"localhost:{np}", "--gloo",
-           sys.executable, str(script), *args]
-    full_env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
+    cmd = [
+        str(horovodrun_bin),
+        "-np",
+        str(np),
+        "-H",
+        f"localhost:{np}",
+        "--gloo",
+        sys.executable,
+        str(script),
+        *args,
+    ]
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd
+    )
     if check and proc.returncode != 0:
         # Workers' tracebacks come through horovodrun as "[rank]<stderr>:" lines.
-        worker_errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "<stderr>" in l and "Warning" not in l]
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"
-                             + "\n".join(worker_errors[-60:]) + f"\n--- horovodrun ---\n{proc.stderr[-1500:]}")
+        worker_errors = [
+            line
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if "<stderr>" in line and "Warning" not in line
+        ]
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- workers' stderr ---\n"
+            + "\n".join(worker_errors[-60:])
+            + f"\n--- horovodrun ---\n{proc.stderr[-1500:]}"
+        )
     return proc
 
 
-def horovodrun(script: str, *args: str, np: int = 2, out: Path, timeout: float = 300,
-               env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def horovodrun(
+    script: str,
+    *args: str,
+    np: int = 2,
+    out: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run ``tests/workers/<script>`` on ``np`` local ranks; results land in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    return run_script(WORKERS / script, "--out", str(out), *args, np=np, timeout=timeout, env=env, check=check)
+    return run_script(
+        WORKERS / script, "--out", str(out), *args, np=np, timeout=timeout, env=env, check=check
+    )
 
 
 def run_example(script: str, *args: str, out: Path, timeout: float = 240) -> tuple[dict, str]:
@@ -64,7 +104,10 @@ def worker_process(launcher: subprocess.Popen, rank: int, timeout: float = 120) 
     while time.monotonic() < deadline:
         for p in psutil.Process(launcher.pid).children(recursive=True):
             try:
-                if p.environ().get("HOROVOD_RANK") == str(rank) and "HOROVOD_RANK" not in p.parent().environ():
+                if (
+                    p.environ().get("HOROVOD_RANK") == str(rank)
+                    and "HOROVOD_RANK" not in p.parent().environ()
+                ):
                     return p
             except psutil.Error:
                 continue

@@ -1,9 +1,11 @@
 """A real ``mlflow server`` for tests: 127.0.0.1 (or another local address), a free port, sqlite
-backend and artifact root in a temp dir. ``stop``/``start`` keep the port and the store, so tests can stage an outage.
+backend and artifact root in a temp dir. ``stop``/``start`` keep the port and the
+store, so tests can stage an outage.
 
 Use it by importing both fixtures into a test module:
 ``from tests.mlflow_server import mlflow_server, mlflow_server_session``.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 
 # The server's GenAI job runners (seven huey processes) are not needed to track training.
 QUIET_SERVER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -67,11 +68,27 @@ class MlflowServer:
     def start(self, timeout: float = 90) -> None:
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # own group: stop kills workers too
-            env={**os.environ, **QUIET_SERVER})
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own group: stop kills workers too
+            env={**os.environ, **QUIET_SERVER},
+        )
         try:
             wait_healthy(self.uri, self.proc, timeout)
         except RuntimeError as err:

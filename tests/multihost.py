@@ -1,6 +1,7 @@
-"""Jobs on test hosts (``hvdtrain.launch.testhosts``) for the multi-host tests: ``hvdtrain run`` started
-on a host as a user would there, the worker processes of a rank on a host, a host left clean, and
-an MLflow server on a host of its own."""
+"""Jobs on test hosts (``hvdtrain.launch.testhosts``) for the multi-host tests: ``hvdtrain run``
+started on a host as a user would there, the worker processes of a rank on a host, a host left
+clean, and an MLflow server on a host of its own."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,19 +23,40 @@ HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
 
 def job_env(**extra: str) -> dict[str, str]:
     """This environment without hvdtrain's, Horovod's and MLflow's settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_"))}
-    env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_"))
+    }
+    env.update(
+        {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+    )
     return env
 
 
-def launch(hosts: TestHosts, on: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch(
+    hosts: TestHosts, on: str, *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``hvdtrain run ARGS`` started on host ``on`` in ``cwd`` (output captured)."""
-    return hosts.spawn(on, [HVDTRAIN, "run", *args], cwd=cwd, env=env or job_env(), text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return hosts.spawn(
+        on,
+        [HVDTRAIN, "run", *args],
+        cwd=cwd,
+        env=env or job_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
-def run(hosts: TestHosts, on: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    hosts: TestHosts,
+    on: str,
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     proc = launch(hosts, on, *args, cwd=cwd, env=env)
     out, err, _ = finish(proc, time.monotonic(), timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -54,16 +76,28 @@ def finish(proc: subprocess.Popen, since: float, timeout: float) -> tuple[str, s
     return out, err, time.monotonic() - since
 
 
-def worker(hosts: TestHosts, host: str, rank: int, proc: subprocess.Popen, timeout: float = 180) -> int:
-    """The pid of the training process of ``rank`` on ``host`` (the worker itself, not its guard)."""
+def worker(
+    hosts: TestHosts, host: str, rank: int, proc: subprocess.Popen, timeout: float = 180
+) -> int:
+    """The pid of the training process of ``rank`` on ``host``
+    (the worker itself, not its guard)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in hosts.processes(host):
             with contextlib.suppress(OSError):
                 environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 command = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if any(v in environ for v in (f"HOROVOD_RANK={rank}".encode(), f"OMPI_COMM_WORLD_RANK={rank}".encode())) \
-                        and b"worker_guard" not in command and b"python" in command:
+                if (
+                    any(
+                        v in environ
+                        for v in (
+                            f"HOROVOD_RANK={rank}".encode(),
+                            f"OMPI_COMM_WORLD_RANK={rank}".encode(),
+                        )
+                    )
+                    and b"worker_guard" not in command
+                    and b"python" in command
+                ):
                     return pid
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
@@ -84,18 +118,37 @@ def wait_clean(hosts: TestHosts, names: list[str], timeout: float) -> float:
 
 
 class HostMlflowServer:
-    """``mlflow server`` on a test host of its own, reached by every host as ``http://HOST:PORT``."""
+    """``mlflow server`` on a test host of its own,
+    reached by every host as ``http://HOST:PORT``."""
 
     def __init__(self, hosts: TestHosts, host: str, root: Path):
         self.hosts, self.host, self.root, self.port = hosts, host, root, free_port()
         log = open(root / "server.log", "ab")
-        self.proc = hosts.spawn(host, [sys.executable, "-m", "mlflow", "server", "--host", "0.0.0.0", "--port",
-                                       str(self.port), "--allowed-hosts", f"{host}:{self.port}", "--workers", "1",
-                                       "--backend-store-uri",
-                                       f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-                                       str(root / "artifacts")],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **QUIET_SERVER})
+        self.proc = hosts.spawn(
+            host,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(self.port),
+                "--allowed-hosts",
+                f"{host}:{self.port}",
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **QUIET_SERVER},
+        )
         log.close()
         wait_healthy(self.uri, self.proc, timeout=120)
 

@@ -1,4 +1,5 @@
-"""A real Slurm cluster on test hosts (``hvdtrain.launch.testhosts``): Debian's slurm-wlm 22.05 and munge.
+"""A real Slurm cluster on test hosts (``hvdtrain.launch.testhosts``):
+Debian's slurm-wlm 22.05 and munge.
 
 The first host is the login and controller node (munged, slurmctld; jobs are submitted from
 it), every other host a compute node (slurmd). Everything lives in one temporary directory (munge
@@ -21,6 +22,7 @@ Choices, and why:
 Use: ``from tests.slurm_cluster import slurm_cluster`` in a test module, then
 ``cluster = slurm_cluster(nodes=2)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +40,16 @@ from hvdtrain.launch.testhosts import TestHosts
 from tests.conftest import require
 
 # command: the Debian package that has it
-NEEDED = {"munged": "munge", "mungekey": "munge", "slurmctld": "slurmctld", "slurmd": "slurmd",
-          "sbatch": "slurm-client", "salloc": "slurm-client", "sacct": "slurm-client", "scancel": "slurm-client"}
+NEEDED = {
+    "munged": "munge",
+    "mungekey": "munge",
+    "slurmctld": "slurmctld",
+    "slurmd": "slurmd",
+    "sbatch": "slurm-client",
+    "salloc": "slurm-client",
+    "sacct": "slurm-client",
+    "scancel": "slurm-client",
+}
 START_TIMEOUT_S = 30
 
 
@@ -53,6 +63,7 @@ def unavailable_reason() -> str | None:
 @dataclass(frozen=True)
 class Completed:
     """A finished job as ``sacct`` shows it."""
+
     state: str
     exit_code: str  # "status:signal"
     nodes: str
@@ -73,29 +84,50 @@ class SlurmCluster:
         in to the login node has (sbatch passes it on to the job)."""
         return {**os.environ, "SLURM_CONF": str(self.conf), **extra}
 
-    def up(self) -> "SlurmCluster":
+    def up(self) -> SlurmCluster:
         self.root.chmod(0o755)  # slurmd runs batch scripts from its spool directory in here
         self._write_config()
         _run(["mungekey", "--create", f"--keyfile={self.root / 'munge.key'}"])
-        self._daemon(self.login, "munged", ["munged", "--foreground", "--force", *self._munge_paths()])
+        self._daemon(
+            self.login, "munged", ["munged", "--foreground", "--force", *self._munge_paths()]
+        )
         self._wait(lambda: (self.root / "munge.socket").exists(), "munged")
         self._daemon(self.login, "slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         for node in self.nodes:
             (self.root / f"spool-{node}").mkdir()
-            self._daemon(node, f"slurmd-{node}", [
-                "unshare", "--mount", "--propagation", "private", "sh", "-c",
-                f"mount -t tmpfs none /sys/fs/cgroup && exec slurmd -D -f {self.conf}"])
-        self._wait(lambda: self.sinfo() == {node: "idle" for node in self.nodes}, "compute nodes idle")
+            self._daemon(
+                node,
+                f"slurmd-{node}",
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    f"mount -t tmpfs none /sys/fs/cgroup && exec slurmd -D -f {self.conf}",
+                ],
+            )
+        self._wait(
+            lambda: self.sinfo() == {node: "idle" for node in self.nodes}, "compute nodes idle"
+        )
         return self
 
-    def run(self, argv: list[str], timeout: float = 60, cwd: Path | None = None,
-            **extra_env: str) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: list[str], timeout: float = 60, cwd: Path | None = None, **extra_env: str
+    ) -> subprocess.CompletedProcess:
         """A command on the login node, in ``cwd`` (default: ``root``)."""
-        return self.hosts.run(self.login, ["env", "-C", str(cwd or self.root), *argv], timeout=timeout,
-                              env=self.env(**extra_env))
+        return self.hosts.run(
+            self.login,
+            ["env", "-C", str(cwd or self.root), *argv],
+            timeout=timeout,
+            env=self.env(**extra_env),
+        )
 
     def sinfo(self) -> dict[str, str]:
-        out = self.hosts.run(self.login, ["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env()).stdout
+        out = self.hosts.run(
+            self.login, ["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env()
+        ).stdout
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def completed(self, job_id: str, timeout: float = 60) -> Completed:
@@ -103,62 +135,120 @@ class SlurmCluster:
         nor completing in ``squeue``)."""
         deadline = time.monotonic() + timeout
         while True:
-            active = self.run(["squeue", "-h", "-j", job_id, "-t", "PD,R,CG,S", "-o", "%T"]).stdout.strip()
-            out = self.run(["sacct", "--completion", "-j", job_id, "-n", "-P", "-o", "JobID,State,ExitCode,NodeList"]).stdout
+            active = self.run(
+                ["squeue", "-h", "-j", job_id, "-t", "PD,R,CG,S", "-o", "%T"]
+            ).stdout.strip()
+            out = self.run(
+                [
+                    "sacct",
+                    "--completion",
+                    "-j",
+                    job_id,
+                    "-n",
+                    "-P",
+                    "-o",
+                    "JobID,State,ExitCode,NodeList",
+                ]
+            ).stdout
             rows = [line.split("|") for line in out.splitlines() if line.startswith(f"{job_id}|")]
             if rows and not active:
                 return Completed(*rows[-1][1:])
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} not ended after {timeout} s ({active or 'no sacct record'}); "
-                                     f"{self.log_tails()}")
+                raise AssertionError(
+                    f"job {job_id} not ended after {timeout} s ({active or 'no sacct record'}); "
+                    f"{self.log_tails()}"
+                )
             time.sleep(0.5)
 
     def log_tails(self) -> str:
-        return "\n".join(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                         for log in sorted(self.root.glob("*.log")))
+        return "\n".join(
+            f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in sorted(self.root.glob("*.log"))
+        )
 
     # --- internals -------------------------------------------------------------------------------
     def _munge_paths(self) -> list[str]:
         r = self.root
-        return [f"--socket={r / 'munge.socket'}", f"--key-file={r / 'munge.key'}", f"--pid-file={r / 'munged.pid'}",
-                f"--log-file={r / 'munged.log'}", f"--seed-file={r / 'munged.seed'}"]
+        return [
+            f"--socket={r / 'munge.socket'}",
+            f"--key-file={r / 'munge.key'}",
+            f"--pid-file={r / 'munged.pid'}",
+            f"--log-file={r / 'munged.log'}",
+            f"--seed-file={r / 'munged.seed'}",
+        ]
 
     def _write_config(self) -> None:
         r = self.root
         (r / "state").mkdir()
         prefix = os.path.commonprefix(self.nodes)
-        numbers = [n[len(prefix):] for n in self.nodes]
-        nodelist = f"{prefix}[{','.join(numbers)}]" if all(x.isdigit() for x in numbers) else ",".join(self.nodes)
-        self.conf.write_text("\n".join([
-            "ClusterName=hvdtrain-test", f"SlurmctldHost={self.login}", "SlurmUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={r / 'munge.socket'}",
-            f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool-%n'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}", f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
-            f"SlurmctldLogFile={r / 'slurmctld.log'}", f"SlurmdLogFile={r / 'slurmd-%n.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "JobCompType=jobcomp/filetxt", f"JobCompLoc={r / 'jobcomp.txt'}",
-            "SchedulerType=sched/builtin", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "ReturnToService=2", "MpiDefault=none", "KillWait=30",
-            # Each node has the machine's cores; without this slurmd refuses a config that names fewer.
-            "SlurmdParameters=config_overrides",
-            f"NodeName={nodelist} CPUs={os.cpu_count()} State=UNKNOWN",
-            "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        numbers = [n[len(prefix) :] for n in self.nodes]
+        nodelist = (
+            f"{prefix}[{','.join(numbers)}]"
+            if all(x.isdigit() for x in numbers)
+            else ",".join(self.nodes)
+        )
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=hvdtrain-test",
+                    f"SlurmctldHost={self.login}",
+                    "SlurmUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={r / 'munge.socket'}",
+                    f"StateSaveLocation={r / 'state'}",
+                    f"SlurmdSpoolDir={r / 'spool-%n'}",
+                    f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
+                    f"SlurmctldLogFile={r / 'slurmctld.log'}",
+                    f"SlurmdLogFile={r / 'slurmd-%n.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobCompType=jobcomp/filetxt",
+                    f"JobCompLoc={r / 'jobcomp.txt'}",
+                    "SchedulerType=sched/builtin",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "ReturnToService=2",
+                    "MpiDefault=none",
+                    "KillWait=30",
+                    # Each node has the machine's cores; without this slurmd refuses a config that
+                    # names fewer.
+                    "SlurmdParameters=config_overrides",
+                    f"NodeName={nodelist} CPUs={os.cpu_count()} State=UNKNOWN",
+                    "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         (r / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\n")
 
     def _daemon(self, host: str, name: str, argv: list[str]) -> None:
         with open(self.root / f"{name}.out", "ab") as out:
-            self.hosts.spawn(host, argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             env=self.env(), start_new_session=True)
+            self.hosts.spawn(
+                host,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,
+            )
 
     def _wait(self, ready, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready():
             if time.monotonic() > deadline:
-                outs = "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-1500:]}"
-                                 for p in sorted(self.root.glob("*.out")))
-                raise RuntimeError(f"Slurm test cluster: {what} not ready within {START_TIMEOUT_S} s\n"
-                                   f"{outs}\n{self.log_tails()}")
+                outs = "\n".join(
+                    f"--- {p.name} ---\n{p.read_text(errors='replace')[-1500:]}"
+                    for p in sorted(self.root.glob("*.out"))
+                )
+                raise RuntimeError(
+                    f"Slurm test cluster: {what} not ready within {START_TIMEOUT_S} s\n"
+                    f"{outs}\n{self.log_tails()}"
+                )
             time.sleep(0.2)
 
 

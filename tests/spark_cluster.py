@@ -5,6 +5,7 @@ temporary directory removed afterwards with every process, whatever happened in 
 Use: ``from tests.spark_cluster import spark_standalone`` in a test module; ``spark_standalone.url``
 is the master to submit to.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,14 @@ def spark_home() -> Path:
 
 def spark_env(**extra: str) -> dict[str, str]:
     """Loopback only, and executors run this Python (the virtualenv with hvdtrain)."""
-    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_HOME": str(spark_home()),
-            "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, **extra}
+    return {
+        **os.environ,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_HOME": str(spark_home()),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        **extra,
+    }
 
 
 class SparkStandalone:
@@ -60,25 +67,50 @@ class SparkStandalone:
     def url(self) -> str:
         return f"spark://127.0.0.1:{self.port}"
 
-    def up(self) -> "SparkStandalone":
-        self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
-                    str(self.port), "--webui-port", str(self.ui_port))
+    def up(self) -> SparkStandalone:
+        self._start(
+            "master",
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(self.ui_port),
+        )
         for i in range(1, self.workers + 1):
             work = self.root / f"worker{i}"
             work.mkdir()
-            self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
-                        "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(work),
-                        "--webui-port", str(free_port()))
+            self._start(
+                f"worker{i}",
+                "org.apache.spark.deploy.worker.Worker",
+                self.url,
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                str(self.cores),
+                "--memory",
+                self.memory,
+                "--work-dir",
+                str(work),
+                "--webui-port",
+                str(free_port()),
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(self.alive_workers()) < self.workers:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                raise RuntimeError(f"Spark standalone cluster not up within {START_TIMEOUT_S} s:\n{self.log_tails()}")
+                raise RuntimeError(
+                    f"Spark standalone cluster not up within {START_TIMEOUT_S} s:\n"
+                    f"{self.log_tails()}"
+                )
             time.sleep(0.5)
         return self
 
     def alive_workers(self) -> list[dict]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ui_port}/json/", timeout=2
+            ) as response:
                 state = json.load(response)
         except OSError:
             return []
@@ -99,13 +131,16 @@ class SparkStandalone:
         return found
 
     def log_tails(self) -> str:
-        return "\n".join(f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                         for log in sorted(self.root.glob("*.log")))
+        return "\n".join(
+            f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+            for log in sorted(self.root.glob("*.log"))
+        )
 
     def down(self) -> None:
         for proc in self.procs:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the JVM and the executors and Python workers it started
+                # the JVM and the executors and Python workers it started
+                os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             proc.wait()
@@ -113,10 +148,16 @@ class SparkStandalone:
 
     def _start(self, name: str, cls: str, *argv: str) -> None:
         with open(self.root / f"{name}.log", "ab") as log:
-            self.procs.append(subprocess.Popen(
-                [str(spark_home() / "bin" / "spark-class"), cls, *argv], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-                env=spark_env(SPARK_WORKER_DIR=str(self.root), SPARK_LOG_DIR=str(self.root))))
+            self.procs.append(
+                subprocess.Popen(
+                    [str(spark_home() / "bin" / "spark-class"), cls, *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env=spark_env(SPARK_WORKER_DIR=str(self.root), SPARK_LOG_DIR=str(self.root)),
+                )
+            )
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +165,9 @@ def spark_standalone():
     """A master and 2 workers (1 core, 2 GB each) on 127.0.0.1, shared by a module's tests (a
     JVM each: tens of seconds to start); all removed after them."""
     require(unavailable_reason())
-    cluster = SparkStandalone(Path(tempfile.mkdtemp(prefix="hvdtrain-spark-")), workers=2, cores=1, memory="2g")
+    cluster = SparkStandalone(
+        Path(tempfile.mkdtemp(prefix="hvdtrain-spark-")), workers=2, cores=1, memory="2g"
+    )
     try:
         yield cluster.up()
     finally:

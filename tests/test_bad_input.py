@@ -1,10 +1,11 @@
 """Issue 8, item 5: every bad input a user can give ends in one clear line and, where the job
-cannot go on, a non-zero exit, with nothing already written lost (the bad-input table of docs/reliability.md;
-launcher rows are in test_cli_run.py, tracking rows in test_tracking*.py).
+cannot go on, a non-zero exit, with nothing already written lost (the bad-input table of
+docs/reliability.md; launcher rows are in test_cli_run.py, tracking rows in test_tracking*.py).
 
 Multi-process rows run ``tests/workers/bad_*.py`` under ``horovodrun -np 2``; what a user sees
 is horovodrun's output: each rank's lines prefixed ``[rank]<stderr>:``.
 """
+
 from __future__ import annotations
 
 import runpy
@@ -26,12 +27,18 @@ ERROR = "hvdtrain: error: "
 
 def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """The lines of hvdtrain's one-line errors in a job's output (the rank prefix removed)."""
-    return [line.split(ERROR, 1)[1] for line in (proc.stdout + proc.stderr).splitlines() if ERROR in line]
+    return [
+        line.split(ERROR, 1)[1]
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if ERROR in line
+    ]
 
 
 def workers_output(proc: subprocess.CompletedProcess) -> str:
     """What the workers printed (horovodrun's own traceback about the failed job left out)."""
-    return "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("["))
+    return "\n".join(
+        line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("[")
+    )
 
 
 def assert_row(proc: subprocess.CompletedProcess, key: str, **fill: str) -> str:
@@ -43,9 +50,20 @@ def assert_row(proc: subprocess.CompletedProcess, key: str, **fill: str) -> str:
     return line
 
 
-def job(framework: str, mode: str, ckpt: Path, out: Path, *args: str, check: bool = False, **kwargs):
-    return horovodrun(f"bad_{framework}.py", "--mode", mode, "--ckpt", str(ckpt), *args, out=out, check=check,
-                      **kwargs)
+def job(
+    framework: str, mode: str, ckpt: Path, out: Path, *args: str, check: bool = False, **kwargs
+):
+    return horovodrun(
+        f"bad_{framework}.py",
+        "--mode",
+        mode,
+        "--ckpt",
+        str(ckpt),
+        *args,
+        out=out,
+        check=check,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +72,11 @@ def torch_ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("torch_ckpt")
     job("torch", "save", out / "ckpt", out, "--epochs", "2", check=True)
     assert sorted(p.name for p in (out / "ckpt").iterdir()) == [
-        "step-00000004.json", "step-00000004.pt", "step-00000008.json", "step-00000008.pt"]
+        "step-00000004.json",
+        "step-00000004.pt",
+        "step-00000008.json",
+        "step-00000008.pt",
+    ]
     return out / "ckpt"
 
 
@@ -82,15 +104,24 @@ def test_bad_flag_is_an_argparse_error_exit_2(tmp_path, monkeypatch, capsys, row
         runpy.run_path(str(REPO / script), run_name="__main__")
     err = capsys.readouterr().err
     assert row.check(err, stopped.value.code) == err.strip()  # that line only: no usage block
-    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]  # nothing written: no store, no checkpoint
+    # nothing written: no store, no checkpoint
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
 @pytest.mark.slow
 def test_bad_flag_under_hvdtrain_run_stops_the_job_with_status_2(tmp_path):
-    row = docs_table.row("hvdtrain run -np 2 torch_examples/digits.py --epochs 0 (a bad flag under the launcher)")
-    proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), *shlex.split(row.command)[1:]],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
-    # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to exit.
+    row = docs_table.row(
+        "hvdtrain run -np 2 torch_examples/digits.py --epochs 0 (a bad flag under the launcher)"
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "hvdtrain"), *shlex.split(row.command)[1:]],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    # One line from rank 0 (no usage block, no copy per rank); the launcher names the first rank to
+    # exit.
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip().splitlines()[-1]
     output = proc.stdout + proc.stderr
     assert output.count("digits.py: error: argument --epochs: must be >= 1, got 0") == 1
@@ -99,13 +130,16 @@ def test_bad_flag_under_hvdtrain_run_stops_the_job_with_status_2(tmp_path):
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_checkpoint_of_another_model_stops_every_rank_torch(tmp_path, torch_ckpt):
     ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
     before = snapshot(ckpt)
     proc = job("torch", "continue", ckpt, tmp_path, "--epochs", "3", "--width", "16")
     assert_row(proc, "resume from a checkpoint of another model (torch)", ckpt=str(ckpt))
-    assert [r["error_type"] for r in results(tmp_path)] == ["CheckpointError"] * 2  # every rank stopped
+    assert [r["error_type"] for r in results(tmp_path)] == [
+        "CheckpointError"
+    ] * 2  # every rank stopped
     assert snapshot(ckpt) == before
 
 
@@ -126,13 +160,21 @@ def test_corrupt_or_partial_newest_checkpoint_is_skipped_for_the_previous_one(tm
     newest.write_bytes(newest.read_bytes()[:300])  # truncated payload, sidecar intact
     (ckpt / "step-00000012.pt").write_bytes(b"payload of a save cut short")  # no sidecar
     proc = job("torch", "resume", ckpt, tmp_path, check=True)
-    warnings = [line.split("<stderr>:", 1)[1] for line in (proc.stdout + proc.stderr).splitlines()
-                if "hvdtrain: warning" in line]
-    assert warnings == [assert_row(proc, "newest checkpoint partial (payload, no sidecar: a save cut short)"),
-                        assert_row(proc, "newest checkpoint truncated or corrupt (torch)")]
-    assert proc.stdout.count("resumed at step 4") == 2  # both ranks, from the previous good checkpoint
+    warnings = [
+        line.split("<stderr>:", 1)[1]
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "hvdtrain: warning" in line
+    ]
+    assert warnings == [
+        assert_row(proc, "newest checkpoint partial (payload, no sidecar: a save cut short)"),
+        assert_row(proc, "newest checkpoint truncated or corrupt (torch)"),
+    ]
+    # both ranks, from the previous good checkpoint
+    assert proc.stdout.count("resumed at step 4") == 2
     # The corrupt one is kept aside, out of the way of later saves; training goes on from step 4.
-    assert {"step-00000008.pt.corrupt", "step-00000008.json.corrupt"} <= {p.name for p in ckpt.iterdir()}
+    assert {"step-00000008.pt.corrupt", "step-00000008.json.corrupt"} <= {
+        p.name for p in ckpt.iterdir()
+    }
     job("torch", "continue", ckpt, tmp_path / "more", "--epochs", "3", check=True)
     assert [read_meta(ckpt / f"step-{s:08d}.json")[1].step for s in (8, 12)] == [8, 12]
 
@@ -150,7 +192,8 @@ def test_keras_corrupt_newest_checkpoint_is_skipped_and_another_model_refused(tm
     before = snapshot(ckpt)
     proc = job("keras", "resume", ckpt, tmp_path / "other", "--width", "16")
     line = assert_row(proc, "resume from a checkpoint of another model (Keras)", ckpt=str(ckpt))
-    assert line.startswith(f"hvdtrain: error: {ckpt}/step-00000004.keras: ")  # step 8 was set aside as corrupt
+    # step 8 was set aside as corrupt
+    assert line.startswith(f"hvdtrain: error: {ckpt}/step-00000004.keras: ")
     assert "variable.shape=(4, 16), Received: value.shape=(4, 8)" in line
     assert snapshot(ckpt) == before
 
@@ -161,8 +204,11 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
     not_a_dir = tmp_path / "ckpt"
     not_a_dir.write_text("my notes")
     proc = job(framework, "save", not_a_dir, tmp_path / "out", "--epochs", "1")
-    assert_row(proc, "--checkpoint-dir is a file (or under one)", ckpt=str(not_a_dir))  # before training
-    assert [r["error_type"] for r in results(tmp_path / "out")] == ["CheckpointError"] * 2  # every rank stopped
+    # before training
+    assert_row(proc, "--checkpoint-dir is a file (or under one)", ckpt=str(not_a_dir))
+    assert [r["error_type"] for r in results(tmp_path / "out")] == [
+        "CheckpointError"
+    ] * 2  # every rank stopped
     assert not_a_dir.read_text() == "my notes"
 
 
@@ -174,11 +220,13 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
     proc = job("torch", "continue", ckpt, tmp_path / "full", "--epochs", "3", "--fsize", "1000")
     assert_row(proc, "disk full while saving a checkpoint", ckpt=str(ckpt))
     assert snapshot(ckpt) == before  # no temporary file left, nothing pruned or overwritten
-    state = torch.load(ckpt / "step-00000008.pt", weights_only=True)  # and the newest one still loads
+    # and the newest one still loads
+    state = torch.load(ckpt / "step-00000008.pt", weights_only=True)
     assert state["model"]["0.weight"].shape == (8, 4)
 
 
 # --- NaN loss ------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["keras", "torch"])
@@ -187,7 +235,9 @@ def test_nan_loss_stops_every_rank_at_the_same_step(tmp_path, framework):
     every rank stops at the same step with the same error, and no checkpoint holds the diverged
     weights."""
     proc = job(framework, "nan", tmp_path / "ckpt", tmp_path, "--epochs", "2")
-    line = assert_row(proc, "NaN or infinite loss (lr too high, a NaN in the data)").removeprefix(ERROR)
+    line = assert_row(proc, "NaN or infinite loss (lr too high, a NaN in the data)").removeprefix(
+        ERROR
+    )
     ranks = results(tmp_path)
     assert [r["error"] for r in ranks] == [line] * 2  # both ranks, same step
     assert snapshot(tmp_path / "ckpt") == ranks[0]["before"] and len(ranks[0]["before"]) == 2

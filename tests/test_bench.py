@@ -1,4 +1,5 @@
 """``hvdtrain bench`` at a toy size: the report's schema and every section and row (not speed)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,16 +16,41 @@ from hvdtrain.core.errors import UsageError
 
 TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp"}
 KERAS_LOOPS = {"hvdtrain fit", "raw horovod fit", "hvdtrain loop", "raw horovod loop"}
-BACKENDS = {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorflow", "torch.distributed",
-            "horovod.torch, fp16, hvdtrain's wait", "torch.distributed, fp16 copy"}
+BACKENDS = {
+    "horovod.torch",
+    "horovod.torch, hvdtrain's wait",
+    "horovod.tensorflow",
+    "torch.distributed",
+    "horovod.torch, fp16, hvdtrain's wait",
+    "torch.distributed, fp16 copy",
+}
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "bench", "--quick", "--windows", "1", "--sizes", "4K,8K",
-                           "--fusion", "3x4K", "--parts", "allreduce,torch,keras", "--out", str(out)],
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hvdtrain",
+            "bench",
+            "--quick",
+            "--windows",
+            "1",
+            "--sizes",
+            "4K,8K",
+            "--fusion",
+            "3x4K",
+            "--parts",
+            "allreduce,torch,keras",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "allreduce_busbw.png").stat().st_size > 1000
     assert (out / "step_throughput.png").stat().st_size > 1000
@@ -48,14 +74,22 @@ def test_report_header(bench):
 @pytest.mark.slow
 def test_allreduce_rows(bench):
     rows = bench["report"]["allreduce"]
-    assert {(r["backend"], r["size_bytes"]) for r in rows} == {(b, s) for b in BACKENDS for s in (4096, 8192)}
+    assert {(r["backend"], r["size_bytes"]) for r in rows} == {
+        (b, s) for b in BACKENDS for s in (4096, 8192)
+    }
     for row in rows:
         assert row["np"] == 2 and len(row["per_rank_time_s"]) == 2
         assert row["time_s"] == pytest.approx(sum(row["per_rank_time_s"]) / 2)
-        assert row["busbw_GBps"] == pytest.approx(row["size_bytes"] / row["time_s"] / 1e9)  # 2(N-1)/N = 1
+        # 2(N-1)/N = 1
+        assert row["busbw_GBps"] == pytest.approx(row["size_bytes"] / row["time_s"] / 1e9)
     modes = {r["mode"] for r in bench["report"]["fusion"]}
-    assert {"horovod.torch one by one", "horovod.torch grouped_allreduce", "horovod.tensorflow grouped_allreduce",
-            "torch.distributed one by one", "torch.distributed flattened"} <= modes
+    assert {
+        "horovod.torch one by one",
+        "horovod.torch grouped_allreduce",
+        "horovod.tensorflow grouped_allreduce",
+        "torch.distributed one by one",
+        "torch.distributed flattened",
+    } <= modes
     assert all(r["tensors"] == 3 and r["tensor_bytes"] == 4096 for r in bench["report"]["fusion"])
 
 
@@ -63,24 +97,48 @@ def test_allreduce_rows(bench):
 def test_step_rows_ratios_and_scaling(bench):
     result = bench["report"]
     found = {(r["framework"], r["model"], r["loop"], r["np"]) for r in result["steps"]}
-    expected = {("torch", m, loop, np) for m in ("mlp", "gpt") for loop in TORCH_LOOPS for np in (1, 2)}
-    expected |= {("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)}
-    plain = {("torch", m, "plain torch", np) for m in ("mlp", "gpt") for np in (1, 2)}  # no Horovod, no allreduce
+    expected = {
+        ("torch", m, loop, np) for m in ("mlp", "gpt") for loop in TORCH_LOOPS for np in (1, 2)
+    }
+    expected |= {
+        ("keras", m, loop, np) for m in ("mlp", "gpt") for loop in KERAS_LOOPS for np in (1, 2)
+    }
+    # no Horovod, no allreduce
+    plain = {("torch", m, "plain torch", np) for m in ("mlp", "gpt") for np in (1, 2)}
     assert found == expected | plain
     for row in result["steps"]:
         # the total is the sum of every rank's own throughput
-        assert row["samples_per_s_total"] == pytest.approx(sum(row["batch_per_rank"] / t for t in row["per_rank_step_s"]))
+        assert row["samples_per_s_total"] == pytest.approx(
+            sum(row["batch_per_rank"] / t for t in row["per_rank_step_s"])
+        )
         assert len(row["per_rank_step_s"]) == row["np"]
-    ratios = {(r["framework"], r["model"], r["np"], r["numerator"], r["denominator"]) for r in result["ratios"]}
-    assert ("torch", "mlp", 2, "hvdtrain", "raw horovod") in ratios and ("torch", "gpt", 2, "hvdtrain", "ddp") in ratios
+    ratios = {
+        (r["framework"], r["model"], r["np"], r["numerator"], r["denominator"])
+        for r in result["ratios"]
+    }
+    assert ("torch", "mlp", 2, "hvdtrain", "raw horovod") in ratios and (
+        "torch",
+        "gpt",
+        2,
+        "hvdtrain",
+        "ddp",
+    ) in ratios
     assert ("keras", "gpt", 2, "hvdtrain fit", "raw horovod fit") in ratios
     assert {("torch", m, 1, "hvdtrain", "plain torch") for m in ("mlp", "gpt")} <= ratios
-    assert set(result["targets"]["adapter_vs_plain_torch_step_time"]) == {"torch/mlp/np1", "torch/gpt/np1"}
-    assert {(r["framework"], r["model"], r["loop"]) for r in result["scaling"]} == \
-        {(f, m, loop) for f, m, loop, _ in expected}
-    assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == \
-        {"horovod.torch", "horovod.torch, hvdtrain's wait", "horovod.tensorflow"}
-    for r in result["ratios"]:  # every ratio is taken window by window, judged against 1 from 3 windows on
+    assert set(result["targets"]["adapter_vs_plain_torch_step_time"]) == {
+        "torch/mlp/np1",
+        "torch/gpt/np1",
+    }
+    assert {(r["framework"], r["model"], r["loop"]) for r in result["scaling"]} == {
+        (f, m, loop) for f, m, loop, _ in expected
+    }
+    assert set(result["targets"]["horovod_busbw_over_torch_distributed"]) == {
+        "horovod.torch",
+        "horovod.torch, hvdtrain's wait",
+        "horovod.tensorflow",
+    }
+    # every ratio is taken window by window, judged against 1 from 3 windows on
+    for r in result["ratios"]:
         assert r["ratio_min"] <= r["step_time_ratio"] <= r["ratio_max"] and len(r["ratios"]) == 1
         assert r["vs_1"] == "too few windows"  # one window: no spread, no verdict
     assert "Step-time ratios" in bench["stdout"] and "Allreduce" in bench["stdout"]
@@ -90,8 +148,25 @@ def test_step_rows_ratios_and_scaling(bench):
 def zero_bench(tmp_path_factory) -> dict:
     """The zero part alone: its memory measurements start a job per optimizer and world size."""
     out = tmp_path_factory.mktemp("zero_bench")
-    proc = subprocess.run([sys.executable, "-m", "hvdtrain", "bench", "--quick", "--windows", "1", "--parts", "zero",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)  # 6 launches
+    # 6 launches
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hvdtrain",
+            "bench",
+            "--quick",
+            "--windows",
+            "1",
+            "--parts",
+            "zero",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
 
@@ -105,26 +180,38 @@ def test_optimizer_state_sharding_rows(zero_bench):
         assert row["parameters"] > 0 and len(row["per_rank_state_bytes_sharded"]) == row["np"]
         # every rank holds 1/N of the state (up to padding and per-bucket step counters)
         assert 0.99 < row["state_over_ideal"] < 1.01
-        assert len(row["step_ratios"]) == 1 and row["step_ratio_min"] <= row["step_ratio"] <= row["step_ratio_max"]
-    assert {(r["np"], r["mode"]) for r in result["zero_memory"]} == {(n, m) for n in (1, 2)
-                                                                     for m in ("unsharded", "sharded")}
+        assert (
+            len(row["step_ratios"]) == 1
+            and row["step_ratio_min"] <= row["step_ratio"] <= row["step_ratio_max"]
+        )
+    assert {(r["np"], r["mode"]) for r in result["zero_memory"]} == {
+        (n, m) for n in (1, 2) for m in ("unsharded", "sharded")
+    }
     for row in result["zero_memory"]:
         assert row["peak_rss_bytes_max"] >= row["rss_before_bytes_mean"] > 0
-    assert set(result["targets"]) >= {"zero_state_within_5pct_of_1_over_n", "zero_step_ratio_at_most_1_1"}
+    assert set(result["targets"]) >= {
+        "zero_state_within_5pct_of_1_over_n",
+        "zero_step_ratio_at_most_1_1",
+    }
     assert "Optimizer-state sharding" in bench["stdout"] and "Peak RSS" in bench["stdout"]
 
 
 def test_bad_input_is_one_line_error():
     parser = argparse.ArgumentParser()
     bench_cli.add_arguments(parser)
-    for argv, message in ((["--sizes", "3K1"], "bad size"), (["--sizes", "6"], "multiple of 4"),
-                          (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"), (["--np", "0"], "--np must be >= 1"),
-                          (["--np", "2,x"], "bad --np '2,x'"),
-                          (["--env", "NOEQUALS"], "KEY=VALUE"), (["--fusion", "x64K"], "COUNTxSIZE"),
-                          (["--hosts", "1"], "--hosts must be >= 2, got 1"),
-                          (["--hosts", "2", "--np", "2"], "--np and --hosts exclude each other"),
-                          (["--hosts", "2", "--link-rate", "fast"], "bad --link-rate 'fast'"),
-                          (["--steps", "0"], "--steps must be >= 1")):
+    for argv, message in (
+        (["--sizes", "3K1"], "bad size"),
+        (["--sizes", "6"], "multiple of 4"),
+        (["--parts", "mpi"], "allowed: allreduce, torch, keras, zero"),
+        (["--np", "0"], "--np must be >= 1"),
+        (["--np", "2,x"], "bad --np '2,x'"),
+        (["--env", "NOEQUALS"], "KEY=VALUE"),
+        (["--fusion", "x64K"], "COUNTxSIZE"),
+        (["--hosts", "1"], "--hosts must be >= 2, got 1"),
+        (["--hosts", "2", "--np", "2"], "--np and --hosts exclude each other"),
+        (["--hosts", "2", "--link-rate", "fast"], "bad --link-rate 'fast'"),
+        (["--steps", "0"], "--steps must be >= 1"),
+    ):
         with pytest.raises(UsageError, match=message):
             bench_cli.settings(parser.parse_args(argv))
 
@@ -132,8 +219,12 @@ def test_bad_input_is_one_line_error():
 def test_tuning_defaults_yield_to_user_settings():
     defaults = {"HOROVOD_CYCLE_TIME": "0.5", "HOROVOD_CACHE_CAPACITY": "2048"}
     environ = {"HOROVOD_CYCLE_TIME": "7"}
-    assert tuning.apply_horovod_defaults(environ, defaults) == {"HOROVOD_CYCLE_TIME": "7",
-                                                                "HOROVOD_CACHE_CAPACITY": "2048"}
+    assert tuning.apply_horovod_defaults(environ, defaults) == {
+        "HOROVOD_CYCLE_TIME": "7",
+        "HOROVOD_CACHE_CAPACITY": "2048",
+    }
     assert environ == {"HOROVOD_CYCLE_TIME": "7", "HOROVOD_CACHE_CAPACITY": "2048"}
     switched_off = {tuning.SWITCH: "0"}
-    assert tuning.apply_horovod_defaults(switched_off, defaults) == {} and switched_off == {tuning.SWITCH: "0"}
+    assert tuning.apply_horovod_defaults(switched_off, defaults) == {} and switched_off == {
+        tuning.SWITCH: "0"
+    }

@@ -1,4 +1,6 @@
-"""Issue 6: ``hvdtrain run`` launches, passes MLflow settings, returns the job's status, refuses bad input."""
+"""Issue 6: ``hvdtrain run`` launches, passes MLflow settings,
+returns the job's status, refuses bad input."""
+
 import json
 import os
 import shlex
@@ -26,8 +28,14 @@ if rank == int(sys.argv[2]):
 
 def _run(*args, cwd, env=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HVDTRAIN_"))}
-    return subprocess.run([HVDTRAIN, "run", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**full_env, **(env or {})})
+    return subprocess.run(
+        [HVDTRAIN, "run", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**full_env, **(env or {})},
+    )
 
 
 @pytest.fixture
@@ -62,7 +70,7 @@ LAUNCH_ROWS = docs_table.rows_for("test_cli_run.py::test_bad_launch_command_is_o
 
 @pytest.mark.parametrize("row", LAUNCH_ROWS, ids=[r.command for r in LAUNCH_ROWS])
 def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
-    """The table's command, run as it reads: refused before any worker starts, the answer the
+    """The README's command, run as it reads: refused before any worker starts, the answer the
     whole of stderr."""
     (tmp_path / "train.py").write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
     (tmp_path / "hosts.txt").write_text("# my nodes\nnode1 slots\n")
@@ -71,7 +79,7 @@ def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
     (tmp_path / "discover.sh").chmod(0o755)
     words = shlex.split(row.command)
     at = words.index("hvdtrain")  # VAR=value words before it are the environment
-    proc = _run(*words[at + 2:], cwd=tmp_path, env=dict(word.split("=", 1) for word in words[:at]))
+    proc = _run(*words[at + 2 :], cwd=tmp_path, env=dict(word.split("=", 1) for word in words[:at]))
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
     assert not (tmp_path / "started").exists()  # nothing was launched
 
@@ -81,7 +89,8 @@ def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
     row = docs_table.row("hvdtrain run -np 2 -H 192.0.2.1:2 train.py (an unroutable host)")
     started = time.monotonic()
     proc = _run(*shlex.split(row.command)[2:-1], str(worker), cwd=tmp_path)
-    assert time.monotonic() - started < 30  # the probe's own bound is a few seconds; startup is the rest
+    # the probe's own bound is a few seconds; startup is the rest
+    assert time.monotonic() - started < 30
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
 
 

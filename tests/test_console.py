@@ -7,6 +7,7 @@ overwritten progress bar, no TensorFlow start-up lines), its bar redrawn in plac
 and one line per redraw in the file, then the summary block, whose values are read back from the
 job's results file and from MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,21 +35,40 @@ SCRIPTS = {"torch": "torch_examples/digits.py", "keras": "tf_examples/digits.py"
 JOB_TIMEOUT_S = 300
 
 NUMBER = r"\d+\.\d{4}"
-# tqdm's bar (torch; on stderr, erased at each epoch's end) and Keras's (stdout, kept, one per epoch).
+# tqdm's bar (torch; on stderr, erased at each epoch's end) and Keras's (stdout, kept, one per
+# epoch).
 TORCH_BAR = re.compile(rf"epoch [12]/{EPOCHS}: +\d+%\|.*\| \d+/12 \[[^\]]*\]")
 KERAS_BAR = re.compile(r" ?\d+/12 ━+ \S+ \S+/step( - \w+: \d+\.\d{4})*")
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    """The user's environment: TF_CPP_MIN_LOG_LEVEL unset (the launcher quiets TensorFlow itself)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_")) and k != "TF_CPP_MIN_LOG_LEVEL"}
+    """The user's environment: TF_CPP_MIN_LOG_LEVEL unset
+    (the launcher quiets TensorFlow itself)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_")) and k != "TF_CPP_MIN_LOG_LEVEL"
+    }
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 
 def command(framework: str, results: Path, *extra: str) -> list[str]:
-    return [HVDTRAIN, "run", "-np", "2", str(REPO / SCRIPTS[framework]), "--epochs", str(EPOCHS),
-            "--train-samples", str(TRAIN_SAMPLES), "--batch-size", str(BATCH), "--results", str(results), *extra]
+    return [
+        HVDTRAIN,
+        "run",
+        "-np",
+        "2",
+        str(REPO / SCRIPTS[framework]),
+        "--epochs",
+        str(EPOCHS),
+        "--train-samples",
+        str(TRAIN_SAMPLES),
+        "--batch-size",
+        str(BATCH),
+        "--results",
+        str(results),
+        *extra,
+    ]
 
 
 def in_tmux(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[list[str]]]:
@@ -57,13 +77,18 @@ def in_tmux(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[
     server = ["tmux", "-L", f"hvdtrain-console-{os.getpid()}", "-f", "/dev/null"]
     status = cwd / "status"
     shell = f"{shlex.join(argv)}; echo $? > {shlex.quote(str(status))}; sleep {JOB_TIMEOUT_S}"
-    subprocess.run([*server, "new-session", "-d", "-x", str(COLUMNS), "-y", str(ROWS), "-c", str(cwd), shell],
-                   env=env, check=True)
+    subprocess.run(
+        [*server, "new-session", "-d", "-x", str(COLUMNS), "-y", str(ROWS), "-c", str(cwd), shell],
+        env=env,
+        check=True,
+    )
     screens, deadline = [], time.monotonic() + JOB_TIMEOUT_S
     try:
         while True:
             ended = status.exists()
-            screen = subprocess.run([*server, "capture-pane", "-p"], capture_output=True, text=True, check=True)
+            screen = subprocess.run(
+                [*server, "capture-pane", "-p"], capture_output=True, text=True, check=True
+            )
             screens.append([line.rstrip() for line in screen.stdout.splitlines() if line.strip()])
             if ended:
                 return int(status.read_text()), screens
@@ -75,7 +100,11 @@ def in_tmux(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, list[
 
 @pytest.fixture(scope="module")
 def tmux():
-    require(None if shutil.which("tmux") else "tmux is not installed (scripts/system-packages.sh test installs it)")
+    require(
+        None
+        if shutil.which("tmux")
+        else "tmux is not installed (scripts/system-packages.sh test installs it)"
+    )
 
 
 @pytest.fixture(scope="module", params=sorted(SCRIPTS))
@@ -87,31 +116,59 @@ def on_screen(request, tmux, tmp_path_factory):
     return framework, status, screens, json.loads(results.read_text()) if results.exists() else None
 
 
-def final_lines(framework: str, results: dict, keras_bars: bool, tracking: tuple[str, str] | None = None) -> list:
-    """What a finished job leaves, a pattern a line: the epochs, the script's last line, the summary."""
+def final_lines(
+    framework: str, results: dict, keras_bars: bool, tracking: tuple[str, str] | None = None
+) -> list:
+    """What a finished job leaves, a pattern a line:
+    the epochs, the script's last line, the summary."""
     val = re.escape(f"{results['val_accuracy']:.4f}")
     if framework == "torch":
-        epochs = [re.compile(rf"epoch {e}/{EPOCHS}: loss={NUMBER}, val_accuracy={val if e == EPOCHS else NUMBER}, "
-                             rf"val_loss={NUMBER}") for e in range(1, EPOCHS + 1)]
+        epochs = [
+            re.compile(
+                rf"epoch {e}/{EPOCHS}: loss={NUMBER}, "
+                rf"val_accuracy={val if e == EPOCHS else NUMBER}, val_loss={NUMBER}"
+            )
+            for e in range(1, EPOCHS + 1)
+        ]
     else:
         epochs = []
         for e in range(1, EPOCHS + 1):
             epochs.append(re.compile(f"Epoch {e}/{EPOCHS}"))
-            if keras_bars:  # rank 0's own validation metrics (the summary's are averaged over the ranks)
-                epochs.append(re.compile(rf"12/12 ━{{20}} \S+ \S+/step - accuracy: {NUMBER} - loss: {NUMBER} - "
-                                         rf"val_accuracy: {NUMBER} - val_loss: {NUMBER}"))
-    exact = [f"test accuracy: {results['test_accuracy']:.4f} on 360 images (2 workers, {results['wall_time_s']:.1f} s)"]
-    head = re.compile(r"hvdtrain: job finished: 2 workers on 1 host \(localhost\), wall time \d+\.\d s")
-    rows = [("samples/s", f"{results['samples_per_sec']:.1f}"), ("test_accuracy", f"{results['test_accuracy']:.4f}"),
-            ("val_accuracy", f"{results['val_accuracy']:.4f}"), *([tracking] if tracking else [])]
+            # rank 0's own validation metrics (the summary's are averaged over the ranks)
+            if keras_bars:
+                epochs.append(
+                    re.compile(
+                        rf"12/12 ━{{20}} \S+ \S+/step - accuracy: {NUMBER} - loss: {NUMBER} - "
+                        rf"val_accuracy: {NUMBER} - val_loss: {NUMBER}"
+                    )
+                )
+    exact = [
+        f"test accuracy: {results['test_accuracy']:.4f} on 360 images (2 workers, "
+        f"{results['wall_time_s']:.1f} s)"
+    ]
+    head = re.compile(
+        r"hvdtrain: job finished: 2 workers on 1 host \(localhost\), wall time \d+\.\d s"
+    )
+    rows = [
+        ("samples/s", f"{results['samples_per_sec']:.1f}"),
+        ("test_accuracy", f"{results['test_accuracy']:.4f}"),
+        ("val_accuracy", f"{results['val_accuracy']:.4f}"),
+        *([tracking] if tracking else []),
+    ]
     width = max(len(name) for name, _ in rows) + 1
     exact += [f"  {name + ':':<{width}} {value}" for name, value in rows]
-    return [*epochs, re.compile(re.escape(exact[0])), head, *(re.compile(re.escape(line)) for line in exact[1:])]
+    return [
+        *epochs,
+        re.compile(re.escape(exact[0])),
+        head,
+        *(re.compile(re.escape(line)) for line in exact[1:]),
+    ]
 
 
 def assert_lines(lines: list[str], patterns: list) -> None:
-    assert len(lines) == len(patterns) and all(p.fullmatch(l) for p, l in zip(patterns, lines)), (
-        "\n".join(lines) + "\n--- expected ---\n" + "\n".join(p.pattern for p in patterns))
+    assert len(lines) == len(patterns) and all(
+        p.fullmatch(line) for p, line in zip(patterns, lines)
+    ), "\n".join(lines) + "\n--- expected ---\n" + "\n".join(p.pattern for p in patterns)
 
 
 @pytest.mark.slow
@@ -120,22 +177,32 @@ def test_the_terminal_shows_rank_0_as_written_and_the_summary(on_screen):
     assert status == 0 and results is not None, "\n".join(screens[-1])
     patterns = final_lines(framework, results, keras_bars=True)
     assert_lines(screens[-1], patterns)
-    # While it ran: never a prefix or the remains of a bar, only lines it ends with or a bar being redrawn.
+    # While it ran: never a prefix or the remains of a bar, only lines it ends with or a bar being
+    # redrawn.
     bar = TORCH_BAR if framework == "torch" else KERAS_BAR
     for screen in screens:
         for line in screen:
-            assert bar.fullmatch(line) or any(p.fullmatch(line) for p in patterns), "\n".join(screen)
+            assert bar.fullmatch(line) or any(p.fullmatch(line) for p in patterns), "\n".join(
+                screen
+            )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", sorted(SCRIPTS))
-def test_a_file_gets_one_line_per_redraw_and_the_summary_with_the_mlflow_run(framework, mlflow_server, tmp_path):
+def test_a_file_gets_one_line_per_redraw_and_the_summary_with_the_mlflow_run(
+    framework, mlflow_server, tmp_path
+):
     results, log = tmp_path / "results.json", tmp_path / "job.log"
     experiment = f"console-{framework}"
     with open(log, "wb") as out:
-        proc = subprocess.run(command(framework, results, "--experiment", experiment), stdout=out,
-                              stderr=subprocess.STDOUT, cwd=tmp_path, timeout=JOB_TIMEOUT_S,
-                              env=job_env(MLFLOW_TRACKING_URI=mlflow_server.uri))
+        proc = subprocess.run(
+            command(framework, results, "--experiment", experiment),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            timeout=JOB_TIMEOUT_S,
+            env=job_env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+        )
     text = log.read_text(encoding="utf-8")
     assert proc.returncode == 0, text[-3000:]
     assert not re.search(r"[\r\b\x1b]|<std(out|err)>", text), repr(text[-3000:])
@@ -143,23 +210,36 @@ def test_a_file_gets_one_line_per_redraw_and_the_summary_with_the_mlflow_run(fra
     client = mlflow_server.client()
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     [run] = client.search_runs([experiment_id])
-    assert (found["run_id"], run.data.metrics["test_accuracy"]) == (run.info.run_id, found["test_accuracy"])
+    assert (found["run_id"], run.data.metrics["test_accuracy"]) == (
+        run.info.run_id,
+        found["test_accuracy"],
+    )
     page = f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
     bar = TORCH_BAR if framework == "torch" else KERAS_BAR
     lines = text.splitlines()
     bars = [line for line in lines if bar.fullmatch(line)]
     assert len(bars) >= EPOCHS, text  # at least each epoch's first (tqdm) or last (Keras) redraw
-    assert_lines([line for line in lines if line not in bars],
-                 final_lines(framework, found, keras_bars=False, tracking=("MLflow run", page)))
+    assert_lines(
+        [line for line in lines if line not in bars],
+        final_lines(framework, found, keras_bars=False, tracking=("MLflow run", page)),
+    )
 
 
 def test_summary_names_the_journal_when_the_server_was_down(tmp_path, monkeypatch):
     """The run file rank 0 leaves when MLflow was unreachable at the end, and the block's line."""
     run_file = tmp_path / "run.json"
-    run_file.write_text(json.dumps({"run_id": "abc123", "tracking_uri": "http://10.0.0.9:5000", "experiment_id": "4"}))
+    run_file.write_text(
+        json.dumps(
+            {"run_id": "abc123", "tracking_uri": "http://10.0.0.9:5000", "experiment_id": "4"}
+        )
+    )
     monkeypatch.setenv(legs.RUN_FILE_ENV, str(run_file))
     legs.record_journal(tmp_path / "mlflow-spill" / "run-1.jsonl")
     journal = str(tmp_path / "mlflow-spill" / "run-1.jsonl")
-    assert summary.block(workers=4, hosts=["h1", "h2"], wall_s=61.04, results={}, run=summary.read(run_file)) == [
+    assert summary.block(
+        workers=4, hosts=["h1", "h2"], wall_s=61.04, results={}, run=summary.read(run_file)
+    ) == [
         "hvdtrain: job finished: 4 workers on 2 hosts (h1, h2), wall time 61.0 s",
-        f"  MLflow: server unreachable, data kept in {journal} (send it: hvdtrain mlflow-sync {journal})"]
+        f"  MLflow: server unreachable, data kept in {journal} (send it: hvdtrain mlflow-sync "
+        f"{journal})",
+    ]

@@ -6,6 +6,7 @@ BENCHMARKS.md as a page, added by ``scripts/mkdocs_root_pages.py``). ``mkdocs bu
 fails on a broken link or anchor, a page left out of the nav, or an API reference entry that no
 longer resolves, so building it here is how CI keeps the site whole.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,21 +53,28 @@ def test_the_site_builds_strict_with_every_page_of_the_nav(tmp_path):
     for page in pages:
         assert built_file(site, page).is_file(), f"{page} of the nav was not built"
     api = built_file(site, "api.md").read_text()
-    for name in ("hvdtrain.torch.wrap_optimizer", "hvdtrain.keras.wrap_optimizer",
-                 "hvdtrain.spark.run"):
+    for name in (
+        "hvdtrain.torch.wrap_optimizer",
+        "hvdtrain.keras.wrap_optimizer",
+        "hvdtrain.spark.run",
+    ):
         assert f'id="{name}"' in api, f"the API reference has no entry for {name}"
 
 
 def test_the_readme_is_an_entry_page_of_at_most_400_lines():
     lines = (REPO / "README.md").read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, \
+    assert len(lines) <= README_MAX_LINES, (
         f"README.md has {len(lines)} lines; the reference belongs in docs/"
+    )
 
 
 def test_every_link_of_the_readme_resolves_to_a_file_of_the_checkout():
     targets = _LINK_TARGET.findall((REPO / "README.md").read_text())
-    local = [target.partition("#")[0] for target in targets
-             if not re.match(r"[a-z]+:", target) and not target.startswith("#")]
+    local = [
+        target.partition("#")[0]
+        for target in targets
+        if not re.match(r"[a-z]+:", target) and not target.startswith("#")
+    ]
     assert any(t.startswith("docs/") for t in local), "the README links to no page of docs/"
     for target in local:
         assert (REPO / target).is_file(), f"README.md links to {target}, which does not exist"

@@ -1,9 +1,11 @@
-"""Issue 24: Horovod's own TensorFlow 2 and Keras APIs run unchanged on Keras 3 with hvdtrain's build.
+"""Issue 24: Horovod's own TensorFlow 2 and Keras APIs run unchanged on Keras 3
+with hvdtrain's build.
 
 One horovodrun launch (``workers/horovod_api_keras.py``, which also runs ``horovod_api_tf.py``)
 trains with each API as Horovod's docs write it, on 2 ranks, against single-process Keras on the
 global batch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +25,16 @@ def ranks(tmp_path_factory) -> list[dict]:
     return found
 
 
-FIT_CHECKS = ["sgd_momentum", "adam_standalone", "predivide", "sum", "sparse", "sparse_as_dense",
-              "passes_averaged", "passes_summed"]
+FIT_CHECKS = [
+    "sgd_momentum",
+    "adam_standalone",
+    "predivide",
+    "sum",
+    "sparse",
+    "sparse_as_dense",
+    "passes_averaged",
+    "passes_summed",
+]
 
 
 @pytest.mark.slow
@@ -35,7 +45,8 @@ def test_distributed_optimizer_matches_one_process_on_the_global_batch(ranks, ch
     # backward_passes_per_step=2 without averaging the two is one process at twice the LR.
     for rank in ranks:
         assert rank[check]["diff"] < ATOL, rank[check]["diff"]
-        assert rank[check]["same_class"]  # the user's optimizer class: model.save writes a plain one
+        # the user's optimizer class: model.save writes a plain one
+        assert rank[check]["same_class"]
     assert ranks[0][check]["weights"] == ranks[1][check]["weights"]
 
 
@@ -58,7 +69,9 @@ def test_metric_average_callback_gives_the_mean_over_ranks(ranks):
     local = np.array([r["metric_average"]["local"] for r in ranks])
     assert not np.allclose(local[0], local[1])
     for rank in ranks:
-        np.testing.assert_allclose(rank["metric_average"]["averaged"], local.mean(axis=0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            rank["metric_average"]["averaged"], local.mean(axis=0), rtol=0, atol=1e-12
+        )
 
 
 @pytest.mark.slow
@@ -67,10 +80,15 @@ def test_lr_warmup_follows_horovods_ramp_with_momentum_correction(ranks):
     size, steps, epochs, initial = 2, 6, 2, warmup["initial_lr"]
     # Horovod's formula: lr(e) = initial / size * (e * (size - 1) / warmup_epochs + 1), at e =
     # epoch + (batch + 1) / steps_per_epoch; unchanged after the warmup epochs.
-    ramp = [initial / size * ((e + (b + 1) / steps) * (size - 1) / epochs + 1) for e in range(epochs)
-            for b in range(steps)]
+    ramp = [
+        initial / size * ((e + (b + 1) / steps) * (size - 1) / epochs + 1)
+        for e in range(epochs)
+        for b in range(steps)
+    ]
     np.testing.assert_allclose(warmup["lrs"], ramp + [ramp[-1]] * steps, rtol=1e-12)
-    np.testing.assert_allclose(warmup["logged_lr"], [ramp[steps - 1], ramp[-1], ramp[-1]], rtol=1e-12)
+    np.testing.assert_allclose(
+        warmup["logged_lr"], [ramp[steps - 1], ramp[-1], ramp[-1]], rtol=1e-12
+    )
     for rank in ranks:
         assert rank["warmup"]["diff"] < ATOL, rank["warmup"]["diff"]
     assert ranks[0]["warmup"]["weights"] == ranks[1]["warmup"]["weights"]
@@ -79,7 +97,8 @@ def test_lr_warmup_follows_horovods_ramp_with_momentum_correction(ranks):
 
 @pytest.mark.slow
 def test_lr_schedule_callback_sets_each_epochs_lr(ranks):
-    # multiplier 0.5 from start_epoch 1, staircase: epoch 0 untouched, then 0.01 * 0.5 ** (epoch - 1).
+    # multiplier 0.5 from start_epoch 1, staircase: epoch 0 untouched, then 0.01 * 0.5 ** (epoch -
+    # 1).
     for rank in ranks:
         np.testing.assert_allclose(rank["schedule"], [0.01, 0.01, 0.005, 0.0025], rtol=1e-6)
 
@@ -89,14 +108,17 @@ def test_load_model_restores_a_distributed_optimizer_with_its_state(ranks):
     for rank in ranks:
         found = rank["load_model"]
         assert (found["class"], found["state_restored"]) == ("Adam", True)
-        assert 1e-9 < found["diff"] < 1e-3  # load_model(compression=fp16) rounds the continued training's gradients
+        # load_model(compression=fp16) rounds the continued training's gradients
+        assert 1e-9 < found["diff"] < 1e-3
 
 
 @pytest.mark.slow
 def test_horovod_script_without_distributed_optimizer_is_stopped_by_the_tripwire(ranks):
     for rank in ranks:
-        assert rank["plain_optimizer"].startswith("DataParallelError: data parallelism is off at step 1: rank 1 "
-                                                  "holds different weights from rank 0")
+        assert rank["plain_optimizer"].startswith(
+            "DataParallelError: data parallelism is off at step 1: rank 1 "
+            "holds different weights from rank 0"
+        )
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
-"""Issue 24: how Horovod's Python files are fixed for Keras 3 (``scripts/patch_horovod.py --python``),
-and Keras 2 usage that Keras 3 removed named in one line."""
+"""Issue 24: how Horovod's Python files are fixed for Keras 3
+(``scripts/patch_horovod.py --python``), and Keras 2 usage that Keras 3 removed
+named in one line."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +35,12 @@ def test_python_fixes_never_change_the_compiled_wheels_cache_key():
 
 
 def _cached_wheel() -> Path:
-    cache = Path(os.environ.get("HVDTRAIN_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                                / "hvdtrain"))
+    cache = Path(
+        os.environ.get(
+            "HVDTRAIN_CACHE",
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hvdtrain",
+        )
+    )
     key = (Path(sys.prefix) / versions.KEY_FILE).read_text().strip()
     found = sorted((cache / "wheels" / key).glob("horovod-*.whl"))
     assert found, f"no cached Horovod wheel for {key} under {cache}: run make install"
@@ -54,7 +60,9 @@ def test_installed_horovod_is_the_cached_wheel_plus_the_python_fixes(tmp_path):
     site = Path(importlib.util.find_spec("horovod").submodule_search_locations[0]).parent
     for rel in targets:
         assert (tmp_path / rel).read_text() == (site / rel).read_text(), rel
-    assert (Path(sys.prefix) / versions.PYTHON_FIXES_FILE).read_text().strip() == patcher.python_fingerprint()
+    assert (
+        Path(sys.prefix) / versions.PYTHON_FIXES_FILE
+    ).read_text().strip() == patcher.python_fingerprint()
     again = subprocess.run(run, capture_output=True, text=True)
     assert (again.returncode, again.stdout) == (0, "")  # applied already: nothing written
     # A Horovod whose text differs: one line naming the file, nothing written.
@@ -64,22 +72,36 @@ def test_installed_horovod_is_the_cached_wheel_plus_the_python_fixes(tmp_path):
     other.write_text(other.read_text().replace("_ref(source)", "source.ref()"))
     before = other.read_text()
     proc = subprocess.run(run, capture_output=True, text=True)
-    assert proc.returncode == 1 and proc.stderr.startswith(f"patch_horovod: expected text once in {util}")
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        f"patch_horovod: expected text once in {util}"
+    )
     assert other.read_text() == before
 
 
 @pytest.mark.slow
 def test_keras_2_arguments_keras_3_removed_are_named_in_one_line(tmp_path):
     script = tmp_path / "keras2_script.py"
-    script.write_text("import keras\nimport horovod.tensorflow.keras as hvd\nhvd.init()\n"
-                      "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])\n"
-                      "opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.1 * hvd.size()))\n"
-                      "model.compile(loss='mse', optimizer=opt, experimental_run_tf_function=False)\n")
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert (proc.returncode, proc.stderr.strip().splitlines()) == (1, [
-        "hvdtrain: compile(experimental_run_tf_function=...) was removed in Keras 3: delete the argument (Keras 3 "
-        "always runs the train step as a tf.function, and Horovod's DistributedOptimizer works inside it)"])
+    script.write_text(
+        "import keras\nimport horovod.tensorflow.keras as hvd\nhvd.init()\n"
+        "model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])\n"
+        "opt = hvd.DistributedOptimizer(keras.optimizers.SGD(0.1 * hvd.size()))\n"
+        "model.compile(loss='mse', optimizer=opt, experimental_run_tf_function=False)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (
+        1,
+        [
+            "hvdtrain: compile(experimental_run_tf_function=...) was removed in Keras 3: delete "
+            "the argument (Keras 3 always runs the train step as a tf.function, and Horovod's "
+            "DistributedOptimizer works inside it)"
+        ],
+    )
 
 
 def test_optimizer_variables_called_as_in_keras_2_is_named():
@@ -90,8 +112,9 @@ def test_optimizer_variables_called_as_in_keras_2_is_named():
     opt = keras.optimizers.SGD(0.1)
     with pytest.raises(TypeError) as raised:
         opt.variables()
-    assert keras3.explain(raised.value) == ("optimizer.variables() became a property in Keras 3: write "
-                                            "optimizer.variables (no call)")
+    assert keras3.explain(raised.value) == (
+        "optimizer.variables() became a property in Keras 3: write optimizer.variables (no call)"
+    )
     optimizers = [opt]
     with pytest.raises(TypeError) as raised:
         optimizers()  # the same error from another line: not Keras 2 usage

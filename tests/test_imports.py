@@ -9,6 +9,7 @@ Issue 23, item 3: the package's layers, read from the source (every import state
 inside functions too): no module outside ``cli`` imports ``cli``, no import cycle, no package
 imports one of a layer above it.
 """
+
 import ast
 import json
 import os
@@ -27,42 +28,62 @@ FRAMEWORKS = ("horovod", "torch", "tensorflow", "keras")
 # hvdtrain's packages and top-level modules, lowest layer first: each imports only from its own
 # and from lower layers (and none from another of its own layer).
 LAYERS = (
-    ("core",),                       # framework-free policy, the contracts (tracker, errors)
-    ("tracking", "cudastack"),       # MLflow; the CUDA stack's facts
-    ("launch", "elastic"),           # starting and watching workers; Horovod's elastic state
-    ("torch", "keras", "spark"),     # the adapters; training on Spark
-    ("datasets",),                   # the examples' data (digits may come from Spark)
-    ("models",),                     # the models the examples and the benchmark share
-    ("bench",),                      # the benchmark
-    ("cli", "demo"),                 # the command and the demo
-    ("__main__",),                   # python -m hvdtrain
+    ("core",),  # framework-free policy, the contracts (tracker, errors)
+    ("tracking", "cudastack"),  # MLflow; the CUDA stack's facts
+    ("launch", "elastic"),  # starting and watching workers; Horovod's elastic state
+    ("torch", "keras", "spark"),  # the adapters; training on Spark
+    ("datasets",),  # the examples' data (digits may come from Spark)
+    ("models",),  # the models the examples and the benchmark share
+    ("bench",),  # the benchmark
+    ("cli", "demo"),  # the command and the demo
+    ("__main__",),  # python -m hvdtrain
 )
 
 
 def imported_after(code: str, watched: tuple[str, ...], **kwargs) -> dict:
-    """Run ``code`` in a fresh interpreter; it sets ``found`` (a dict), printed as JSON at the end."""
-    report = f"\nimport json, sys\nprint(json.dumps(found))"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", f"WATCHED = {watched!r}\n{code}{report}"], capture_output=True,
-                          text=True, env=env, timeout=900, **kwargs)
+    """Run ``code`` in a fresh interpreter;
+    it sets ``found`` (a dict), printed as JSON at the end."""
+    report = "\nimport json, sys\nprint(json.dumps(found))"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", f"WATCHED = {watched!r}\n{code}{report}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        **kwargs,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_core_and_tracking_modules_import_no_horovod_or_framework():
-    modules = [f"{package.__name__}.{m.name}" for package in (hvdtrain.core, hvdtrain.tracking)
-               for m in pkgutil.iter_modules(package.__path__)]
+    modules = [
+        f"{package.__name__}.{m.name}"
+        for package in (hvdtrain.core, hvdtrain.tracking)
+        for m in pkgutil.iter_modules(package.__path__)
+    ]
     assert "hvdtrain.core.elastic" in modules and "hvdtrain.tracking.sync" in modules
-    code = ("import importlib, sys\nfound = {}\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "    found[name] = [w for w in WATCHED if w in sys.modules]\n")
+    code = (
+        "import importlib, sys\nfound = {}\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    found[name] = [w for w in WATCHED if w in sys.modules]\n"
+    )
     found = imported_after(code, FRAMEWORKS)
     assert {name: pulled for name, pulled in found.items() if pulled} == {}
 
 
 def test_the_cli_imports_no_tracking_plotting_or_framework():
-    code = "import sys\nimport hvdtrain.cli\nfound = {'pulled': [w for w in WATCHED if w in sys.modules]}"
+    code = (
+        "import sys\nimport hvdtrain.cli\n"
+        "found = {'pulled': [w for w in WATCHED if w in sys.modules]}"
+    )
     assert imported_after(code, ("mlflow", "matplotlib", *FRAMEWORKS))["pulled"] == []
 
 
@@ -73,24 +94,72 @@ def test_the_launcher_and_its_horovodrun_never_import_tensorflow_or_torch(tmp_pa
     script = tmp_path / "hello.py"
     script.write_text("print('hello')\n")
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "run", "-np", "1", str(script)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "hvdtrain"), "run", "-np", "1", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("hello\n"), proc.stderr[-3000:]
-    own = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
-           if line.startswith("import time:")]
+    own = [
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    ]
     assert "horovod.runner.launch" in own  # horovodrun's imports are here too
     assert [name for name in own if name.split(".")[0] in ("tensorflow", "torch", "keras")] == []
 
 
 EXAMPLES = {
-    "torch": [("torch_examples/digits.py", ["--epochs", "1", "--train-samples", "50"]),
-              ("torch_examples/gpt.py", ["--epochs", "1", "--max-bytes", "40000", "--val-bytes", "4000",
-                                         "--windows", "64", "--block", "16", "--d-model", "16", "--layers", "1",
-                                         "--heads", "2", "--sample-bytes", "4"]),
-              ("torch_examples/token_tagging.py", ["--epochs", "1", "--files", "6", "--train-lines", "200",
-                                                   "--heldout-lines", "50", "--dim", "16", "--layers", "1"])],
+    "torch": [
+        ("torch_examples/digits.py", ["--epochs", "1", "--train-samples", "50"]),
+        (
+            "torch_examples/gpt.py",
+            [
+                "--epochs",
+                "1",
+                "--max-bytes",
+                "40000",
+                "--val-bytes",
+                "4000",
+                "--windows",
+                "64",
+                "--block",
+                "16",
+                "--d-model",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--sample-bytes",
+                "4",
+            ],
+        ),
+        (
+            "torch_examples/token_tagging.py",
+            [
+                "--epochs",
+                "1",
+                "--files",
+                "6",
+                "--train-lines",
+                "200",
+                "--heldout-lines",
+                "50",
+                "--dim",
+                "16",
+                "--layers",
+                "1",
+            ],
+        ),
+    ],
 }
-EXAMPLES["keras"] = [(path.replace("torch_examples", "tf_examples"), args) for path, args in EXAMPLES["torch"]]
+EXAMPLES["keras"] = [
+    (path.replace("torch_examples", "tf_examples"), args) for path, args in EXAMPLES["torch"]
+]
 
 
 @pytest.mark.slow
@@ -98,11 +167,13 @@ EXAMPLES["keras"] = [(path.replace("torch_examples", "tf_examples"), args) for p
 def test_examples_without_tracking_never_import_mlflow(tmp_path, framework):
     """Each example with a tiny budget, one after the other in one fresh single-worker process."""
     runs = [(str(REPO / path), [*args, "--no-tracking"]) for path, args in EXAMPLES[framework]]
-    code = ("import runpy, sys\nfound = {}\n"
-            f"for path, args in {runs!r}:\n"
-            "    sys.argv = [path, *args]\n"
-            "    runpy.run_path(path, run_name='__main__')\n"
-            "    found[path] = [w for w in WATCHED if w in sys.modules]\n")
+    code = (
+        "import runpy, sys\nfound = {}\n"
+        f"for path, args in {runs!r}:\n"
+        "    sys.argv = [path, *args]\n"
+        "    runpy.run_path(path, run_name='__main__')\n"
+        "    found[path] = [w for w in WATCHED if w in sys.modules]\n"
+    )
     found = imported_after(code, ("mlflow",), cwd=tmp_path)
     assert found == {path: [] for path, _ in runs}
 
@@ -129,7 +200,7 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(parent + ([base] if base else []))
                 found.update(module_of(f"{base}.{alias.name}") for alias in node.names)
         graph[module] = {name for name in found if name and name != module}
@@ -144,9 +215,11 @@ def unit(module: str) -> str:
 def test_no_module_outside_cli_imports_cli():
     graph = import_graph()
     assert "hvdtrain.launch.job" in graph and "hvdtrain.cli.run" in graph
-    assert {module: sorted(name for name in imported if unit(name) == "cli")
-            for module, imported in graph.items()
-            if unit(module) not in ("cli", "__main__") and any(unit(name) == "cli" for name in imported)} == {}
+    assert {
+        module: sorted(name for name in imported if unit(name) == "cli")
+        for module, imported in graph.items()
+        if unit(module) not in ("cli", "__main__") and any(unit(name) == "cli" for name in imported)
+    } == {}
 
 
 def test_no_import_cycle():
@@ -156,7 +229,7 @@ def test_no_import_cycle():
 
     def visit(module: str, path: list[str]) -> None:
         if module in path:
-            cycles.append(path[path.index(module):] + [module])
+            cycles.append(path[path.index(module) :] + [module])
             return
         if module in done:
             return
@@ -174,7 +247,12 @@ def test_no_package_imports_a_layer_above_it():
     graph = import_graph()
     units = {unit(module) for module in graph} - {"__init__"}
     assert units == set(layer)  # a new package gets its place here
-    upward = sorted(f"{module} imports {name}" for module, imported in graph.items() for name in imported
-                    if unit(module) != unit(name) and unit(name) != "__init__"
-                    and layer[unit(name)] >= layer[unit(module)])
+    upward = sorted(
+        f"{module} imports {name}"
+        for module, imported in graph.items()
+        for name in imported
+        if unit(module) != unit(name)
+        and unit(name) != "__init__"
+        and layer[unit(name)] >= layer[unit(module)]
+    )
     assert upward == []

@@ -1,4 +1,5 @@
 """Issue 2: Horovod as installed by scripts/install.sh works for both frameworks on 2 ranks."""
+
 import os
 import subprocess
 import sys
@@ -27,23 +28,37 @@ def test_allreduce_two_ranks(framework, tmp_path):
 
 
 def _doctor(env=None):
-    return subprocess.run([str(Path(sys.executable).parent / "hvdtrain"), "doctor"], capture_output=True, text=True,
-                          timeout=600, cwd=REPO, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hvdtrain"), "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.slow
 def test_doctor_passes_on_this_install():
     proc = _doctor()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for line in ("[x] PyTorch", "[x] TensorFlow", "[x] Gloo controller",
-                 "[x] PyTorch allreduce x2", "[x] TensorFlow allreduce x2", "All checks passed."):
+    for line in (
+        "[x] PyTorch",
+        "[x] TensorFlow",
+        "[x] Gloo controller",
+        "[x] PyTorch allreduce x2",
+        "[x] TensorFlow allreduce x2",
+        "All checks passed.",
+    ):
         assert line in proc.stdout, proc.stdout
 
 
 def test_doctor_names_a_missing_framework(tmp_path):
     # A torch that cannot be imported, first on the path: what a half-done install looks like.
     (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('simulated: torch is missing')\n")
+    (tmp_path / "torch" / "__init__.py").write_text(
+        "raise ImportError('simulated: torch is missing')\n"
+    )
     proc = _doctor(env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "[ ] PyTorch" in proc.stdout

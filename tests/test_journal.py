@@ -3,6 +3,7 @@ queued; a worker SIGKILLed during a tracking outage loses nothing, and ``hvdtrai
 restores every logged point exactly once. Real MLflow server, real 2-worker job under
 ``hvdtrain run``. The journal's cost on step time is measured in ``hvdtrain bench --parts
 overhead`` (BENCHMARKS.md), not here."""
+
 import json
 import os
 import re
@@ -39,12 +40,39 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180)
 
 
 @pytest.mark.slow
-def test_sigkill_during_an_outage_loses_nothing_and_sync_restores_each_point_once(tmp_path, mlflow_server):
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_"))},
-           "MLFLOW_TRACKING_URI": mlflow_server.uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([HVDTRAIN, "run", "-np", "2", str(WORKERS / "journal_train.py"), "--out", str(tmp_path),
-                             "--experiment", "journal", "--steps", "100000"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sigkill_during_an_outage_loses_nothing_and_sync_restores_each_point_once(
+    tmp_path, mlflow_server
+):
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MLFLOW_", "HVDTRAIN_", "HOROVOD_"))
+        },
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [
+            HVDTRAIN,
+            "run",
+            "-np",
+            "2",
+            str(WORKERS / "journal_train.py"),
+            "--out",
+            str(tmp_path),
+            "--experiment",
+            "journal",
+            "--steps",
+            "100000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: len(logged(tmp_path)) >= 10, proc, "10 steps tracked")
         mlflow_server.stop()  # an outage: what follows waits in the journal
@@ -61,8 +89,13 @@ def test_sigkill_during_an_outage_loses_nothing_and_sync_restores_each_point_onc
     assert replay(journal).unsent and not replay(journal).has_end
 
     mlflow_server.start()
-    sync = subprocess.run([HVDTRAIN, "mlflow-sync", str(journal), "--tracking-uri", mlflow_server.uri],
-                          capture_output=True, text=True, env=env, timeout=300)
+    sync = subprocess.run(
+        [HVDTRAIN, "mlflow-sync", str(journal), "--tracking-uri", mlflow_server.uri],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert sync.returncode == 0, sync.stderr
     client = mlflow_server.client()
     [run] = client.search_runs([client.get_experiment_by_name("journal").experiment_id])
@@ -70,15 +103,19 @@ def test_sigkill_during_an_outage_loses_nothing_and_sync_restores_each_point_onc
     assert len(got) == len(set(got)), "a point was sent twice"
     # Every step whose log_step returned is there; at most the one being logged at the kill more.
     assert set(steps) <= set(got) <= set(steps) | {max(steps) + 1}
-    assert sorted(got)[:len(steps)] == list(range(len(steps)))
+    assert sorted(got)[: len(steps)] == list(range(len(steps)))
     assert run.info.status == "FAILED"  # the job never ended its run
-    assert re.fullmatch(rf"uploaded \d+ records from {journal} to run {run.info.run_id}",
-                        sync.stdout.strip().splitlines()[-1])
+    assert re.fullmatch(
+        rf"uploaded \d+ records from {journal} to run {run.info.run_id}",
+        sync.stdout.strip().splitlines()[-1],
+    )
     assert not journal.exists() and journal.with_name(journal.name + ".synced").exists()
 
 
 def one_worker() -> context.Context:
-    return context.Context("torch", 0, 1, 0, 1, "cpu", broadcast_object=lambda obj, root: obj, average=dict)
+    return context.Context(
+        "torch", 0, 1, 0, 1, "cpu", broadcast_object=lambda obj, root: obj, average=dict
+    )
 
 
 @pytest.mark.slow
@@ -86,8 +123,14 @@ def test_a_long_outage_keeps_a_bounded_queue_and_sends_everything_in_order(tmp_p
     mlflow_server.stop()
     context.set_current(one_worker())
     try:
-        sender = Sender(mlflow_server.client(), RunSpec(experiment="bounded"), tmp_path / "run.jsonl",
-                        retry_interval=0.2, max_retry_interval=0.5, max_queued=5)
+        sender = Sender(
+            mlflow_server.client(),
+            RunSpec(experiment="bounded"),
+            tmp_path / "run.jsonl",
+            retry_interval=0.2,
+            max_retry_interval=0.5,
+            max_queued=5,
+        )
         for step in range(50):
             sender.put(records.metrics_record({"loss": 1.0 / (step + 1)}, step))
             assert len(sender._queue) <= 5  # the rest waits in the journal only
@@ -105,8 +148,12 @@ def test_a_long_outage_keeps_a_bounded_queue_and_sends_everything_in_order(tmp_p
 
 def test_a_journal_cut_short_mid_line_replays_its_complete_records(tmp_path):
     path = tmp_path / "cut.jsonl"
-    lines = [RunSpec(experiment="e").as_record(), {**records.metrics_record({"loss": 1.0}, 0), "seq": 1},
-             {"kind": "sent", "upto": 1}, {**records.metrics_record({"loss": 0.5}, 1), "seq": 2}]
+    lines = [
+        RunSpec(experiment="e").as_record(),
+        {**records.metrics_record({"loss": 1.0}, 0), "seq": 1},
+        {"kind": "sent", "upto": 1},
+        {**records.metrics_record({"loss": 0.5}, 1), "seq": 2},
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"kind": "metr')
     found = replay(path)
     assert [seq for seq, _ in found.unsent] == [2] and not found.has_end

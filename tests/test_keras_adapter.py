@@ -3,6 +3,7 @@
 Three horovodrun launches: ``keras_train.py`` runs every training check and writes a first
 checkpoint on 2 ranks; ``keras_checkpoint.py`` then resumes it on 1 rank and that one on 2 ranks.
 """
+
 from __future__ import annotations
 
 import json
@@ -156,7 +157,11 @@ def test_wrapped_model_saves_as_a_plain_keras_file(train):
     np.testing.assert_array_equal(weights, saved["weights"])
     assert int(model.optimizer.iterations.numpy()) == saved["iterations"] == 2
     assert model.optimizer.gradient_accumulation_steps == 2
-    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(saved["learning_rate"]) == 0.02
+    assert (
+        float(model.optimizer.learning_rate.numpy())
+        == pytest.approx(saved["learning_rate"])
+        == 0.02
+    )
     probe = model.predict(np.array(saved["probe_x"]), verbose=0).ravel()
     np.testing.assert_allclose(probe, saved["probe_y"], atol=1e-12)
 
@@ -169,8 +174,13 @@ def test_checkpoint_resumes_on_another_world_size(train, ckpt, tmp_path):
 
     horovodrun("keras_checkpoint.py", "--ckpt", str(ckpt), np=1, out=tmp_path / "one")
     (one,) = results(tmp_path / "one", np=1)
-    assert one["meta"] == {"step": first[0]["saved_step"], "epoch": 0, "world_size": 2,
-                           "config": {"saved_by_size": 2}, "base_lrs": [pytest.approx(0.01)]}
+    assert one["meta"] == {
+        "step": first[0]["saved_step"],
+        "epoch": 0,
+        "world_size": 2,
+        "config": {"saved_by_size": 2},
+        "base_lrs": [pytest.approx(0.01)],
+    }
     _assert_same_state(one["loaded"], first[0]["saved"])
     assert first[0]["saved"]["learning_rate"] == pytest.approx(0.02)  # Adam 0.01, linear, 2 ranks
     assert one["loaded"]["learning_rate"] == pytest.approx(0.01)  # re-scaled for 1 rank
@@ -186,7 +196,9 @@ def test_checkpoint_resumes_on_another_world_size(train, ckpt, tmp_path):
 
 
 def _assert_same_state(loaded: dict, saved: dict) -> None:
-    for got, want in zip(loaded["weights"] + loaded["optimizer"], saved["weights"] + saved["optimizer"]):
+    for got, want in zip(
+        loaded["weights"] + loaded["optimizer"], saved["weights"] + saved["optimizer"]
+    ):
         np.testing.assert_array_equal(got, want)
     assert len(loaded["optimizer"]) == len(saved["optimizer"]) > 1
 
@@ -197,11 +209,14 @@ def _assert_truncated_copy_fails_everywhere(ranks: list[dict]) -> None:
         assert report["truncated_error"].startswith(report["truncated_path"])
 
 
-@pytest.mark.parametrize("argument, allowed", [
-    ({"lr_scaling": "cubic"}, "'linear', 'sqrt', 'none'"),
-    ({"compression": "int8"}, "'none', 'fp16'"),
-    ({"op": "max"}, "'average', 'sum', 'adasum'"),
-])
+@pytest.mark.parametrize(
+    "argument, allowed",
+    [
+        ({"lr_scaling": "cubic"}, "'linear', 'sqrt', 'none'"),
+        ({"compression": "int8"}, "'none', 'fp16'"),
+        ({"op": "max"}, "'average', 'sum', 'adasum'"),
+    ],
+)
 def test_bad_arguments_list_the_allowed_values(argument, allowed):
     import keras
 
@@ -224,9 +239,18 @@ def test_non_keras3_optimizer_is_a_type_error():
 
 
 def test_other_keras_backend_fails_at_init_naming_the_supported_one():
-    code = "import hvdtrain.keras as hk\ntry:\n    hk.init()\nexcept ValueError as err:\n    print(err)\n"
-    env = {**os.environ, "KERAS_BACKEND": "torch", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    code = (
+        "import hvdtrain.keras as hk\ntry:\n    hk.init()\nexcept ValueError as err:\n"
+        "    print(err)\n"
+    )
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "torch",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "KERAS_BACKEND is 'torch', supported: 'tensorflow'" in proc.stdout

@@ -7,6 +7,7 @@ restores exactly the last committed state (checksums of the state's bytes).
 Hosts 1-3 train as the discovery script lists them (a file the test edits, as a cluster manager
 would); host 4 runs the launcher and the MLflow server.
 """
+
 import json
 import time
 
@@ -44,41 +45,93 @@ def test_hosts_lost_and_back_and_rank0s_host_lost(test_hosts, tmp_path):
     discover.chmod(0o755)
     out = tmp_path / "out"
     out.mkdir()
-    proc = launch(hosts, h4, "--elastic", "-np", "2", "--min-np", "1", "--max-np", "2", "--host-discovery-script",
-                  str(discover), "--blacklist-cooldown-range", "1", "2", str(WORKERS / "elastic_hosts.py"), "--out",
-                  str(out), "--framework", "torch", "--epochs", "6", "--train-samples", "400", "--batch-sleep", "0.1",
-                  "--commit-every", "5", "--tracking", "1", cwd=tmp_path, env=job_env(MLFLOW_TRACKING_URI=server.uri))
+    proc = launch(
+        hosts,
+        h4,
+        "--elastic",
+        "-np",
+        "2",
+        "--min-np",
+        "1",
+        "--max-np",
+        "2",
+        "--host-discovery-script",
+        str(discover),
+        "--blacklist-cooldown-range",
+        "1",
+        "2",
+        str(WORKERS / "elastic_hosts.py"),
+        "--out",
+        str(out),
+        "--framework",
+        "torch",
+        "--epochs",
+        "6",
+        "--train-samples",
+        "400",
+        "--batch-sleep",
+        "0.1",
+        "--commit-every",
+        "5",
+        "--tracking",
+        "1",
+        cwd=tmp_path,
+        env=job_env(MLFLOW_TRACKING_URI=server.uri),
+    )
     progress = lambda: records(out / "progress.jsonl")  # noqa: E731
     try:
-        wait_for(lambda: len([p for p in progress() if p["size"] == 2]) >= 20, proc, 240, "10 steps on 2 hosts")
+        wait_for(
+            lambda: len([p for p in progress() if p["size"] == 2]) >= 20,
+            proc,
+            240,
+            "10 steps on 2 hosts",
+        )
         # A whole host is lost: its processes (sshd too) die, and the cluster no longer lists it.
         available.write_text(f"{h1}:1\n")
         hosts.stop(h2)
         lost = time.time()
-        alone = wait_for(lambda: [p for p in progress() if p["time"] > lost and p["size"] == 1], proc, 120,
-                         f"training on {h1} alone")
+        alone = wait_for(
+            lambda: [p for p in progress() if p["time"] > lost and p["size"] == 1],
+            proc,
+            120,
+            f"training on {h1} alone",
+        )
         # It comes back.
         hosts.start(h2)
         available.write_text(f"{h1}:1\n{h2}:1\n")
         back = time.time()
-        rejoined = wait_for(lambda: [p for p in progress() if p["time"] > back and p["host"] == h2], proc, 180,
-                            f"{h2} training again")
-        wait_for(lambda: len([p for p in progress() if p["time"] > back and p["size"] == 2]) >= 10, proc, 60,
-                 "5 steps on 2 hosts again")
+        rejoined = wait_for(
+            lambda: [p for p in progress() if p["time"] > back and p["host"] == h2],
+            proc,
+            180,
+            f"{h2} training again",
+        )
+        wait_for(
+            lambda: len([p for p in progress() if p["time"] > back and p["size"] == 2]) >= 10,
+            proc,
+            60,
+            "5 steps on 2 hosts again",
+        )
         # Rank 0's host is lost.
         available.write_text(f"{h2}:1\n")
         hosts.stop(h1)
         rank0_lost = time.time()
-        taken_over = wait_for(lambda: [p for p in progress() if p["time"] > rank0_lost and p["rank"] == 0],
-                              proc, 120, f"rank 0 on {h2}")
+        taken_over = wait_for(
+            lambda: [p for p in progress() if p["time"] > rank0_lost and p["rank"] == 0],
+            proc,
+            120,
+            f"rank 0 on {h2}",
+        )
         (out / "finish").touch()
         output, err, _ = finish(proc, time.monotonic(), timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    print(f"\nhost lost -> training alone {alone[0]['time'] - lost:.1f} s later; back -> rejoined "
-          f"{rejoined[0]['time'] - back:.1f} s later; rank 0's host lost -> new rank 0 trained "
-          f"{taken_over[0]['time'] - rank0_lost:.1f} s later")
+    print(
+        f"\nhost lost -> training alone {alone[0]['time'] - lost:.1f} s later; back -> rejoined "
+        f"{rejoined[0]['time'] - back:.1f} s later; rank 0's host lost -> new rank 0 trained "
+        f"{taken_over[0]['time'] - rank0_lost:.1f} s later"
+    )
     assert proc.returncode == 0, err[-3000:]
     assert taken_over[0]["host"] == h2
 
@@ -94,8 +147,13 @@ def test_hosts_lost_and_back_and_rank0s_host_lost(test_hosts, tmp_path):
     client = MlflowClient(server.uri)
     [run] = client.search_runs([client.get_experiment_by_name("elastic").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["framework"] == "torch"
-    sizes_logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "world_size"),
-                                            key=lambda m: (m.timestamp, m.step))]
+    sizes_logged = [
+        m.value
+        for m in sorted(
+            client.get_metric_history(run.info.run_id, "world_size"),
+            key=lambda m: (m.timestamp, m.step),
+        )
+    ]
     assert sizes_logged == [2, 1, 2, 1]
     last_change = max(m.step for m in client.get_metric_history(run.info.run_id, "world_size"))
     losses = {m.step for m in client.get_metric_history(run.info.run_id, "loss")}
@@ -114,13 +172,18 @@ def assert_state_checked(out) -> None:
             if event["event"] == "restore":
                 restores += 1
                 committed = next(e for e in reversed(mine[:i]) if e["event"] in ("save", "sync"))
-                assert (event["step"], event["digest"]) == (committed["step"], committed["digest"]), event
+                assert (event["step"], event["digest"]) == (
+                    committed["step"],
+                    committed["digest"],
+                ), event
     groups: dict[tuple[int, int], list[dict]] = {}
     for event in events:
         if event["event"] == "sync":
             groups.setdefault((event["size"], event["step"]), []).append(event)
-    assert restores >= 2 and len(groups) >= 4  # rollbacks: lost, rank 0's host lost; syncs: the start and each change
-    for (size, step), group in groups.items():
-        latest = {e["rank"]: e for e in group}  # a rank may sync twice at one step (a retried change)
+    # rollbacks: lost, rank 0's host lost; syncs: the start and each change
+    assert restores >= 2 and len(groups) >= 4
+    for (size, _step), group in groups.items():
+        # a rank may sync twice at one step (a retried change)
+        latest = {e["rank"]: e for e in group}
         assert sorted(latest) == list(range(size)), group
         assert len({e["digest"] for e in latest.values()}) == 1, group

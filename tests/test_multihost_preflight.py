@@ -6,6 +6,7 @@ interface name, routes) and puts it back afterwards.
 The job is launched on the first host (or, for the rendezvous, from outside the hosts' network);
 its script would leave a file behind if any worker started.
 """
+
 import importlib.metadata
 import re
 import subprocess
@@ -44,22 +45,49 @@ def worker(tmp_path):
 
 # ``hvdtrain run`` timed from the call of its main function: the checks' own time, without the
 # import of the CLI (seconds on a loaded machine until the CLI imports lazily).
-TIMED_MAIN = ("import sys, time\nfrom hvdtrain.cli import main\nstarted = time.monotonic()\ncode = main(sys.argv[1:])\n"
-              "print(f'main: {time.monotonic() - started:.2f} s', file=sys.stderr)\nsys.exit(code)")
+TIMED_MAIN = (
+    "import sys, time\nfrom hvdtrain.cli import main\nstarted = time.monotonic()\n"
+    "code = main(sys.argv[1:])\n"
+    "print(f'main: {time.monotonic() - started:.2f} s', file=sys.stderr)\nsys.exit(code)"
+)
 
 
 def refused(hosts, tmp_path, worker, *flags, on=None):
     """Launch a 2-host job (first two hosts) on the first host, or from outside the hosts'
     network; the error lines it printed, once it was seen to exit 2 in time, no worker started."""
     h1, h2 = hosts.names[:2]
-    command = [sys.executable, "-c", TIMED_MAIN, "run", "-np", "2", "-H", f"{h1}:1,{h2}:1", *flags, str(worker)]
+    command = [
+        sys.executable,
+        "-c",
+        TIMED_MAIN,
+        "run",
+        "-np",
+        "2",
+        "-H",
+        f"{h1}:1,{h2}:1",
+        *flags,
+        str(worker),
+    ]
     started = time.monotonic()
     if on == "outside":
-        proc = subprocess.Popen(command, cwd=tmp_path, env=job_env(), text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=job_env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     else:
-        proc = hosts.spawn(h1, command, cwd=tmp_path, env=job_env(), text=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE)
+        proc = hosts.spawn(
+            h1,
+            command,
+            cwd=tmp_path,
+            env=job_env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     out, err, took = finish(proc, started, timeout=60)
     *lines, timing = err.strip().splitlines()
     checks = float(re.fullmatch(r"main: ([\d.]+) s", timing).group(1))
@@ -75,19 +103,24 @@ def test_ssh_key_refused(hosts, h2, tmp_path, worker):
     empty.write_text("")
     hosts.start(h2, binds=[(str(empty), str(hosts.state / "authorized_keys"))])
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} refused this machine's SSH key (ssh: root@{h2}: Permission denied (publickey).): "
-        f"add the key to {h2}'s authorized_keys, e.g. ssh-copy-id {h2}"]
+        f"hvdtrain: error: host {h2} refused this machine's SSH key (ssh: root@{h2}: Permission "
+        f"denied (publickey).): add the key to {h2}'s authorized_keys, e.g. ssh-copy-id {h2}"
+    ]
 
 
 def test_ssh_asks_for_a_password(hosts, h2, tmp_path, worker):
     empty = tmp_path / "no_keys"
     empty.write_text("")
-    hosts.start(h2, binds=[(str(empty), str(hosts.state / "authorized_keys"))],
-                sshd_options=["PasswordAuthentication yes"])
+    hosts.start(
+        h2,
+        binds=[(str(empty), str(hosts.state / "authorized_keys"))],
+        sshd_options=["PasswordAuthentication yes"],
+    )
     assert refused(hosts, tmp_path, worker) == [
         f"hvdtrain: error: host {h2} asks for an SSH password (ssh: root@{h2}: Permission denied "
-        f"(publickey,password).): hvdtrain run logs in to every host without a prompt; set up key login, "
-        f"e.g. ssh-copy-id {h2}"]
+        "(publickey,password).): hvdtrain run logs in to every host without a prompt; set up key "
+        f"login, e.g. ssh-copy-id {h2}"
+    ]
 
 
 def test_host_name_resolving_to_loopback(hosts, h2, tmp_path, worker):
@@ -95,38 +128,45 @@ def test_host_name_resolving_to_loopback(hosts, h2, tmp_path, worker):
     others = "".join(f"{hosts.host(n).address} {n}\n" for n in (h1, h3))
     hosts.start(h2, etc_hosts=f"127.0.0.1 localhost\n127.0.1.1 {h2}\n{others}")  # Debian's default
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} resolves its own name {h2} to 127.0.1.1 (loopback, as in Debian's default "
-        f"/etc/hosts): Horovod's Gloo would tell the other hosts to connect there; map {h2} to its address on the "
-        f"hosts' network in {h2}'s /etc/hosts"]
+        f"hvdtrain: error: host {h2} resolves its own name {h2} to 127.0.1.1 (loopback, as in "
+        "Debian's default /etc/hosts): Horovod's Gloo would tell the other hosts to connect "
+        f"there; map {h2} to its address on the hosts' network in {h2}'s /etc/hosts"
+    ]
 
 
 def test_python_missing_on_a_host(hosts, h2, tmp_path, worker):
     hosts.start(h2, hide=[sys.prefix])
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} has no {sys.executable}: install the same virtualenv at the same path on every "
-        f"host (or share it, e.g. over NFS)"]
+        f"hvdtrain: error: host {h2} has no {sys.executable}: install the same virtualenv at the "
+        "same path on every host (or share it, e.g. over NFS)"
+    ]
 
 
 def test_project_missing_on_a_host(hosts, h2, tmp_path, worker):
     hosts.start(h2, hide=[str(worker.parent)])
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} has no {worker}: put the project at the same path on every host (or share it, "
-        f"e.g. over NFS)"]
+        f"hvdtrain: error: host {h2} has no {worker}: put the project at the same path on every "
+        "host (or share it, e.g. over NFS)"
+    ]
     hosts.start(h2, hide=[str(tmp_path.parent)])  # the working directory itself is missing
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} has no {tmp_path}: the job runs there on every host; put the project at the "
-        f"same path there (or share it, e.g. over NFS)"]
+        f"hvdtrain: error: host {h2} has no {tmp_path}: the job runs there on every host; put the "
+        "project at the same path there (or share it, e.g. over NFS)"
+    ]
 
 
 def test_versions_differ_between_hosts(hosts, h2, tmp_path, worker):
     torch = importlib.metadata.distribution("torch")
     metadata = Path(torch._path) / "METADATA"
     older = tmp_path / "METADATA"
-    older.write_text(re.sub(r"^Version: .*$", "Version: 2.12.0", metadata.read_text(), count=1, flags=re.M))
+    older.write_text(
+        re.sub(r"^Version: .*$", "Version: 2.12.0", metadata.read_text(), count=1, flags=re.M)
+    )
     hosts.start(h2, binds=[(str(older), str(metadata))])
     assert refused(hosts, tmp_path, worker) == [
-        f"hvdtrain: error: host {h2} has torch 2.12.0, this machine {torch.version}: install the same Horovod, "
-        f"torch and TensorFlow on every host (make install)"]
+        f"hvdtrain: error: host {h2} has torch 2.12.0, this machine {torch.version}: install the "
+        "same Horovod, torch and TensorFlow on every host (make install)"
+    ]
 
 
 def test_no_common_interface_and_a_missing_network_interface(hosts, h2, tmp_path, worker):
@@ -136,12 +176,15 @@ def test_no_common_interface_and_a_missing_network_interface(hosts, h2, tmp_path
     try:
         a1, a2 = hosts.host(h1).address, hosts.host(h2).address
         assert refused(hosts, tmp_path, worker) == [
-            f"hvdtrain: error: no network interface name is on every host with its own address ({h1}: eth0 {a1}; "
-            f"{h2}: ens5 {a2}): Horovod binds to one interface name on all hosts; give the hosts' interfaces on one "
-            f"network the same name, then pass --network-interface NAME"]
+            "hvdtrain: error: no network interface name is on every host with its own address "
+            f"({h1}: eth0 {a1}; {h2}: ens5 {a2}): Horovod binds to one interface name on all "
+            "hosts; give the hosts' interfaces on one network the same name, then pass "
+            "--network-interface NAME"
+        ]
         assert refused(hosts, tmp_path, worker, "--network-interface", "eth0") == [
-            f"hvdtrain: error: host {h2} has no network interface eth0 with an IPv4 address (--network-interface "
-            f"eth0); its interfaces: ens5 {a2}"]
+            f"hvdtrain: error: host {h2} has no network interface eth0 with an IPv4 address "
+            f"(--network-interface eth0); its interfaces: ens5 {a2}"
+        ]
     finally:
         for step in (["down"], ["name", "eth0"], ["up"]):
             hosts.run_root(h2, "ip", "link", "set", "ens5" if step != ["up"] else "eth0", *step)
@@ -163,9 +206,12 @@ def test_rendezvous_unreachable_from_the_hosts(hosts, tmp_path, worker):
             hosts.run_root(name, "ip", "route", "del", "blackhole", f"{bridge}/32")
     assert len(lines) == 2
     for name, line in zip((h1, h2), lines):
-        match = re.fullmatch(rf"hvdtrain: error: host {name} cannot connect to this machine at (.+), where the job's "
-                             rf"rendezvous server runs: run hvdtrain run on one of the hosts, or on a machine they can "
-                             rf"connect to", line)
+        match = re.fullmatch(
+            rf"hvdtrain: error: host {name} cannot connect to this machine at (.+), where the "
+            r"job's rendezvous server runs: run hvdtrain run on one of the hosts, or on a machine "
+            r"they can connect to",
+            line,
+        )
         assert match and f"{bridge} (hvtbr{hosts.instance})" in match.group(1).split(", "), line
 
 
@@ -173,12 +219,20 @@ def test_launched_outside_the_hosts_network_the_reachable_address_is_chosen(host
     """horovodrun would serve the rendezvous on this machine's eth0 (the hosts' interface name),
     which the hosts cannot reach; the pre-flight check picks the bridge's address they reach."""
     h1, h2 = hosts.names[:2]
-    request = preflight.Request(hosts=[h1, h2], ssh_port=22, python=sys.executable, cwd=str(Path.cwd()),
-                                script=str(Path(__file__)))
+    request = preflight.Request(
+        hosts=[h1, h2],
+        ssh_port=22,
+        python=sys.executable,
+        cwd=str(Path.cwd()),
+        script=str(Path(__file__)),
+    )
     started = time.monotonic()
     plan = preflight.check(request)
     took = time.monotonic() - started
     print(f"\npre-flight checks of 2 hosts from outside their network: {took:.1f} s")
     assert took < BOUND_S
-    assert plan == preflight.Plan(interface="eth0", rendezvous_address=f"10.77.{hosts.instance}.1",
-                                  launcher_interface=f"hvtbr{hosts.instance}")
+    assert plan == preflight.Plan(
+        interface="eth0",
+        rendezvous_address=f"10.77.{hosts.instance}.1",
+        launcher_interface=f"hvtbr{hosts.instance}",
+    )

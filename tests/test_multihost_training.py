@@ -6,6 +6,7 @@ server on a fourth host and is launched on the first host, with tiny budgets.
 Asserted: metrics far better than chance, one MLflow run per job (a resumed job continues its
 run), the run's ``hostnames``, and the checkpoints written by rank 0's host alone.
 """
+
 import json
 import math
 
@@ -40,7 +41,10 @@ def succeeded(job) -> dict:
 
 
 # example, checkpoint suffix, the first job's launcher flags (torch's first job runs under MPI)
-DIGITS = {"torch": ("torch_examples/digits.py", ".pt", ["--mpi"]), "keras": ("tf_examples/digits.py", ".keras", [])}
+DIGITS = {
+    "torch": ("torch_examples/digits.py", ".pt", ["--mpi"]),
+    "keras": ("tf_examples/digits.py", ".keras", []),
+}
 
 
 @pytest.mark.parametrize("framework", sorted(DIGITS))
@@ -53,24 +57,69 @@ def test_digits_on_2x1_then_resumed_on_2x2_from_rank0s_checkpoints(cluster, tmp_
     hosts.start(h2, hide=[str(checkpoints)])  # h2 sees an empty directory it cannot write to
     experiment = f"digits-{framework}-hosts"
     env = job_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME=experiment)
-    common = [str(REPO / script), "--train-samples", "600", "--batch-size", "16", "--seed", "1", "--checkpoint-dir",
-              str(checkpoints), "--resume", "--results", "results.json"]
+    common = [
+        str(REPO / script),
+        "--train-samples",
+        "600",
+        "--batch-size",
+        "16",
+        "--seed",
+        "1",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--resume",
+        "--results",
+        "results.json",
+    ]
     try:
-        succeeded(run(hosts, h1, *first_flags, "-np", "2", "-H", f"{h1}:1,{h2}:1", *common, "--epochs", "2",
-                      cwd=tmp_path, env=env))
+        succeeded(
+            run(
+                hosts,
+                h1,
+                *first_flags,
+                "-np",
+                "2",
+                "-H",
+                f"{h1}:1,{h2}:1",
+                *common,
+                "--epochs",
+                "2",
+                cwd=tmp_path,
+                env=env,
+            )
+        )
         first = json.loads((tmp_path / "results.json").read_text())
         assert hosts.run(h2, ["ls", "-A", str(checkpoints)]).stdout == ""
-        succeeded(run(hosts, h1, "-np", "4", "-H", f"{h1}:2,{h2}:2", *common, "--epochs", "3", cwd=tmp_path, env=env))
+        succeeded(
+            run(
+                hosts,
+                h1,
+                "-np",
+                "4",
+                "-H",
+                f"{h1}:2,{h2}:2",
+                *common,
+                "--epochs",
+                "3",
+                cwd=tmp_path,
+                env=env,
+            )
+        )
         second = json.loads((tmp_path / "results.json").read_text())
     finally:
         hosts.start(h2)
-    print(f"\n{framework}: test accuracy {first['test_accuracy']:.3f} after 2 epochs on 2 hosts x 1"
-          f"{' (MPI)' if first_flags else ''}, {second['test_accuracy']:.3f} after the third on 2 x 2")
+    print(
+        f"\n{framework}: test accuracy {first['test_accuracy']:.3f} after 2 epochs on 2 hosts x 1"
+        f"{' (MPI)' if first_flags else ''}, {second['test_accuracy']:.3f} after the third on 2 x 2"
+    )
     assert (first["workers"], second["workers"]) == (2, 4)
     assert first["test_accuracy"] > 0.7 and second["test_accuracy"] > 0.8, second  # chance: 0.1
-    assert {p.suffix for p in checkpoints.glob("step-*")} == {suffix, ".json"}  # written by h1, rank 0's host
+    # written by h1, rank 0's host
+    assert {p.suffix for p in checkpoints.glob("step-*")} == {suffix, ".json"}
     client, run_ = the_run(server, experiment)
-    assert run_.info.run_id == first["run_id"] == second["run_id"] and run_.info.status == "FINISHED"
+    assert (
+        run_.info.run_id == first["run_id"] == second["run_id"] and run_.info.status == "FINISHED"
+    )
     assert run_.data.params["hostnames"] == f"{h1},{h2}"
     assert (run_.data.params["world_size"], run_.data.params["leg2.world_size"]) == ("2", "4")
     epochs = sorted(m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy"))
@@ -82,13 +131,46 @@ def test_gpt_on_3_hosts(cluster, tmp_path):
     hosts, server = cluster
     h1, h2, h3 = hosts.names[:3]
     env = job_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_EXPERIMENT_NAME="gpt-hosts")
-    succeeded(run(hosts, h1, "-np", "3", "-H", f"{h1}:1,{h2}:1,{h3}:1", str(REPO / "torch_examples/gpt.py"),
-                  "--max-bytes", "300000", "--val-bytes", "20000", "--windows", "4800", "--block", "32", "--d-model",
-                  "64", "--layers", "2", "--heads", "2", "--lr", "3e-3", "--warmup-steps", "10", "--epochs", "1",
-                  "--results", "results.json", cwd=tmp_path, env=env))
+    succeeded(
+        run(
+            hosts,
+            h1,
+            "-np",
+            "3",
+            "-H",
+            f"{h1}:1,{h2}:1,{h3}:1",
+            str(REPO / "torch_examples/gpt.py"),
+            "--max-bytes",
+            "300000",
+            "--val-bytes",
+            "20000",
+            "--windows",
+            "4800",
+            "--block",
+            "32",
+            "--d-model",
+            "64",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "10",
+            "--epochs",
+            "1",
+            "--results",
+            "results.json",
+            cwd=tmp_path,
+            env=env,
+        )
+    )
     found = json.loads((tmp_path / "results.json").read_text())
     chance = math.log(text.VOCAB_SIZE)
-    assert found["workers"] == 3 and found["val_loss"] < 0.5 * chance and found["metric"] < 0.9, found
+    assert found["workers"] == 3 and found["val_loss"] < 0.5 * chance and found["metric"] < 0.9, (
+        found
+    )
     client, run_ = the_run(server, "gpt-hosts")
     assert run_.info.run_id == found["run_id"] and run_.info.status == "FINISHED"
     assert run_.data.params["hostnames"] == f"{h1},{h2},{h3}"

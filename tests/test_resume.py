@@ -6,6 +6,7 @@ included from the first leg on (automatic resume: the first leg finds no checkpo
 starts from scratch). Leg 1 trains epoch 0 on 2 workers, leg 2 epoch 1 on 1 worker, leg 3
 epoch 2 on 2 workers, all tracked to one sqlite store.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ class Job:
         return [(m.step, m.value) for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
 
     def leg_of(self, step: int) -> int:
-        """The leg (0-based) that logged ``step``: leg k logs the steps after the previous legs' total."""
-        return next(k for k in range(len(LEGS)) if step <= sum(self.steps[:k + 1]))
+        """The leg (0-based) that logged ``step``:
+        leg k logs the steps after the previous legs' total."""
+        return next(k for k in range(len(LEGS)) if step <= sum(self.steps[: k + 1]))
 
 
 def steps_per_epoch(workers: int) -> int:
@@ -56,10 +58,30 @@ def job(request, tmp_path_factory) -> Job:
         tracking.prepare_local_store()
     outputs = []
     for workers, epochs in LEGS:
-        proc = run_script(REPO / request.param, "--train-samples", str(SAMPLES), "--batch-size", str(BATCH),
-                          "--lr", str(BASE_LR), "--seed", str(SEED), "--epochs", str(epochs), "--checkpoint-dir",
-                          str(root / "ckpt"), "--resume", "--log-every", "1", "--experiment", "resumed",
-                          np=workers, env={"MLFLOW_TRACKING_URI": uri}, cwd=root, timeout=180)
+        proc = run_script(
+            REPO / request.param,
+            "--train-samples",
+            str(SAMPLES),
+            "--batch-size",
+            str(BATCH),
+            "--lr",
+            str(BASE_LR),
+            "--seed",
+            str(SEED),
+            "--epochs",
+            str(epochs),
+            "--checkpoint-dir",
+            str(root / "ckpt"),
+            "--resume",
+            "--log-every",
+            "1",
+            "--experiment",
+            "resumed",
+            np=workers,
+            env={"MLFLOW_TRACKING_URI": uri},
+            cwd=root,
+            timeout=180,
+        )
         outputs.append(proc.stdout + proc.stderr)
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
@@ -73,8 +95,13 @@ def test_one_run_over_three_legs_with_each_legs_params(job):
     run = job.run
     assert run.info.status == "FINISHED" and run.data.tags["hvdtrain.leg"] == "3"
     params = run.data.params
-    assert (params["world_size"], params["leg2.world_size"], params["epochs"], params["leg2.epochs"],
-            params["leg3.epochs"]) == ("2", "1", "1", "2", "3")
+    assert (
+        params["world_size"],
+        params["leg2.world_size"],
+        params["epochs"],
+        params["leg2.epochs"],
+        params["leg3.epochs"],
+    ) == ("2", "1", "1", "2", "3")
     assert (params["scaled_lr"], params["leg2.scaled_lr"]) == (str(2 * BASE_LR), str(BASE_LR))
     assert "leg3.world_size" not in params  # the same as the first leg's
 
@@ -86,14 +113,19 @@ def test_step_axis_continues_without_gaps_or_duplicates(job):
         assert [step for step, _ in job.history(key)] == list(range(1, total + 1))  # --log-every 1
     assert [step for step, _ in job.history("epoch_loss")] == [0, 1, 2]
     assert [step for step, _ in job.history("val_loss")] == [0, 1, 2]
-    assert [step for step, _ in job.history("test_accuracy")] == [job.steps[0], sum(job.steps[:2]), total]
+    assert [step for step, _ in job.history("test_accuracy")] == [
+        job.steps[0],
+        sum(job.steps[:2]),
+        total,
+    ]
 
 
 @pytest.mark.slow
 def test_lr_is_rescaled_for_each_legs_world_size(job):
     for step, lr in job.history("lr"):
         workers = LEGS[job.leg_of(step)][0]
-        assert lr == pytest.approx(BASE_LR * workers), f"step {step}"  # linear scaling: 1 worker, half the LR
+        # linear scaling: 1 worker, half the LR
+        assert lr == pytest.approx(BASE_LR * workers), f"step {step}"
 
 
 @pytest.mark.slow
@@ -101,7 +133,8 @@ def test_world_size_is_logged_at_the_start_of_each_leg(job):
     starts = [0, job.steps[0], sum(job.steps[:2])]
     assert job.history("world_size") == [(starts[0], 2), (starts[1], 1), (starts[2], 2)]
     assert {k: v for k, v in job.run.data.tags.items() if k.startswith("hvdtrain.world_size.")} == {
-        f"hvdtrain.world_size.step-{step:08d}": str(size) for step, size in zip(starts, (2, 1, 2))}
+        f"hvdtrain.world_size.step-{step:08d}": str(size) for step, size in zip(starts, (2, 1, 2))
+    }
 
 
 @pytest.mark.slow
@@ -119,17 +152,23 @@ def test_loss_continues_from_the_checkpoint(job):
 def test_resume_with_no_checkpoint_warns_once_and_trains_from_scratch(job):
     first, later = job.outputs[0], job.outputs[1:]
     warnings = [line for line in first.splitlines() if "training from scratch" in line]
-    assert len(warnings) == 1 and "ckpt" in warnings[0], first[-3000:]  # rank 0 only, naming the directory
+    # rank 0 only, naming the directory
+    assert len(warnings) == 1 and "ckpt" in warnings[0], first[-3000:]
     assert all("training from scratch" not in output for output in later)
     assert job.history("loss")[0][0] == 1  # the first leg's first step
 
 
 def test_checkpoint_every_needs_a_checkpoint_dir(capsys):
     parser = cli.training_parser("test", epochs=1, batch_size=8, lr=0.1)
-    assert cli.parse(parser, ["--checkpoint-dir", "c", "--checkpoint-every", "50"]).checkpoint_every == 50
+    assert (
+        cli.parse(parser, ["--checkpoint-dir", "c", "--checkpoint-every", "50"]).checkpoint_every
+        == 50
+    )
     assert cli.parse(parser, []).checkpoint_every is None and cli.parse(parser, []).log_every == 10
-    for argv, message in ((["--checkpoint-every", "50"], "--checkpoint-every needs --checkpoint-dir"),
-                          (["--checkpoint-dir", "c", "--checkpoint-every", "0"], "must be >= 1, got 0")):
+    for argv, message in (
+        (["--checkpoint-every", "50"], "--checkpoint-every needs --checkpoint-dir"),
+        (["--checkpoint-dir", "c", "--checkpoint-every", "0"], "must be >= 1, got 0"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli.parse(parser, argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

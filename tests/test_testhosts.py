@@ -1,5 +1,6 @@
-"""The test hosts themselves (``hvdtrain.launch.testhosts``): separate hosts that ssh, resolve each other's
-names, can lose their link, and leave nothing behind."""
+"""The test hosts themselves (``hvdtrain.launch.testhosts``): separate hosts that ssh, resolve each
+other's names, can lose their link, and leave nothing behind."""
+
 import re
 import socket
 import subprocess
@@ -19,13 +20,19 @@ def test_hosts_are_separate_and_reach_each_other(test_hosts, tmp_path):
     assert hosts.names == [f"t{k}h1", f"t{k}h2", f"t{k}h3"]
     for i, name in enumerate(hosts.names, start=1):
         assert hosts.ssh(name, "hostname").stdout.strip() == name  # a login over ssh, no prompt
-        assert hosts.run(name, ["hostname"]).stdout.strip() == name  # spawn: the host's own UTS namespace
-        assert hosts.run(name, ["pwd"], cwd=tmp_path).stdout.strip() == str(tmp_path)  # and the caller's directory
+        # spawn: the host's own UTS namespace
+        assert hosts.run(name, ["hostname"]).stdout.strip() == name
+        # and the caller's directory
+        assert hosts.run(name, ["pwd"], cwd=tmp_path).stdout.strip() == str(tmp_path)
         addresses = hosts.run(name, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
         assert f"10.77.{k}.{10 + i}/24" in addresses
-        assert socket.gethostbyname(name) == f"10.77.{k}.{10 + i}"  # /etc/hosts, for every host and the launcher
+        # /etc/hosts, for every host and the launcher
+        assert socket.gethostbyname(name) == f"10.77.{k}.{10 + i}"
     # host to host, by name, through ssh (what horovodrun does from the launching host)
-    assert hosts.run(hosts.names[0], ["ssh", hosts.names[2], "hostname"]).stdout.strip() == hosts.names[2]
+    assert (
+        hosts.run(hosts.names[0], ["ssh", hosts.names[2], "hostname"]).stdout.strip()
+        == hosts.names[2]
+    )
     assert hosts.job_processes(hosts.names[1]) == []  # only sshd runs there
 
 
@@ -53,8 +60,12 @@ def test_host_view_can_differ(test_hosts, tmp_path):
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / "file").write_text("x")
-    hosts.start(h2, etc_hosts=f"127.0.0.1 localhost\n127.0.1.1 {h2}\n", hide=[str(hidden)],
-                binds=[(str(other), str(mine))])
+    hosts.start(
+        h2,
+        etc_hosts=f"127.0.0.1 localhost\n127.0.1.1 {h2}\n",
+        hide=[str(hidden)],
+        binds=[(str(other), str(mine))],
+    )
     assert hosts.ssh(h2, f"getent hosts {h2}").stdout.split() == ["127.0.1.1", h2]
     assert hosts.ssh(h2, f"ls {hidden}").stdout == ""
     assert hosts.ssh(h2, f"cat {mine}").stdout == "other\n"
@@ -68,17 +79,34 @@ def test_link_rate_limits_what_a_host_sends(test_hosts):
     qdisc = hosts.run(h1, ["tc", "qdisc", "show", "dev", "eth0"]).stdout
     assert re.search(r"tbf .* rate 100Mbit", qdisc), qdisc
     # 25 MB from h1 to h2 through a 100 Mbit/s (12.5 MB/s) link: at least ~2 s.
-    server = hosts.spawn(h2, ["python3", "-c", "import socket; s = socket.create_server(('0.0.0.0', 5001)); "
-                              "c, _ = s.accept(); n = 0\nwhile (b := c.recv(1 << 20)): n += len(b)\nprint(n)"],
-                         stdout=subprocess.PIPE, text=True)
+    server = hosts.spawn(
+        h2,
+        [
+            "python3",
+            "-c",
+            "import socket; s = socket.create_server(('0.0.0.0', 5001)); "
+            "c, _ = s.accept(); n = 0\nwhile (b := c.recv(1 << 20)): n += len(b)\nprint(n)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     started = time.monotonic()
-    hosts.run(h1, ["python3", "-c", f"import socket; c = socket.create_connection(('{h2}', 5001)); "
-                   "c.sendall(bytes(25_000_000)); c.close()"])
+    hosts.run(
+        h1,
+        [
+            "python3",
+            "-c",
+            f"import socket; c = socket.create_connection(('{h2}', 5001)); "
+            "c.sendall(bytes(25_000_000)); c.close()",
+        ],
+    )
     received = int(server.communicate(timeout=60)[0])
     elapsed = time.monotonic() - started
     assert received == 25_000_000
-    assert 25_000_000 / elapsed < 13.5e6, f"{25_000_000 / elapsed / 1e6:.1f} MB/s through a 12.5 MB/s link"
+    assert 25_000_000 / elapsed < 13.5e6, (
+        f"{25_000_000 / elapsed / 1e6:.1f} MB/s through a 12.5 MB/s link"
+    )
 
 
 def test_down_removes_everything_even_after_a_failure(test_hosts):
@@ -97,13 +125,24 @@ def test_down_removes_everything_even_after_a_failure(test_hosts):
 
 
 def test_a_dead_makers_set_is_reclaimed(test_hosts):
-    """A set whose maker was SIGKILLed (a crashed test run) is removed by the next one to claim it."""
+    """A set whose maker was SIGKILLed (a crashed test run) is removed by the
+    next one to claim it."""
     maker = subprocess.run(
-        ["python3", "-c", "import os, sys; sys.path.insert(0, '.'); from hvdtrain.launch.testhosts import TestHosts; "
-         "h = TestHosts(1).up(); print(h.instance, flush=True); os._exit(9)"],
-        capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
+        [
+            "python3",
+            "-c",
+            "import os, sys; sys.path.insert(0, '.'); from hvdtrain.launch.testhosts import "
+            "TestHosts; h = TestHosts(1).up(); print(h.instance, flush=True); os._exit(9)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+    )
     k = int(maker.stdout)
     assert (testhosts.STATE_ROOT / str(k)).exists()  # left behind
     hosts = test_hosts(1)
     assert hosts.instance == k  # the lowest free number: the dead maker's
-    assert f"t{k}h1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert (
+        f"t{k}h1" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    )

@@ -1,4 +1,6 @@
-"""Issue 3: hvdtrain.torch on 2 ranks reproduces single-process training, resumes on any world size."""
+"""Issue 3: hvdtrain.torch on 2 ranks reproduces single-process training,
+resumes on any world size."""
+
 import math
 import subprocess
 import sys
@@ -46,11 +48,13 @@ def test_lr_scaling_and_warmup_step_by_step(suite, scaling, scale, warmup, with_
     want = []
     for step in range(6):
         ramp = (1 + (scale - 1) * step / warmup) / scale if warmup and step < warmup else 1.0
-        want.append(base * scale * ramp * (0.5 ** step if with_scheduler else 1.0))
+        want.append(base * scale * ramp * (0.5**step if with_scheduler else 1.0))
     got = suite[0]["lr"][f"{scaling}-{warmup}-{with_scheduler}"]
     np.testing.assert_allclose(got["applied"], want, rtol=1e-9)
     np.testing.assert_allclose(got["reported"], want, rtol=1e-9)
-    assert got["applied"][0] == pytest.approx(base * (0.5 ** 0) * (1 / scale if warmup else 1) * scale)
+    assert got["applied"][0] == pytest.approx(
+        base * (0.5**0) * (1 / scale if warmup else 1) * scale
+    )
 
 
 @pytest.mark.slow
@@ -66,11 +70,29 @@ def test_uneven_dataset_gives_every_rank_the_same_steps(suite):
 @pytest.mark.parametrize("save_np,resume_np", [(2, 1), (1, 2)])
 def test_resume_on_another_world_size(tmp_path, save_np, resume_np):
     ckpt = tmp_path / "ckpt"
-    horovodrun("torch_adapter.py", "--mode", "save", "--ckpt", str(ckpt), "--steps", "5", np=save_np,
-               out=tmp_path / "save")
+    horovodrun(
+        "torch_adapter.py",
+        "--mode",
+        "save",
+        "--ckpt",
+        str(ckpt),
+        "--steps",
+        "5",
+        np=save_np,
+        out=tmp_path / "save",
+    )
     saved = results(tmp_path / "save", np=save_np)[0]
-    horovodrun("torch_adapter.py", "--mode", "resume", "--ckpt", str(ckpt), "--steps", "5", np=resume_np,
-               out=tmp_path / "resume")
+    horovodrun(
+        "torch_adapter.py",
+        "--mode",
+        "resume",
+        "--ckpt",
+        str(ckpt),
+        "--steps",
+        "5",
+        np=resume_np,
+        out=tmp_path / "resume",
+    )
     resumed = results(tmp_path / "resume", np=resume_np)
     for rank in resumed:
         loaded = rank["loaded"]
@@ -88,11 +110,29 @@ def test_resume_on_another_world_size(tmp_path, save_np, resume_np):
 @pytest.mark.slow
 def test_truncated_checkpoint_names_the_file_on_every_rank(tmp_path):
     ckpt = tmp_path / "ckpt"
-    horovodrun("torch_adapter.py", "--mode", "save", "--ckpt", str(ckpt), "--steps", "2", np=1,
-               out=tmp_path / "save")
+    horovodrun(
+        "torch_adapter.py",
+        "--mode",
+        "save",
+        "--ckpt",
+        str(ckpt),
+        "--steps",
+        "2",
+        np=1,
+        out=tmp_path / "save",
+    )
     payload = ckpt / "step-00000002.pt"
     payload.write_bytes(payload.read_bytes()[:500])
-    horovodrun("torch_adapter.py", "--mode", "resume", "--ckpt", str(payload), "--steps", "1", out=tmp_path / "r")
+    horovodrun(
+        "torch_adapter.py",
+        "--mode",
+        "resume",
+        "--ckpt",
+        str(payload),
+        "--steps",
+        "1",
+        out=tmp_path / "r",
+    )
     for rank in results(tmp_path / "r"):
         assert str(payload) in rank["error"] and "truncated or corrupt" in rank["error"]
 
@@ -109,15 +149,20 @@ BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize("kwargs,message", BAD_ARGUMENTS)
 def test_bad_arguments_raise_value_error_with_allowed_values(kwargs, message):
-    code = (f"import torch, hvdtrain.torch as ht\nm = torch.nn.Linear(1, 1)\n"
-            f"ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, **{kwargs!r})")
+    code = (
+        f"import torch, hvdtrain.torch as ht\nm = torch.nn.Linear(1, 1)\n"
+        f"ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, **{kwargs!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 1
     assert f"ValueError: {message}" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_importing_one_adapter_does_not_import_the_other_framework():
-    code = "import sys, hvdtrain.torch, hvdtrain.core.checkpoint; assert 'tensorflow' not in sys.modules"
+    code = (
+        "import sys, hvdtrain.torch, hvdtrain.core.checkpoint; assert 'tensorflow' not in "
+        "sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     code = "import sys, hvdtrain.core.lr, hvdtrain.core.sharding; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,7 @@
 """Issue 5, single process (a one-worker job): params policy, the local store, resume, nesting,
 rejected records, artifact staging, spill files; issue 8: run files and a resumed job's legs.
 Multi-rank jobs are in test_tracking_torch/keras, resumed examples in test_resume."""
+
 import argparse
 import json
 import logging
@@ -15,22 +16,35 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hvdtrain import tracking
-from hvdtrain.core.errors import UsageError
+from hvdtrain.cli.tracking import register
 from hvdtrain.core import context
 from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
+from hvdtrain.core.errors import UsageError
 from hvdtrain.core.options import DistributedOptions
-from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.params import flatten
 from hvdtrain.tracking.sync import sync
 from tests import docs_table
 from tests.launch import REPO
-from tests.mlflow_server import QUIET_SERVER, free_port, wait_healthy
-from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
+from tests.mlflow_server import (  # noqa: F401 - fixtures
+    QUIET_SERVER,
+    free_port,
+    mlflow_server,
+    mlflow_server_session,
+    wait_healthy,
+)
 
 
 def one_worker(framework="torch", size=1, on_gpu=False):
-    return context.Context(framework, 0, size, 0, size, "cuda:0" if on_gpu else "cpu",
-                           broadcast_object=lambda obj, root: obj, average=dict)
+    return context.Context(
+        framework,
+        0,
+        size,
+        0,
+        size,
+        "cuda:0" if on_gpu else "cpu",
+        broadcast_object=lambda obj, root: obj,
+        average=dict,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,34 +73,63 @@ def store(local_store, monkeypatch):
 
 
 def test_secrets_never_become_params():
-    config = {"lr": 0.1, "db_password": "x", "api_key": "x", "auth": {"user": "x"}, "hf_token": "x",
-              "aws": {"secret_access_key": "x", "region": "eu"}, "key": "x", "keys_per_batch": 3,
-              "nested": {"private_key": "x", "depth": 2}}
-    assert flatten(config) == {"lr": "0.1", "aws.region": "eu", "keys_per_batch": "3", "nested.depth": "2"}
+    config = {
+        "lr": 0.1,
+        "db_password": "x",
+        "api_key": "x",
+        "auth": {"user": "x"},
+        "hf_token": "x",
+        "aws": {"secret_access_key": "x", "region": "eu"},
+        "key": "x",
+        "keys_per_batch": 3,
+        "nested": {"private_key": "x", "depth": 2},
+    }
+    assert flatten(config) == {
+        "lr": "0.1",
+        "aws.region": "eu",
+        "keys_per_batch": "3",
+        "nested.depth": "2",
+    }
 
 
 def test_training_params_follow_the_lr_policy():
     options = DistributedOptions(lr_scaling="sqrt", accumulation_steps=2, compression="fp16")
-    params = tracking.training_params(one_worker(size=4), options, base_lr=0.1, per_rank_batch_size=32)
-    assert params == {"framework": "torch", "world_size": 4, "lr_scaling": "sqrt", "warmup_steps": 0,
-                      "compression": "fp16", "op": "average", "accumulation_steps": 2,
-                      "shard_optimizer_state": False, "base_lr": 0.1,
-                      "scaled_lr": pytest.approx(0.2), "per_rank_batch_size": 32, "global_batch_size": 256}
-    adasum = tracking.training_params(one_worker(size=4), DistributedOptions(op="adasum"), base_lr=0.1,
-                                      per_rank_batch_size=32)
+    params = tracking.training_params(
+        one_worker(size=4), options, base_lr=0.1, per_rank_batch_size=32
+    )
+    assert params == {
+        "framework": "torch",
+        "world_size": 4,
+        "lr_scaling": "sqrt",
+        "warmup_steps": 0,
+        "compression": "fp16",
+        "op": "average",
+        "accumulation_steps": 2,
+        "shard_optimizer_state": False,
+        "base_lr": 0.1,
+        "scaled_lr": pytest.approx(0.2),
+        "per_rank_batch_size": 32,
+        "global_batch_size": 256,
+    }
+    adasum = tracking.training_params(
+        one_worker(size=4), DistributedOptions(op="adasum"), base_lr=0.1, per_rank_batch_size=32
+    )
     assert adasum["scaled_lr"] == 0.1  # Adasum on CPU: no scaling
 
 
 def test_prepare_local_store_is_idempotent_and_exports_the_store(local_store, monkeypatch):
     cwd, uri = local_store
     assert uri == f"sqlite:///{cwd / 'mlflow.db'}" and (cwd / "mlflow.db").is_file()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # what prepare_local_store exported to the launcher's env
+    # what prepare_local_store exported to the launcher's env
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(cwd.parent)  # a worker started elsewhere still finds the same store
     assert tracking.prepare_local_store() == uri
 
 
 def test_default_store_run_with_config_artifact_and_staged_checkpoint(store, tmp_path):
-    tracker = tracking.start(config={"opt": {"lr": 0.1}, "token": "x"}, experiment="local", tags={"team": "a"})
+    tracker = tracking.start(
+        config={"opt": {"lr": 0.1}, "token": "x"}, experiment="local", tags={"team": "a"}
+    )
     checkpoint = tmp_path / "step-1.pt"
     checkpoint.write_text("weights")
     tracker.log_artifact(checkpoint, "checkpoints")
@@ -100,8 +143,12 @@ def test_default_store_run_with_config_artifact_and_staged_checkpoint(store, tmp
     assert run.data.tags["team"] == "a" and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == list(range(5))
     assert {a.path for a in client.list_artifacts(tracker.run_id)} == {"config.json", "checkpoints"}
-    assert json.loads(open(client.download_artifacts(tracker.run_id, "config.json")).read()) == {"opt": {"lr": 0.1}}
-    assert open(client.download_artifacts(tracker.run_id, "checkpoints/step-1.pt")).read() == "weights"
+    assert json.loads(open(client.download_artifacts(tracker.run_id, "config.json")).read()) == {
+        "opt": {"lr": 0.1}
+    }
+    assert (
+        open(client.download_artifacts(tracker.run_id, "checkpoints/step-1.pt")).read() == "weights"
+    )
 
 
 def test_resume_with_mlflow_run_id_and_nested_runs(store, monkeypatch):
@@ -117,7 +164,10 @@ def test_resume_with_mlflow_run_id_and_nested_runs(store, monkeypatch):
     child.finish()
     client = MlflowClient(store)
     assert resumed.run_id == first.run_id
-    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [(0, 2.0), (1, 1.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [
+        (0, 2.0),
+        (1, 1.0),
+    ]
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == first.run_id
 
@@ -158,7 +208,6 @@ def test_system_metrics_when_asked(store, monkeypatch):
     assert metrics["system/system_memory_usage_megabytes"] > 0
 
 
-
 def test_another_hosts_system_metrics_stop_quietly_when_the_server_is_dead(monkeypatch):
     """A host's monitor (not rank 0's: its own process talks to MLflow) against a server that is
     gone: it gives up with a warning of MLflow's, never raises into training, and stops in time."""
@@ -174,9 +223,13 @@ def test_another_hosts_system_metrics_stop_quietly_when_the_server_is_dead(monke
     time.sleep(0.5)  # training goes on meanwhile
     system.stop(monitor)
     assert time.monotonic() - started < system.STOP_TIMEOUT_S
-    assert monitor._process is None  # finished: the sampling thread ended, the last flush failed quietly
-    assert system.start_on_this_host(1, ["rank0s-host", "this-host"], "0" * 32, dead) is None  # local rank 1: none
-    assert system.start_on_this_host(0, [socket.gethostname(), "h2"], "0" * 32, dead) is None  # rank 0's host: none
+    # finished: the sampling thread ended, the last flush failed quietly
+    assert monitor._process is None
+    # local rank 1: none
+    assert system.start_on_this_host(1, ["rank0s-host", "this-host"], "0" * 32, dead) is None
+    # rank 0's host: none
+    assert system.start_on_this_host(0, [socket.gethostname(), "h2"], "0" * 32, dead) is None
+
 
 @pytest.mark.slow
 def test_ui_command_serves_the_local_store(store, local_store):
@@ -184,12 +237,21 @@ def test_ui_command_serves_the_local_store(store, local_store):
     tracker.finish()
     port = free_port()
     # The subcommand through its own parser: the test does not depend on how hvdtrain/cli wires it.
-    cli = ("import argparse, sys; from hvdtrain.cli.tracking import register; p = argparse.ArgumentParser(); "
-           "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+    cli = (
+        "import argparse, sys; from hvdtrain.cli.tracking import register; p = "
+        "argparse.ArgumentParser(); register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); "
+        "sys.exit(a.func(a))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env = {**env, **QUIET_SERVER, "PYTHONPATH": str(REPO)}
-    ui = subprocess.Popen([sys.executable, "-c", cli, "ui", "--port", str(port)], text=True, stdout=subprocess.PIPE,
-                          env=env, cwd=local_store[0], start_new_session=True)
+    ui = subprocess.Popen(
+        [sys.executable, "-c", cli, "ui", "--port", str(port)],
+        text=True,
+        stdout=subprocess.PIPE,
+        env=env,
+        cwd=local_store[0],
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         assert ui.stdout.readline().startswith(f"MLflow UI on {url} (store: {store})")
@@ -200,9 +262,9 @@ def test_ui_command_serves_the_local_store(store, local_store):
         ui.wait()
 
 
-
 def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     tracker = tracking.start(config={"lr": 0.1}, experiment="spilled", spill_dir=tmp_path / "spill")
     checkpoint = tmp_path / "step-7.pt"
     checkpoint.write_text("weights")
@@ -214,16 +276,21 @@ def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, mon
     run_id, sent = sync(spill, tracking_uri=store)
     client = MlflowClient(store)
     run = client.get_run(run_id)
-    assert client.get_experiment(run.info.experiment_id).name == "spilled" and run.data.params["lr"] == "0.1"
+    assert (
+        client.get_experiment(run.info.experiment_id).name == "spilled"
+        and run.data.params["lr"] == "0.1"
+    )
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(7, 0.25)]
     assert open(client.download_artifacts(run_id, "checkpoints/step-7.pt")).read() == "weights"
-    assert run.info.status == "FINISHED" and sent == 5  # params, config.json, checkpoint, metrics, end
+    # params, config.json, checkpoint, metrics, end
+    assert run.info.status == "FINISHED" and sent == 5
     # A synced file is set aside, so syncing again cannot duplicate the run.
     assert not spill.exists() and spill.with_name(spill.name + ".synced").exists()
 
 
 def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unknownscheme://nowhere")  # MLflow cannot even build a client
+    # MLflow cannot even build a client
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unknownscheme://nowhere")
     tracker = tracking.start(config={"lr": 0.1})
     tracker.log_artifact(tmp_path / "missing.pt")
     tracker.log_metrics({"loss": 1.0}, step=0)
@@ -233,7 +300,8 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
 
 
 def committed_checkpoint(directory, step):
-    """A checkpoint as the adapters commit it (payload, then sidecar): what a resume continues from."""
+    """A checkpoint as the adapters commit it
+    (payload, then sidecar): what a resume continues from."""
     meta = CheckpointMeta(step=step, epoch=1, world_size=2, framework="torch", payload="")
     CheckpointDir(directory, ".pt").save(meta, lambda tmp: open(tmp, "w").write("weights"))
 
@@ -242,22 +310,30 @@ def test_the_run_is_recorded_in_the_run_file_and_the_checkpoint_dir(store, tmp_p
     monkeypatch.setenv("HVDTRAIN_RUN_FILE", str(tmp_path / "launcher" / "run.json"))
     tracker = tracking.start(experiment="recorded", checkpoint_dir=tmp_path / "ckpt")
     tracker.finish()
-    expected = {"run_id": tracker.run_id, "tracking_uri": store,
-                "experiment_id": MlflowClient(store).get_run(tracker.run_id).info.experiment_id}
+    expected = {
+        "run_id": tracker.run_id,
+        "tracking_uri": store,
+        "experiment_id": MlflowClient(store).get_run(tracker.run_id).info.experiment_id,
+    }
     for path in (tmp_path / "launcher" / "run.json", tmp_path / "ckpt" / "mlflow-run.json"):
         assert json.loads(path.read_text()) == expected
 
 
 def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_path):
     ckpt = tmp_path / "ckpt"
-    first = tracking.start(config={"epochs": 1, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True)
+    first = tracking.start(
+        config={"epochs": 1, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True
+    )
     first.log_params({"world_size": 2})
     first.log_membership(0, 2)
     first.log_metrics({"loss": 2.0}, step=1)
     committed_checkpoint(ckpt, step=1)
     first.finish(status="FAILED")
-    second = tracking.start(config={"epochs": 2, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True)
-    second.log_params({"world_size": 1})  # MLflow would refuse this change: logged as leg2.world_size
+    second = tracking.start(
+        config={"epochs": 2, "lr": 0.1}, experiment="legs", checkpoint_dir=ckpt, resume=True
+    )
+    # MLflow would refuse this change: logged as leg2.world_size
+    second.log_params({"world_size": 1})
     second.log_membership(1, 1)
     second.log_metrics({"loss": 1.0}, step=2)
     assert second.finish() is None
@@ -266,20 +342,33 @@ def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_p
     assert second.run_id == first.run_id and run.info.status == "FINISHED"
     assert [r.info.run_id for r in client.search_runs([run.info.experiment_id])] == [first.run_id]
     params = run.data.params
-    assert {k: params[k] for k in ("epochs", "lr", "world_size", "leg2.epochs", "leg2.world_size")} == {
-        "epochs": "1", "lr": "0.1", "world_size": "2", "leg2.epochs": "2", "leg2.world_size": "1"}
+    assert {
+        k: params[k] for k in ("epochs", "lr", "world_size", "leg2.epochs", "leg2.world_size")
+    } == {"epochs": "1", "lr": "0.1", "world_size": "2", "leg2.epochs": "2", "leg2.world_size": "1"}
     assert "leg2.lr" not in params  # unchanged values are not repeated
     assert run.data.tags["hvdtrain.leg"] == "2"
-    assert (run.data.tags["hvdtrain.world_size.step-00000000"], run.data.tags["hvdtrain.world_size.step-00000001"]) \
-        == ("2", "1")
-    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [(1, 2.0), (2, 1.0)]
-    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "world_size")] == [(0, 2), (1, 1)]
-    configs = {a: json.loads(open(client.download_artifacts(first.run_id, a)).read())["epochs"]
-               for a in ("config.json", "leg2/config.json")}
+    assert (
+        run.data.tags["hvdtrain.world_size.step-00000000"],
+        run.data.tags["hvdtrain.world_size.step-00000001"],
+    ) == ("2", "1")
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "loss")] == [
+        (1, 2.0),
+        (2, 1.0),
+    ]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "world_size")] == [
+        (0, 2),
+        (1, 1),
+    ]
+    configs = {
+        a: json.loads(open(client.download_artifacts(first.run_id, a)).read())["epochs"]
+        for a in ("config.json", "leg2/config.json")
+    }
     assert configs == {"config.json": 1, "leg2/config.json": 2}  # each leg's config kept
 
 
-def test_a_new_run_when_there_is_no_checkpoint_to_resume_or_the_run_is_elsewhere(store, tmp_path, caplog):
+def test_a_new_run_when_there_is_no_checkpoint_to_resume_or_the_run_is_elsewhere(
+    store, tmp_path, caplog
+):
     ckpt = tmp_path / "ckpt"
     crashed = tracking.start(experiment="fresh", checkpoint_dir=ckpt)
     crashed.finish(status="FAILED")  # before its first checkpoint: a resume starts from scratch
@@ -289,7 +378,9 @@ def test_a_new_run_when_there_is_no_checkpoint_to_resume_or_the_run_is_elsewhere
     assert json.loads((ckpt / "mlflow-run.json").read_text())["run_id"] == fresh.run_id
     committed_checkpoint(ckpt, step=5)
     recorded = json.loads((ckpt / "mlflow-run.json").read_text())
-    (ckpt / "mlflow-run.json").write_text(json.dumps({**recorded, "tracking_uri": "http://elsewhere:5000"}))
+    (ckpt / "mlflow-run.json").write_text(
+        json.dumps({**recorded, "tracking_uri": "http://elsewhere:5000"})
+    )
     with caplog.at_level(logging.WARNING, logger="hvdtrain.tracking"):
         other = tracking.start(experiment="fresh", checkpoint_dir=ckpt, resume=True)
     other.finish()
@@ -305,8 +396,9 @@ def test_a_new_run_when_there_is_no_checkpoint_to_resume_or_the_run_is_elsewhere
 
 
 @pytest.mark.slow
-def test_the_run_file_is_written_when_the_run_is_created_after_an_outage(store, tmp_path, monkeypatch,
-                                                                          mlflow_server):
+def test_the_run_file_is_written_when_the_run_is_created_after_an_outage(
+    store, tmp_path, monkeypatch, mlflow_server
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     monkeypatch.setenv("HVDTRAIN_RUN_FILE", str(tmp_path / "run.json"))
     mlflow_server.stop()
@@ -320,4 +412,7 @@ def test_the_run_file_is_written_when_the_run_is_created_after_an_outage(store, 
     run_id = tracker.sending_run_id
     experiment_id = mlflow_server.client().get_run(run_id).info.experiment_id
     assert json.loads((tmp_path / "run.json").read_text()) == {
-        "run_id": run_id, "tracking_uri": mlflow_server.uri, "experiment_id": experiment_id}
+        "run_id": run_id,
+        "tracking_uri": mlflow_server.uri,
+        "experiment_id": experiment_id,
+    }

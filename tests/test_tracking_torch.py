@@ -1,4 +1,5 @@
 """Issue 5: a 2-rank torch job tracked in a real MLflow server: one run, outages, spill + sync."""
+
 import argparse
 import json
 import subprocess
@@ -15,14 +16,25 @@ from hvdtrain.cli.tracking import register
 from hvdtrain.tracking.journal import replay
 from tests import docs_table
 from tests.launch import REPO, horovodrun, results
-from tests.mlflow_server import free_port, mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
+from tests.mlflow_server import (  # noqa: F401 - fixtures
+    free_port,
+    mlflow_server,
+    mlflow_server_session,
+)
 
 STEPS = 12
 
 
 def run_job(server_uri, out, experiment, *args, **kwargs):
-    horovodrun("tracking_torch.py", "--experiment", experiment, *args, out=out,
-               env={"MLFLOW_TRACKING_URI": server_uri}, **kwargs)
+    horovodrun(
+        "tracking_torch.py",
+        "--experiment",
+        experiment,
+        *args,
+        out=out,
+        env={"MLFLOW_TRACKING_URI": server_uri},
+        **kwargs,
+    )
     return results(out)
 
 
@@ -42,8 +54,15 @@ def normal_job(tmp_path_factory, mlflow_server_session):
     server = mlflow_server_session
     if not server.running:
         server.start()
-    return server, run_job(server.uri, tmp_path_factory.mktemp("torch_normal"), "torch-normal",
-                           "--mode", "normal", "--steps", str(STEPS))
+    return server, run_job(
+        server.uri,
+        tmp_path_factory.mktemp("torch_normal"),
+        "torch-normal",
+        "--mode",
+        "normal",
+        "--steps",
+        str(STEPS),
+    )
 
 
 @pytest.mark.slow
@@ -58,15 +77,44 @@ def test_one_run_with_data_parallel_params(normal_job):
     assert run.info.status == "FINISHED"
     assert run.data.tags["suite"] == "hvdtrain"
     params = run.data.params
-    assert {k: params[k] for k in ("framework", "world_size", "lr_scaling", "base_lr", "scaled_lr", "warmup_steps",
-                                   "per_rank_batch_size", "global_batch_size", "accumulation_steps", "compression",
-                                   "op", "model.kind")} == {
-        "framework": "torch", "world_size": "2", "lr_scaling": "linear", "base_lr": "0.05", "scaled_lr": "0.1",
-        "warmup_steps": "0", "per_rank_batch_size": "8", "global_batch_size": "16", "accumulation_steps": "1",
-        "compression": "none", "op": "average", "model.kind": "linear"}
-    assert params["torch_version"] == torch.__version__ and params["mlflow_version"] == mlflow.__version__
+    assert {
+        k: params[k]
+        for k in (
+            "framework",
+            "world_size",
+            "lr_scaling",
+            "base_lr",
+            "scaled_lr",
+            "warmup_steps",
+            "per_rank_batch_size",
+            "global_batch_size",
+            "accumulation_steps",
+            "compression",
+            "op",
+            "model.kind",
+        )
+    } == {
+        "framework": "torch",
+        "world_size": "2",
+        "lr_scaling": "linear",
+        "base_lr": "0.05",
+        "scaled_lr": "0.1",
+        "warmup_steps": "0",
+        "per_rank_batch_size": "8",
+        "global_batch_size": "16",
+        "accumulation_steps": "1",
+        "compression": "none",
+        "op": "average",
+        "model.kind": "linear",
+    }
+    assert (
+        params["torch_version"] == torch.__version__
+        and params["mlflow_version"] == mlflow.__version__
+    )
     assert params["horovod_version"] and params["python_version"] and params["hostnames"]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     assert params["git_commit"] == head
     assert not [k for k in params if "password" in k]
     config = json.loads(Path(client.download_artifacts(run.info.run_id, "config.json")).read_text())
@@ -81,11 +129,17 @@ def test_metric_histories_are_rank_averages_at_each_step(normal_job):
     assert [m.step for m in loss] == list(range(STEPS))
     expected = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
     assert [m.value for m in loss] == pytest.approx(expected, rel=1e-6)
-    assert [m.value for m in client.get_metric_history(run_id, "lr")] == pytest.approx([0.1] * STEPS)
+    assert [m.value for m in client.get_metric_history(run_id, "lr")] == pytest.approx(
+        [0.1] * STEPS
+    )
     assert steps_of(client, run_id, "samples_per_sec") == list(range(1, STEPS))
     epoch = client.get_metric_history(run_id, "epoch_loss")
-    assert [(m.step, m.value) for m in epoch] == [(0, pytest.approx(sum(expected) / STEPS, rel=1e-6))]
-    assert client.get_metric_history(run_id, "val_loss")[0].value == pytest.approx(expected[-1], rel=1e-6)
+    assert [(m.step, m.value) for m in epoch] == [
+        (0, pytest.approx(sum(expected) / STEPS, rel=1e-6))
+    ]
+    assert client.get_metric_history(run_id, "val_loss")[0].value == pytest.approx(
+        expected[-1], rel=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -99,7 +153,9 @@ def test_logged_model_predicts_like_the_trained_model(normal_job):
         loaded = mlflow.pytorch.load_model(ranks[0]["model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
-    assert loaded(inputs).detach().flatten().tolist() == pytest.approx(ranks[0]["predictions"], abs=1e-6)
+    assert loaded(inputs).detach().flatten().tolist() == pytest.approx(
+        ranks[0]["predictions"], abs=1e-6
+    )
     [version] = server.client().search_model_versions("name='hvdtrain-torch'")
     assert version.run_id == ranks[0]["run_id"]
 
@@ -107,9 +163,23 @@ def test_logged_model_predicts_like_the_trained_model(normal_job):
 def outage_job(server, out, experiment, restart):
     """Run the outage worker; stop the server when both ranks reach step 10, restart it if asked."""
     done = {}
-    job = threading.Thread(target=lambda: done.update(ranks=run_job(
-        server.uri, out, experiment, "--mode", "outage", "--steps", "40", "--step-sleep", "0.05",
-        "--no-restart", str(int(not restart)))))
+    job = threading.Thread(
+        target=lambda: done.update(
+            ranks=run_job(
+                server.uri,
+                out,
+                experiment,
+                "--mode",
+                "outage",
+                "--steps",
+                "40",
+                "--step-sleep",
+                "0.05",
+                "--no-restart",
+                str(int(not restart)),
+            )
+        )
+    )
     job.start()
     deadline = time.monotonic() + 240
     while not ((out / "ready0").exists() and (out / "ready1").exists()) and job.is_alive():
@@ -143,7 +213,9 @@ def test_server_never_back_spills_and_sync_uploads_everything(tmp_path, mlflow_s
     journal = replay(Path(ranks[0]["spill"]))  # what the job could not send, kept in its journal
     assert journal.spec.run_id == ranks[0]["run_id"]
     unsent = [record for _, record in journal.unsent]
-    unsent_steps = sorted({m[3] for r in unsent if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "loss"})
+    unsent_steps = sorted(
+        {m[3] for r in unsent if r["kind"] == "metrics" for m in r["metrics"] if m[0] == "loss"}
+    )
     assert unsent_steps[-1] == 39 and unsent_steps == list(range(unsent_steps[0], 40))
     assert unsent[-1]["kind"] == "end" and journal.has_end
     spill = Path(ranks[0]["spill"])
@@ -159,8 +231,17 @@ def test_server_never_back_spills_and_sync_uploads_everything(tmp_path, mlflow_s
 def test_unreachable_server_at_start_warns_once_and_training_runs(tmp_path, mlflow_server):
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    proc = horovodrun("tracking_torch.py", "--experiment", "torch-offline", "--mode", "offline", "--steps", "5",
-                      out=tmp_path, env={"MLFLOW_TRACKING_URI": dead})
+    proc = horovodrun(
+        "tracking_torch.py",
+        "--experiment",
+        "torch-offline",
+        "--mode",
+        "offline",
+        "--steps",
+        "5",
+        out=tmp_path,
+        env={"MLFLOW_TRACKING_URI": dead},
+    )
     ranks = results(tmp_path)
     assert time.monotonic() - started < 120
     assert ranks[0]["run_id"] is None and ranks[1]["run_id"] is None

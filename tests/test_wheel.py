@@ -5,6 +5,7 @@ the checkout: the new virtualenv sees the project's frameworks and Horovod throu
 naming the project's site-packages, whose own ``.pth`` files (the editable install of hvdtrain)
 are therefore never read.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,44 +44,106 @@ def installed(tmp_path_factory) -> dict:
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("hvdtrain", "requirements"):
         shutil.copytree(REPO / name, source / name, symlinks=True, ignore=ignore)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(root / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(root / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     [wheel] = (root / "dist").glob("hvdtrain-*.whl")
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "project.pth").write_text(sysconfig.get_path("purelib") + "\n")  # frameworks, Horovod, pip
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
+    site = Path(
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('purelib'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    # frameworks, Horovod, pip
+    (site / "project.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     work = root / "work"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
-    return {"bin": venv / "bin", "site": site, "work": work, "env": {**env, "TF_CPP_MIN_LOG_LEVEL": "3"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV")
+    }
+    return {
+        "bin": venv / "bin",
+        "site": site,
+        "work": work,
+        "env": {**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    }
 
 
 def hvdtrain(installed: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(installed["bin"] / "hvdtrain"), *args], capture_output=True, text=True,
-                          cwd=installed["work"], env=installed["env"], timeout=timeout)
+    return subprocess.run(
+        [str(installed["bin"] / "hvdtrain"), *args],
+        capture_output=True,
+        text=True,
+        cwd=installed["work"],
+        env=installed["env"],
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_package_data_and_no_other_hvdtrain_is_importable(installed):
     python = installed["bin"] / "python"
-    code = ("import hvdtrain, hvdtrain.cudastack as c, hvdtrain.models.torch_gpt as g, hvdtrain.models.keras_gpt as k\n"
-            "import os, sys\n"
-            "homes = [p for p in sys.path if os.path.isfile(os.path.join(p or '.', 'hvdtrain', '__init__.py'))]\n"
-            "print(hvdtrain.__file__, c.pinned_cuda(), g.__file__, k.__file__, *homes)")
-    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=installed["work"],
-                           env=installed["env"], timeout=120)
+    code = (
+        "import hvdtrain, hvdtrain.cudastack as c, hvdtrain.models.torch_gpt as g, "
+        "hvdtrain.models.keras_gpt as k\nimport os, sys\nhomes = [p for p in sys.path if "
+        "os.path.isfile(os.path.join(p or '.', 'hvdtrain', '__init__.py'))]\n"
+        "print(hvdtrain.__file__, c.pinned_cuda(), g.__file__, k.__file__, *homes)"
+    )
+    found = subprocess.run(
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=installed["work"],
+        env=installed["env"],
+        timeout=120,
+    )
     site = installed["site"]
-    pinned = next(line.split(":")[1].strip() for line in (REPO / "requirements" / "gpu.txt").read_text().splitlines()
-                  if line.startswith("# hvdtrain-cuda:"))
-    assert found.stdout.split() == [str(site / "hvdtrain" / "__init__.py"), pinned,
-                                    str(site / "hvdtrain" / "models" / "torch_gpt.py"),
-                                    str(site / "hvdtrain" / "models" / "keras_gpt.py"), str(site)], found.stderr
+    pinned = next(
+        line.split(":")[1].strip()
+        for line in (REPO / "requirements" / "gpu.txt").read_text().splitlines()
+        if line.startswith("# hvdtrain-cuda:")
+    )
+    assert found.stdout.split() == [
+        str(site / "hvdtrain" / "__init__.py"),
+        pinned,
+        str(site / "hvdtrain" / "models" / "torch_gpt.py"),
+        str(site / "hvdtrain" / "models" / "keras_gpt.py"),
+        str(site),
+    ], found.stderr
 
 
 @pytest.mark.slow
@@ -89,16 +152,23 @@ def test_run(installed):
     proc = hvdtrain(installed, "run", "-np", "2", "mean_rank.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert lines[0] == f"hvdtrain from {installed['site'] / 'hvdtrain' / '__init__.py'}; mean rank 0.5"
-    assert lines[1].startswith("hvdtrain: job finished: 2 workers on 1 host (localhost), wall time ")
+    assert (
+        lines[0] == f"hvdtrain from {installed['site'] / 'hvdtrain' / '__init__.py'}; mean rank 0.5"
+    )
+    assert lines[1].startswith(
+        "hvdtrain: job finished: 2 workers on 1 host (localhost), wall time "
+    )
     assert len(lines) == 2
 
 
 @pytest.mark.slow
 def test_bench_has_its_gpt_rows(installed):
-    """torch's rows: the GPT of both frameworks comes from the package the same way (``hvdtrain.models``,
-    imported from the wheel in the test above); Keras's start-up would double the test's time."""
-    proc = hvdtrain(installed, "bench", "--quick", "--windows", "1", "--parts", "torch", "--out", "bench")
+    """torch's rows: the GPT of both frameworks comes from the package the same way
+    (``hvdtrain.models``, imported from the wheel in the test above); Keras's start-up
+    would double the test's time."""
+    proc = hvdtrain(
+        installed, "bench", "--quick", "--windows", "1", "--parts", "torch", "--out", "bench"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((installed["work"] / "bench" / "bench.json").read_text())
     rows = {(r["framework"], r["model"], r["np"]) for r in result["steps"]}
@@ -120,8 +190,14 @@ def test_ui_serves_the_local_store(installed):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([str(installed["bin"] / "hvdtrain"), "ui", "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=installed["work"], env=installed["env"])
+    proc = subprocess.Popen(
+        [str(installed["bin"] / "hvdtrain"), "ui", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=installed["work"],
+        env=installed["env"],
+    )
     try:
         first = proc.stdout.readline().strip()
         store = f"sqlite:///{installed['work'] / 'mlflow.db'}"
@@ -133,7 +209,9 @@ def test_ui_serves_the_local_store(installed):
                     assert page.status == 200 and b"MLflow" in page.read()
                     break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[-3000:]
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()[
+                    -3000:
+                ]
                 time.sleep(1)
     finally:
         proc.terminate()

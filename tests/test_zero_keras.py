@@ -1,9 +1,11 @@
-"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for Keras, against the unsharded optimizer.
+"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for Keras,
+against the unsharded optimizer.
 
 The same 83-parameter model as the torch tests (kernels 70, biases 13). AdamW excludes the
 biases from weight decay, so its variables fall in two buckets (ceil(70/N) + ceil(13/N) elements
 per rank); SGD has one (ceil(83/N)).
 """
+
 import math
 import subprocess
 import sys
@@ -30,16 +32,21 @@ def test_sharded_training_matches_unsharded(suite, case):
     global_clipnorm, and accumulation 1 or 2 (Keras's own): the same weights, on every rank."""
     for rank in suite:
         run = rank[case]
-        np.testing.assert_allclose(run["sharded"]["final"], run["unsharded"]["final"], atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            run["sharded"]["final"], run["unsharded"]["final"], atol=TOLERANCE, rtol=0
+        )
         assert run["sharded"]["final"] == suite[0][case]["sharded"]["final"]
         assert run["sharded"]["iterations"] == run["unsharded"]["iterations"]
-        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3  # clipping acted
+        # clipping acted
+        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
 
 
 @pytest.mark.slow
 def test_model_fit_with_sharded_state_matches_unsharded(suite):
     for rank in suite:
-        np.testing.assert_allclose(rank["fit"]["sharded"], rank["fit"]["unsharded"], atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            rank["fit"]["sharded"], rank["fit"]["unsharded"], atol=TOLERANCE, rtol=0
+        )
         assert rank["fit"]["sharded"] == suite[0]["fit"]["sharded"]
 
 
@@ -61,18 +68,52 @@ def test_each_rank_holds_state_for_its_partition_only(suite):
 def test_checkpoint_resumes_from_2_sharded_to_1_unsharded_to_3_sharded(tmp_path):
     k = 4
     first, second = tmp_path / "ckpt2", tmp_path / "ckpt1"
-    horovodrun("keras_zero.py", "--mode", "save", "--ckpt", str(first), "--steps", str(k), np=2, out=tmp_path / "a")
+    horovodrun(
+        "keras_zero.py",
+        "--mode",
+        "save",
+        "--ckpt",
+        str(first),
+        "--steps",
+        str(k),
+        np=2,
+        out=tmp_path / "a",
+    )
     reference = results(tmp_path / "a", np=2)[0]
     assert reference["saved"]["slots"] == [7, 7, 35, 35]
-    horovodrun("keras_zero.py", "--mode", "resume", "--ckpt", str(first), "--out-ckpt", str(second),
-               "--steps", str(k), np=1, out=tmp_path / "b")
+    horovodrun(
+        "keras_zero.py",
+        "--mode",
+        "resume",
+        "--ckpt",
+        str(first),
+        "--out-ckpt",
+        str(second),
+        "--steps",
+        str(k),
+        np=1,
+        out=tmp_path / "b",
+    )
     (one,) = results(tmp_path / "b", np=1)
-    assert one["loaded"]["step"] == k and one["loaded"]["saved_world_size"] == 2 and one["loaded"]["iterations"] == k
+    assert (
+        one["loaded"]["step"] == k
+        and one["loaded"]["saved_world_size"] == 2
+        and one["loaded"]["iterations"] == k
+    )
     assert one["loaded"]["slots"] == [3, 3, 10, 10, 30, 30, 40, 40]  # the full state, as unsharded
     np.testing.assert_array_equal(one["loaded"]["weights"], reference["saved"]["weights"])
     np.testing.assert_allclose(one["continued"], reference["at_2k"], atol=TOLERANCE, rtol=0)
-    horovodrun("keras_zero.py", "--mode", "resume-sharded", "--ckpt", str(second), "--steps", str(k), np=3,
-               out=tmp_path / "c")
+    horovodrun(
+        "keras_zero.py",
+        "--mode",
+        "resume-sharded",
+        "--ckpt",
+        str(second),
+        "--steps",
+        str(k),
+        np=3,
+        out=tmp_path / "c",
+    )
     three = results(tmp_path / "c", np=3)
     for rank in three:
         assert rank["loaded"]["step"] == 2 * k and rank["loaded"]["iterations"] == 2 * k
@@ -82,21 +123,34 @@ def test_checkpoint_resumes_from_2_sharded_to_1_unsharded_to_3_sharded(tmp_path)
 
 
 REFUSALS = [
-    ("keras.optimizers.SGD(0.1, clipnorm=1.0)", "",
-     "hvdtrain: error: shard_optimizer_state=True does not support clipnorm: it clips each variable by its own norm; "
-     "use global_clipnorm"),
-    ("keras.optimizers.SGD(0.1, use_ema=True)", "",
-     "hvdtrain: error: shard_optimizer_state=True does not support use_ema: it keeps an average of every variable"),
-    ("keras.optimizers.SGD(0.1)", "import os; os.environ['HOROVOD_ELASTIC'] = '1'",
-     "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
-     "shard of the optimizer state with it; run without --elastic, or unsharded"),
+    (
+        "keras.optimizers.SGD(0.1, clipnorm=1.0)",
+        "",
+        "hvdtrain: error: shard_optimizer_state=True does not support clipnorm: it clips each "
+        "variable by its own norm; use global_clipnorm",
+    ),
+    (
+        "keras.optimizers.SGD(0.1, use_ema=True)",
+        "",
+        "hvdtrain: error: shard_optimizer_state=True does not support use_ema: it keeps an "
+        "average of every variable",
+    ),
+    (
+        "keras.optimizers.SGD(0.1)",
+        "import os; os.environ['HOROVOD_ELASTIC'] = '1'",
+        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker "
+        "that leaves takes its shard of the optimizer state with it; run without --elastic, or "
+        "unsharded",
+    ),
 ]
 
 
 @pytest.mark.parametrize("optimizer,setup,message", REFUSALS)
 def test_refusals_are_one_line(optimizer, setup, message):
-    code = (f"import keras, hvdtrain.keras as hk\nhk.init()\n{setup}\n"
-            f"hk.wrap_optimizer({optimizer}, shard_optimizer_state=True)")
+    code = (
+        f"import keras, hvdtrain.keras as hk\nhk.init()\n{setup}\n"
+        f"hk.wrap_optimizer({optimizer}, shard_optimizer_state=True)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == message

@@ -1,8 +1,10 @@
-"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for torch, against the unsharded optimizer.
+"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for torch,
+against the unsharded optimizer.
 
 The model has 83 parameters in two param groups (weights 70, biases 13): neither 2 nor 3 workers
 divide them. Buckets are per group, so each rank's shard holds ceil(70/N) + ceil(13/N) elements.
 """
+
 import math
 import subprocess
 import sys
@@ -35,11 +37,20 @@ def test_sharded_training_matches_unsharded(suite, case):
     first = suite[0][case]
     for rank in suite:
         run = rank[case]
-        np.testing.assert_allclose(run["sharded"]["final"], run["unsharded"]["final"], atol=TOLERANCE, rtol=0)
-        assert run["sharded"]["final"] == first["sharded"]["final"]  # all-gathered: bit-identical on every rank
-        assert run["sharded"]["sharded"] and not run["unsharded"]["sharded"] and run["sharded"]["is_instance"]
-        assert run["sharded"]["lr"] == run["unsharded"]["lr"]  # scheduler and LR scaling saw the same steps
-        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3  # clipping acted
+        np.testing.assert_allclose(
+            run["sharded"]["final"], run["unsharded"]["final"], atol=TOLERANCE, rtol=0
+        )
+        # all-gathered: bit-identical on every rank
+        assert run["sharded"]["final"] == first["sharded"]["final"]
+        assert (
+            run["sharded"]["sharded"]
+            and not run["unsharded"]["sharded"]
+            and run["sharded"]["is_instance"]
+        )
+        # scheduler and LR scaling saw the same steps
+        assert run["sharded"]["lr"] == run["unsharded"]["lr"]
+        # clipping acted
+        assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
 
 
 @pytest.mark.slow
@@ -48,7 +59,10 @@ def test_each_rank_holds_state_for_its_partition_only(suite):
     for rank in suite:
         adamw, sgd = rank["adamw-2"], rank["sgd-2"]
         assert adamw["unsharded"]["state"] == {"exp_avg": 83, "exp_avg_sq": 83}
-        assert adamw["sharded"]["state"] == {"exp_avg": shard_numel(size), "exp_avg_sq": shard_numel(size)}
+        assert adamw["sharded"]["state"] == {
+            "exp_avg": shard_numel(size),
+            "exp_avg_sq": shard_numel(size),
+        }
         assert adamw["sharded"]["state_entries"] == len(GROUPS)  # one shard per bucket
         assert sgd["unsharded"]["state"] == {"momentum_buffer": 83}
         assert sgd["sharded"]["state"] == {"momentum_buffer": shard_numel(size)}
@@ -61,16 +75,22 @@ def test_fp16_compression_reduces_the_same_gradients(suite):
     """fp16 rounds each rank's gradient before the reduction in both paths: close, not bit-equal."""
     for rank in suite:
         run = rank["adamw-fp16"]
-        np.testing.assert_allclose(run["sharded"]["final"], run["unsharded"]["final"], atol=1e-3, rtol=0)
+        np.testing.assert_allclose(
+            run["sharded"]["final"], run["unsharded"]["final"], atol=1e-3, rtol=0
+        )
 
 
 @pytest.mark.slow
 def test_amp_overflow_on_one_shard_skips_the_step_on_every_rank(suite):
     for rank in suite:
         found = rank["overflow"]
-        assert found["weights"][0] == found["before"]  # skipped everywhere, though only rank 0's shard saw the inf
+        # skipped everywhere, though only rank 0's shard saw the inf
+        assert found["weights"][0] == found["before"]
         assert found["scales"] == [512.0, 512.0]  # halved once, then a clean step
-        assert found["weights"][1] != found["before"] and found["weights"][1] == suite[0]["overflow"]["weights"][1]
+        assert (
+            found["weights"][1] != found["before"]
+            and found["weights"][1] == suite[0]["overflow"]["weights"][1]
+        )
 
 
 @pytest.mark.slow
@@ -79,44 +99,96 @@ def test_checkpoint_resumes_from_2_sharded_to_1_unsharded_to_3_sharded(tmp_path)
     again, loaded sharded at 3: each leg continues the uninterrupted 2-worker trajectory."""
     k = 4
     first, second = tmp_path / "ckpt2", tmp_path / "ckpt1"
-    horovodrun("torch_zero.py", "--mode", "save", "--ckpt", str(first), "--steps", str(k), np=2, out=tmp_path / "a")
+    horovodrun(
+        "torch_zero.py",
+        "--mode",
+        "save",
+        "--ckpt",
+        str(first),
+        "--steps",
+        str(k),
+        np=2,
+        out=tmp_path / "a",
+    )
     reference = results(tmp_path / "a", np=2)[0]
     assert reference["saved"]["state"] == {"exp_avg": shard_numel(2), "exp_avg_sq": shard_numel(2)}
-    horovodrun("torch_zero.py", "--mode", "resume", "--ckpt", str(first), "--out-ckpt", str(second),
-               "--steps", str(k), np=1, out=tmp_path / "b")
+    horovodrun(
+        "torch_zero.py",
+        "--mode",
+        "resume",
+        "--ckpt",
+        str(first),
+        "--out-ckpt",
+        str(second),
+        "--steps",
+        str(k),
+        np=1,
+        out=tmp_path / "b",
+    )
     (one,) = results(tmp_path / "b", np=1)
-    assert not one["sharded"] and one["loaded"]["step"] == k and one["loaded"]["saved_world_size"] == 2
-    assert one["loaded"]["state"] == {"exp_avg": 83, "exp_avg_sq": 83}  # the full state, as unsharded
+    assert (
+        not one["sharded"] and one["loaded"]["step"] == k and one["loaded"]["saved_world_size"] == 2
+    )
+    # the full state, as unsharded
+    assert one["loaded"]["state"] == {"exp_avg": 83, "exp_avg_sq": 83}
     assert one["loaded"]["adam_steps"] == [float(k)]
     np.testing.assert_array_equal(one["loaded"]["weights"], reference["saved"]["weights"])
     np.testing.assert_allclose(one["continued"], reference["at_2k"], atol=TOLERANCE, rtol=0)
-    horovodrun("torch_zero.py", "--mode", "resume-sharded", "--ckpt", str(second), "--steps", str(k), np=3,
-               out=tmp_path / "c")
+    horovodrun(
+        "torch_zero.py",
+        "--mode",
+        "resume-sharded",
+        "--ckpt",
+        str(second),
+        "--steps",
+        str(k),
+        np=3,
+        out=tmp_path / "c",
+    )
     three = results(tmp_path / "c", np=3)
     for rank in three:
-        assert rank["sharded"] and rank["loaded"]["step"] == 2 * k and rank["loaded"]["saved_world_size"] == 1
+        assert (
+            rank["sharded"]
+            and rank["loaded"]["step"] == 2 * k
+            and rank["loaded"]["saved_world_size"] == 1
+        )
         assert rank["loaded"]["state"] == {"exp_avg": shard_numel(3), "exp_avg_sq": shard_numel(3)}
         assert rank["loaded"]["adam_steps"] == [float(2 * k)]
-        assert rank["loaded"]["lr"] == one["loaded"]["lr"] * 0.7  # StepLR (5 steps) crossed a boundary since
+        # StepLR (5 steps) crossed a boundary since
+        assert rank["loaded"]["lr"] == one["loaded"]["lr"] * 0.7
         np.testing.assert_allclose(rank["continued"], reference["at_3k"], atol=TOLERANCE, rtol=0)
         assert rank["continued"] == three[0]["continued"]
 
 
 REFUSALS = [
-    ("import os; os.environ['HOROVOD_ELASTIC'] = '1'", {},
-     "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its shard "
-     "of the optimizer state with it; run without --elastic, or unsharded"),
-    ("", {"op": "adasum"}, "ValueError: shard_optimizer_state=True needs op 'average' or 'sum': Adasum combines "
-                           "whole gradients, which a reduce-scatter never holds"),
-    ("", {"shard_optimizer_state": 1}, "ValueError: shard_optimizer_state must be True or False, got 1"),
+    (
+        "import os; os.environ['HOROVOD_ELASTIC'] = '1'",
+        {},
+        "hvdtrain: error: shard_optimizer_state=True is not supported in elastic mode: a worker "
+        "that leaves takes its shard of the optimizer state with it; run without --elastic, or "
+        "unsharded",
+    ),
+    (
+        "",
+        {"op": "adasum"},
+        "ValueError: shard_optimizer_state=True needs op 'average' or 'sum': Adasum combines "
+        "whole gradients, which a reduce-scatter never holds",
+    ),
+    (
+        "",
+        {"shard_optimizer_state": 1},
+        "ValueError: shard_optimizer_state must be True or False, got 1",
+    ),
 ]
 
 
 @pytest.mark.parametrize("setup,kwargs,message", REFUSALS)
 def test_refusals_are_one_line(setup, kwargs, message):
-    code = (f"import torch, hvdtrain.torch as ht\nht.init()\n{setup}\nm = torch.nn.Linear(2, 1)\n"
-            f"ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, **{{'shard_optimizer_state': True, "
-            f"**{kwargs!r}}})")
+    code = (
+        f"import torch, hvdtrain.torch as ht\nht.init()\n{setup}\nm = torch.nn.Linear(2, 1)\n"
+        "ht.wrap_optimizer(torch.optim.SGD(m.parameters(), lr=0.1), m, "
+        f"**{{'shard_optimizer_state': True, **{kwargs!r}}})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == message

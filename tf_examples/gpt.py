@@ -13,6 +13,7 @@ frequencies, no context) and samples a few lines of code at the end.
 
 The PyTorch twin is ``torch_examples/gpt.py``: same data, windows, architecture and evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,15 @@ class CosineDecay(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         progress = min(int(self.model.optimizer.iterations.numpy()) / self.total_steps, 1.0)
-        self.model.optimizer.learning_rate = self.peak_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+        self.model.optimizer.learning_rate = self.peak_lr * (
+            0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        )
 
 
 @main_process_only
-def generate(model: keras.Model, prompt: str, length: int, temperature: float, block: int, seed: int) -> str:
+def generate(
+    model: keras.Model, prompt: str, length: int, temperature: float, block: int, seed: int
+) -> str:
     """Continue ``prompt`` one sampled byte at a time, seeing at most ``block`` bytes back.
 
     The context is right-padded to ``block`` bytes: the causal mask keeps the padding from
@@ -56,7 +61,7 @@ def generate(model: keras.Model, prompt: str, length: int, temperature: float, b
     for _ in range(length):
         context = tokens[-block:]
         window = np.zeros((1, block), dtype=np.int32)
-        window[0, :len(context)] = context
+        window[0, : len(context)] = context
         logits = model.predict_on_batch(window)
         tokens.append(text.sample_token(logits[0, len(context) - 1], temperature, rng))
     return text.decode(tokens)
@@ -74,9 +79,12 @@ def validation_loss(model: keras.Model, inputs: np.ndarray, targets: np.ndarray)
 
 @main_process_only
 def describe(corpus: text.ByteCorpus, unigram: float) -> None:
-    print(f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
-          f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
-          f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte", flush=True)
+    print(
+        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train "
+        f"bytes from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+        f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte",
+        flush=True,
+    )
 
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
@@ -86,39 +94,91 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     describe(corpus, unigram)
 
     model = build_model(args.block, args.d_model, args.layers, args.heads)
-    optimizer = hk.wrap_optimizer(keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
-                                  **cli.optimizer_kwargs(args))
-    peak_lr = float(optimizer.learning_rate.numpy())  # scaled for the world size; the decay starts here
+    optimizer = hk.wrap_optimizer(
+        keras.optimizers.AdamW(args.lr, weight_decay=0.01, clipnorm=1.0),
+        **cli.optimizer_kwargs(args),
+    )
+    # scaled for the world size; the decay starts here
+    peak_lr = float(optimizer.learning_rate.numpy())
     # Horovod's ops have no XLA kernels, and Keras would pick XLA on a GPU by itself.
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=False)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=False,
+    )
     windows = text.random_windows(corpus.train, args.block, args.windows, args.seed)
-    # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch twin.
-    updates_per_epoch = math.ceil(math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
-                                  / args.accumulation_steps)
+    # optimizer.iterations counts updates: one per accumulation group of batches, as in the torch
+    # twin.
+    updates_per_epoch = math.ceil(
+        math.ceil(samples_per_rank(len(windows[0]), ctx.size) / args.batch_size)
+        / args.accumulation_steps
+    )
     if tracker is not None:
-        tracker.log_params({"parameters": model.count_params(), "unigram_ce": unigram,
-                            "corpus_fingerprint": corpus.fingerprint()})  # hk.fit logs the training params
-    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same number of
-    # steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch twin.
-    history = hk.fit(model, *windows, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                     validation_data=(val_inputs, val_targets), validation_batch_size=64, tracker=tracker,
-                     callbacks=[CosineDecay(peak_lr, args.epochs * updates_per_epoch)], **cli.fit_kwargs(args))
-    # A resumed run that had nothing left to train evaluates the restored model (every window once over the ranks).
-    val_loss = history.history["val_loss"][-1] if history.history else validation_loss(model, val_inputs, val_targets)
+        # hk.fit logs the training params
+        tracker.log_params(
+            {
+                "parameters": model.count_params(),
+                "unigram_ce": unigram,
+                "corpus_fingerprint": corpus.fingerprint(),
+            }
+        )
+    # Each epoch every rank trains on its equal share of a fresh permutation (so all run the same
+    # number of steps); checkpoints, resume and tracking are hk.fit's, as ht.fit's in the torch
+    # twin.
+    history = hk.fit(
+        model,
+        *windows,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        validation_data=(val_inputs, val_targets),
+        validation_batch_size=64,
+        tracker=tracker,
+        callbacks=[CosineDecay(peak_lr, args.epochs * updates_per_epoch)],
+        **cli.fit_kwargs(args),
+    )
+    # A resumed run that had nothing left to train evaluates the restored model (every window once
+    # over the ranks).
+    val_loss = (
+        history.history["val_loss"][-1]
+        if history.history
+        else validation_loss(model, val_inputs, val_targets)
+    )
     if tracker is not None:
-        tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=int(optimizer.iterations.numpy()))
-    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed)
-    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+        tracker.log_metrics(
+            {"val_loss_ratio": val_loss / unigram}, step=int(optimizer.iterations.numpy())
+        )
+    sample = generate(
+        model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed
+    )
+    return {
+        "val_loss": val_loss,
+        "unigram_ce": unigram,
+        "ratio": val_loss / unigram,
+        "sample": sample,
+    }
 
 
 @main_process_only
-def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
-    print(f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
-          f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+def report(
+    args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
+) -> None:
+    print(
+        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
+        flush=True,
+    )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    cli.write_results(args, ctx, example="gpt", metric_name="val_loss/unigram_ce", metric=result["ratio"],
-                      wall_time_s=wall_time_s, run_id=run_id, **result)
+    cli.write_results(
+        args,
+        ctx,
+        example="gpt",
+        metric_name="val_loss/unigram_ce",
+        metric=result["ratio"],
+        wall_time_s=wall_time_s,
+        run_id=run_id,
+        **result,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

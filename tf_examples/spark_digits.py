@@ -9,8 +9,8 @@ equal shard of the Parquet files, tracked into one MLflow run.
 The Spark flags are ``--master``, ``--num-proc`` and ``--parquet``; every other flag is
 ``digits.py``'s. PyTorch twin: ``torch_examples/spark_digits.py``.
 """
-import cloudpickle
 
+import cloudpickle
 import digits as example  # the sibling script: its code travels to the executors by value
 
 from hvdtrain.datasets.digits import spark_main

@@ -12,6 +12,7 @@ frequencies, no context) and samples a few lines of code at the end.
 
 The Keras twin is ``tf_examples/gpt.py``: same data, windows, architecture and evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ from hvdtrain.models.torch_gpt import GPT, next_byte_loss
 
 @main_process_only
 @torch.no_grad()
-def generate(model: GPT, prompt: str, length: int, temperature: float, block: int, seed: int, device: str) -> str:
+def generate(
+    model: GPT, prompt: str, length: int, temperature: float, block: int, seed: int, device: str
+) -> str:
     """Continue ``prompt`` one sampled byte at a time, seeing at most ``block`` bytes back."""
     model.eval()
     rng, tokens = np.random.default_rng(seed), list(text.encode(prompt))
@@ -46,9 +49,12 @@ def generate(model: GPT, prompt: str, length: int, temperature: float, block: in
 
 @main_process_only
 def describe(corpus: text.ByteCorpus, unigram: float) -> None:
-    print(f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train bytes "
-          f"from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
-          f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte", flush=True)
+    print(
+        f"corpus: Python {platform.python_version()} standard library, {len(corpus.train):,} train "
+        f"bytes from {len(corpus.train_files)} files, {len(corpus.val):,} validation bytes from "
+        f"{len(corpus.val_files)} other files; unigram baseline {unigram:.4f} nats/byte",
+        flush=True,
+    )
 
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
@@ -59,45 +65,107 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     describe(corpus, unigram)
 
     model = GPT(args.block, args.d_model, args.layers, args.heads).to(ctx.device)
-    val_loss, _ = fit_language_model(args, ctx, tracker, model, windows, val_windows, unigram,
-                                     {"corpus_fingerprint": corpus.fingerprint()})
-    sample = generate(model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed, ctx.device)
-    return {"val_loss": val_loss, "unigram_ce": unigram, "ratio": val_loss / unigram, "sample": sample}
+    val_loss, _ = fit_language_model(
+        args,
+        ctx,
+        tracker,
+        model,
+        windows,
+        val_windows,
+        unigram,
+        {"corpus_fingerprint": corpus.fingerprint()},
+    )
+    sample = generate(
+        model, args.prompt, args.sample_bytes, args.temperature, args.block, args.seed, ctx.device
+    )
+    return {
+        "val_loss": val_loss,
+        "unigram_ce": unigram,
+        "ratio": val_loss / unigram,
+        "sample": sample,
+    }
 
 
-def fit_language_model(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None, model: nn.Module,
-                       windows: tuple[np.ndarray, np.ndarray], val_windows: tuple[np.ndarray, np.ndarray],
-                       unigram: float, params: dict) -> tuple[float, ht.History]:
+def fit_language_model(
+    args: argparse.Namespace,
+    ctx: Context,
+    tracker: tracking.Tracker | None,
+    model: nn.Module,
+    windows: tuple[np.ndarray, np.ndarray],
+    val_windows: tuple[np.ndarray, np.ndarray],
+    unigram: float,
+    params: dict,
+) -> tuple[float, ht.History]:
     """The recipe, shared with ``hf_gpt2.py``: AdamW with clipping, a cosine schedule over the run,
-    ``ht.fit`` on the (inputs, next symbols) windows. Returns the final validation loss and the history."""
-    optimizer = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01), model,
-                                  **cli.optimizer_kwargs(args), max_grad_norm=1.0)
-    train_loader = ht.distributed_loader(TensorDataset(*map(torch.from_numpy, windows)), args.batch_size,
-                                         seed=args.seed)
+    ``ht.fit`` on the (inputs, next symbols) windows. Returns the final
+    validation loss and the history."""
+    optimizer = ht.wrap_optimizer(
+        torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01),
+        model,
+        **cli.optimizer_kwargs(args),
+        max_grad_norm=1.0,
+    )
+    train_loader = ht.distributed_loader(
+        TensorDataset(*map(torch.from_numpy, windows)), args.batch_size, seed=args.seed
+    )
     total_steps = args.epochs * math.ceil(len(train_loader) / args.accumulation_steps)
     # Cosine decay to a tenth of the LR over the run: a short budget ends on small, careful steps.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0))))
+        optimizer, lambda step: 0.1 + 0.45 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+    )
     if tracker is not None:
-        tracker.log_params({"parameters": sum(p.numel() for p in model.parameters()), "unigram_ce": unigram,
-                            **params})  # ht.fit logs the training params
+        # ht.fit logs the training params
+        tracker.log_params(
+            {
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "unigram_ce": unigram,
+                **params,
+            }
+        )
     val_loader = ht.eval_loader(TensorDataset(*map(torch.from_numpy, val_windows)), batch_size=64)
-    history = ht.fit(model, optimizer, next_byte_loss, train_loader, epochs=args.epochs, val_loader=val_loader,
-                     scheduler=scheduler, scheduler_interval="step", tracker=tracker, **cli.fit_kwargs(args))
+    history = ht.fit(
+        model,
+        optimizer,
+        next_byte_loss,
+        train_loader,
+        epochs=args.epochs,
+        val_loader=val_loader,
+        scheduler=scheduler,
+        scheduler_interval="step",
+        tracker=tracker,
+        **cli.fit_kwargs(args),
+    )
     # A resumed run that had nothing left to train evaluates the restored model.
-    val_loss = history["val_loss"][-1] if history.epochs else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
+    val_loss = (
+        history["val_loss"][-1]
+        if history.epochs
+        else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
+    )
     if tracker is not None:
         tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=history.global_step)
     return val_loss, history
 
 
 @main_process_only
-def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
-    print(f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the unigram baseline "
-          f"({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)", flush=True)
+def report(
+    args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
+) -> None:
+    print(
+        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
+        flush=True,
+    )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    cli.write_results(args, ctx, example="gpt", metric_name="val_loss/unigram_ce", metric=result["ratio"],
-                      wall_time_s=wall_time_s, run_id=run_id, **result)
+    cli.write_results(
+        args,
+        ctx,
+        example="gpt",
+        metric_name="val_loss/unigram_ce",
+        metric=result["ratio"],
+        wall_time_s=wall_time_s,
+        run_id=run_id,
+        **result,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

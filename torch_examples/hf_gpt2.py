@@ -1,5 +1,6 @@
-"""A GPT-2 causal language model from Hugging Face ``transformers``, trained data-parallel on Horovod
-on the Python standard library's source, with a BPE tokenizer trained locally with ``tokenizers``.
+"""A GPT-2 causal language model from Hugging Face ``transformers``, trained
+data-parallel on Horovod on the Python standard library's source, with a BPE tokenizer
+trained locally with ``tokenizers``.
 
 Model and tokenizer are loaded the way users load them: ``AutoTokenizer.from_pretrained(DIR)`` and
 ``AutoModelForCausalLM.from_pretrained(DIR)``. Nothing is downloaded (``HF_HUB_OFFLINE=1``): when
@@ -12,11 +13,13 @@ token next to chance (ln vocabulary) and the unigram baseline, and samples with 
 
     hvdtrain run -np 2 torch_examples/hf_gpt2.py --model-dir gpt2-stdlib --epochs 1 --windows 2000
 """
+
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach for the hub
+# before transformers is imported: never reach for the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -45,11 +48,18 @@ def parser() -> argparse.ArgumentParser:
     parser = text.example_parser("PyTorch, a Hugging Face GPT-2")
     parser.set_defaults(block=64, lr=1e-3)
     group = parser.add_argument_group("Hugging Face model")
-    group.add_argument("--model-dir", default="gpt2-stdlib",
-                       help="from_pretrained() directory; written (tokenizer trained, model from --d-model, --layers, "
-                            "--heads) if it holds no model; --block is then in tokens")
-    group.add_argument("--vocab-size", type=int, default=2000, help="BPE vocabulary of a newly trained tokenizer")
-    group.add_argument("--log-model", action="store_true", help="log the trained model to the MLflow run")
+    group.add_argument(
+        "--model-dir",
+        default="gpt2-stdlib",
+        help="from_pretrained() directory; written (tokenizer trained, model from --d-model, "
+        "--layers, --heads) if it holds no model; --block is then in tokens",
+    )
+    group.add_argument(
+        "--vocab-size", type=int, default=2000, help="BPE vocabulary of a newly trained tokenizer"
+    )
+    group.add_argument(
+        "--log-model", action="store_true", help="log the trained model to the MLflow run"
+    )
     return parser
 
 
@@ -62,38 +72,63 @@ def write_gpt2(args: argparse.Namespace, corpus: text.ByteCorpus, directory: Pat
     bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
     bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = tokenizers.decoders.ByteLevel()
-    bpe.train_from_iterator(as_text(corpus.train).splitlines(keepends=True), tokenizers.trainers.BpeTrainer(
-        vocab_size=args.vocab_size, special_tokens=[END_OF_TEXT],
-        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_OF_TEXT,
-                                                     bos_token=END_OF_TEXT, unk_token=END_OF_TEXT)
+    bpe.train_from_iterator(
+        as_text(corpus.train).splitlines(keepends=True),
+        tokenizers.trainers.BpeTrainer(
+            vocab_size=args.vocab_size,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token=END_OF_TEXT, bos_token=END_OF_TEXT, unk_token=END_OF_TEXT
+    )
     tokenizer.save_pretrained(directory)
     eos = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
-    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_positions=args.block, n_embd=args.d_model,
-                                     n_layer=args.layers, n_head=args.heads, bos_token_id=eos, eos_token_id=eos,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=args.block,
+        n_embd=args.d_model,
+        n_layer=args.layers,
+        n_head=args.heads,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     transformers.GPT2LMHeadModel(config).save_pretrained(directory)
 
 
 @main_process_only
 @torch.no_grad()
-def generate(model: Logits, tokenizer, prompt: str, length: int, temperature: float, seed: int) -> str:
-    """``prompt`` continued by ``generate`` for up to ``length`` characters (a token is at least one),
-    within the model's context."""
+def generate(
+    model: Logits, tokenizer, prompt: str, length: int, temperature: float, seed: int
+) -> str:
+    """``prompt`` continued by ``generate`` for up to ``length`` characters (a token is at least
+    one), within the model's context."""
     model.eval()
     torch.manual_seed(seed)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.model.device)
     tokens = min(length, model.model.config.max_position_embeddings - ids.shape[1])
-    out = model.model.generate(ids, max_new_tokens=tokens, do_sample=temperature > 0, temperature=temperature or None,
-                               top_k=0, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0])[:len(prompt) + length]
+    out = model.model.generate(
+        ids,
+        max_new_tokens=tokens,
+        do_sample=temperature > 0,
+        temperature=temperature or None,
+        top_k=0,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return tokenizer.decode(out[0])[: len(prompt) + length]
 
 
 def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | None) -> dict:
     corpus = text.load_stdlib(args.max_bytes, args.val_bytes, seed=args.seed, root=args.data_dir)
     if not ctx.is_main:
         transformers.utils.logging.disable_progress_bar()  # only rank 0 shows progress
-    directory = prepare(ctx, args.model_dir, lambda d: write_gpt2(args, corpus, d), marker="config.json")
+    directory = prepare(
+        ctx, args.model_dir, lambda d: write_gpt2(args, corpus, d), marker="config.json"
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
     model = Logits(transformers.AutoModelForCausalLM.from_pretrained(directory)).to(ctx.device)
     train_ids = np.array(tokenizer(as_text(corpus.train))["input_ids"], dtype=np.int32)
@@ -103,31 +138,63 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     unigram = text.unigram_cross_entropy(train_ids, val_windows[1], vocab_size=vocab)
     describe(corpus, train_ids, vocab, unigram)
     windows = text.random_windows(train_ids, args.block, args.windows, args.seed)
-    val_loss, _ = gpt.fit_language_model(args, ctx, tracker, model, windows, val_windows, unigram,
-                                         {"vocab_size": vocab, "corpus_fingerprint": corpus.fingerprint()})
+    val_loss, _ = gpt.fit_language_model(
+        args,
+        ctx,
+        tracker,
+        model,
+        windows,
+        val_windows,
+        unigram,
+        {"vocab_size": vocab, "corpus_fingerprint": corpus.fingerprint()},
+    )
     model_uri = None
     if tracker is not None and args.log_model:
-        example = np.ascontiguousarray(val_windows[0][:2])  # MLflow exports for the example's shape and strides
+        # MLflow exports for the example's shape and strides
+        example = np.ascontiguousarray(val_windows[0][:2])
         model_uri = log_model(tracker, model, torch.from_numpy(example).to(ctx.device))
     sample = generate(model, tokenizer, args.prompt, args.sample_bytes, args.temperature, args.seed)
-    return {"val_loss": val_loss, "unigram_ce": unigram, "chance_ce": math.log(vocab), "vocab_size": vocab,
-            "ratio": val_loss / unigram, "sample": sample, "model_uri": model_uri}
+    return {
+        "val_loss": val_loss,
+        "unigram_ce": unigram,
+        "chance_ce": math.log(vocab),
+        "vocab_size": vocab,
+        "ratio": val_loss / unigram,
+        "sample": sample,
+        "model_uri": model_uri,
+    }
 
 
 @main_process_only
 def describe(corpus: text.ByteCorpus, train_ids: np.ndarray, vocab: int, unigram: float) -> None:
-    print(f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary {vocab}); "
-          f"unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}", flush=True)
+    print(
+        f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary "
+        f"{vocab}); unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}",
+        flush=True,
+    )
 
 
 @main_process_only
-def report(args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None) -> None:
-    print(f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the unigram baseline "
-          f"({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
-          flush=True)
+def report(
+    args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
+) -> None:
+    print(
+        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) "
+        f"({ctx.size} workers, {wall_time_s:.1f} s)",
+        flush=True,
+    )
     print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    cli.write_results(args, ctx, example="hf_gpt2", metric_name="val_loss/unigram_ce", metric=result["ratio"],
-                      wall_time_s=wall_time_s, run_id=run_id, **result)
+    cli.write_results(
+        args,
+        ctx,
+        example="hf_gpt2",
+        metric_name="val_loss/unigram_ce",
+        metric=result["ratio"],
+        wall_time_s=wall_time_s,
+        run_id=run_id,
+        **result,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

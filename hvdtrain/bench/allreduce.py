@@ -7,9 +7,10 @@ The two fp16 rows send half the bytes: Horovod's ``Compression.fp16`` and torch.
 float16 copy (what DDP's ``fp16_compress_hook`` does); the report counts the float32 bytes they
 reduce, so their bandwidth is the effective one a compressed gradient allreduce gets.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import horovod.tensorflow as htf
 import horovod.torch as ht
@@ -32,7 +33,9 @@ BACKENDS = (HVD_TORCH, HVD_TORCH_QUIET, HVD_TF, TORCH_DIST, HVD_TORCH_FP16, TORC
 WINDOW_BYTES = 32 << 20
 
 
-def plan_for(size_bytes: int, quick: bool, window_count: int, window_bytes: int = WINDOW_BYTES) -> Plan:
+def plan_for(
+    size_bytes: int, quick: bool, window_count: int, window_bytes: int = WINDOW_BYTES
+) -> Plan:
     """About ``window_bytes`` reduced per window, 1 to 50 operations (less across rate-limited
     test hosts, where a 64 MB allreduce takes seconds)."""
     iters = 2 if quick else max(1, min(50, window_bytes // size_bytes))
@@ -53,7 +56,9 @@ def _tf_device(device: str) -> str:
 def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
     name = f"bench.allreduce.{size_bytes}"
-    hvd_tensor, quiet_tensor, dist_tensor, fp16_tensor, dist_fp16 = (torch.zeros(n, device=device) for _ in range(5))
+    hvd_tensor, quiet_tensor, dist_tensor, fp16_tensor, dist_fp16 = (
+        torch.zeros(n, device=device) for _ in range(5)
+    )
     with tf.device(_tf_device(device)):
         tf_tensor = tf.zeros([n])
 
@@ -61,10 +66,12 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         with tf.device(_tf_device(device)):
             return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
 
-    def hvd_fp16():  # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
+    # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
+    def hvd_fp16():
         compressed, context = ht.Compression.fp16.compress(fp16_tensor)
-        return ht.Compression.fp16.decompress(wait(ht.allreduce_async_(compressed, op=ht.Sum, name=name + "h")),
-                                              context)
+        return ht.Compression.fp16.decompress(
+            wait(ht.allreduce_async_(compressed, op=ht.Sum, name=name + "h")), context
+        )
 
     def dist_as_fp16():  # DDP's fp16_compress_hook: reduce a float16 copy, copy the result back
         half = dist_fp16.to(torch.float16)
@@ -74,8 +81,9 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
     sync = _gpu_sync(device)
     return {
         HVD_TORCH: timed(lambda: ht.allreduce_(hvd_tensor, op=ht.Sum, name=name), sync),
-        HVD_TORCH_QUIET: timed(lambda: wait(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")),
-                               sync),
+        HVD_TORCH_QUIET: timed(
+            lambda: wait(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")), sync
+        ),
         HVD_TF: timed(tf_allreduce, sync),
         TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor), sync),
         HVD_TORCH_FP16: timed(hvd_fp16, sync),
@@ -83,7 +91,9 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
     }
 
 
-def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
+def fusion_contenders(
+    count: int, size_bytes: int, device: str = "cpu"
+) -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
 
     def tensors():
@@ -98,15 +108,20 @@ def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[
         def run():
             with tf.device(_tf_device(device)):
                 return operation()
+
         return run
 
     def hvd_fused():
-        handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.fused.{i}") for i, t in enumerate(fused)]
+        handles = [
+            ht.allreduce_async_(t, op=ht.Sum, name=f"bench.fused.{i}") for i, t in enumerate(fused)
+        ]
         for handle in handles:
             ht.synchronize(handle)
 
     def hvd_fused_quiet():
-        handles = [ht.allreduce_async_(t, op=ht.Sum, name=f"bench.quiet.{i}") for i, t in enumerate(quiet)]
+        handles = [
+            ht.allreduce_async_(t, op=ht.Sum, name=f"bench.quiet.{i}") for i, t in enumerate(quiet)
+        ]
         for handle in handles:
             wait(handle)
 
@@ -117,29 +132,64 @@ def fusion_contenders(count: int, size_bytes: int, device: str = "cpu") -> dict[
             tensor.copy_(part)
 
     return {
-        f"{HVD_TORCH} one by one": timed(lambda: [ht.allreduce_(t, op=ht.Sum, name=f"bench.each.{i}")
-                                                  for i, t in enumerate(one_by_one)], sync),
+        f"{HVD_TORCH} one by one": timed(
+            lambda: [
+                ht.allreduce_(t, op=ht.Sum, name=f"bench.each.{i}")
+                for i, t in enumerate(one_by_one)
+            ],
+            sync,
+        ),
         f"{HVD_TORCH} async, fused by Horovod": timed(hvd_fused, sync),
         f"{HVD_TORCH} async, fused, hvdtrain's wait": timed(hvd_fused_quiet, sync),
-        f"{HVD_TORCH} grouped_allreduce": timed(lambda: ht.grouped_allreduce_(grouped, op=ht.Sum,
-                                                                              name="bench.grouped"), sync),
-        f"{HVD_TF} one by one": timed(on_tf_device(lambda: [htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
-                                                            for i, t in enumerate(tf_tensors)]), sync),
-        f"{HVD_TF} grouped_allreduce": timed(on_tf_device(lambda: htf.grouped_allreduce(
-            tf_tensors, op=htf.Sum, name="bench.grouped")), sync),
+        f"{HVD_TORCH} grouped_allreduce": timed(
+            lambda: ht.grouped_allreduce_(grouped, op=ht.Sum, name="bench.grouped"), sync
+        ),
+        f"{HVD_TF} one by one": timed(
+            on_tf_device(
+                lambda: [
+                    htf.allreduce(t, op=htf.Sum, name=f"bench.each.{i}")
+                    for i, t in enumerate(tf_tensors)
+                ]
+            ),
+            sync,
+        ),
+        f"{HVD_TF} grouped_allreduce": timed(
+            on_tf_device(
+                lambda: htf.grouped_allreduce(tf_tensors, op=htf.Sum, name="bench.grouped")
+            ),
+            sync,
+        ),
         f"{TORCH_DIST} one by one": timed(lambda: [dist.all_reduce(t) for t in dist_each], sync),
         f"{TORCH_DIST} flattened": timed(dist_flattened, sync),
     }
 
 
-def run(sizes: list[int], fusion: tuple[int, int], quick: bool, window_count: int, device: str = "cpu",
-        window_bytes: int = WINDOW_BYTES) -> dict:
-    """Every rank's seconds per allreduce in each window, all-gathered: ``{"sizes": ..., "fusion": ...}``."""
-    by_size = {size: windows(size_contenders(size, device), plan_for(size, quick, window_count, window_bytes),
-                             dist.barrier) for size in sizes}
+def run(
+    sizes: list[int],
+    fusion: tuple[int, int],
+    quick: bool,
+    window_count: int,
+    device: str = "cpu",
+    window_bytes: int = WINDOW_BYTES,
+) -> dict:
+    """Every rank's seconds per allreduce in each window, all-gathered:
+    ``{"sizes": ..., "fusion": ...}``."""
+    by_size = {
+        size: windows(
+            size_contenders(size, device),
+            plan_for(size, quick, window_count, window_bytes),
+            dist.barrier,
+        )
+        for size in sizes
+    }
     count, size_bytes = fusion
-    fused = windows(fusion_contenders(count, size_bytes, device),
-                    plan_for(count * size_bytes, quick, window_count, window_bytes), dist.barrier)
+    fused = windows(
+        fusion_contenders(count, size_bytes, device),
+        plan_for(count * size_bytes, quick, window_count, window_bytes),
+        dist.barrier,
+    )
     mine = {"sizes": {str(s): t for s, t in by_size.items()}, "fusion": fused}
-    return {"per_rank": ht.allgather_object(mine, name="bench.allreduce.results"),
-            "fusion_shape": {"tensors": count, "tensor_bytes": size_bytes}}
+    return {
+        "per_rank": ht.allgather_object(mine, name="bench.allreduce.results"),
+        "fusion_shape": {"tensors": count, "tensor_bytes": size_bytes},
+    }

@@ -8,10 +8,11 @@ hand-written loop with ``hvd.DistributedGradientTape``, each both under ``model.
 
 Every variant starts from the same weights; data loading is left out (one fixed batch).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import horovod.tensorflow as hvd
 import keras
@@ -40,7 +41,9 @@ class RawHorovodModel(keras.Model):
         inputs, targets = data
         with tf.GradientTape() as tape:
             loss = self.compute_loss(x=inputs, y=targets, y_pred=self(inputs, training=True))
-        self.optimizer.apply(horovod_gradients(tape, loss, self.trainable_variables), self.trainable_variables)
+        self.optimizer.apply(
+            horovod_gradients(tape, loss, self.trainable_variables), self.trainable_variables
+        )
         return {"loss": loss}
 
 
@@ -53,8 +56,10 @@ def _mlp(quick: bool):
         x = keras.layers.Dense(shape.hidden, activation="relu")(x)
         return keras.Model(inputs, keras.layers.Dense(shape.classes)(x))
 
-    batch = (tf.random.normal((shape.batch, shape.inputs)),
-             tf.random.uniform((shape.batch,), 0, shape.classes, dtype=tf.int32))
+    batch = (
+        tf.random.normal((shape.batch, shape.inputs)),
+        tf.random.uniform((shape.batch,), 0, shape.classes, dtype=tf.int32),
+    )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return make, batch, loss, lambda: keras.optimizers.SGD(0.01, momentum=0.9), shape.batch
 
@@ -63,8 +68,13 @@ def _gpt(quick: bool):
     shape = shapes.gpt_shape(quick)
     tokens = tf.random.uniform((shape.batch, shape.block + 1), 0, 256, dtype=tf.int32)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return (lambda: build_model(shape.block, shape.d_model, shape.layers, shape.heads),
-            (tokens[:, :-1], tokens[:, 1:]), loss, lambda: keras.optimizers.AdamW(1e-3), shape.batch)
+    return (
+        lambda: build_model(shape.block, shape.d_model, shape.layers, shape.heads),
+        (tokens[:, :-1], tokens[:, 1:]),
+        loss,
+        lambda: keras.optimizers.AdamW(1e-3),
+        shape.batch,
+    )
 
 
 MODELS = {"mlp": _mlp, "gpt": _gpt}
@@ -87,13 +97,17 @@ def _fit_contender(model: keras.Model, batch, callbacks: list) -> Callable[[int]
 
     def run(iters: int) -> float:
         clock.stamps.clear()
-        model.fit(dataset, epochs=1, steps_per_epoch=iters + 1, verbose=0, callbacks=[*callbacks, clock])
+        model.fit(
+            dataset, epochs=1, steps_per_epoch=iters + 1, verbose=0, callbacks=[*callbacks, clock]
+        )
         return clock.stamps[-1] - clock.stamps[0]
 
     return run
 
 
-def _loop_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn, batch, raw: bool):
+def _loop_step(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn, batch, raw: bool
+):
     inputs, targets = batch
 
     @tf.function
@@ -108,8 +122,9 @@ def _loop_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_f
     return step
 
 
-def variants(make: Callable[[], keras.Model], batch, loss_fn,
-             make_optimizer: Callable) -> dict[str, Callable[[int], float]]:
+def variants(
+    make: Callable[[], keras.Model], batch, loss_fn, make_optimizer: Callable
+) -> dict[str, Callable[[int], float]]:
     weights = make().get_weights()
     size = hvd.size()
 
@@ -126,7 +141,9 @@ def variants(make: Callable[[], keras.Model], batch, loss_fn,
         return optimizer
 
     hvdtrain_fit = fresh()
-    hvdtrain_fit.compile(optimizer=hk.wrap_optimizer(make_optimizer()), loss=loss_fn, jit_compile=False)
+    hvdtrain_fit.compile(
+        optimizer=hk.wrap_optimizer(make_optimizer()), loss=loss_fn, jit_compile=False
+    )
     raw_fit = fresh(RawHorovodModel)
     raw_fit.compile(optimizer=raw_optimizer(), loss=loss_fn, jit_compile=False)
     hvdtrain_loop, raw_loop = fresh(), fresh()
@@ -134,8 +151,10 @@ def variants(make: Callable[[], keras.Model], batch, loss_fn,
     return {
         HVDTRAIN_FIT: _fit_contender(hvdtrain_fit, batch, hk.callbacks()),
         RAW_FIT: _fit_contender(raw_fit, batch, []),
-        HVDTRAIN_LOOP: timed(_loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False),
-                             sync),
+        HVDTRAIN_LOOP: timed(
+            _loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False),
+            sync,
+        ),
         RAW_LOOP: timed(_loop_step(raw_loop, raw_optimizer(), loss_fn, batch, True), sync),
     }
 
@@ -156,4 +175,7 @@ def run(quick: bool, window_count: int) -> dict:
     for name, build in MODELS.items():
         make, batch, loss_fn, make_optimizer, batches[name] = build(quick)
         mine[name] = windows(variants(make, batch, loss_fn, make_optimizer), plan, _barrier)
-    return {"per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"), "batch_per_rank": batches}
+    return {
+        "per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"),
+        "batch_per_rank": batches,
+    }

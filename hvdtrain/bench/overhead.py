@@ -18,6 +18,7 @@ figures are the median, min and max of those fractions over the windows.
     hvdtrain run -np 2 hvdtrain/bench/overhead.py --framework torch [--windows 15] [--out DIR]
     hvdtrain run -np 2 hvdtrain/bench/overhead.py --framework keras
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,14 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hvdtrain.bench import shapes
 from hvdtrain.core import tripwire
 from hvdtrain.core.context import main_process_only
 
-NEVER = 10 ** 12  # an interval no benchmark reaches: the tripwire finds no check due
+NEVER = 10**12  # an interval no benchmark reaches: the tripwire finds no check due
 
 
 def _seconds(operation: Callable[[], object], times: int) -> float:
@@ -49,8 +50,13 @@ def fractions(step: list[float], cost: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
 
-def measure(windows: int, step: Callable[[], object], steps: int, pieces: dict[str, Callable[[], float]],
-            barrier: Callable[[], None]) -> dict[str, list[float]]:
+def measure(
+    windows: int,
+    step: Callable[[], object],
+    steps: int,
+    pieces: dict[str, Callable[[], float]],
+    barrier: Callable[[], None],
+) -> dict[str, list[float]]:
     """Per window: seconds per training step, then each piece's seconds (each returns its own)."""
     found: dict[str, list[float]] = {"step": [], **{name: [] for name in pieces}}
     _seconds(step, 3)  # warm-up
@@ -65,8 +71,12 @@ def measure(windows: int, step: Callable[[], object], steps: int, pieces: dict[s
 
 def summary(found: dict[str, list[float]], per_step: dict[str, list[float]]) -> dict:
     """Medians of the raw timings, and the cost fractions of step time."""
-    return {"median_s": {name: statistics.median(values) for name, values in found.items()},
-            "fraction_of_step": {name: fractions(found["step"], cost) for name, cost in per_step.items()}}
+    return {
+        "median_s": {name: statistics.median(values) for name, values in found.items()},
+        "fraction_of_step": {
+            name: fractions(found["step"], cost) for name, cost in per_step.items()
+        },
+    }
 
 
 def torch_part(windows: int, steps: int) -> dict:
@@ -79,12 +89,22 @@ def torch_part(windows: int, steps: int) -> dict:
 
     ctx = ht.init(seed=0)
     shape = shapes.mlp_shape(quick=False)
-    model = nn.Sequential(nn.Linear(shape.inputs, shape.hidden), nn.ReLU(), nn.Linear(shape.hidden, shape.hidden),
-                          nn.ReLU(), nn.Linear(shape.hidden, shape.classes))
+    model = nn.Sequential(
+        nn.Linear(shape.inputs, shape.hidden),
+        nn.ReLU(),
+        nn.Linear(shape.hidden, shape.hidden),
+        nn.ReLU(),
+        nn.Linear(shape.hidden, shape.classes),
+    )
     optimizer = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), model)
     params = optimizer.hvdtrain_policy.parameters(optimizer)
-    optimizer.hvdtrain_policy.tripwire_every = NEVER  # whole steps without a check: the check is timed apart
-    inputs, targets = torch.randn(shape.batch, shape.inputs), torch.randint(0, shape.classes, (shape.batch,))
+    optimizer.hvdtrain_policy.tripwire_every = (
+        NEVER  # whole steps without a check: the check is timed apart
+    )
+    inputs, targets = (
+        torch.randn(shape.batch, shape.inputs),
+        torch.randint(0, shape.classes, (shape.batch,)),
+    )
 
     def step() -> float:
         optimizer.zero_grad()
@@ -97,21 +117,44 @@ def torch_part(windows: int, steps: int) -> dict:
         journaled, memory = _sender(Path(tmp) / "run.jsonl"), _sender(None)
         record = _metrics_record()
         pieces = {
-            "hook, no check due": lambda: _seconds(lambda: after_step(optimizer, params, 2, True, tripwire.DEFAULT_EVERY), 1000),
-            "check": lambda: _seconds(lambda: after_step(optimizer, params, tripwire.DEFAULT_EVERY, True,
-                                                          tripwire.DEFAULT_EVERY), 3),
-            "put with journal": lambda: _seconds(lambda: journaled.put(record), 200) if ctx.is_main else 0.0,
-            "put in memory": lambda: _seconds(lambda: memory.put(record), 200) if ctx.is_main else 0.0,
+            "hook, no check due": lambda: _seconds(
+                lambda: after_step(optimizer, params, 2, True, tripwire.DEFAULT_EVERY), 1000
+            ),
+            "check": lambda: _seconds(
+                lambda: after_step(
+                    optimizer, params, tripwire.DEFAULT_EVERY, True, tripwire.DEFAULT_EVERY
+                ),
+                3,
+            ),
+            "put with journal": lambda: (
+                _seconds(lambda: journaled.put(record), 200) if ctx.is_main else 0.0
+            ),
+            "put in memory": lambda: (
+                _seconds(lambda: memory.put(record), 200) if ctx.is_main else 0.0
+            ),
         }
-        found = measure(windows, step, steps, pieces,
-                        lambda: hvd.allreduce(torch.zeros(1), name="bench.overhead.barrier"))
+        found = measure(
+            windows,
+            step,
+            steps,
+            pieces,
+            lambda: hvd.allreduce(torch.zeros(1), name="bench.overhead.barrier"),
+        )
         for sender in (journaled, memory):
             sender.close(timeout=1)
     every = tripwire.DEFAULT_EVERY
-    default = [hook + check / every for hook, check in zip(found["hook, no check due"], found["check"])]
+    default = [
+        hook + check / every for hook, check in zip(found["hook, no check due"], found["check"])
+    ]
     journal = [a - b for a, b in zip(found["put with journal"], found["put in memory"])]
-    return summary(found, {f"tripwire at every={every}": default, "tripwire check every step": found["check"],
-                           "journal, logging every step": journal})
+    return summary(
+        found,
+        {
+            f"tripwire at every={every}": default,
+            "tripwire check every step": found["check"],
+            "journal, logging every step": journal,
+        },
+    )
 
 
 def _sender(journal: Path | None):
@@ -124,8 +167,13 @@ def _sender(journal: Path | None):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return Sender(MlflowClient(f"http://127.0.0.1:{port}"), RunSpec(experiment="overhead"), journal,
-                  retry_interval=600, max_retry_interval=600)
+    return Sender(
+        MlflowClient(f"http://127.0.0.1:{port}"),
+        RunSpec(experiment="overhead"),
+        journal,
+        retry_interval=600,
+        max_retry_interval=600,
+    )
 
 
 def _metrics_record() -> dict:
@@ -152,7 +200,8 @@ def keras_part(windows: int, steps: int) -> dict:
         if isinstance(callback, Tripwire):
             callback.every = NEVER  # whole steps without a check: the check is timed apart
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks)  # traced, broadcast
+    # traced, broadcast
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0, callbacks=callbacks)
 
     def window_of_steps() -> None:
         model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
@@ -169,7 +218,8 @@ def keras_part(windows: int, steps: int) -> dict:
 
     def due_check() -> None:
         step, reductions = check._counters()
-        check._since, check._batches_left = (step - 1, reductions - 1), 1  # as if this batch made an update
+        # as if this batch made an update
+        check._since, check._batches_left = ((step - 1, reductions - 1), 1)
         check.on_train_batch_end(0)
 
     counter = tf.Variable(0, dtype=tf.int64)
@@ -180,25 +230,47 @@ def keras_part(windows: int, steps: int) -> dict:
             counter.assign_add(1)
 
     thousand_adds()  # traced
-    pieces = {"hook, no check due": lambda: _seconds(no_check_due, 1000),
-              "counter add": lambda: _seconds(thousand_adds, 3) / 1000,
-              "check": lambda: _seconds(due_check, 3)}
-    found = measure(windows, window_of_steps, 1, pieces,
-                    lambda: hvd.allreduce(tf.zeros([1]), op=hvd.Sum, name="bench.overhead.barrier"))
-    found["step"] = [seconds / steps for seconds in found["step"]]  # a window of fit steps, per step
+    pieces = {
+        "hook, no check due": lambda: _seconds(no_check_due, 1000),
+        "counter add": lambda: _seconds(thousand_adds, 3) / 1000,
+        "check": lambda: _seconds(due_check, 3),
+    }
+    found = measure(
+        windows,
+        window_of_steps,
+        1,
+        pieces,
+        lambda: hvd.allreduce(tf.zeros([1]), op=hvd.Sum, name="bench.overhead.barrier"),
+    )
+    # a window of fit steps, per step
+    found["step"] = [seconds / steps for seconds in found["step"]]
     every = tripwire.DEFAULT_EVERY
-    default = [h + a + c / every for h, a, c in zip(found["hook, no check due"], found["counter add"], found["check"])]
-    return summary(found, {f"tripwire at every={every}": default, "tripwire check every step": found["check"]})
+    default = [
+        h + a + c / every
+        for h, a, c in zip(found["hook, no check due"], found["counter add"], found["check"])
+    ]
+    return summary(
+        found, {f"tripwire at every={every}": default, "tripwire check every step": found["check"]}
+    )
 
 
 @main_process_only
 def _write(out: Path, framework: str, found: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"overhead-{framework}.json").write_text(json.dumps(found, indent=1))
-    print(f"{framework}: median step {found['median_s']['step'] * 1000:.1f} ms; "
-          + ", ".join(f"{name} {seconds * 1e6:.1f} us" for name, seconds in found["median_s"].items() if name != "step"))
+    print(
+        f"{framework}: median step {found['median_s']['step'] * 1000:.1f} ms; "
+        + ", ".join(
+            f"{name} {seconds * 1e6:.1f} us"
+            for name, seconds in found["median_s"].items()
+            if name != "step"
+        )
+    )
     for name, value in found["fraction_of_step"].items():
-        print(f"  {name:<32} {value['median']:.5%} of a step  (min {value['min']:.5%}, max {value['max']:.5%})")
+        print(
+            f"  {name:<32} {value['median']:.5%} of a step  (min {value['min']:.5%}, max "
+            f"{value['max']:.5%})"
+        )
 
 
 def main() -> None:

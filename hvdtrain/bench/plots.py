@@ -1,4 +1,5 @@
 """PNG plots of a report (matplotlib, Agg backend: no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +32,25 @@ def _bandwidth(report: dict, path: Path) -> Path:
             rows = [r for r in at if r["backend"] == backend]
             sizes = [r["size_bytes"] for r in rows]
             ax.plot(sizes, [r["busbw_GBps"] for r in rows], marker="o", label=backend)
-            ax.fill_between(sizes, [r["busbw_spread_GBps"][0] for r in rows], [r["busbw_spread_GBps"][1] for r in rows],
-                            alpha=0.15)
+            ax.fill_between(
+                sizes,
+                [r["busbw_spread_GBps"][0] for r in rows],
+                [r["busbw_spread_GBps"][1] for r in rows],
+                alpha=0.15,
+            )
         if link:
-            ax.axhline(link / 1e9, color="black", linestyle="--", label=f"link rate ({report['config']['link_rate']})")
-        ax.set(xscale="log", xlabel="tensor size (bytes)", ylabel="bus bandwidth (GB/s; fp16: float32 bytes)",
-               title=f"Allreduce, float32, np={np}" + (" hosts" if link else ""))
+            ax.axhline(
+                link / 1e9,
+                color="black",
+                linestyle="--",
+                label=f"link rate ({report['config']['link_rate']})",
+            )
+        ax.set(
+            xscale="log",
+            xlabel="tensor size (bytes)",
+            ylabel="bus bandwidth (GB/s; fp16: float32 bytes)",
+            title=f"Allreduce, float32, np={np}" + (" hosts" if link else ""),
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -53,14 +67,33 @@ def _scaling(report: dict, path: Path) -> Path:
         rows = [r for r in report["steps"] if r["framework"] == "torch" and r["model"] == model]
         for loop in dict.fromkeys(r["loop"] for r in rows if r["loop"] != "plain torch"):
             mine = sorted((r for r in rows if r["loop"] == loop), key=lambda r: r["np"])
-            ax.errorbar([r["np"] for r in mine], [r["samples_per_s_total"] for r in mine], marker="o", capsize=3,
-                        yerr=[[max(0, r["samples_per_s_total"] - r["samples_per_s_spread"][0]) for r in mine],
-                              [max(0, r["samples_per_s_spread"][1] - r["samples_per_s_total"]) for r in mine]],
-                        label=loop)
-        bound = {r["np"]: r["bound_samples_per_s"] for r in report["link_bound"] if r["model"] == model}
-        ax.plot(list(bound), list(bound.values()), color="black", linestyle="--", label="bound: max(compute, link)")
-        ax.set(xlabel="hosts (one worker each)", ylabel="samples/s (all ranks)", title=f"torch {model}",
-               xticks=sorted({r["np"] for r in rows}))
+            ax.errorbar(
+                [r["np"] for r in mine],
+                [r["samples_per_s_total"] for r in mine],
+                marker="o",
+                capsize=3,
+                yerr=[
+                    [max(0, r["samples_per_s_total"] - r["samples_per_s_spread"][0]) for r in mine],
+                    [max(0, r["samples_per_s_spread"][1] - r["samples_per_s_total"]) for r in mine],
+                ],
+                label=loop,
+            )
+        bound = {
+            r["np"]: r["bound_samples_per_s"] for r in report["link_bound"] if r["model"] == model
+        }
+        ax.plot(
+            list(bound),
+            list(bound.values()),
+            color="black",
+            linestyle="--",
+            label="bound: max(compute, link)",
+        )
+        ax.set(
+            xlabel="hosts (one worker each)",
+            ylabel="samples/s (all ranks)",
+            title=f"torch {model}",
+            xticks=sorted({r["np"] for r in rows}),
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -78,10 +111,20 @@ def _steps(report: dict, path: Path) -> Path:
         nps = sorted({r["np"] for r in rows})
         width = 0.8 / len(nps)
         for i, np in enumerate(nps):
-            values = [next((r["samples_per_s_total"] for r in rows if r["loop"] == loop and r["np"] == np), 0)
-                      for loop in loops]
+            values = [
+                next(
+                    (r["samples_per_s_total"] for r in rows if r["loop"] == loop and r["np"] == np),
+                    0,
+                )
+                for loop in loops
+            ]
             ax.bar([x + i * width for x in range(len(loops))], values, width, label=f"np={np}")
-        ax.set_xticks([x + width * (len(nps) - 1) / 2 for x in range(len(loops))], loops, rotation=30, ha="right")
+        ax.set_xticks(
+            [x + width * (len(nps) - 1) / 2 for x in range(len(loops))],
+            loops,
+            rotation=30,
+            ha="right",
+        )
         ax.set(title=f"{framework} {model}", ylabel="samples/s (all ranks)")
         ax.legend()
     fig.tight_layout()

@@ -4,6 +4,7 @@ np=N, then print a table and write ``bench.json`` and PNG plots to the output di
 With test hosts (``launch.testhosts``: network namespaces with sshd and a ``tc`` rate limit on
 each host's link; root only) it runs one worker per host, at np=1..N: bus bandwidth as a fraction
 of the link rate and the bound the link sets on training."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,27 +45,52 @@ class Settings:
 
 
 def run(settings: Settings) -> int:
-    """Run every launch, print the table and write ``bench.json`` and the plots to ``settings.out``."""
+    """Run every launch, print the table and write ``bench.json`` and the plots
+    to ``settings.out``."""
     from . import plots, report  # matplotlib: only when the benchmark runs
 
-    config = {"np": settings.np, "device": settings.device, "parts": settings.parts, "sizes_bytes": settings.sizes,
-              "fusion": {"tensors": settings.fusion[0], "tensor_bytes": settings.fusion[1]},
-              "windows": settings.windows, "quick": settings.quick, "env": settings.env,
-              "compression": settings.compression, "steps_per_window": 3 if settings.quick else settings.steps,
-              "hosts": settings.hosts, "link_rate": settings.link_rate, "link_Bps": settings.link_Bps,
-              "allreduce_window_bytes": HOSTS_WINDOW_BYTES if settings.hosts else 32 << 20,
-              "argv": sys.argv}
+    config = {
+        "np": settings.np,
+        "device": settings.device,
+        "parts": settings.parts,
+        "sizes_bytes": settings.sizes,
+        "fusion": {"tensors": settings.fusion[0], "tensor_bytes": settings.fusion[1]},
+        "windows": settings.windows,
+        "quick": settings.quick,
+        "env": settings.env,
+        "compression": settings.compression,
+        "steps_per_window": 3 if settings.quick else settings.steps,
+        "hosts": settings.hosts,
+        "link_rate": settings.link_rate,
+        "link_Bps": settings.link_Bps,
+        "allreduce_window_bytes": HOSTS_WINDOW_BYTES if settings.hosts else 32 << 20,
+        "argv": sys.argv,
+    }
     with _test_hosts(settings.hosts, settings.link_rate) as hosts:
-        launch = functools.partial(_launch, sizes=settings.sizes, fusion=settings.fusion, windows=settings.windows,
-                                   quick=settings.quick, env=settings.env, device=settings.device,
-                                   compression=settings.compression, steps=settings.steps, hosts=hosts)
+        launch = functools.partial(
+            _launch,
+            sizes=settings.sizes,
+            fusion=settings.fusion,
+            windows=settings.windows,
+            quick=settings.quick,
+            env=settings.env,
+            device=settings.device,
+            compression=settings.compression,
+            steps=settings.steps,
+            hosts=hosts,
+        )
         launches, memory = {}, []
         step_parts = [p for p in settings.parts if p != "allreduce"]
-        plan = ([(1, step_parts)] if step_parts and 1 not in settings.np else []) \
-            + [(np, settings.parts) for np in settings.np]
+        plan = ([(1, step_parts)] if step_parts and 1 not in settings.np else []) + [
+            (np, settings.parts) for np in settings.np
+        ]
         for np, np_parts in plan:
-            print(f"hvdtrain bench: np={np}{' (hosts ' + ','.join(hosts.names[:np]) + ')' if hosts else ''}: "
-                  f"{', '.join(np_parts)} ...", flush=True)
+            print(
+                "hvdtrain bench: "
+                f"np={np}{' (hosts ' + ','.join(hosts.names[:np]) + ')' if hosts else ''}: "
+                f"{', '.join(np_parts)} ...",
+                flush=True,
+            )
             launches[np] = launch(np, np_parts)
             if "zero" in np_parts:  # peak RSS: one process per optimizer
                 for mode in ("unsharded", "sharded"):
@@ -97,9 +123,20 @@ def _test_hosts(count: int | None, link_rate: str):
         hosts.down()
 
 
-def _launch(np: int, parts: list[str], sizes: list[int], fusion: tuple[int, int], windows: int, quick: bool,
-            env: dict[str, str], device: str = "cpu", compression: str = "none", steps: int = 10, hosts=None,
-            zero_memory: str | None = None) -> dict:
+def _launch(
+    np: int,
+    parts: list[str],
+    sizes: list[int],
+    fusion: tuple[int, int],
+    windows: int,
+    quick: bool,
+    env: dict[str, str],
+    device: str = "cpu",
+    compression: str = "none",
+    steps: int = 10,
+    hosts=None,
+    zero_memory: str | None = None,
+) -> dict:
     """Run the workers under horovodrun (on the first ``np`` test hosts, one worker each, launched
     from the first, or on this host); rank 0's results plus the machine's load around the run.
     ``zero_memory``: instead of ``parts``, that optimizer's memory measurement."""
@@ -112,30 +149,63 @@ def _launch(np: int, parts: list[str], sizes: list[int], fusion: tuple[int, int]
     threads = ["--threads", "1"] if hosts else []
     with tempfile.TemporaryDirectory(prefix="hvdtrain-bench-") as tmp:
         out = Path(tmp) / "results.json"
-        command = [*horovodrun.COMMAND, "-np", str(np), "-H", host_list, "--gloo"] \
-            + (["--network-interface", "eth0"] if hosts and np > 1 else []) \
-            + [sys.executable, "-m", "hvdtrain.bench.worker", "--out", str(out),
-               "--parts", ",".join(parts), "--sizes", ",".join(map(str, sizes)),
-               "--fusion", f"{fusion[0]},{fusion[1]}", "--windows", str(windows), "--device", device,
-               "--compression", compression, "--step-iters", str(steps), *threads] \
-            + (["--window-bytes", str(HOSTS_WINDOW_BYTES)] if hosts else []) \
-            + (["--quick"] if quick else []) + (["--zero-memory", zero_memory] if zero_memory else [])
+        command = (
+            [*horovodrun.COMMAND, "-np", str(np), "-H", host_list, "--gloo"]
+            + (["--network-interface", "eth0"] if hosts and np > 1 else [])
+            + [
+                sys.executable,
+                "-m",
+                "hvdtrain.bench.worker",
+                "--out",
+                str(out),
+                "--parts",
+                ",".join(parts),
+                "--sizes",
+                ",".join(map(str, sizes)),
+                "--fusion",
+                f"{fusion[0]},{fusion[1]}",
+                "--windows",
+                str(windows),
+                "--device",
+                device,
+                "--compression",
+                compression,
+                "--step-iters",
+                str(steps),
+                *threads,
+            ]
+            + (["--window-bytes", str(HOSTS_WINDOW_BYTES)] if hosts else [])
+            + (["--quick"] if quick else [])
+            + (["--zero-memory", zero_memory] if zero_memory else [])
+        )
         run_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
         if hosts:
             run_env.update({HOSTS_ENV: host_list, "GLOO_SOCKET_IFNAME": "eth0"})
         load_before, started = os.getloadavg(), time.perf_counter()
         if hosts:
-            job = hosts.spawn(hosts.names[0], command, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+            job = hosts.spawn(
+                hosts.names[0],
+                command,
+                env=run_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             stdout, stderr = job.communicate()
             proc = subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
         else:
             proc = subprocess.run(command, capture_output=True, text=True, env=run_env)
         wall = time.perf_counter() - started
         if proc.returncode != 0 or not out.exists():
-            errors = [line for line in proc.stdout.splitlines() if "<stderr>" in line and "I0000" not in line]
-            raise UsageError(f"the np={np} benchmark workers failed (exit {proc.returncode}):\n"
-                             + "\n".join(errors[-25:] or proc.stderr.splitlines()[-25:]))
+            errors = [
+                line
+                for line in proc.stdout.splitlines()
+                if "<stderr>" in line and "I0000" not in line
+            ]
+            raise UsageError(
+                f"the np={np} benchmark workers failed (exit {proc.returncode}):\n"
+                + "\n".join(errors[-25:] or proc.stderr.splitlines()[-25:])
+            )
         results = json.loads(out.read_text())
     results["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     results["wall_s"] = wall

@@ -1,5 +1,6 @@
 """The benchmarked models' sizes: a plain MLP, and the examples' GPT (``hvdtrain.models``) at its
 example defaults, at a toy size, and at ~50M parameters for optimizer-state sharding."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,11 @@ def mlp_shape(quick: bool) -> MLP:
 def zero_gpt_shape(quick: bool) -> GPTShape:
     """The examples' GPT at ~50M parameters (16 blocks of 12 x 512^2), for optimizer-state sharding;
     a short context and batch keep its step to about a second a rank on a CPU."""
-    return GPTShape(block=16, d_model=32, layers=1, heads=2, batch=2) if quick else \
-        GPTShape(block=32, d_model=512, layers=16, heads=8, batch=2)
+    return (
+        GPTShape(block=16, d_model=32, layers=1, heads=2, batch=2)
+        if quick
+        else GPTShape(block=32, d_model=512, layers=16, heads=8, batch=2)
+    )
 
 
 def gpt_shape(quick: bool) -> GPTShape:

@@ -5,11 +5,12 @@ jobs on a shared host) lands on all of them alike. Warm-up runs are not timed. E
 per operation is kept: the report takes the median over windows and the spread (min, max), and
 takes a ratio of two contenders window by window (they ran back to back), so noise shows as spread.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # A contender runs ``iters`` operations and returns the seconds they took.
 Contender = Callable[[int], float]
@@ -37,7 +38,9 @@ def timed(operation: Callable[[], object], sync: Callable[[], object] | None = N
     return run
 
 
-def windows(contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]) -> dict[str, list[float]]:
+def windows(
+    contenders: dict[str, Contender], plan: Plan, barrier: Callable[[], None]
+) -> dict[str, list[float]]:
     """Seconds per operation of each contender in each window, in window order (window k of two
     contenders ran back to back, so their ratio in window k is a like-for-like figure); ``barrier``
     lines the ranks up before each window."""

@@ -7,6 +7,7 @@ horovod.torch and torch.distributed; Keras steps with horovod.tensorflow alone. 
 runs one optimizer's memory measurement alone. ``--device gpu``: each rank works on the GPU of its
 local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=7)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per rank (test hosts share the machine's cores; default: cores / local ranks)")
-    parser.add_argument("--compression", choices=("none", "fp16"), default="none", help="gradient compression of the steps")
-    parser.add_argument("--window-bytes", type=int, default=32 << 20, help="bytes reduced per allreduce window")
-    parser.add_argument("--step-iters", type=int, default=10, help="training steps per timed window")
-    parser.add_argument("--zero-memory", choices=("unsharded", "sharded"), default=None,
-                        help="only measure this optimizer's memory (zero_step.memory), in a process of its own")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per rank (test hosts share the machine's cores; default: cores / local "
+        "ranks)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("none", "fp16"),
+        default="none",
+        help="gradient compression of the steps",
+    )
+    parser.add_argument(
+        "--window-bytes", type=int, default=32 << 20, help="bytes reduced per allreduce window"
+    )
+    parser.add_argument(
+        "--step-iters", type=int, default=10, help="training steps per timed window"
+    )
+    parser.add_argument(
+        "--zero-memory",
+        choices=("unsharded", "sharded"),
+        default=None,
+        help="only measure this optimizer's memory (zero_step.memory), in a process of its own",
+    )
     return parser.parse_args(argv)
 
 
@@ -49,7 +68,11 @@ def _start_torch_distributed(rank: int, size: int, device: str) -> None:
 
     address = None
     if rank == 0:
-        address = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1") if _across_hosts() else "127.0.0.1"
+        address = (
+            os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR", "127.0.0.1")
+            if _across_hosts()
+            else "127.0.0.1"
+        )
         with socket.socket() as sock:
             sock.bind((address, 0))
             port = sock.getsockname()[1]
@@ -98,10 +121,18 @@ def main(argv: list[str] | None = None) -> None:
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
     if args.device == "gpu" and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
-    results = {"np": ctx.size, "device": args.device, "threads_per_rank": torch.get_num_threads(),
-               "hosts": hvd.allgather_object(socket.gethostname(), name="bench.hosts"),
-               "horovod_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("HOROVOD_")
-                               and not k.startswith(("HOROVOD_GLOO_RENDEZVOUS", "HOROVOD_HOSTNAME"))}}
+    results = {
+        "np": ctx.size,
+        "device": args.device,
+        "threads_per_rank": torch.get_num_threads(),
+        "hosts": hvd.allgather_object(socket.gethostname(), name="bench.hosts"),
+        "horovod_env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith("HOROVOD_")
+            and not k.startswith(("HOROVOD_GLOO_RENDEZVOUS", "HOROVOD_HOSTNAME"))
+        },
+    }
     _start_torch_distributed(ctx.rank, ctx.size, args.device)
     if "keras" in parts or "allreduce" in parts:
         _tensorflow_devices(torch.get_num_threads(), args.device, ctx.local_rank)
@@ -115,13 +146,18 @@ def main(argv: list[str] | None = None) -> None:
         htf.init()
         sizes = [int(s) for s in args.sizes.split(",")]
         fusion = tuple(int(v) for v in args.fusion.split(","))
-        results["allreduce"] = allreduce.run(sizes, fusion, args.quick, args.windows, ctx.device, args.window_bytes)
+        results["allreduce"] = allreduce.run(
+            sizes, fusion, args.quick, args.windows, ctx.device, args.window_bytes
+        )
         htf.shutdown()
-        hvd.init()  # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
+        # no-op for Horovod itself; hands the shared process-set table back to horovod.torch
+        hvd.init()
     if "torch" in parts:
         from . import torch_step
 
-        results["torch_steps"] = torch_step.run(args.quick, args.windows, ctx.device, args.compression, args.step_iters)
+        results["torch_steps"] = torch_step.run(
+            args.quick, args.windows, ctx.device, args.compression, args.step_iters
+        )
     if "zero" in parts:
         from . import zero_step
 

@@ -8,6 +8,7 @@ on a ~50M-parameter GPT with AdamW: per-rank optimizer-state bytes, peak RSS and
   never goes down, so it needs a process of its own per optimizer: ``memory`` runs in a separate
   launch (``hvdtrain bench`` starts one per optimizer and world size).
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,13 +33,18 @@ MEMORY_STEPS = 3
 def _build(quick: bool):
     shape = shapes.zero_gpt_shape(quick)
     model = GPT(shape.block, shape.d_model, shape.layers, shape.heads)
-    tokens = torch.randint(0, 256, (shape.batch, shape.block + 1), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, 256, (shape.batch, shape.block + 1), generator=torch.Generator().manual_seed(0)
+    )
     return model, (tokens[:, :-1], tokens[:, 1:]), next_byte_loss, shape.batch
 
 
 def _wrapped(model: torch.nn.Module, mode: str) -> torch.optim.Optimizer:
-    return ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=1e-4), model,
-                             shard_optimizer_state=mode == "sharded")
+    return ht.wrap_optimizer(
+        torch.optim.AdamW(model.parameters(), lr=1e-4),
+        model,
+        shard_optimizer_state=mode == "sharded",
+    )
 
 
 def run(quick: bool, window_count: int) -> dict:
@@ -54,8 +60,11 @@ def run(quick: bool, window_count: int) -> dict:
         contenders[mode] = timed(step)
     plan = Plan(warmup=1, windows=window_count, iters=1 if quick else 2)
     mine = {"state_bytes": state, "windows": windows(contenders, plan, dist.barrier)}
-    return {"parameters": sum(p.numel() for p in model.parameters()), "batch_per_rank": batch_size,
-            "per_rank": hvd.allgather_object(mine, name="bench.zero.results")}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "batch_per_rank": batch_size,
+        "per_rank": hvd.allgather_object(mine, name="bench.zero.results"),
+    }
 
 
 def memory(quick: bool, mode: str) -> dict:
@@ -67,9 +76,16 @@ def memory(quick: bool, mode: str) -> dict:
     step = train_step(model, optimizer, loss_fn, batch)
     for _ in range(MEMORY_STEPS):
         step()
-    mine = {"rss_before_bytes": before, "peak_rss_bytes": _peak_rss(), "state_bytes": zero.state_bytes(optimizer)}
-    return {"mode": mode, "parameters": sum(p.numel() for p in model.parameters()),
-            "per_rank": hvd.allgather_object(mine, name="bench.zero.memory")}
+    mine = {
+        "rss_before_bytes": before,
+        "peak_rss_bytes": _peak_rss(),
+        "state_bytes": zero.state_bytes(optimizer),
+    }
+    return {
+        "mode": mode,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "per_rank": hvd.allgather_object(mine, name="bench.zero.memory"),
+    }
 
 
 def _peak_rss() -> int:

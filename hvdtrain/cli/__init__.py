@@ -1,5 +1,6 @@
 """The ``hvdtrain`` command: argument parsing and dispatch. Each subcommand lives in its own module
 of this package with a ``register`` function; the work is done by the library it calls."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,11 @@ from . import bench, doctor, gpucheck, run, testhosts, tracking
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hvdtrain", description="Data-parallel training of Keras 3 and PyTorch "
-                                     "models on Horovod, tracked in MLflow.")
+    parser = argparse.ArgumentParser(
+        prog="hvdtrain",
+        description="Data-parallel training of Keras 3 and PyTorch "
+        "models on Horovod, tracked in MLflow.",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (doctor, run, tracking, bench, testhosts, gpucheck):
         module.register(subparsers)

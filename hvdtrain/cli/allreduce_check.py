@@ -1,9 +1,11 @@
-"""One rank of ``hvdtrain doctor``'s live check: allreduce known values, exit 1 if a result is wrong.
+"""One rank of ``hvdtrain doctor``'s live check:
+allreduce known values, exit 1 if a result is wrong.
 
     python -m hvdtrain.cli.allreduce_check torch|tensorflow [cpu|gpu]
 
 On ``gpu`` each rank's tensors live on its own GPU (local rank), so Horovod reduces them with NCCL.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,10 +19,13 @@ def check_torch(device: str) -> list[str]:
     if device == "gpu":
         torch.cuda.set_device(hvd.local_rank())
     value = torch.full((1024,), float(hvd.rank() + 1), device="cuda" if device == "gpu" else "cpu")
-    return _compare(hvd.size(), {
-        "sum": float(hvd.allreduce(value, op=hvd.Sum)[0]),
-        "average": float(hvd.allreduce(value, op=hvd.Average)[0]),
-    })
+    return _compare(
+        hvd.size(),
+        {
+            "sum": float(hvd.allreduce(value, op=hvd.Sum)[0]),
+            "average": float(hvd.allreduce(value, op=hvd.Average)[0]),
+        },
+    )
 
 
 def check_tensorflow(device: str) -> list[str]:
@@ -34,11 +39,14 @@ def check_tensorflow(device: str) -> list[str]:
     with tf.device("/GPU:0" if device == "gpu" else "/CPU:0"):
         value = tf.fill([1024], float(hvd.rank() + 1))
         in_graph = tf.function(lambda t: hvd.allreduce(t, op=hvd.Sum, name="doctor_graph"))
-        return _compare(hvd.size(), {
-            "sum": float(hvd.allreduce(value, op=hvd.Sum, name="doctor_sum")[0]),
-            "average": float(hvd.allreduce(value, op=hvd.Average, name="doctor_avg")[0]),
-            "sum in tf.function": float(in_graph(value)[0]),
-        })
+        return _compare(
+            hvd.size(),
+            {
+                "sum": float(hvd.allreduce(value, op=hvd.Sum, name="doctor_sum")[0]),
+                "average": float(hvd.allreduce(value, op=hvd.Average, name="doctor_avg")[0]),
+                "sum in tf.function": float(in_graph(value)[0]),
+            },
+        )
 
 
 def _compare(size: int, got: dict[str, float]) -> list[str]:

@@ -1,4 +1,6 @@
-"""``hvdtrain doctor``: is this install able to train? Versions, Horovod's build, a live allreduce."""
+"""``hvdtrain doctor``: is this install able to train?
+Versions, Horovod's build, a live allreduce."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +13,13 @@ from dataclasses import dataclass
 FIX = "run `make install` (or `bash scripts/install.sh`)"
 # Horovod extension name -> (display name, python module of the framework).
 FRAMEWORKS = {"torch": ("PyTorch", "torch"), "tensorflow": ("TensorFlow", "tensorflow")}
-PACKAGES = {"torch": ["torch"], "tensorflow": ["tensorflow", "tensorflow-cpu"], "keras": ["keras"],
-            "mlflow": ["mlflow"], "horovod": ["horovod"]}
+PACKAGES = {
+    "torch": ["torch"],
+    "tensorflow": ["tensorflow", "tensorflow-cpu"],
+    "keras": ["keras"],
+    "mlflow": ["mlflow"],
+    "horovod": ["horovod"],
+}
 
 
 @dataclass
@@ -23,9 +30,15 @@ class Check:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("doctor", help="check versions, Horovod's build and a 2-process allreduce")
-    parser.add_argument("-np", type=int, default=2, help="processes for the live allreduce (default 2)")
-    parser.add_argument("--timeout", type=float, default=180, help="seconds allowed per live allreduce")
+    parser = subparsers.add_parser(
+        "doctor", help="check versions, Horovod's build and a 2-process allreduce"
+    )
+    parser.add_argument(
+        "-np", type=int, default=2, help="processes for the live allreduce (default 2)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=180, help="seconds allowed per live allreduce"
+    )
     parser.set_defaults(func=run)
 
 
@@ -37,7 +50,9 @@ def versions() -> dict[str, str | None]:
 
 
 def _version(dist: str) -> str | None:
-    from ..core.versions import installed  # importlib.metadata, ~0.1 s of start-up: only when doctor runs
+    from ..core.versions import (
+        installed,  # importlib.metadata, ~0.1 s of start-up: only when doctor runs
+    )
 
     return installed(dist)
 
@@ -51,9 +66,19 @@ def build_checks() -> list[Check]:
 
     key = versions.recorded()
     mismatched = versions.mismatches()
-    checks = [Check("Build key", not mismatched,
-                    f"{mismatched[0]}: {versions.FIX}" if mismatched else
-                    (_key_text(key) if key else "not recorded (Horovod not installed by scripts/install.sh)"))]
+    checks = [
+        Check(
+            "Build key",
+            not mismatched,
+            f"{mismatched[0]}: {versions.FIX}"
+            if mismatched
+            else (
+                _key_text(key)
+                if key
+                else "not recorded (Horovod not installed by scripts/install.sh)"
+            ),
+        )
+    ]
     for ext, (display, module) in FRAMEWORKS.items():
         error = _import_error(module)
         adapter = "torch" if ext == "torch" else "keras"
@@ -67,14 +92,33 @@ def build_checks() -> list[Check]:
         else:
             checks.append(Check(display, True, "built"))
     gloo, mpi = gloo_built(), mpi_built()
-    checks.append(Check("Gloo controller", gloo, "built" if gloo else f"Horovod was built without Gloo: {FIX}"))
-    checks.append(Check("MPI controller", True, "built" if mpi else "not built (optional; needs mpicc at install)"))
+    checks.append(
+        Check(
+            "Gloo controller", gloo, "built" if gloo else f"Horovod was built without Gloo: {FIX}"
+        )
+    )
+    checks.append(
+        Check(
+            "MPI controller",
+            True,
+            "built" if mpi else "not built (optional; needs mpicc at install)",
+        )
+    )
     nccl = nccl_built()
     gpu_wanted = _torch_has_cuda()
-    checks.append(Check("NCCL ops", bool(nccl) or not gpu_wanted,
-                        f"built (NCCL {_nccl_code(nccl)})" if nccl else
-                        (f"CUDA torch but Horovod was built without NCCL: {FIX}" if gpu_wanted
-                         else "not built (CPU install)")))
+    checks.append(
+        Check(
+            "NCCL ops",
+            bool(nccl) or not gpu_wanted,
+            f"built (NCCL {_nccl_code(nccl)})"
+            if nccl
+            else (
+                f"CUDA torch but Horovod was built without NCCL: {FIX}"
+                if gpu_wanted
+                else "not built (CPU install)"
+            ),
+        )
+    )
     return checks
 
 
@@ -85,46 +129,85 @@ def _nccl_code(code: int) -> str:
 
 def cuda_stack_checks() -> tuple[list[Check], list[str]]:
     """A GPU build's CUDA stack: the CUDA each framework and NCCL were built for, whether they load
-    in one process, and the GPUs. No GPU is one line, not a failure: the build can still be checked."""
+    in one process, and the GPUs. No GPU is one line, not a failure: the build
+    can still be checked."""
     from .. import cudastack
 
     torch_facts, tf = cudastack.torch_facts(), cudastack.tensorflow_facts()
-    checks = [Check("torch CUDA", torch_facts["cuda"] is not None,
-                    f"torch {torch_facts['version']} built for CUDA {torch_facts['cuda']}"),
-              Check("TensorFlow CUDA", tf["cuda_build"],
-                    f"{tf['dist']} {tf['version']} built for CUDA {tf['cuda']}, cuDNN {tf['cudnn']}"
-                    if tf["cuda_build"] else f"{tf['dist']} {tf['version']} is a CPU build: {FIX}")]
+    checks = [
+        Check(
+            "torch CUDA",
+            torch_facts["cuda"] is not None,
+            f"torch {torch_facts['version']} built for CUDA {torch_facts['cuda']}",
+        ),
+        Check(
+            "TensorFlow CUDA",
+            tf["cuda_build"],
+            f"{tf['dist']} {tf['version']} built for CUDA {tf['cuda']}, cuDNN {tf['cudnn']}"
+            if tf["cuda_build"]
+            else f"{tf['dist']} {tf['version']} is a CPU build: {FIX}",
+        ),
+    ]
     wheels = cudastack.nccl_wheels()
-    checks.append(Check("NCCL library", len(wheels) == 1,
-                        ", ".join(f"{w.dist} {w.version} (CUDA {w.cuda_major})" for w in wheels)
-                        + ("" if len(wheels) == 1 else f": exactly one NCCL wheel must be installed; {FIX}")))
+    checks.append(
+        Check(
+            "NCCL library",
+            len(wheels) == 1,
+            ", ".join(f"{w.dist} {w.version} (CUDA {w.cuda_major})" for w in wheels)
+            + ("" if len(wheels) == 1 else f": exactly one NCCL wheel must be installed; {FIX}"),
+        )
+    )
     try:
         loaded = cudastack.check_load()
-        checks.append(Check("one process", True, "torch, TensorFlow and Horovod's NCCL ops load together: "
-                                                  + loaded[0].split(": ", 1)[1]))
+        checks.append(
+            Check(
+                "one process",
+                True,
+                "torch, TensorFlow and Horovod's NCCL ops load together: "
+                + loaded[0].split(": ", 1)[1],
+            )
+        )
     except cudastack.StackError as err:
         checks.append(Check("one process", False, f"{err}; {FIX}"))
     names, problem = cudastack.gpus()
     if problem:
         checks.append(Check("GPUs", False, problem))
     elif not names:
-        checks.append(Check("GPUs", True, "none on this machine: the NCCL build is checked, not run "
-                                          "(live GPU allreduce skipped)"))
+        checks.append(
+            Check(
+                "GPUs",
+                True,
+                "none on this machine: the NCCL build is checked, not run "
+                "(live GPU allreduce skipped)",
+            )
+        )
     else:
-        checks.append(Check("GPUs", True, f"{len(names)} x {names[0]}"
-                                          + ("" if len(set(names)) == 1 else f" (+ {', '.join(sorted(set(names[1:])))})")))
+        checks.append(
+            Check(
+                "GPUs",
+                True,
+                f"{len(names)} x {names[0]}"
+                + ("" if len(set(names)) == 1 else f" (+ {', '.join(sorted(set(names[1:])))})"),
+            )
+        )
     return checks, names
 
 
 def _key_text(key) -> str:
-    return (f"Horovod {key.horovod} for torch {key.torch}, TensorFlow {key.tensorflow}, "
-            f"Python {key.python[0]}.{key.python[1:]}, CUDA {key.cuda}")
+    return (
+        f"Horovod {key.horovod} for torch {key.torch}, TensorFlow {key.tensorflow}, "
+        f"Python {key.python[0]}.{key.python[1:]}, CUDA {key.cuda}"
+    )
 
 
 def _import_error(module: str) -> str | None:
     """Last line of the error importing ``module`` in a fresh interpreter, or None if it imports."""
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     if proc.returncode == 0:
         return None
     lines = proc.stderr.strip().splitlines()
@@ -144,10 +227,23 @@ def live_allreduce(framework: str, np: int, timeout: float, device: str = "cpu")
     gpu: one GPU per rank, so Horovod reduces with NCCL)."""
     from ..launch import horovodrun
 
-    cmd = [*horovodrun.COMMAND, "-np", str(np), "-H", f"localhost:{np}", "--gloo",
-           sys.executable, "-m", "hvdtrain.cli.allreduce_check", framework, device]
+    cmd = [
+        *horovodrun.COMMAND,
+        "-np",
+        str(np),
+        "-H",
+        f"localhost:{np}",
+        "--gloo",
+        sys.executable,
+        "-m",
+        "hvdtrain.cli.allreduce_check",
+        framework,
+        device,
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    name = f"{FRAMEWORKS[framework][0]} allreduce x{np}" + (" on GPU (NCCL)" if device == "gpu" else "")
+    name = f"{FRAMEWORKS[framework][0]} allreduce x{np}" + (
+        " on GPU (NCCL)" if device == "gpu" else ""
+    )
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -156,9 +252,17 @@ def live_allreduce(framework: str, np: int, timeout: float, device: str = "cpu")
     seconds = time.perf_counter() - start
     if proc.returncode == 0:
         return Check(name, True, f"pass in {seconds:.1f} s")
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if "Error" in l or "error" in l]
-    return Check(name, False, f"FAIL (exit {proc.returncode}) in {seconds:.1f} s: "
-                              f"{lines[-1].strip() if lines else 'see horovodrun output'}")
+    lines = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if "Error" in line or "error" in line
+    ]
+    return Check(
+        name,
+        False,
+        f"FAIL (exit {proc.returncode}) in {seconds:.1f} s: "
+        f"{lines[-1].strip() if lines else 'see horovodrun output'}",
+    )
 
 
 def run(args) -> int:
@@ -181,13 +285,18 @@ def run(args) -> int:
         print("CUDA stack")
         _print(stack)
         checks += stack
-    if all(c.ok for c in checks if c.name in ("Build key", "PyTorch", "TensorFlow", "Gloo controller")):
+    if all(
+        c.ok for c in checks if c.name in ("Build key", "PyTorch", "TensorFlow", "Gloo controller")
+    ):
         live = [live_allreduce(ext, args.np, args.timeout) for ext in FRAMEWORKS]
         print("Live allreduce (horovodrun, Gloo, localhost)")
         _print(live)
         checks += live
         if gpu_names and all(c.ok for c in checks):
-            live = [live_allreduce(ext, min(args.np, len(gpu_names)), args.timeout, "gpu") for ext in FRAMEWORKS]
+            live = [
+                live_allreduce(ext, min(args.np, len(gpu_names)), args.timeout, "gpu")
+                for ext in FRAMEWORKS
+            ]
             print("Live allreduce on GPUs (horovodrun, NCCL, localhost)")
             _print(live)
             checks += live

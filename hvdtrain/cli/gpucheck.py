@@ -15,6 +15,7 @@ NVIDIA GPUs. Each part runs in its own processes and lands in ``<out>/gpu-check.
 
 On a machine without a usable GPU it stops before any part, with one line, and exits 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,21 @@ class Part:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("gpu-check", help="the GPU acceptance run: doctor, NCCL bandwidth, step time, "
-                                                     "mixed precision, 2-process equivalence (needs GPUs)",
-                                   description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("gpu-check-results"),
-                        help="directory for gpu-check.json and the benchmarks' own reports")
-    parser.add_argument("--quick", action="store_true", help="toy sizes and few repeats: a smoke test")
+    parser = subparsers.add_parser(
+        "gpu-check",
+        help="the GPU acceptance run: doctor, NCCL bandwidth, step time, "
+        "mixed precision, 2-process equivalence (needs GPUs)",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("gpu-check-results"),
+        help="directory for gpu-check.json and the benchmarks' own reports",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="toy sizes and few repeats: a smoke test"
+    )
     parser.set_defaults(func=run)
 
 
@@ -83,17 +93,30 @@ def run(args) -> int:
         print(_row(result), flush=True)
     from ..bench import report
 
-    found = {"schema": SCHEMA, "machine": report.machine(), "gpus": gpus, "quick": args.quick,
-             "parts": [asdict(p) for p in parts]}
+    found = {
+        "schema": SCHEMA,
+        "machine": report.machine(),
+        "gpus": gpus,
+        "quick": args.quick,
+        "parts": [asdict(p) for p in parts],
+    }
     path = args.out / "gpu-check.json"
     path.write_text(json.dumps(found, indent=1))
     print("\n" + table(found) + f"\n\nwrote {path}")
     return 0 if all(p.ok is not False for p in parts) else 1
 
 
-def _command(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+def _command(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
@@ -109,8 +132,21 @@ def doctor(args, ngpus: int) -> Part:
 
 def _bench(args, ngpus: int, parts: str, extra: list[str], name: str) -> tuple[dict | None, str]:
     out = args.out / f"bench-{name}"
-    argv = [sys.executable, "-m", "hvdtrain", "bench", "--device", "gpu", "--np", str(ngpus), "--parts", parts,
-            "--out", str(out), *extra] + (["--quick", "--windows", "2"] if args.quick else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "hvdtrain",
+        "bench",
+        "--device",
+        "gpu",
+        "--np",
+        str(ngpus),
+        "--parts",
+        parts,
+        "--out",
+        str(out),
+        *extra,
+    ] + (["--quick", "--windows", "2"] if args.quick else [])
     proc = _command(argv, timeout=3600)
     if proc.returncode != 0:
         return None, f"hvdtrain bench failed (exit {proc.returncode}): {_last_line(proc)}"
@@ -120,16 +156,29 @@ def _bench(args, ngpus: int, parts: str, extra: list[str], name: str) -> tuple[d
 def bandwidth(args, ngpus: int) -> Part:
     if ngpus < 2:
         return Part("bandwidth", None, f"needs 2 or more GPUs, this host has {ngpus}")
-    result, error = _bench(args, ngpus, "allreduce", ["--sizes", "1M,4M" if args.quick else BANDWIDTH_SIZES],
-                           "allreduce")
+    result, error = _bench(
+        args,
+        ngpus,
+        "allreduce",
+        ["--sizes", "1M,4M" if args.quick else BANDWIDTH_SIZES],
+        "allreduce",
+    )
     if result is None:
         return Part("bandwidth", False, error)
-    busbw = {f"{r['backend']} {r['size_bytes']}": round(r["busbw_GBps"], 2) for r in result["allreduce"]}
+    busbw = {
+        f"{r['backend']} {r['size_bytes']}": round(r["busbw_GBps"], 2) for r in result["allreduce"]
+    }
     largest = result["targets"]["largest_size_bytes"]
-    best = {r["backend"]: r["busbw_GBps"] for r in result["allreduce"] if r["size_bytes"] == largest}
+    best = {
+        r["backend"]: r["busbw_GBps"] for r in result["allreduce"] if r["size_bytes"] == largest
+    }
     summary = ", ".join(f"{b} {v:.1f}" for b, v in best.items())
-    return Part("bandwidth", True, f"busbw GB/s at {largest >> 20} MB on {ngpus} GPUs: {summary}",
-                data={"busbw_GBps": busbw})
+    return Part(
+        "bandwidth",
+        True,
+        f"busbw GB/s at {largest >> 20} MB on {ngpus} GPUs: {summary}",
+        data={"busbw_GBps": busbw},
+    )
 
 
 def steps(args, ngpus: int) -> Part:
@@ -137,11 +186,18 @@ def steps(args, ngpus: int) -> Part:
     if result is None:
         return Part("steps", False, error)
     targets = result["targets"]
-    ratios = {f"{r['framework']}/{r['model']}/np{r['np']} {r['numerator']} / {r['denominator']}":
-              round(r["step_time_ratio"], 3) for r in result["ratios"]}
+    ratios = {
+        f"{r['framework']}/{r['model']}/np{r['np']} {r['numerator']} / {r['denominator']}": round(
+            r["step_time_ratio"], 3
+        )
+        for r in result["ratios"]
+    }
     plain = targets.get("adapter_vs_plain_torch_step_time", {})
-    detail = (f"hvdtrain / plain torch on 1 GPU: {', '.join(f'{k} {v:.3f}' for k, v in plain.items()) or 'n/a'} "
-              f"(goal <= 1.02); hvdtrain / raw Horovod within 2%: {targets['adapter_within_2pct']}")
+    detail = (
+        "hvdtrain / plain torch on 1 GPU: "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in plain.items()) or 'n/a'} (goal <= 1.02); hvdtrain "
+        f"/ raw Horovod within 2%: {targets['adapter_within_2pct']}"
+    )
     ok = targets.get("adapter_within_2pct_of_plain") is not False
     return Part("steps", ok, detail, data={"ratios": ratios, "targets": targets})
 
@@ -149,19 +205,48 @@ def steps(args, ngpus: int) -> Part:
 def precision(args, ngpus: int) -> Part:
     epochs = ["--epochs", "3"] if args.quick else []
     found = {}
-    for framework, script in (("torch", "torch_examples/digits.py"), ("keras", "tf_examples/digits.py")):
+    for framework, script in (
+        ("torch", "torch_examples/digits.py"),
+        ("keras", "tf_examples/digits.py"),
+    ):
         for mode, flags in (("fp32", []), ("mixed", ["--mixed-precision"])):
             results = args.out / f"digits-{framework}-{mode}.json"
-            proc = _command([sys.executable, "-m", "hvdtrain", "run", "-np", str(ngpus), script, "--no-tracking",
-                             "--results", str(results), *epochs, *flags], timeout=1800)
+            proc = _command(
+                [
+                    sys.executable,
+                    "-m",
+                    "hvdtrain",
+                    "run",
+                    "-np",
+                    str(ngpus),
+                    script,
+                    "--no-tracking",
+                    "--results",
+                    str(results),
+                    *epochs,
+                    *flags,
+                ],
+                timeout=1800,
+            )
             if proc.returncode != 0:
-                return Part("precision", False, f"{script} {' '.join(flags)} failed: {_last_line(proc)}", data=found)
+                return Part(
+                    "precision",
+                    False,
+                    f"{script} {' '.join(flags)} failed: {_last_line(proc)}",
+                    data=found,
+                )
             found[f"{framework} {mode}"] = json.loads(results.read_text())["metric"]
     gaps = {fw: found[f"{fw} mixed"] - found[f"{fw} fp32"] for fw in ("torch", "keras")}
     ok = all(abs(gap) <= PRECISION_TOLERANCE for gap in gaps.values())
-    detail = ", ".join(f"{fw} {found[f'{fw} mixed']:.4f} vs fp32 {found[f'{fw} fp32']:.4f}" for fw in gaps)
-    return Part("precision", ok, f"test accuracy {detail} (tolerance {PRECISION_TOLERANCE})",
-                data={"test_accuracy": found, "gap": gaps})
+    detail = ", ".join(
+        f"{fw} {found[f'{fw} mixed']:.4f} vs fp32 {found[f'{fw} fp32']:.4f}" for fw in gaps
+    )
+    return Part(
+        "precision",
+        ok,
+        f"test accuracy {detail} (tolerance {PRECISION_TOLERANCE})",
+        data={"test_accuracy": found, "gap": gaps},
+    )
 
 
 def equivalence(args, ngpus: int) -> Part:
@@ -169,11 +254,20 @@ def equivalence(args, ngpus: int) -> Part:
         return Part("equivalence", None, f"needs 2 GPUs (one per process), this host has {ngpus}")
     # TF32 off: the references are fp32/fp64 sums, and TF32 matmuls would differ by more than the
     # tests' tolerances in the single-process and the 2-process runs alike.
-    proc = _command([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *EQUIVALENCE_TESTS],
-                    timeout=3600, env={"NVIDIA_TF32_OVERRIDE": "0"})
+    proc = _command(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *EQUIVALENCE_TESTS],
+        timeout=3600,
+        env={"NVIDIA_TF32_OVERRIDE": "0"},
+    )
     (args.out / "equivalence.txt").write_text(proc.stdout + proc.stderr)
-    summary = next((line for line in reversed(proc.stdout.splitlines()) if " passed" in line or " failed" in line),
-                   _last_line(proc))
+    summary = next(
+        (
+            line
+            for line in reversed(proc.stdout.splitlines())
+            if " passed" in line or " failed" in line
+        ),
+        _last_line(proc),
+    )
     return Part("equivalence", proc.returncode == 0, summary.strip("= "))
 
 

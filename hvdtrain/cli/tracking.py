@@ -1,5 +1,6 @@
-"""``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow is
-imported when one of them runs, not when the CLI starts); the work is ``hvdtrain.tracking``'s."""
+"""``hvdtrain mlflow-sync JOURNAL`` and ``hvdtrain ui``: the tracking subcommands of the CLI (MLflow
+is imported when one of them runs, not when the CLI starts); the work is ``hvdtrain.tracking``'s."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,18 @@ from ..core.errors import UsageError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the tracking subcommands; each sets ``func(args) -> exit code``."""
-    sync = subparsers.add_parser("mlflow-sync", help="upload what a job's tracking journal holds and the MLflow "
-                                 "server never received (server down, job killed)")
+    sync = subparsers.add_parser(
+        "mlflow-sync",
+        help="upload what a job's tracking journal holds and the MLflow "
+        "server never received (server down, job killed)",
+    )
     sync.add_argument("file", type=Path, help="the journal (.jsonl) named in the job's warning")
     sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the local store")
     sync.set_defaults(func=_sync)
 
-    ui = subparsers.add_parser("ui", help="serve the MLflow UI on the local store (or MLFLOW_TRACKING_URI)")
+    ui = subparsers.add_parser(
+        "ui", help="serve the MLflow UI on the local store (or MLFLOW_TRACKING_URI)"
+    )
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=_ui)
@@ -35,8 +41,10 @@ def _sync(args: argparse.Namespace) -> int:
     except JournalInUse as err:
         raise UsageError(f"mlflow-sync: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
-        raise UsageError(f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
-                       "run the command again)") from None
+        raise UsageError(
+            f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
+            "run the command again)"
+        ) from None
     print(f"uploaded {sent} records from {args.file} to run {run_id}")
     return 0
 
@@ -45,9 +53,23 @@ def _ui(args: argparse.Namespace) -> int:
     from ..tracking import store
 
     uri = store.prepare_local_store()
-    print(f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(
+        f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     try:
         return subprocess.call(command)
     except KeyboardInterrupt:

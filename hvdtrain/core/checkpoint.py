@@ -13,6 +13,7 @@ checkpoint in favour of the previous good one; a checkpoint of another model or 
 the job on every rank; a failed save (full disk, a directory that is a file) removes its temporary
 file, keeps the checkpoints already written and stops the job, all with one line naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .context import Context, main_process_only
 from .guards import UserError
@@ -74,7 +76,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
 
 
 class CheckpointDir:
-    """``root/step-N.<ext>`` payloads with ``root/step-N.json`` sidecars; keeps the newest ``keep``."""
+    """``root/step-N.<ext>`` payloads with ``root/step-N.json`` sidecars;
+    keeps the newest ``keep``."""
 
     def __init__(self, root: str | os.PathLike, extension: str, keep: int = 3):
         if keep < 1:
@@ -91,20 +94,26 @@ class CheckpointDir:
         if newest and newest[0][0] > meta.step:
             # Pruning keeps the highest steps: this save would be deleted at once, and a resume
             # would pick up the other run.
-            raise CheckpointError(f"{self.root} holds a checkpoint of a later step ({newest[0][0]} > {meta.step}), "
-                                  f"from another run: resume from it or use a new checkpoint directory")
+            raise CheckpointError(
+                f"{self.root} holds a checkpoint of a later step ({newest[0][0]} > {meta.step}), "
+                f"from another run: resume from it or use a new checkpoint directory"
+            )
         payload = self.payload_path(meta.step)
         meta.payload = payload.name
         sidecar = payload.with_suffix(".json")
         try:
             atomic_write(payload, write_payload, suffix=self.extension)
-            atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(asdict(meta), indent=1)))
+            atomic_write(
+                sidecar, lambda tmp: Path(tmp).write_text(json.dumps(asdict(meta), indent=1))
+            )
         except Exception as err:  # a full disk surfaces as OSError, or as the framework's own error
             if payload.exists() and not sidecar.exists():
                 payload.unlink()  # never committed: it would only be a partial checkpoint
             kept = self.checkpoints()
-            raise CheckpointError(f"{payload}: cannot write checkpoint ({type(err).__name__}: {first_line(err)})"
-                                  + (f"; {kept[-1][1].stem} and older are kept" if kept else "")) from None
+            raise CheckpointError(
+                f"{payload}: cannot write checkpoint ({type(err).__name__}: {first_line(err)})"
+                + (f"; {kept[-1][1].stem} and older are kept" if kept else "")
+            ) from None
         self._prune()
         return payload
 
@@ -121,12 +130,15 @@ class CheckpointDir:
 
     def candidates(self) -> Iterator[tuple[Path, CheckpointMeta]]:
         """(payload, metadata) of each checkpoint, newest first; a partial one (a payload whose
-        save was cut short before its sidecar) or one with a broken sidecar is skipped with a warning."""
+        save was cut short before its sidecar) or one with a broken sidecar is
+        skipped with a warning."""
         committed = {sidecar.with_suffix(self.extension) for _, sidecar in self.checkpoints()}
         if self.root.is_dir():
             for orphan in sorted(self.root.glob(f"step-*{self.extension}")):
                 if orphan not in committed:
-                    warn_skipped(orphan, f"partial checkpoint ({orphan.with_suffix('.json').name} missing)")
+                    warn_skipped(
+                        orphan, f"partial checkpoint ({orphan.with_suffix('.json').name} missing)"
+                    )
         for _, sidecar in reversed(self.checkpoints()):
             try:
                 yield read_meta(sidecar)
@@ -139,8 +151,10 @@ class CheckpointDir:
             self.root.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.root).close()
         except OSError as err:
-            raise CheckpointError(f"{self.root}: cannot write checkpoints there ({type(err).__name__}: "
-                                  f"{first_line(err)})") from None
+            raise CheckpointError(
+                f"{self.root}: cannot write checkpoints there ({type(err).__name__}: "
+                f"{first_line(err)})"
+            ) from None
 
     def _prune(self) -> None:
         for step, sidecar in self.checkpoints()[: -self.keep]:
@@ -166,8 +180,9 @@ def _names_a_file(path: Path, extension: str) -> bool:
     return path.suffix in (extension, ".json") or path.is_file()
 
 
-def load_on_main(ctx: Context, path: str | os.PathLike, extension: str,
-                 restore: Callable[[Path], None]) -> CheckpointMeta | None:
+def load_on_main(
+    ctx: Context, path: str | os.PathLike, extension: str, restore: Callable[[Path], None]
+) -> CheckpointMeta | None:
     """Rank 0 finds the checkpoint and ``restore``s its payload; every rank returns its metadata
     (``None``: nothing to resume) or raises the same ``CheckpointError``. The caller broadcasts
     the restored state.
@@ -188,22 +203,29 @@ def _on_main(ctx: Context, path: str | os.PathLike, work: Callable[[], Any]) -> 
     """``work()``'s result on rank 0, broadcast; or the same ``CheckpointError`` on every rank,
     so no rank is left waiting in a collective while another has failed. The others wait in
     ``on_main``, so a load longer than half the hang timeout is not taken for a hang."""
+
     def guarded() -> Any:
         try:
             return work()
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})") from None
+            raise CheckpointError(
+                f"{path}: cannot be loaded ({type(err).__name__}: {first_line(err)})"
+            ) from None
 
     result = on_main(ctx, guarded, f"reading {path}")
     return ctx.broadcast_object(result if ctx.is_main else None, 0)
 
 
-def _restore_newest(path: Path, extension: str, restore: Callable[[Path], None]) -> CheckpointMeta | None:
+def _restore_newest(
+    path: Path, extension: str, restore: Callable[[Path], None]
+) -> CheckpointMeta | None:
     for payload, meta in _found(path, extension):
         if not payload.name.endswith(extension):
-            raise CheckpointError(f"{payload}: a {meta.framework} checkpoint; this job needs a {extension} file")
+            raise CheckpointError(
+                f"{payload}: a {meta.framework} checkpoint; this job needs a {extension} file"
+            )
         try:
             restore(payload)
             return meta
@@ -211,7 +233,9 @@ def _restore_newest(path: Path, extension: str, restore: Callable[[Path], None])
             if _names_a_file(path, extension):
                 raise
             warn_skipped(payload, f"{err}; kept as {_set_aside(payload).name}")
-    log.warning("hvdtrain: warning: no checkpoint to resume from in %s; training from scratch", path)
+    log.warning(
+        "hvdtrain: warning: no checkpoint to resume from in %s; training from scratch", path
+    )
     return None
 
 
@@ -225,7 +249,9 @@ def _set_aside(payload: Path) -> Path:
 
 @main_process_only
 def warn_skipped(path: Path, reason: str) -> None:
-    log.warning("hvdtrain: warning: skipping checkpoint %s: %s", path.name, reason.replace(f"{path}: ", ""))
+    log.warning(
+        "hvdtrain: warning: skipping checkpoint %s: %s", path.name, reason.replace(f"{path}: ", "")
+    )
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
@@ -233,7 +259,7 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     heading ("Error(s) in loading state_dict for Sequential:"), cut at ``limit`` characters."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["no detail"]
     line = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def read_meta(path: str | os.PathLike) -> tuple[Path, CheckpointMeta]:

@@ -1,20 +1,23 @@
 """What the core needs to know about the running job, filled in by an adapter's ``init``."""
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-_current: "Context | None" = None
+_current: Context | None = None
 
 
 @dataclass
 class Context:
     """The job as seen from one worker.
 
-    ``broadcast_object``, ``average`` and ``gather`` are the adapter's collectives, so framework-free code
-    (tracking, checkpoint policy) can talk to other ranks without importing a framework.
+    ``broadcast_object``, ``average`` and ``gather`` are the adapter's collectives,
+    so framework-free code (tracking, checkpoint policy) can talk to other ranks
+    without importing a framework.
     """
 
     framework: str

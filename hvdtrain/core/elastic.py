@@ -9,11 +9,13 @@ world size (the global batch is per-rank batch x workers) and the change handed 
 ``on_membership`` (the tracker logs it). A joining worker takes rank 0's state in ``sync``.
 Horovod's ``State`` itself is subclassed outside the core, in ``hvdtrain.elastic``.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from .checkpoint import CheckpointMeta, check_writable
 from .context import Context, main_process_only
@@ -35,26 +37,35 @@ class Position:
     epochs: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
 
     def batches_done(self, global_batch: int) -> int:
-        """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a step."""
+        """Batches of the current epoch to skip when it restarts with
+        ``global_batch`` samples a step."""
         return self.epoch_samples // global_batch
 
 
-def starting_position(ctx: Context, checkpoint_dir: str | os.PathLike | None, resume: bool,
-                      load: Callable[[], CheckpointMeta | None]) -> Position:
+def starting_position(
+    ctx: Context,
+    checkpoint_dir: str | os.PathLike | None,
+    resume: bool,
+    load: Callable[[], CheckpointMeta | None],
+) -> Position:
     """Where an adapter's ``fit`` starts (collective): the checkpoint ``load`` restores with
     ``resume``, else the beginning. Outside elastic mode every rank first checks together that
     rank 0 can write checkpoints; in elastic mode neither happens, since a joining worker must not
     call collectives outside the elastic loop and elastic jobs continue from their commits."""
     if enabled():
         if resume:
-            raise ValueError("resume=True is not supported in elastic mode: elastic jobs continue from their "
-                             "in-memory commits; resume from checkpoints in a non-elastic job")
+            raise ValueError(
+                "resume=True is not supported in elastic mode: elastic jobs continue from their "
+                "in-memory commits; resume from checkpoints in a non-elastic job"
+            )
     elif checkpoint_dir is not None:
         check_writable(ctx, checkpoint_dir)
     meta = load() if resume and checkpoint_dir is not None else None
     if meta is None:
         return Position()
-    return Position(epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step)
+    return Position(
+        epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step
+    )
 
 
 class Snapshot(Protocol):
@@ -73,9 +84,12 @@ class Snapshot(Protocol):
         """Scale the LR for the current world size."""
 
 
-def report_membership(tracker: TrainingTracker | None = None) -> Callable[[Position, int, int], None]:
-    """What both adapters do after a change: log the new size to ``tracker`` (an ``hvdtrain.tracking``
-    tracker, if any) at the step training resumes from, and tell the user (rank 0)."""
+def report_membership(
+    tracker: TrainingTracker | None = None,
+) -> Callable[[Position, int, int], None]:
+    """What both adapters do after a change: log the new size to ``tracker`` (an
+    ``hvdtrain.tracking`` tracker, if any) at the step training resumes from,
+    and tell the user (rank 0)."""
 
     def changed(position: Position, old_size: int, new_size: int) -> None:
         if tracker is not None:
@@ -87,4 +101,6 @@ def report_membership(tracker: TrainingTracker | None = None) -> Callable[[Posit
 
 @main_process_only
 def _announce(old_size: int, new_size: int, step: int) -> None:
-    print(f"hvdtrain: workers changed {old_size} -> {new_size}; resuming from step {step}", flush=True)
+    print(
+        f"hvdtrain: workers changed {old_size} -> {new_size}; resuming from step {step}", flush=True
+    )

@@ -1,12 +1,14 @@
 """How a job's failures look on the workers.
 
 When one worker dies, every other rank's next collective fails with Horovod's "Horovod has been
-shut down" error, and horovodrun then sends them SIGTERM. Left alone, each prints pages of tracebacks and dies without finishing
-its MLflow run. Here a peer's failure prints one line, and SIGTERM raises ``SystemExit`` so
-``tracking.tracked`` ends the run FAILED and flushes within horovodrun's 5 s grace period. A
-user's own exception keeps its traceback: it is the user's bug. ``install`` is called by each
-adapter's ``init``; the launcher reads what the workers print in ``hvdtrain.launch.parsers``.
+shut down" error, and horovodrun then sends them SIGTERM. Left alone, each prints pages of
+tracebacks and dies without finishing its MLflow run. Here a peer's failure prints one line,
+and SIGTERM raises ``SystemExit`` so ``tracking.tracked`` ends the run FAILED and flushes
+within horovodrun's 5 s grace period. A user's own exception keeps its traceback: it is the
+user's bug. ``install`` is called by each adapter's ``init``; the launcher reads what the
+workers print in ``hvdtrain.launch.parsers``.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +45,9 @@ def is_peer_failure(err: BaseException) -> bool:
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if type(err).__name__ == "HorovodInternalError" or any(m in str(err) for m in PEER_FAILURE_MARKERS):
+        if type(err).__name__ == "HorovodInternalError" or any(
+            m in str(err) for m in PEER_FAILURE_MARKERS
+        ):
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -57,18 +61,29 @@ def _excepthook(kind, err, tb) -> None:
     rank = os.environ.get("HOROVOD_RANK", "?")
     removed = keras3.explain(err)
     if removed:
-        print(f"hvdtrain: rank {rank}: {removed}" if rank != "?" else f"hvdtrain: {removed}", file=sys.stderr,
-              flush=True)
+        print(
+            f"hvdtrain: rank {rank}: {removed}" if rank != "?" else f"hvdtrain: {removed}",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     if not is_peer_failure(err):
         if _exit_on_sigterm.received:
             # The launcher is stopping the job: SIGTERM's SystemExit surfaced wrapped in another
             # error (raised inside a framework's op or callback); the launcher's line says why.
-            print(f"hvdtrain: rank {rank} stopped: the job was shut down (SIGTERM)", file=sys.stderr, flush=True)
+            print(
+                f"hvdtrain: rank {rank} stopped: the job was shut down (SIGTERM)",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
         return _excepthook.previous(kind, err, tb)
-    print(f"hvdtrain: rank {rank} stopped: another worker failed or the job was shut down "
-          f"({kind.__name__}: {_first_sentence(err)})", file=sys.stderr, flush=True)
+    print(
+        f"hvdtrain: rank {rank} stopped: another worker failed or the job was shut down "
+        f"({kind.__name__}: {_first_sentence(err)})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 _excepthook.previous = sys.__excepthook__

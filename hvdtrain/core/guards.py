@@ -2,17 +2,19 @@
 
 ``UserError`` marks an error the user can fix from its message alone (a bad checkpoint, bad
 data, a diverged loss); uncaught, it prints as a single ``hvdtrain: error: ...`` line
-(``failures.install``, called by each adapter's ``init``). An error that every rank raises at the same point (``collective``:
-decided on rank-averaged values or broadcast from rank 0) is printed by rank 0 only; one that
-depends on the host only (``per_host``: the installed versions) by each host's first local rank;
-any other by the rank that raised it. Set ``HVDTRAIN_TRACEBACK=1`` to get the full traceback back.
+(``failures.install``, called by each adapter's ``init``). An error that every rank raises at
+the same point (``collective``: decided on rank-averaged values or broadcast from rank 0) is
+printed by rank 0 only; one that depends on the host only (``per_host``: the installed versions)
+by each host's first local rank; any other by the rank that raised it. Set
+``HVDTRAIN_TRACEBACK=1`` to get the full traceback back.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from .context import main_process_only
 
@@ -52,8 +54,10 @@ def check_finite(metrics: Mapping[str, float], step: int) -> None:
     bad = {name: value for name, value in metrics.items() if not math.isfinite(value)}
     if bad:
         name = "loss" if "loss" in bad else sorted(bad)[0]
-        raise NonFiniteLossError(f"{name} is {bad[name]} at step {step}; stopping: lower the learning rate "
-                                 f"or check the data")
+        raise NonFiniteLossError(
+            f"{name} is {bad[name]} at step {step}; stopping: lower the learning rate "
+            f"or check the data"
+        )
 
 
 def report(error: UserError) -> None:

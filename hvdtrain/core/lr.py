@@ -4,6 +4,7 @@ With N workers the global batch is N times larger, so the LR is scaled up (Goyal
 linear; Krizhevsky, 2014: sqrt). A large scaled LR is unstable in the first steps, so warmup
 ramps it linearly from the single-worker (base) LR to the scaled LR.
 """
+
 from __future__ import annotations
 
 import math

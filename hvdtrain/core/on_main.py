@@ -9,11 +9,13 @@ thread included, joins a small allreduce ("is rank 0 still busy?") at growing in
 is done: every rank keeps submitting the same collectives, so nothing stalls, however long the
 work takes. The outcome reaches every rank: the same result, or the same error.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from .context import Context
 from .guards import UserError
@@ -30,16 +32,24 @@ def on_main(ctx: Context, work: Callable[[], T], what: str) -> T | None:
         return work()
     outcome: dict = {}
     if ctx.is_main:
-        thread = threading.Thread(target=_run, args=(work, outcome), name=f"hvdtrain-{what}", daemon=True)
+        thread = threading.Thread(
+            target=_run, args=(work, outcome), name=f"hvdtrain-{what}", daemon=True
+        )
         thread.start()
     delay = FIRST_POLL_S
-    while ctx.average({"hvdtrain.rank0_busy": float(ctx.is_main and thread.is_alive())})["hvdtrain.rank0_busy"]:
+    while ctx.average({"hvdtrain.rank0_busy": float(ctx.is_main and thread.is_alive())})[
+        "hvdtrain.rank0_busy"
+    ]:
         time.sleep(delay)
         delay = min(2 * delay, LONGEST_POLL_S)
     error = outcome.get("error")
     if isinstance(error, UserError):
         error.collective = True  # every rank raises it: printed once, by rank 0
-    told = error if isinstance(error, UserError) or error is None else f"{type(error).__name__}: {error}"
+    told = (
+        error
+        if isinstance(error, UserError) or error is None
+        else f"{type(error).__name__}: {error}"
+    )
     shared = ctx.broadcast_object(told if ctx.is_main else None, 0)
     if error is not None:
         raise error

@@ -1,4 +1,5 @@
 """Typed options for data parallelism: strings from users become enums here, and only here."""
+
 from __future__ import annotations
 
 import enum
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 class _Choice(str, enum.Enum):
     @classmethod
-    def parse(cls, value: "str | _Choice", what: str) -> "_Choice":
+    def parse(cls, value: str | _Choice, what: str) -> _Choice:
         if isinstance(value, cls):
             return value
         try:
@@ -55,10 +56,14 @@ class DistributedOptions:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
         if not isinstance(self.shard_optimizer_state, bool):
-            raise ValueError(f"shard_optimizer_state must be True or False, got {self.shard_optimizer_state!r}")
+            raise ValueError(
+                f"shard_optimizer_state must be True or False, got {self.shard_optimizer_state!r}"
+            )
         if self.shard_optimizer_state and self.op is ReduceOp.ADASUM:
-            raise ValueError("shard_optimizer_state=True needs op 'average' or 'sum': Adasum combines whole "
-                             "gradients, which a reduce-scatter never holds")
+            raise ValueError(
+                "shard_optimizer_state=True needs op 'average' or 'sum': Adasum combines whole "
+                "gradients, which a reduce-scatter never holds"
+            )
         if self.accumulation_steps < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {self.accumulation_steps}")
         if self.warmup_steps < 0:

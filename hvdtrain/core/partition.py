@@ -15,15 +15,18 @@ partitions are then all-gathered. The plan here is the framework-free part, shar
 A parameter's place is identified by ``index``, its position in the optimizer's state_dict
 numbering (params of all groups, in order), so a consolidated state maps back to it.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterator, Sequence
 
 DEFAULT_BUCKET_BYTES = 64 << 20  # Horovod's default fusion buffer size
-ELASTIC_REFUSAL = ("shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
-                   "shard of the optimizer state with it; run without --elastic, or unsharded")
+ELASTIC_REFUSAL = (
+    "shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
+    "shard of the optimizer state with it; run without --elastic, or unsharded"
+)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ class PartitionPlan:
         return sum(bucket.numel for bucket in self.buckets)
 
 
-def plan(groups: Sequence[Sequence[ParamSpec]], size: int,
-         bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> PartitionPlan:
+def plan(
+    groups: Sequence[Sequence[ParamSpec]], size: int, bucket_bytes: int = DEFAULT_BUCKET_BYTES
+) -> PartitionPlan:
     """The buckets of ``groups`` (the optimizer's param groups, trainable parameters only) for
     ``size`` ranks, ordered by group, then by each kind's first appearance, then parameter order."""
     if size < 1:
@@ -119,8 +123,13 @@ def plan(groups: Sequence[Sequence[ParamSpec]], size: int,
                 offsets = [0]
                 for spec in run[:-1]:
                     offsets.append(offsets[-1] + spec.numel)
-                buckets.append(Bucket(group_index, tuple(Slot(s.index, o, s.numel) for s, o in zip(run, offsets)),
-                                      size))
+                buckets.append(
+                    Bucket(
+                        group_index,
+                        tuple(Slot(s.index, o, s.numel) for s, o in zip(run, offsets)),
+                        size,
+                    )
+                )
     return PartitionPlan(size, tuple(buckets))
 
 

@@ -4,10 +4,11 @@
 while the allocation looks busy; ``check_direct_launch`` refuses them in each worker's ``init``.
 The launcher's side of Slurm (allocations, ``srun hvdtrain run``) is ``hvdtrain.launch.slurm``.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from .guards import UserError
 
@@ -22,9 +23,11 @@ def check_direct_launch(env: Mapping[str, str] = os.environ) -> None:
     training alone as rank 0 (Gloo), or aborting in MPI_Init (Open MPI without Slurm's PMI)."""
     tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
     if tasks > 1 and not any(name in env for name in _STARTED_BY_LAUNCHER):
-        raise SlurmError(f"srun started {tasks} tasks (step {step_name(env)}) without a launcher: each would train "
-                         f"alone as rank 0; launch with hvdtrain run, once, in the batch script or salloc shell "
-                         f"(not under srun)")
+        raise SlurmError(
+            f"srun started {tasks} tasks (step {step_name(env)}) without a launcher: each would "
+            "train alone as rank 0; launch with hvdtrain run, once, in the batch script or salloc "
+            "shell (not under srun)"
+        )
 
 
 # Set in a worker by horovodrun (HOROVOD_RANK), mpirun, or srun's PMI/PMIx plugins.

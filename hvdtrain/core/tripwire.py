@@ -15,11 +15,12 @@ The schedule depends on the step alone (``due``), so every rank checks at the sa
 resume or an elastic restart too. ``HVDTRAIN_TRIPWIRE_EVERY`` sets the interval (default
 ``DEFAULT_EVERY``; 0: after the first step only). A sharded update path calls the same ``check``.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .context import Context
 from .guards import UserError
@@ -54,8 +55,11 @@ def interval(environ=os.environ) -> int:
             return value
     except ValueError:
         pass
-    raise UserError(f"{EVERY_ENV} must be a whole number of steps >= 0 (0: check after the first step only), "
-                    f"got {text!r}", collective=True)
+    raise UserError(
+        f"{EVERY_ENV} must be a whole number of steps >= 0 (0: check after the first step only), "
+        f"got {text!r}",
+        collective=True,
+    )
 
 
 def due(step: int, every: int) -> bool:
@@ -70,25 +74,40 @@ def next_due(step: int, every: int) -> int | None:
     return (step // every + 1) * every if every > 0 else None
 
 
-def check(ctx: Context, step: int, reduced: bool, sums: Sequence[float], magnitudes: Sequence[float],
-          names: Sequence[str], causes: Causes) -> None:
-    """Collective, at a step ``due`` on every rank: ``reduced``, whether this rank's last update went
-    through the allreduce; ``sums``/``magnitudes``, per trainable tensor, the sum of its values and
-    of their absolute values. ``DataParallelError`` on every rank alike when something is wrong."""
+def check(
+    ctx: Context,
+    step: int,
+    reduced: bool,
+    sums: Sequence[float],
+    magnitudes: Sequence[float],
+    names: Sequence[str],
+    causes: Causes,
+) -> None:
+    """Collective, at a step ``due`` on every rank: ``reduced``, whether this rank's last
+    update went through the allreduce; ``sums``/``magnitudes``, per trainable tensor, the
+    sum of its values and of their absolute values. ``DataParallelError`` on every rank
+    alike when something is wrong."""
     rows = ctx.gather([float(reduced), *sums, *magnitudes])
     count = len(sums)
     unreduced = [rank for rank, row in enumerate(rows) if not row[0]]
     if unreduced:
-        raise DataParallelError(f"data parallelism is off at step {step}: {_ranks(unreduced, len(rows))} updated "
-                                f"the weights without averaging gradients; likely cause: {causes.not_reduced}")
+        raise DataParallelError(
+            f"data parallelism is off at step {step}: {_ranks(unreduced, len(rows))} updated "
+            f"the weights without averaging gradients; likely cause: {causes.not_reduced}"
+        )
     reference = rows[0]
     for rank, row in enumerate(rows[1:], start=1):
-        differing = [i for i in range(count)
-                     if abs(row[1 + i] - reference[1 + i]) > RTOL * max(reference[1 + count + i], 1e-30)]
+        differing = [
+            i
+            for i in range(count)
+            if abs(row[1 + i] - reference[1 + i]) > RTOL * max(reference[1 + count + i], 1e-30)
+        ]
         if differing:
             raise DataParallelError(
-                f"data parallelism is off at step {step}: rank {rank} holds different weights from rank 0 in "
-                f"{len(differing)} of {count} tensors (first: {names[differing[0]]}); likely cause: {causes.diverged}")
+                f"data parallelism is off at step {step}: rank {rank} holds different weights from "
+                f"rank 0 in {len(differing)} of {count} tensors (first: {names[differing[0]]}); "
+                f"likely cause: {causes.diverged}"
+            )
 
 
 def _ranks(ranks: list[int], size: int) -> str:

@@ -5,10 +5,11 @@ reads them there, once), and by the launcher (``launch.environment``) for every 
 performance value is justified by ``hvdtrain bench`` runs recorded in BENCHMARKS.md.
 ``HVDTRAIN_HOROVOD_DEFAULTS=0`` keeps Horovod's own defaults.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 from .guards import UserError
 
@@ -45,9 +46,11 @@ def hang_settings(timeout: int) -> dict[str, str]:
     model uploads) keeps the others in step while it runs (``core.on_main``), so it may take any
     time. The Gloo timeout also bounds ``hvd.init``'s rendezvous, hence the minimum.
     """
-    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
-            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, timeout // 6)),
-            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(1, timeout // 2))}
+    return {
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(timeout),
+        "HOROVOD_STALL_CHECK_TIME_SECONDS": str(max(1, timeout // 6)),
+        "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(max(1, timeout // 2)),
+    }
 
 
 class HangTimeoutError(UserError, ValueError):
@@ -65,20 +68,26 @@ def hang_timeout(environ: Mapping[str, str] = os.environ) -> int:
     try:
         return check_hang_timeout(int(text))
     except ValueError:
-        raise HangTimeoutError(f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
-                               f"got {text!r}") from None
+        raise HangTimeoutError(
+            f"{HANG_TIMEOUT_ENV} must be a whole number of seconds >= {MIN_HANG_TIMEOUT}, "
+            f"got {text!r}"
+        ) from None
 
 
 def check_hang_timeout(seconds: int) -> int:
     if seconds < MIN_HANG_TIMEOUT:
-        raise ValueError(f"the hang timeout must be >= {MIN_HANG_TIMEOUT} s (Gloo's rendezvous at start-up "
-                         f"needs that much), got {seconds}")
+        raise ValueError(
+            f"the hang timeout must be >= {MIN_HANG_TIMEOUT} s (Gloo's rendezvous at start-up "
+            f"needs that much), got {seconds}"
+        )
     return seconds
 
 
-def apply_horovod_defaults(environ: MutableMapping[str, str] = os.environ,
-                           defaults: Mapping[str, str] | None = None,
-                           hang_timeout_s: int | None = None) -> dict[str, str]:
+def apply_horovod_defaults(
+    environ: MutableMapping[str, str] = os.environ,
+    defaults: Mapping[str, str] | None = None,
+    hang_timeout_s: int | None = None,
+) -> dict[str, str]:
     """Set each default not already in ``environ``; returns the values now in effect for those keys.
     ``hang_timeout_s``: the bound the launcher already parsed (a worker reads it from ``environ``).
     ``defaults`` (for tests) replaces the performance defaults and the hang settings."""

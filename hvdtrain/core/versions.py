@@ -9,6 +9,7 @@ each adapter calls ``check`` before it imports Horovod, and ``hvdtrain doctor`` 
 lines. Versions are read from the installed packages'
 metadata, so nothing here imports a framework.
 """
+
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -26,11 +27,16 @@ INFO_FILE = ".hvdtrain-horovod.json"  # {"key": ..., "controllers": [...]}
 # The fingerprint of the Python fixes install.sh applied to the installed Horovod (Keras 3 APIs).
 PYTHON_FIXES_FILE = ".hvdtrain-horovod-python"
 FIX = "run make install"
-_KEY = re.compile(r"horovod-(?P<horovod>[^-]+)-torch(?P<torch>.+)-tf(?P<tensorflow>.+)-cuda(?P<cuda>.+)"
-                  r"-py(?P<python>\d+)-(?P<flags>[0-9a-f]+)")
+_KEY = re.compile(
+    r"horovod-(?P<horovod>[^-]+)-torch(?P<torch>.+)-tf(?P<tensorflow>.+)-cuda(?P<cuda>.+)"
+    r"-py(?P<python>\d+)-(?P<flags>[0-9a-f]+)"
+)
 # Distributions that provide each package (TensorFlow ships as several wheels).
-DISTRIBUTIONS = {"horovod": ("horovod",), "torch": ("torch",),
-                 "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu")}
+DISTRIBUTIONS = {
+    "horovod": ("horovod",),
+    "torch": ("torch",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-gpu"),
+}
 # What each adapter's Horovod extension was compiled against.
 NEEDS = {"torch": ("horovod", "torch", "python"), "keras": ("horovod", "tensorflow", "python")}
 
@@ -52,7 +58,7 @@ class BuildKey:
     flags: str
 
     @classmethod
-    def parse(cls, text: str) -> "BuildKey | None":
+    def parse(cls, text: str) -> BuildKey | None:
         match = _KEY.fullmatch(text.strip())
         return cls(**match.groupdict()) if match else None
 
@@ -110,11 +116,15 @@ def mismatches(framework: str | None = None, key: BuildKey | None = None) -> lis
         if built == now:
             continue
         if package == "horovod":
-            found.append(f"Horovod {_version(package, now)} is installed, not the build make install recorded "
-                         f"({built})")
+            found.append(
+                f"Horovod {_version(package, now)} is installed, not the build make install "
+                f"recorded ({built})"
+            )
         else:
-            found.append(f"Horovod was built for {_name(package)} {_version(package, built)}, running "
-                         f"{_version(package, now)}")
+            found.append(
+                f"Horovod was built for {_name(package)} {_version(package, built)}, running "
+                f"{_version(package, now)}"
+            )
     if framework in ("keras", None) and not (Path(sys.prefix) / PYTHON_FIXES_FILE).exists():
         found.append("Horovod's TensorFlow and Keras files lack hvdtrain's Keras 3 fixes")
     return found

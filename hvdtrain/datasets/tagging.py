@@ -3,20 +3,22 @@ category of the Python token covering it, as Python's own ``tokenize`` module se
 
 The NER setup with code instead of prose: labels are BIO tags (``B-NAME`` starts a token, ``I-NAME``
 continues it, ``O`` is whitespace), so adjacent tokens of one category, like ``(`` ``)``, stay two
-entities. Evaluation is at entity level as in CoNLL/seqeval: an entity counts only when its exact span
-and category are predicted. Only lines whose tokens all start and end on that line are used (a line in
-the middle of a docstring cannot be tagged from the line alone). The split is by file, seeded, so every
-rank (and both frameworks) builds the same arrays; ranks must run the same Python to read the same files.
+entities. Evaluation is at entity level as in CoNLL/seqeval: an entity counts only when its exact
+span and category are predicted. Only lines whose tokens all start and end on that line are used
+(a line in the middle of a docstring cannot be tagged from the line alone). The split is by file,
+seeded, so every rank (and both frameworks) builds the same arrays; ranks must run the same
+Python to read the same files.
 """
+
 from __future__ import annotations
 
 import argparse
 import io
 import keyword
 import tokenize
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -26,24 +28,33 @@ from .text import data_dir, read_file, source_files, split_files, stdlib_root
 
 CATEGORIES = ("KEYWORD", "NAME", "OP", "NUMBER", "STRING", "COMMENT")
 LABELS = ("O", *(f"{prefix}-{category}" for category in CATEGORIES for prefix in "BI"))
-IGNORE = -100   # label of padding positions (the loss-ignore convention of torch and Hugging Face)
-PAD = 0         # input id of padding; NUL never occurs in source
-UNKNOWN = 128   # input id of any non-ASCII character
+IGNORE = -100  # label of padding positions (the loss-ignore convention of torch and Hugging Face)
+PAD = 0  # input id of padding; NUL never occurs in source
+UNKNOWN = 128  # input id of any non-ASCII character
 NEWLINE = ord("\n")  # input id of the separator between the lines packed into one row
 VOCAB_SIZE = 129
 _COUNTS = ("tp", "predicted", "true")
 _LABEL_ID = {name: index for index, name in enumerate(LABELS)}
-_CATEGORY_OF = {tokenize.NAME: "NAME", tokenize.OP: "OP", tokenize.NUMBER: "NUMBER",
-                tokenize.STRING: "STRING", tokenize.COMMENT: "COMMENT"}
+_CATEGORY_OF = {
+    tokenize.NAME: "NAME",
+    tokenize.OP: "OP",
+    tokenize.NUMBER: "NUMBER",
+    tokenize.STRING: "STRING",
+    tokenize.COMMENT: "COMMENT",
+}
 _LAYOUT = {tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
-_FSTRING_START, _FSTRING_END = getattr(tokenize, "FSTRING_START", None), getattr(tokenize, "FSTRING_END", None)
+_FSTRING_START, _FSTRING_END = (
+    getattr(tokenize, "FSTRING_START", None),
+    getattr(tokenize, "FSTRING_END", None),
+)
 
 Span = tuple[int, int, str]  # [start, end) character offsets and category
 
 
 @dataclass(frozen=True)
 class TaggingData:
-    """``*_ids``: (rows, max_len) int32 character ids of packed lines; ``*_labels``: their label ids."""
+    """``*_ids``: (rows, max_len) int32 character ids of packed lines;
+    ``*_labels``: their label ids."""
 
     train_ids: np.ndarray
     train_labels: np.ndarray
@@ -66,12 +77,16 @@ def tag_source(text: str) -> Iterator[tuple[str, list[Span]]]:
     for row in sorted(spans.keys() - untaggable):
         line = lines[row - 1]
         indent = len(line) - len(line.lstrip())
-        yield line[indent:], [(start - indent, end - indent, category) for start, end, category in spans[row]]
+        yield (
+            line[indent:],
+            [(start - indent, end - indent, category) for start, end, category in spans[row]],
+        )
 
 
 def _categorized_tokens(text: str) -> Iterator[tuple[str | None, tuple[int, int], tuple[int, int]]]:
     """(category or None for an error token, start, end) of each non-layout token. From Python
-    3.12 an f-string arrives in pieces; it is merged back into one STRING, as older Pythons report it."""
+    3.12 an f-string arrives in pieces; it is merged back into one STRING, as
+    older Pythons report it."""
     fstring_depth, fstring_start = 0, None
     for token in tokenize.generate_tokens(io.StringIO(text).readline):
         if token.type == _FSTRING_START:
@@ -94,7 +109,7 @@ def bio_labels(spans: Iterable[Span], length: int) -> list[int]:
     labels = [_LABEL_ID["O"]] * length
     for start, end, category in spans:
         labels[start] = _LABEL_ID[f"B-{category}"]
-        labels[start + 1:end] = [_LABEL_ID[f"I-{category}"]] * (end - start - 1)
+        labels[start + 1 : end] = [_LABEL_ID[f"I-{category}"]] * (end - start - 1)
     return labels
 
 
@@ -106,7 +121,9 @@ def read_lines(files: Iterable[Path], max_len: int) -> list[tuple[str, list[int]
             tagged = list(tag_source(read_file(path, text=True)))
         except (SyntaxError, UnicodeDecodeError, tokenize.TokenError):
             continue  # not valid Python for this interpreter: nothing to learn from
-        lines += [(line, bio_labels(spans, len(line))) for line, spans in tagged if len(line) <= max_len]
+        lines += [
+            (line, bio_labels(spans, len(line))) for line, spans in tagged if len(line) <= max_len
+        ]
     return lines
 
 
@@ -123,14 +140,20 @@ def pack(lines: Sequence[tuple[str, list[int]]], max_len: int) -> tuple[np.ndarr
     ids = np.full((len(rows), max_len), PAD, dtype=np.int32)
     label_ids = np.full((len(rows), max_len), IGNORE, dtype=np.int32)
     for index, (text, labels) in enumerate(rows):
-        ids[index, :len(text)] = [code if code < UNKNOWN else UNKNOWN for code in map(ord, text)]
-        label_ids[index, :len(labels)] = labels
+        ids[index, : len(text)] = [code if code < UNKNOWN else UNKNOWN for code in map(ord, text)]
+        label_ids[index, : len(labels)] = labels
     return ids, label_ids
 
 
-def load(max_len: int = 128, heldout_fraction: float = 0.1, seed: int = 0, max_files: int | None = None,
-         max_train_lines: int | None = None, max_heldout_lines: int | None = None,
-         root: str | Path | None = None) -> TaggingData:
+def load(
+    max_len: int = 128,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    max_files: int | None = None,
+    max_train_lines: int | None = None,
+    max_heldout_lines: int | None = None,
+    root: str | Path | None = None,
+) -> TaggingData:
     """Packed tagged lines of the standard library (or of ``root``), split by file with the language
     model's corpus rules (``text.source_files``/``split_files``); ``max_*`` take seeded subsets (of
     files, of lines) for shorter runs."""
@@ -144,9 +167,16 @@ def load(max_len: int = 128, heldout_fraction: float = 0.1, seed: int = 0, max_f
     if max_files is not None and max_files < len(files):
         files = sorted(files[i] for i in rng.choice(len(files), max_files, replace=False))
     train_files, heldout_files = split_files(files, heldout_fraction, seed)
-    train = pack(_subset(read_lines([root / name for name in train_files], max_len), max_train_lines, rng), max_len)
-    heldout = pack(_subset(read_lines([root / name for name in heldout_files], max_len), max_heldout_lines, rng),
-                   max_len)
+    train = pack(
+        _subset(read_lines([root / name for name in train_files], max_len), max_train_lines, rng),
+        max_len,
+    )
+    heldout = pack(
+        _subset(
+            read_lines([root / name for name in heldout_files], max_len), max_heldout_lines, rng
+        ),
+        max_len,
+    )
     return TaggingData(*train, *heldout, tuple(train_files), tuple(heldout_files))
 
 
@@ -178,35 +208,53 @@ def entity_counts(true_labels: np.ndarray, predicted_labels: np.ndarray) -> dict
     Padding (``IGNORE`` in ``true_labels``) is left out of the predictions too. Counts add up over
     batches and ranks; ``report`` turns them into precision/recall/F1.
     """
-    counts = dict.fromkeys((f"{category}/{kind}" for category in CATEGORIES for kind in _COUNTS), 0.0)
+    counts = dict.fromkeys(
+        (f"{category}/{kind}" for category in CATEGORIES for kind in _COUNTS), 0.0
+    )
     for true_row, predicted_row in zip(np.asarray(true_labels), np.asarray(predicted_labels)):
         length = int(np.sum(true_row != IGNORE))
-        truth, predicted = entities(true_row[:length].tolist()), entities(predicted_row[:length].tolist())
+        truth, predicted = (
+            entities(true_row[:length].tolist()),
+            entities(predicted_row[:length].tolist()),
+        )
         for kind, found in (("tp", truth & predicted), ("predicted", predicted), ("true", truth)):
             for _, _, category in found:
                 counts[f"{category}/{kind}"] += 1
     return counts
 
 
-def evaluate(predict: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, labels: np.ndarray, ctx: Context,
-             batch_size: int = 256) -> dict[str, dict[str, float]]:
+def evaluate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    ids: np.ndarray,
+    labels: np.ndarray,
+    ctx: Context,
+    batch_size: int = 256,
+) -> dict[str, dict[str, float]]:
     """Entity-level ``report`` of ``predict`` (a batch of ids -> label ids) over all ranks.
 
     Each rank tags every ``size``-th row, so every row counts exactly once; the counts are summed
-    over ranks (rank average times world size, exact for counts), so all ranks return the same report.
+    over ranks (rank average times world size, exact for counts), so all ranks
+    return the same report.
     """
-    mine_ids, mine_labels = ids[ctx.rank::ctx.size], labels[ctx.rank::ctx.size]
+    mine_ids, mine_labels = ids[ctx.rank :: ctx.size], labels[ctx.rank :: ctx.size]
     counts = entity_counts(mine_labels[:0], mine_labels[:0])
     for start in range(0, len(mine_ids), batch_size):
-        batch = entity_counts(mine_labels[start:start + batch_size], predict(mine_ids[start:start + batch_size]))
+        batch = entity_counts(
+            mine_labels[start : start + batch_size], predict(mine_ids[start : start + batch_size])
+        )
         counts = {key: counts[key] + batch[key] for key in counts}
     return report({key: round(value * ctx.size) for key, value in ctx.average(counts).items()})
 
 
 def report(counts: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """Per category and ``micro avg``: precision, recall, f1 and support (true entities)."""
-    rows = {category: _scores(*(counts[f"{category}/{kind}"] for kind in _COUNTS)) for category in CATEGORIES}
-    rows["micro avg"] = _scores(*(sum(counts[f"{category}/{kind}"] for category in CATEGORIES) for kind in _COUNTS))
+    rows = {
+        category: _scores(*(counts[f"{category}/{kind}"] for kind in _COUNTS))
+        for category in CATEGORIES
+    }
+    rows["micro avg"] = _scores(
+        *(sum(counts[f"{category}/{kind}"] for category in CATEGORIES) for kind in _COUNTS)
+    )
     return rows
 
 
@@ -223,22 +271,41 @@ def format_report(rows: Mapping[str, Mapping[str, float]]) -> str:
     for name, row in rows.items():
         if name == "micro avg":
             lines.append("")
-        lines.append(f"{name:>10} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
-                     f"{row['support']:>9d}")
+        lines.append(
+            f"{name:>10} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
+            f"{row['support']:>9d}"
+        )
     return "\n".join(lines)
 
 
 def example_parser(framework: str) -> argparse.ArgumentParser:
     """The flags of the token-tagging examples (``framework`` names the twin in ``--help``)."""
-    parser = cli.training_parser(f"BERT-style token classification of Python source, {framework} on Horovod.",
-                                 epochs=2, batch_size=32, lr=2e-3, warmup_steps=30)
+    parser = cli.training_parser(
+        f"BERT-style token classification of Python source, {framework} on Horovod.",
+        epochs=2,
+        batch_size=32,
+        lr=2e-3,
+        warmup_steps=30,
+    )
     group = parser.add_argument_group("data and model")
-    group.add_argument("--data-dir", type=data_dir, default=None,
-                       help="tag the .py files under this directory; default: the Python standard library")
-    group.add_argument("--files", type=int, default=250, help="standard-library files to read (all: 0)")
-    group.add_argument("--train-lines", type=int, default=40000, help="training lines to use (all: 0)")
-    group.add_argument("--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)")
-    group.add_argument("--max-len", type=int, default=128, help="characters per row of packed lines")
+    group.add_argument(
+        "--data-dir",
+        type=data_dir,
+        default=None,
+        help="tag the .py files under this directory; default: the Python standard library",
+    )
+    group.add_argument(
+        "--files", type=int, default=250, help="standard-library files to read (all: 0)"
+    )
+    group.add_argument(
+        "--train-lines", type=int, default=40000, help="training lines to use (all: 0)"
+    )
+    group.add_argument(
+        "--heldout-lines", type=int, default=5000, help="held-out lines to evaluate (all: 0)"
+    )
+    group.add_argument(
+        "--max-len", type=int, default=128, help="characters per row of packed lines"
+    )
     group.add_argument("--dim", type=int, default=64, help="model width")
     group.add_argument("--layers", type=int, default=2, help="transformer encoder layers")
     group.add_argument("--heads", type=int, default=4, help="attention heads")

@@ -5,6 +5,7 @@ into the repository. The split is by file (a model must not be scored on files i
 and depends only on the sorted file list and a seed: every rank, and every machine with the same
 Python version, builds the same corpus without talking to the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,15 @@ def data_dir(text: str) -> Path:
     wrong path is one argparse line before any worker starts training."""
     root = Path(text)
     if not root.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: no such directory" if not root.exists() else
-                                         f"{text}: not a directory")
+        raise argparse.ArgumentTypeError(
+            f"{text}: no such directory" if not root.exists() else f"{text}: not a directory"
+        )
     found = len(source_files(root))
     if found < 2:
-        raise argparse.ArgumentTypeError(f"{text}: {found} Python files (outside {', '.join(sorted(EXCLUDED_DIRS))});"
-                                         f" need at least 2 for a train/validation split")
+        raise argparse.ArgumentTypeError(
+            f"{text}: {found} Python files (outside {', '.join(sorted(EXCLUDED_DIRS))});"
+            f" need at least 2 for a train/validation split"
+        )
     return root
 
 
@@ -51,7 +55,9 @@ def source_files(root: str | Path | None = None) -> list[str]:
     """The ``.py`` files under ``root`` (default: the stdlib), as sorted relative POSIX paths."""
     root = Path(root) if root is not None else stdlib_root()
     found = (path.relative_to(root) for path in root.rglob("*.py"))
-    return sorted(path.as_posix() for path in found if not EXCLUDED_DIRS.intersection(path.parts[:-1]))
+    return sorted(
+        path.as_posix() for path in found if not EXCLUDED_DIRS.intersection(path.parts[:-1])
+    )
 
 
 def split_files(files: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -78,21 +84,24 @@ def read_bytes(root: str | Path, files: list[str], max_bytes: int) -> np.ndarray
     for name in files:
         if total >= max_bytes:
             break
-        data = read_file(Path(root) / name)[:max_bytes - total]
+        data = read_file(Path(root) / name)[: max_bytes - total]
         chunks.append(data)
         total += len(data)
     return np.frombuffer(b"".join(chunks), dtype=np.uint8)
 
 
 def read_file(path: Path, text: bool = False) -> bytes | str:
-    """The file's bytes, or with ``text`` its decoded source; ``DataError`` naming it if unreadable."""
+    """The file's bytes, or with ``text`` its decoded source;
+    ``DataError`` naming it if unreadable."""
     try:
         if not text:
             return path.read_bytes()
         with tokenize.open(path) as source:  # honours the file's encoding declaration
             return source.read()
     except OSError as err:
-        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err.strerror or err})") from None
+        raise DataError(
+            f"{path}: cannot read ({type(err).__name__}: {err.strerror or err})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -109,31 +118,48 @@ class ByteCorpus:
         return digest.hexdigest()[:16]
 
 
-def load_stdlib(max_bytes: int, val_bytes: int, val_fraction: float = 0.1, seed: int = 0,
-                root: str | Path | None = None) -> ByteCorpus:
+def load_stdlib(
+    max_bytes: int,
+    val_bytes: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    root: str | Path | None = None,
+) -> ByteCorpus:
     """Train bytes (at most ``max_bytes``) and validation bytes (at most ``val_bytes``) from
     disjoint sets of stdlib files."""
     root = Path(root) if root is not None else stdlib_root()
     train_files, val_files = split_files(source_files(root), val_fraction, seed)
-    return ByteCorpus(read_bytes(root, train_files, max_bytes), read_bytes(root, val_files, val_bytes),
-                      train_files, val_files)
+    return ByteCorpus(
+        read_bytes(root, train_files, max_bytes),
+        read_bytes(root, val_files, val_bytes),
+        train_files,
+        val_files,
+    )
 
 
-def unigram_cross_entropy(train: np.ndarray, evaluated: np.ndarray, smoothing: float = 1.0,
-                          vocab_size: int = VOCAB_SIZE) -> float:
+def unigram_cross_entropy(
+    train: np.ndarray, evaluated: np.ndarray, smoothing: float = 1.0, vocab_size: int = VOCAB_SIZE
+) -> float:
     """Nats per byte (token) of ``evaluated`` under byte (token) frequencies counted on ``train``
     (add-``smoothing``, over ``vocab_size`` symbols).
 
     The baseline a language model must beat: it knows how common each byte is, but no context.
     """
     if smoothing <= 0:
-        raise ValueError(f"smoothing must be > 0 (an unseen byte would cost infinitely many nats), got {smoothing}")
-    counts = np.bincount(np.asarray(train, dtype=np.int64).ravel(), minlength=vocab_size) + smoothing
+        raise ValueError(
+            "smoothing must be > 0 (an unseen byte would cost infinitely many nats), got "
+            f"{smoothing}"
+        )
+    counts = (
+        np.bincount(np.asarray(train, dtype=np.int64).ravel(), minlength=vocab_size) + smoothing
+    )
     log_probs = np.log(counts) - np.log(counts.sum())
     return float(-log_probs[np.asarray(evaluated, dtype=np.int64).ravel()].mean())
 
 
-def random_windows(data: np.ndarray, block: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def random_windows(
+    data: np.ndarray, block: int, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``count`` training windows at seeded random offsets: inputs ``(count, block)`` and the next
     bytes as targets. Same seed, same windows on every rank, so a sharded sampler splits them."""
     starts = np.random.default_rng(seed).integers(0, _last_start(data, block) + 1, size=count)
@@ -183,14 +209,29 @@ def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generato
 
 def example_parser(framework: str) -> argparse.ArgumentParser:
     """The flags of the gpt examples (``framework`` names the twin in ``--help``)."""
-    parser = cli.training_parser(f"Train a small GPT on the Python standard library's source, {framework} on Horovod.",
-                                 epochs=2, batch_size=16, lr=1.5e-3, warmup_steps=50)
+    parser = cli.training_parser(
+        f"Train a small GPT on the Python standard library's source, {framework} on Horovod.",
+        epochs=2,
+        batch_size=16,
+        lr=1.5e-3,
+        warmup_steps=50,
+    )
     group = parser.add_argument_group("data")
-    group.add_argument("--data-dir", type=data_dir, default=None,
-                       help="train on the .py files under this directory; default: the Python standard library")
-    group.add_argument("--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes")
-    group.add_argument("--val-bytes", type=int, default=200_000, help="validate on at most this many bytes")
-    group.add_argument("--windows", type=int, default=8_000, help="training windows per epoch, all ranks together")
+    group.add_argument(
+        "--data-dir",
+        type=data_dir,
+        default=None,
+        help="train on the .py files under this directory; default: the Python standard library",
+    )
+    group.add_argument(
+        "--max-bytes", type=int, default=2_000_000, help="train on at most this many bytes"
+    )
+    group.add_argument(
+        "--val-bytes", type=int, default=200_000, help="validate on at most this many bytes"
+    )
+    group.add_argument(
+        "--windows", type=int, default=8_000, help="training windows per epoch, all ranks together"
+    )
     group = parser.add_argument_group("model")
     group.add_argument("--block", type=int, default=64, help="context length in bytes")
     group.add_argument("--d-model", type=int, default=128)
@@ -198,6 +239,8 @@ def example_parser(framework: str) -> argparse.ArgumentParser:
     group.add_argument("--heads", type=int, default=4)
     group = parser.add_argument_group("generation")
     group.add_argument("--prompt", default="def ")
-    group.add_argument("--sample-bytes", type=int, default=300, help="bytes to generate after the prompt")
+    group.add_argument(
+        "--sample-bytes", type=int, default=300, help="bytes to generate after the prompt"
+    )
     group.add_argument("--temperature", type=float, default=0.8)
     return parser

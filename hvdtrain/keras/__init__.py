@@ -7,6 +7,7 @@
 
 Importing this package imports TensorFlow and Keras, never torch.
 """
+
 from ..core.checkpoint import CheckpointError
 from ._context import average_metrics, current, init
 from .callbacks import broadcast_model, callbacks
@@ -15,5 +16,18 @@ from .data import shard, shard_dataset
 from .fit import fit
 from .optimizer import wrap_optimizer
 
-__all__ = ["CheckpointCallback", "CheckpointError", "average_metrics", "broadcast_model", "callbacks", "current",
-           "fit", "init", "load_checkpoint", "save_checkpoint", "shard", "shard_dataset", "wrap_optimizer"]
+__all__ = [
+    "CheckpointCallback",
+    "CheckpointError",
+    "average_metrics",
+    "broadcast_model",
+    "callbacks",
+    "current",
+    "fit",
+    "init",
+    "load_checkpoint",
+    "save_checkpoint",
+    "shard",
+    "shard_dataset",
+    "wrap_optimizer",
+]

@@ -1,12 +1,17 @@
-"""``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job in a core ``Context``."""
+"""``init``: start Horovod for Keras 3 (TensorFlow backend) and describe the job
+in a core ``Context``."""
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ..core import context as core_context, failures, slurm, versions
+from ..core import context as core_context
+from ..core import failures, slurm, versions
 
-versions.check("keras")  # before Horovod's extension loads: a mismatched build fails inside its import
+# before Horovod's extension loads: a mismatched build fails inside its import
+versions.check("keras")
 
 import horovod.tensorflow as hvd  # noqa: E402
 import keras  # noqa: E402
@@ -41,12 +46,15 @@ def _broadcast_object(obj: Any, root_rank: int = 0) -> Any:
 def _check_backend() -> None:
     backend = keras.backend.backend()
     if backend not in SUPPORTED_BACKENDS:
-        raise ValueError(f"hvdtrain.keras runs Keras 3 on Horovod's TensorFlow ops; KERAS_BACKEND is "
-                         f"{backend!r}, supported: {', '.join(map(repr, SUPPORTED_BACKENDS))}")
+        raise ValueError(
+            f"hvdtrain.keras runs Keras 3 on Horovod's TensorFlow ops; KERAS_BACKEND is "
+            f"{backend!r}, supported: {', '.join(map(repr, SUPPORTED_BACKENDS))}"
+        )
 
 
 def _configure_devices(local_rank: int, local_size: int, threads: int | None) -> str:
-    """One GPU per local rank with memory growth; on CPU, split the host's cores between its ranks."""
+    """One GPU per local rank with memory growth;
+    on CPU, split the host's cores between its ranks."""
     gpus = tf.config.list_physical_devices("GPU")
     gpu_index = local_rank % len(gpus) if gpus else None
     try:
@@ -58,8 +66,10 @@ def _configure_devices(local_rank: int, local_size: int, threads: int | None) ->
             tf.config.threading.set_intra_op_parallelism_threads(per_rank)
             tf.config.threading.set_inter_op_parallelism_threads(per_rank)
     except RuntimeError as err:  # TF's runtime already started: the settings can no longer change
-        warnings.warn(f"hvdtrain.keras.init() came after TensorFlow started, device setup skipped: {err}",
-                      stacklevel=3)
+        warnings.warn(
+            f"hvdtrain.keras.init() came after TensorFlow started, device setup skipped: {err}",
+            stacklevel=3,
+        )
     return "cpu" if gpu_index is None else f"gpu:{gpu_index}"
 
 
@@ -82,9 +92,17 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     device = _configure_devices(hvd.local_rank(), hvd.local_size(), threads)
     if seed is not None:
         keras.utils.set_random_seed(seed + hvd.rank())
-    return core_context.set_current(core_context.Context(
-        "keras", *_membership(), device=device,
-        broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
+    return core_context.set_current(
+        core_context.Context(
+            "keras",
+            *_membership(),
+            device=device,
+            broadcast_object=_broadcast_object,
+            average=_average,
+            gather=_gather,
+            membership=_membership,
+        )
+    )
 
 
 def current() -> core_context.Context:
@@ -100,9 +118,17 @@ def attached() -> core_context.Context:
         return current()
     except ValueError:
         device = "gpu:0" if tf.config.list_logical_devices("GPU") else "cpu"
-        return core_context.set_current(core_context.Context(
-            "keras", *_membership(), device=device,
-            broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
+        return core_context.set_current(
+            core_context.Context(
+                "keras",
+                *_membership(),
+                device=device,
+                broadcast_object=_broadcast_object,
+                average=_average,
+                gather=_gather,
+                membership=_membership,
+            )
+        )
 
 
 def average_metrics(values: Mapping[str, float]) -> dict[str, float]:

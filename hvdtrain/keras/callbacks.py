@@ -3,6 +3,7 @@
 Horovod's own Keras callbacks, on hvdtrain's build, are made of the same pieces
 (``horovod_callbacks``): one broadcast, one metric average, one tripwire.
 """
+
 from __future__ import annotations
 
 import horovod.tensorflow as hvd
@@ -32,8 +33,12 @@ def optimizer_variables(model: keras.Model, optimizer) -> list:
     return list(optimizer.variables)
 
 
-def broadcast_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
-                    root_rank: int = 0, local=()) -> None:
+def broadcast_model(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    root_rank: int = 0,
+    local=(),
+) -> None:
     """Give every rank ``root_rank``'s weights and optimizer state, optimizer slots included.
 
     ``optimizer`` defaults to the compiled one; custom training loops call this once before the
@@ -44,7 +49,8 @@ def broadcast_model(model: keras.Model, optimizer: keras.optimizers.Optimizer | 
     variables = list(model.weights)
     if optimizer is not None:
         slots = optimizer_variables(model, optimizer)
-        if zero.sharding_of(optimizer) is None:  # a sharded state has one owner per shard: nothing to send
+        # a sharded state has one owner per shard: nothing to send
+        if zero.sharding_of(optimizer) is None:
             variables += slots
     kept = {id(v) for v in local}
     broadcast_variables([v for v in variables if id(v) not in kept], root_rank)
@@ -55,10 +61,14 @@ class BroadcastState(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model.optimizer, OPTIONS):
-            raise ValueError("compile the model with hvdtrain.keras.wrap_optimizer(...): a plain optimizer "
-                             "would train each rank on its own gradients")
+            raise ValueError(
+                "compile the model with hvdtrain.keras.wrap_optimizer(...): a plain optimizer "
+                "would train each rank on its own gradients"
+            )
         if self.model.jit_compile:
-            raise ValueError("compile the model with jit_compile=False: Horovod's ops have no XLA kernels")
+            raise ValueError(
+                "compile the model with jit_compile=False: Horovod's ops have no XLA kernels"
+            )
         broadcast_model(self.model)
 
 
@@ -85,7 +95,9 @@ class AverageMetrics(keras.callbacks.Callback):
             logs.update(current().average(logs))
             return
         weight = {k: self.val_count if k.startswith("val_") else 1 for k in logs}
-        means = current().average({**{k: float(v) * weight[k] for k, v in logs.items()}, _COUNT: self.val_count})
+        means = current().average(
+            {**{k: float(v) * weight[k] for k, v in logs.items()}, _COUNT: self.val_count}
+        )
         logs.update({k: means[k] / (means[_COUNT] if k.startswith("val_") else 1) for k in logs})
 
 

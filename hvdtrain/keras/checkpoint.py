@@ -1,8 +1,10 @@
-"""Checkpoints of a Keras model with its optimizer state, written by rank 0, resumable on any world size.
+"""Checkpoints of a Keras model with its optimizer state,
+written by rank 0, resumable on any world size.
 
 The payload is a regular ``.keras`` file; the core's JSON sidecar holds the step, epoch and the
 single-worker LR, so a job on a different number of workers re-scales the LR on resume.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,10 +14,17 @@ from typing import Any
 
 import keras
 
-from ..core.checkpoint import (CheckpointDir, CheckpointError, CheckpointMeta, CorruptCheckpointError, check_writable,
-                               first_line, load_on_main)
-from . import zero
+from ..core.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    CheckpointMeta,
+    CorruptCheckpointError,
+    check_writable,
+    first_line,
+    load_on_main,
+)
 from ..core.on_main import on_main
+from . import zero
 from ._context import current
 from .callbacks import broadcast_model
 from .optimizer import base_learning_rate, set_base_learning_rate
@@ -23,8 +32,15 @@ from .optimizer import base_learning_rate, set_base_learning_rate
 EXTENSION = ".keras"
 
 
-def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int = 0,
-                    config: dict[str, Any] | None = None, keep: int = 3, extra: dict | None = None) -> Path | None:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: keras.Model,
+    step: int,
+    epoch: int = 0,
+    config: dict[str, Any] | None = None,
+    keep: int = 3,
+    extra: dict | None = None,
+) -> Path | None:
     """Save ``model`` (weights and optimizer state) as ``directory/step-N.keras``; call it on every
     rank: a sharded optimizer's state is gathered from all of them, then rank 0 writes while the
     others wait with it (``on_main``: a slow save is no hang).
@@ -34,15 +50,33 @@ def save_checkpoint(directory: str | os.PathLike, model: keras.Model, step: int,
     sharding = zero.sharding_of(model.optimizer)
     if sharding is not None:
         sharding.gather()
-    return on_main(current(), lambda: _write(directory, model, step, epoch, config, keep, extra), "saving a checkpoint")
+    return on_main(
+        current(),
+        lambda: _write(directory, model, step, epoch, config, keep, extra),
+        "saving a checkpoint",
+    )
 
 
-def _write(directory: str | os.PathLike, model: keras.Model, step: int, epoch: int, config: dict[str, Any] | None,
-           keep: int, extra: dict | None) -> Path:
+def _write(
+    directory: str | os.PathLike,
+    model: keras.Model,
+    step: int,
+    epoch: int,
+    config: dict[str, Any] | None,
+    keep: int,
+    extra: dict | None,
+) -> Path:
     base_lr = base_learning_rate(model.optimizer) if model.optimizer is not None else None
-    meta = CheckpointMeta(step=step, epoch=epoch, world_size=current().size, framework="keras", payload="",
-                          base_lrs=[] if base_lr is None else [base_lr], config=dict(config or {}),
-                          extra=extra or {})
+    meta = CheckpointMeta(
+        step=step,
+        epoch=epoch,
+        world_size=current().size,
+        framework="keras",
+        payload="",
+        base_lrs=[] if base_lr is None else [base_lr],
+        config=dict(config or {}),
+        extra=extra or {},
+    )
     return CheckpointDir(directory, EXTENSION, keep=keep).save(meta, model.save)
 
 
@@ -55,17 +89,22 @@ def load_checkpoint(path: str | os.PathLike, model: keras.Model) -> CheckpointMe
     a corrupt newest checkpoint is skipped with a warning for the previous one. A damaged
     checkpoint, or one of another model, raises ``CheckpointError`` on every rank.
     """
+
     def restore(payload: Path) -> None:
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         try:
             model.load_weights(payload)
         except (zipfile.BadZipFile, EOFError, OSError) as err:
-            raise CorruptCheckpointError(f"{payload}: truncated or corrupt checkpoint ({type(err).__name__}: "
-                                         f"{first_line(err)})") from None
+            raise CorruptCheckpointError(
+                f"{payload}: truncated or corrupt checkpoint ({type(err).__name__}: "
+                f"{first_line(err)})"
+            ) from None
         except Exception as err:
-            raise CheckpointError(f"{payload}: does not fit this model or optimizer ({type(err).__name__}: "
-                                  f"{first_line(err)})") from None
+            raise CheckpointError(
+                f"{payload}: does not fit this model or optimizer ({type(err).__name__}: "
+                f"{first_line(err)})"
+            ) from None
 
     ctx = current()
     meta = load_on_main(ctx, path, EXTENSION, restore)
@@ -90,7 +129,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     and the others wait with rank 0 while it saves (``on_main``: a slow save is no hang).
     """
 
-    def __init__(self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3):
+    def __init__(
+        self, directory: str | os.PathLike, config: dict[str, Any] | None = None, keep: int = 3
+    ):
         super().__init__()
         self.directory, self.config, self.keep = directory, config, keep
 
@@ -99,4 +140,11 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        save_checkpoint(self.directory, self.model, step=step, epoch=epoch + 1, config=self.config, keep=self.keep)
+        save_checkpoint(
+            self.directory,
+            self.model,
+            step=step,
+            epoch=epoch + 1,
+            config=self.config,
+            keep=self.keep,
+        )

@@ -1,4 +1,5 @@
 """Sharding numpy arrays and ``tf.data`` datasets by rank, with the core's equal-steps policy."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,13 @@ from ..core.sharding import samples_per_rank, shard_indices
 from ._context import current
 
 
-def shard(*arrays: np.ndarray, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-          drop_last: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
+def shard(
+    *arrays: np.ndarray,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    drop_last: bool = False,
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """This rank's share of ``arrays`` (same length, indexed together), like torch's sampler.
 
     Every rank gets the same number of samples, so ``model.fit`` runs the same number of steps
@@ -17,16 +23,26 @@ def shard(*arrays: np.ndarray, shuffle: bool = True, seed: int = 0, epoch: int =
     """
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
-        raise ValueError(f"shard needs one or more arrays of the same length, got lengths {sorted(lengths)}")
+        raise ValueError(
+            f"shard needs one or more arrays of the same length, got lengths {sorted(lengths)}"
+        )
     ctx = current()
-    index = shard_indices(lengths.pop(), ctx.rank, ctx.size, shuffle=shuffle, seed=seed, epoch=epoch,
-                          drop_last=drop_last)
+    index = shard_indices(
+        lengths.pop(),
+        ctx.rank,
+        ctx.size,
+        shuffle=shuffle,
+        seed=seed,
+        epoch=epoch,
+        drop_last=drop_last,
+    )
     shards = tuple(np.asarray(a)[index] for a in arrays)
     return shards[0] if len(shards) == 1 else shards
 
 
-def shard_dataset(dataset: tf.data.Dataset, num_samples: int | None = None,
-                  drop_last: bool = False) -> tf.data.Dataset:
+def shard_dataset(
+    dataset: tf.data.Dataset, num_samples: int | None = None, drop_last: bool = False
+) -> tf.data.Dataset:
     """This rank's share of an unbatched ``dataset``: every ``size``-th element, equal counts.
 
     Without ``drop_last`` the shorter shards wrap around to the dataset's start, as in ``shard``.

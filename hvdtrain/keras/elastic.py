@@ -1,7 +1,10 @@
-"""Elastic training for Keras: the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+"""Elastic training for Keras:
+the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import horovod.tensorflow as hvd
 import keras
@@ -40,16 +43,23 @@ class KerasSnapshot:
     def rescale(self) -> None:
         optimizer, ctx = self.model.optimizer, current()
         base = base_learning_rate(optimizer)
-        setattr(optimizer, LR_FACTOR, lr_scale_factor(getattr(optimizer, OPTIONS), ctx.size, ctx.local_size,
-                                                      ctx.on_gpu))
+        setattr(
+            optimizer,
+            LR_FACTOR,
+            lr_scale_factor(getattr(optimizer, OPTIONS), ctx.size, ctx.local_size, ctx.on_gpu),
+        )
         if base is not None:
             set_base_learning_rate(optimizer, base)
         # The traced step has the world size baked in (no allreduce on 1 worker): trace it again.
         self.model.train_function = None
 
 
-def run(train: Callable[[TrainingState], T], model: keras.Model, position: Position,
-        on_membership: Callable[[Position, int, int], None] | None = None) -> T:
+def run(
+    train: Callable[[TrainingState], T],
+    model: keras.Model,
+    position: Position,
+    on_membership: Callable[[Position, int, int], None] | None = None,
+) -> T:
     """Call ``train(state)`` until it returns, restarting it from the last commit after each
     membership change: Horovod's own ``hvd.elastic.run``, which on hvdtrain's build recovers from a
     Horovod op failing inside ``model.fit`` (any TensorFlow ``OpError`` naming Horovod)."""

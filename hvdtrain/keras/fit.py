@@ -9,10 +9,12 @@ mid-epoch records how many batches of that order were trained, and a resumed or 
 skips exactly those. The callbacks see the epochs of these ``model.fit`` calls as one training
 (``on_train_begin`` and ``on_train_end`` once).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -31,30 +33,55 @@ from .optimizer import OPTIONS, base_learning_rate
 from .tracking import MlflowLogger
 
 # model.fit arguments hk.fit decides itself.
-OWNED = ("shuffle", "initial_epoch", "steps_per_epoch", "validation_split", "epochs", "batch_size", "callbacks")
+OWNED = (
+    "shuffle",
+    "initial_epoch",
+    "steps_per_epoch",
+    "validation_split",
+    "epochs",
+    "batch_size",
+    "callbacks",
+)
 
 
-def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: int,
-        sample_weight: np.ndarray | None = None, validation_data: tuple | None = None,
-        callbacks: Sequence[keras.callbacks.Callback] = (), checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = False, tracker: TrainingTracker | None = None,
-        log_every: int = 10,
-        config: dict | None = None, progress: bool = True, commit_every: int | None = None, seed: int = 0,
-        drop_last: bool = False, sharded: bool = False, **fit_kwargs: Any) -> keras.callbacks.History:
-    """Train a compiled ``model`` (its optimizer from ``wrap_optimizer``) on all ranks; ``batch_size``
-    is per rank, ``x``/``y``/``sample_weight`` are the whole training set (arrays, or dicts/lists of
-    arrays), the same on every rank.
+def fit(
+    model: keras.Model,
+    x: Any,
+    y: Any = None,
+    *,
+    batch_size: int,
+    epochs: int,
+    sample_weight: np.ndarray | None = None,
+    validation_data: tuple | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    tracker: TrainingTracker | None = None,
+    log_every: int = 10,
+    config: dict | None = None,
+    progress: bool = True,
+    commit_every: int | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+    sharded: bool = False,
+    **fit_kwargs: Any,
+) -> keras.callbacks.History:
+    """Train a compiled ``model`` (its optimizer from ``wrap_optimizer``) on all ranks;
+    ``batch_size`` is per rank, ``x``/``y``/``sample_weight`` are the whole training set (arrays, or
+    dicts/lists of arrays), the same on every rank.
 
     Logs the rank-averaged batch logs, LR and global samples/s every ``log_every`` steps and the
     epoch logs (``epoch_<metric>``, ``val_<metric>``) to ``tracker``, with the data-parallel params
-    of the run (``tracking.training_params``: world size, scaled LR, global batch size...); checkpoints every epoch and
-    every ``checkpoint_every`` steps into ``checkpoint_dir``; with ``resume`` continues from its
-    newest valid checkpoint, at the batch it was taken, on any world size. Validation metrics are
-    averaged over the ranks' shards weighted by their sizes (every sample once). Only rank 0 shows
-    progress. In elastic mode (``hvdtrain run --elastic``) training survives workers leaving and
-    joining: it rolls back to the last commit (each epoch, each checkpoint and every
-    ``commit_every`` steps), re-shards and re-scales the LR. Returns the rank-averaged epoch
-    metrics of this run as a Keras ``History``. Other keyword arguments go to ``model.fit``.
+    of the run (``tracking.training_params``: world size, scaled LR, global batch size...);
+    checkpoints every epoch and every ``checkpoint_every`` steps into ``checkpoint_dir``; with
+    ``resume`` continues from its newest valid checkpoint, at the batch it was taken, on any
+    world size. Validation metrics are averaged over the ranks' shards weighted by their sizes
+    (every sample once). Only rank 0 shows progress. In elastic mode
+    (``hvdtrain run --elastic``) training survives workers leaving and joining: it rolls back to
+    the last commit (each epoch, each checkpoint and every ``commit_every`` steps), re-shards
+    and re-scales the LR. Returns the rank-averaged epoch metrics of this run as a Keras
+    ``History``. Other keyword arguments go to ``model.fit``.
 
     ``sharded=True``: ``x``/``y`` are already this rank's equal share (``hvdtrain.spark.read_shard``
     on Spark); each epoch shuffles within it. Not with elastic training (the shares are fixed).
@@ -63,29 +90,57 @@ def fit(model: keras.Model, x: Any, y: Any = None, *, batch_size: int, epochs: i
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     owned = sorted(set(fit_kwargs) & set(OWNED))
     if owned:
-        raise ValueError(f"hk.fit decides {', '.join(owned)} itself (hvdtrain owns each epoch's order); "
-                         f"remove {'it' if len(owned) == 1 else 'them'}")
+        raise ValueError(
+            f"hk.fit decides {', '.join(owned)} itself (hvdtrain owns each epoch's order); "
+            f"remove {'it' if len(owned) == 1 else 'them'}"
+        )
     fit_kwargs.setdefault("verbose", 1 if progress else 0)
     data = _Data(x, y, sample_weight)
     if sharded:
         _check_shares(data.size)
-    loop = _Loop(model, data, batch_size, epochs, validation_data, list(callbacks),
-                 checkpoint_dir, checkpoint_every, tracker, log_every, config, commit_every, seed, drop_last,
-                 fit_kwargs, sharded)
+    loop = _Loop(
+        model,
+        data,
+        batch_size,
+        epochs,
+        validation_data,
+        list(callbacks),
+        checkpoint_dir,
+        checkpoint_every,
+        tracker,
+        log_every,
+        config,
+        commit_every,
+        seed,
+        drop_last,
+        fit_kwargs,
+        sharded,
+    )
     loop.build()
     options = getattr(model.optimizer, OPTIONS, None)
     if tracker is not None and options is not None:
-        tracker.log_params(training_params(current(), options, base_lr=_as_written(base_learning_rate(model.optimizer)),
-                                           per_rank_batch_size=batch_size))
-    position = elastic.starting_position(current(), checkpoint_dir, resume,
-                                         lambda: load_checkpoint(checkpoint_dir, model))
+        tracker.log_params(
+            training_params(
+                current(),
+                options,
+                base_lr=_as_written(base_learning_rate(model.optimizer)),
+                per_rank_batch_size=batch_size,
+            )
+        )
+    position = elastic.starting_position(
+        current(), checkpoint_dir, resume, lambda: load_checkpoint(checkpoint_dir, model)
+    )
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
         loop.train(position, commit=lambda: None)
     else:
-        position = elastic_run(lambda state: loop.train(state.position, commit=state.commit) or state.position,
-                               model, position, elastic.report_membership(tracker))
+        position = elastic_run(
+            lambda state: loop.train(state.position, commit=state.commit) or state.position,
+            model,
+            position,
+            elastic.report_membership(tracker),
+        )
     return loop.history(position)
 
 
@@ -93,12 +148,16 @@ def _check_shares(count: int) -> None:
     """Pre-sharded data: every rank must hold as many samples, or the ranks would run different
     numbers of steps and the first to finish would leave the others waiting in an allreduce."""
     if elastic.enabled():
-        raise ValueError("sharded=True cannot be used with elastic training: the shares are fixed at start")
+        raise ValueError(
+            "sharded=True cannot be used with elastic training: the shares are fixed at start"
+        )
     ctx = current()
     counts = [int(row[0]) for row in ctx.gather([count])] if ctx.size > 1 else [count]
     if len(set(counts)) > 1:
-        raise UserError(f"sharded=True needs an equal share on every rank; samples per rank: {counts}",
-                        collective=True)
+        raise UserError(
+            f"sharded=True needs an equal share on every rank; samples per rank: {counts}",
+            collective=True,
+        )
 
 
 class _Data:
@@ -108,11 +167,16 @@ class _Data:
         self.parts = (x, y, sample_weight)
         lengths = {len(a) for a in keras.tree.flatten(self.parts) if a is not None}
         if len(lengths) != 1:
-            raise ValueError(f"x, y and sample_weight must have the same number of samples, got {sorted(lengths)}")
+            raise ValueError(
+                "x, y and sample_weight must have the same number of samples, got "
+                f"{sorted(lengths)}"
+            )
         self.size = lengths.pop()
 
     def take(self, index: np.ndarray) -> tuple:
-        return keras.tree.map_structure(lambda a: None if a is None else np.asarray(a)[index], self.parts)
+        return keras.tree.map_structure(
+            lambda a: None if a is None else np.asarray(a)[index], self.parts
+        )
 
     def first(self):
         return keras.tree.map_structure(lambda a: np.asarray(a)[:1], self.parts[0])
@@ -122,13 +186,34 @@ class _Loop:
     """``fit``'s epochs; ``train`` starts at a ``Position`` and calls ``commit`` where a restart
     may resume from (a no-op outside elastic mode)."""
 
-    def __init__(self, model, data, batch_size, epochs, validation_data, callbacks, checkpoint_dir,
-                 checkpoint_every, tracker, log_every, config, commit_every, seed, drop_last, fit_kwargs, sharded):
+    def __init__(
+        self,
+        model,
+        data,
+        batch_size,
+        epochs,
+        validation_data,
+        callbacks,
+        checkpoint_dir,
+        checkpoint_every,
+        tracker,
+        log_every,
+        config,
+        commit_every,
+        seed,
+        drop_last,
+        fit_kwargs,
+        sharded,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.data, self.batch_size, self.epochs = model, data, batch_size, epochs
         self.validation_data, self.callbacks = validation_data, callbacks
-        self.checkpoint_dir, self.checkpoint_every, self.config = checkpoint_dir, checkpoint_every, config
+        self.checkpoint_dir, self.checkpoint_every, self.config = (
+            checkpoint_dir,
+            checkpoint_every,
+            config,
+        )
         self.tracker, self.log_every, self.commit_every = tracker, log_every, commit_every
         self.seed, self.drop_last, self.fit_kwargs = seed, drop_last, fit_kwargs
         self.sharded = sharded
@@ -145,38 +230,63 @@ class _Loop:
         progress = _Progress(self, position, commit)
         inner = [*distributed_callbacks(val_count=val_count), progress, *self.callbacks]
         if self.tracker is not None:  # the world size is logged by fit and at each elastic change
-            logger = MlflowLogger(self.tracker, self.log_every, self.batch_size, log_membership=False)
+            logger = MlflowLogger(
+                self.tracker, self.log_every, self.batch_size, log_membership=False
+            )
             inner.insert(len(inner) - len(self.callbacks), logger)
         # A progress bar must stay visible to Keras, or it adds its own: rank 0's counts all epochs.
-        bars = [cb for cb in inner if isinstance(cb, keras.callbacks.ProgbarLogger)] or [_Progbar(self.epochs)]
+        bars = [cb for cb in inner if isinstance(cb, keras.callbacks.ProgbarLogger)] or [
+            _Progbar(self.epochs)
+        ]
         training = _OneTraining([cb for cb in inner if cb not in bars])
         stopped = False  # a callback (EarlyStopping) set model.stop_training
         while position.epoch < self.epochs and not stopped:
             epoch = position.epoch
-            rank, size = (0, 1) if self.sharded else (ctx.rank, ctx.size)  # a shard: shuffled within
-            index = shard_indices(self.data.size, rank, size, seed=self.seed, epoch=epoch, drop_last=self.drop_last)
+            # a shard: shuffled within
+            rank, size = (0, 1) if self.sharded else (ctx.rank, ctx.size)
+            index = shard_indices(
+                self.data.size, rank, size, seed=self.seed, epoch=epoch, drop_last=self.drop_last
+            )
             progress.skip = position.batches_done(self.batch_size * ctx.size)
-            x, y, sample_weight = self.data.take(index[progress.skip * self.batch_size:])
-            self.model.fit(x, y, sample_weight=sample_weight, batch_size=self.batch_size, epochs=epoch + 1,
-                           initial_epoch=epoch, shuffle=False, validation_data=validation,
-                           callbacks=[*bars, training], **self.fit_kwargs)
+            x, y, sample_weight = self.data.take(index[progress.skip * self.batch_size :])
+            self.model.fit(
+                x,
+                y,
+                sample_weight=sample_weight,
+                batch_size=self.batch_size,
+                epochs=epoch + 1,
+                initial_epoch=epoch,
+                shuffle=False,
+                validation_data=validation,
+                callbacks=[*bars, training],
+                **self.fit_kwargs,
+            )
             stopped = self.model.stop_training
         training.finish({})
 
     def _validation(self) -> tuple[tuple | None, int | None]:
-        """This rank's every size-th validation sample (each sample once over the ranks), and how many."""
+        """This rank's every size-th validation sample
+        (each sample once over the ranks), and how many."""
         if self.validation_data is None:
             return None, None
         ctx = current()
-        shard = keras.tree.map_structure(lambda a: None if a is None else np.asarray(a)[ctx.rank::ctx.size],
-                                         tuple(self.validation_data))
+        shard = keras.tree.map_structure(
+            lambda a: None if a is None else np.asarray(a)[ctx.rank :: ctx.size],
+            tuple(self.validation_data),
+        )
         return shard, len(keras.tree.flatten(shard)[0])
 
     def checkpoint(self, position: Position) -> None:
         """Collective: rank 0 saves while the others wait with it (``save_checkpoint``)."""
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.model, step=position.step, epoch=position.epoch,
-                            config=self.config, extra={"epoch_samples": position.epoch_samples})
+            save_checkpoint(
+                self.checkpoint_dir,
+                self.model,
+                step=position.step,
+                epoch=position.epoch,
+                config=self.config,
+                extra={"epoch_samples": position.epoch_samples},
+            )
 
     def history(self, position: Position) -> keras.callbacks.History:
         history = keras.callbacks.History()
@@ -209,14 +319,17 @@ class _Progress(keras.callbacks.Callback):
         checkpoint = bool(loop.checkpoint_every) and step % loop.checkpoint_every == 0
         if checkpoint:
             loss = float(keras.ops.convert_to_numpy((logs or {}).get("loss", 0.0)))
-            check_finite(current().average({"loss": loss}), step)  # never checkpoint diverged weights
+            # never checkpoint diverged weights
+            check_finite(current().average({"loss": loss}), step)
             loop.checkpoint(position)
         if checkpoint or (loop.commit_every and step % loop.commit_every == 0):
             self.commit()
 
     def on_epoch_end(self, epoch, logs=None):
         position = self.position
-        position.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        position.epochs.append(
+            {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        )
         position.epoch, position.epoch_samples = epoch + 1, 0
         self.loop.checkpoint(position)
         self.commit()

@@ -2,10 +2,11 @@
 
 ``scripts/patch_horovod.py`` binds ``horovod._keras.callbacks``' broadcast and metric-averaging
 implementations (behind ``hvd.callbacks.BroadcastGlobalVariablesCallback`` and
-``MetricAverageCallback`` of ``horovod.keras`` and ``horovod.tensorflow.keras``) to the classes here,
-which are hvdtrain's own callbacks, and makes Horovod's LR schedule and warmup callbacks read and
-set the LR through ``learning_rate``/``set_learning_rate`` and ramp by hvdtrain's warmup rule.
+``MetricAverageCallback`` of ``horovod.keras`` and ``horovod.tensorflow.keras``) to the classes
+here, which are hvdtrain's own callbacks, and makes Horovod's LR schedule and warmup callbacks read
+and set the LR through ``learning_rate``/``set_learning_rate`` and ramp by hvdtrain's warmup rule.
 """
+
 from __future__ import annotations
 
 import horovod.tensorflow as hvd
@@ -24,7 +25,8 @@ failures.install()
 
 class _Tripwire(Tripwire):
     """hvdtrain's tripwire. A step whose optimizer has no hvdtrain hook (a custom ``train_step``
-    reducing through ``DistributedGradientTape``) counts as reduced: only its weights are compared."""
+    reducing through ``DistributedGradientTape``) counts as reduced: only its
+    weights are compared."""
 
     def _counters(self) -> tuple[int, int]:
         step, reductions = super()._counters()
@@ -82,7 +84,9 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def set_learning_rate(optimizer: keras.optimizers.Optimizer, new_lr: float, momentum_correction: bool) -> None:
+def set_learning_rate(
+    optimizer: keras.optimizers.Optimizer, new_lr: float, momentum_correction: bool
+) -> None:
     """Set the LR; with ``momentum_correction`` (Goyal et al.) rescale the momentum by new/old LR
     for the next update. Keras 3 bakes ``momentum`` into the traced step as a constant, so the
     velocity slots are rescaled instead: ``m' = momentum * (r m) - lr g`` is the same update."""
@@ -98,9 +102,11 @@ def _velocities(optimizer: keras.optimizers.Optimizer) -> list:
         return optimizer.momentums
     if isinstance(optimizer, keras.optimizers.RMSprop):
         return internals.rmsprop_momentums(optimizer)
-    raise ValueError(f"momentum_correction cannot be reproduced for {type(optimizer).__name__}"
-                     f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its momentum "
-                     "is a constant of the traced step): pass momentum_correction=False")
+    raise ValueError(
+        f"momentum_correction cannot be reproduced for {type(optimizer).__name__}"
+        f"{'(nesterov=True)' if getattr(optimizer, 'nesterov', False) else ''} on Keras 3 (its "
+        "momentum is a constant of the traced step): pass momentum_correction=False"
+    )
 
 
 def warmup_multiplier(epoch: float, steps_per_epoch: int, warmup_epochs: float) -> float:

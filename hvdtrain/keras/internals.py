@@ -7,9 +7,10 @@ finds each on ``keras.optimizers.Optimizer``, so a release that moved one stops 
 with one line naming it. The tripwire (``keras.tripwire``) stays the behavioural guard: it proves
 every update was data-parallel, whatever the names.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 
@@ -35,9 +36,11 @@ def check() -> None:
     """``InternalsError`` naming the first private method ``keras.optimizers.Optimizer`` lacks."""
     for name in (CLIP_GRADIENTS, USE_WEIGHT_DECAY):
         if not callable(getattr(keras.optimizers.Optimizer, name, None)):
-            raise InternalsError(f"hvdtrain.keras relies on keras.optimizers.Optimizer.{name}, which Keras "
-                                 f"{keras.__version__} no longer has: install the tested versions (make install), "
-                                 f"or update hvdtrain/keras/internals.py")
+            raise InternalsError(
+                f"hvdtrain.keras relies on keras.optimizers.Optimizer.{name}, which Keras "
+                f"{keras.__version__} no longer has: install the tested versions (make install), "
+                f"or update hvdtrain/keras/internals.py"
+            )
 
 
 def keras_clip_gradients(optimizer: keras.optimizers.Optimizer) -> Callable:
@@ -57,7 +60,9 @@ def rmsprop_momentums(optimizer: keras.optimizers.RMSprop) -> list:
     """The momentum slots of a built ``RMSprop``; ``InternalsError`` if Keras moved them."""
     slots = getattr(optimizer, RMSPROP_MOMENTUMS, None)
     if not isinstance(slots, list):
-        raise InternalsError(f"hvdtrain.keras relies on keras.optimizers.RMSprop.{RMSPROP_MOMENTUMS}, which Keras "
-                             f"{keras.__version__} no longer has: install the tested versions (make install), "
-                             f"or update hvdtrain/keras/internals.py")
+        raise InternalsError(
+            f"hvdtrain.keras relies on keras.optimizers.RMSprop.{RMSPROP_MOMENTUMS}, which Keras "
+            f"{keras.__version__} no longer has: install the tested versions (make install), "
+            f"or update hvdtrain/keras/internals.py"
+        )
     return slots

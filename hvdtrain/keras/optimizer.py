@@ -15,6 +15,7 @@ mean of the micro-batch gradients, so k steps of batch B update like one step of
 ``install`` and ``Reduction`` are the one gradient path: Horovod's own ``DistributedOptimizer`` on
 hvdtrain's build (``horovod_api``) installs the same hook with Horovod's options.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,9 +44,9 @@ class Reduction:
     """How one update's gradients are combined across ranks (Horovod's allreduce arguments).
 
     Dense gradients go in one ``grouped_allreduce``. ``IndexedSlices`` (``Embedding`` gradients) are
-    made dense with ``sparse_as_dense``, else allgathered one by one as Horovod does; never mixed into
-    the grouped call: Horovod 0.28.1's ``grouped_allreduce`` pairs their results with the wrong inputs
-    unless they lead the list.
+    made dense with ``sparse_as_dense``, else allgathered one by one as Horovod does; never mixed
+    into the grouped call: Horovod 0.28.1's ``grouped_allreduce`` pairs their results with the wrong
+    inputs unless they lead the list.
     """
 
     op: Any = hvd.Average
@@ -61,20 +62,35 @@ class Reduction:
         if self.process_set.size() == 1 and self.prescale * self.postscale == 1.0:
             return grads  # nothing to combine; an allreduce would only cost time
         if self.sparse_as_dense:
-            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+            grads = [
+                tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads
+            ]
         dense = [i for i, g in enumerate(grads) if not isinstance(g, tf.IndexedSlices)]
         reduced = list(grads)
-        summed = hvd.grouped_allreduce([grads[i] for i in dense], op=self.op, compression=self.compression,
-                                       prescale_factor=self.prescale, postscale_factor=self.postscale,
-                                       process_set=self.process_set, device_dense=self.device_dense)
+        summed = hvd.grouped_allreduce(
+            [grads[i] for i in dense],
+            op=self.op,
+            compression=self.compression,
+            prescale_factor=self.prescale,
+            postscale_factor=self.postscale,
+            process_set=self.process_set,
+            device_dense=self.device_dense,
+        )
         for i, grad in zip(dense, summed):
             reduced[i] = grad
-        scale = self.prescale * self.postscale  # Horovod's sparse allreduce takes no factors; they commute
+        # Horovod's sparse allreduce takes no factors; they commute
+        scale = self.prescale * self.postscale
         for i in sorted(set(range(len(grads))) - set(dense)):
             grad = grads[i]
-            values = grad.values * tf.cast(scale, grad.values.dtype) if scale != 1.0 else grad.values
-            reduced[i] = hvd.allreduce(tf.IndexedSlices(values, grad.indices, grad.dense_shape), op=self.op,
-                                       process_set=self.process_set, device_sparse=self.device_sparse)
+            values = (
+                grad.values * tf.cast(scale, grad.values.dtype) if scale != 1.0 else grad.values
+            )
+            reduced[i] = hvd.allreduce(
+                tf.IndexedSlices(values, grad.indices, grad.dense_shape),
+                op=self.op,
+                process_set=self.process_set,
+                device_sparse=self.device_sparse,
+            )
         return reduced
 
 
@@ -86,7 +102,9 @@ class _Policy:
         self._keras_clip_gradients = internals.keras_clip_gradients(opt)
         # Allreduces of gradients so far, counted inside the traced step: the tripwire's proof that
         # Keras still calls the hook (not a Keras variable, so never saved with the model).
-        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False, name="hvdtrain_reductions")
+        self.reductions = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="hvdtrain_reductions"
+        )
 
     def clip_gradients(self, grads):
         reduced = self.reduction(grads)
@@ -103,8 +121,10 @@ class _Warmup:
         self.opt, self.warmup_steps, self._keras_apply = opt, warmup_steps, opt.apply
         # The multiplier of each warmup step, from the shared rule; the last entry (1.0) holds
         # from ``warmup_steps`` on. A table keeps the rule out of the traced graph.
-        self._table = tf.constant([warmup_multiplier(s, warmup_steps, scale) for s in range(warmup_steps + 1)],
-                                  dtype=tf.float64)
+        self._table = tf.constant(
+            [warmup_multiplier(s, warmup_steps, scale) for s in range(warmup_steps + 1)],
+            dtype=tf.float64,
+        )
 
     def apply(self, grads, trainable_variables=None):
         lr = self.opt.learning_rate  # a variable: ``wrap_optimizer`` refuses schedules with warmup
@@ -117,15 +137,23 @@ class _Warmup:
 
 def check_optimizer(optimizer, who: str) -> None:
     """``TypeError`` unless ``optimizer`` is a Keras 3 optimizer the hook can make data-parallel."""
-    if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(optimizer, internals.CLIP_GRADIENTS):
-        raise TypeError(f"{who} needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
-                        f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}")
+    if not isinstance(optimizer, keras.optimizers.Optimizer) or not hasattr(
+        optimizer, internals.CLIP_GRADIENTS
+    ):
+        raise TypeError(
+            f"{who} needs a Keras 3 optimizer (keras.optimizers.Optimizer, Keras >= 3.1), "
+            f"got {type(optimizer).__module__}.{type(optimizer).__qualname__}"
+        )
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        raise TypeError(f"{who} does not support LossScaleOptimizer yet: its skipped steps differ between "
-                        "ranks; wrap a plain optimizer and train in float32")
+        raise TypeError(
+            f"{who} does not support LossScaleOptimizer yet: its skipped steps differ between "
+            "ranks; wrap a plain optimizer and train in float32"
+        )
     if hasattr(optimizer, POLICY):
-        raise ValueError(f"optimizer {optimizer.name!r} is already wrapped (hvdtrain.keras.wrap_optimizer or "
-                         "hvd.DistributedOptimizer): wrap it once")
+        raise ValueError(
+            f"optimizer {optimizer.name!r} is already wrapped (hvdtrain.keras.wrap_optimizer or "
+            "hvd.DistributedOptimizer): wrap it once"
+        )
 
 
 def install(optimizer: keras.optimizers.Optimizer, reduction: Reduction) -> _Policy:
@@ -136,9 +164,15 @@ def install(optimizer: keras.optimizers.Optimizer, reduction: Reduction) -> _Pol
     return policy
 
 
-def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "linear", warmup_steps: int = 0,
-                   compression: str = "none", op: str = "average", accumulation_steps: int = 1,
-                   shard_optimizer_state: bool = False) -> keras.optimizers.Optimizer:
+def wrap_optimizer(
+    optimizer: keras.optimizers.Optimizer,
+    lr_scaling: str = "linear",
+    warmup_steps: int = 0,
+    compression: str = "none",
+    op: str = "average",
+    accumulation_steps: int = 1,
+    shard_optimizer_state: bool = False,
+) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average gradients over all ranks before every update; returns it.
 
     Its LR is scaled for the world size (a float LR; for a ``LearningRateSchedule`` pass
@@ -147,20 +181,29 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     ``shard_optimizer_state=True``: ZeRO stage 1 (``zero.py``), each rank keeps the optimizer's
     state for and updates only its 1/N of the variables.
     """
-    options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
-                                 op=op, accumulation_steps=accumulation_steps,
-                                 shard_optimizer_state=shard_optimizer_state)
+    options = DistributedOptions(
+        lr_scaling=lr_scaling,
+        warmup_steps=warmup_steps,
+        compression=compression,
+        op=op,
+        accumulation_steps=accumulation_steps,
+        shard_optimizer_state=shard_optimizer_state,
+    )
     check_optimizer(optimizer, "wrap_optimizer")
     ctx = current()
     scale = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
     lr_is_variable = isinstance(optimizer.learning_rate, keras.Variable)
     if not lr_is_variable and (scale != 1.0 or options.warmup_steps):
-        raise ValueError("lr_scaling and warmup_steps need a float learning rate; with a LearningRateSchedule "
-                         "pass lr_scaling='none', warmup_steps=0 and build both into the schedule")
+        raise ValueError(
+            "lr_scaling and warmup_steps need a float learning rate; with a LearningRateSchedule "
+            "pass lr_scaling='none', warmup_steps=0 and build both into the schedule"
+        )
     set_accumulation(optimizer, options.accumulation_steps)
     if lr_is_variable:
         optimizer.learning_rate = float(optimizer.learning_rate.numpy()) * scale
-    policy = install(optimizer, Reduction(op=_OP[options.op], compression=_COMPRESSION[options.compression]))
+    policy = install(
+        optimizer, Reduction(op=_OP[options.op], compression=_COMPRESSION[options.compression])
+    )
     if options.warmup_steps and scale != 1.0:
         optimizer.apply = _Warmup(optimizer, options.warmup_steps, scale).apply
     if options.shard_optimizer_state:  # ZeRO stage 1: zero.py
@@ -170,16 +213,23 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, lr_scaling: str = "lin
     return optimizer
 
 
-def set_accumulation(optimizer: keras.optimizers.Optimizer, steps: int, what: str = "accumulation_steps") -> None:
-    """Accumulate ``steps`` micro-batches per update with Keras's own ``gradient_accumulation_steps``."""
+def set_accumulation(
+    optimizer: keras.optimizers.Optimizer, steps: int, what: str = "accumulation_steps"
+) -> None:
+    """Accumulate ``steps`` micro-batches per update with Keras's own
+    ``gradient_accumulation_steps``."""
     if steps == 1:
         return  # leaves any accumulation the user configured on the optimizer itself
     if optimizer.gradient_accumulation_steps not in (None, steps):
-        raise ValueError(f"{what}={steps} conflicts with the optimizer's "
-                         f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}")
+        raise ValueError(
+            f"{what}={steps} conflicts with the optimizer's "
+            f"gradient_accumulation_steps={optimizer.gradient_accumulation_steps}"
+        )
     if optimizer.built:
-        raise ValueError(f"{what} needs an optimizer that is not built yet: wrap it before "
-                         "compile/fit or the first apply")
+        raise ValueError(
+            f"{what} needs an optimizer that is not built yet: wrap it before "
+            "compile/fit or the first apply"
+        )
     optimizer.gradient_accumulation_steps = steps
 
 
@@ -191,6 +241,7 @@ def base_learning_rate(optimizer: keras.optimizers.Optimizer) -> float | None:
 
 
 def set_base_learning_rate(optimizer: keras.optimizers.Optimizer, base_lr: float) -> None:
-    """Set the LR to ``base_lr`` scaled for this job's world size (used when resuming); schedules stay."""
+    """Set the LR to ``base_lr`` scaled for this job's world size
+    (used when resuming); schedules stay."""
     if isinstance(optimizer.learning_rate, keras.Variable):
         optimizer.learning_rate = base_lr * getattr(optimizer, LR_FACTOR, 1.0)

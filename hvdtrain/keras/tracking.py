@@ -1,5 +1,6 @@
 """Keras side of MLflow tracking: a callback that feeds the shared tracker from Keras's ``logs``,
 and model logging with ``mlflow.keras`` (imported when a model is logged)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -7,8 +8,8 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from ..core.on_main import on_main
 from ..core.lr import warmup_multiplier
+from ..core.on_main import on_main
 from ..core.tracker import TrainingTracker
 from .optimizer import LR_FACTOR, OPTIONS
 
@@ -25,15 +26,25 @@ class MlflowLogger(keras.callbacks.Callback):
 
     The step is the optimizer's own count, restored with a checkpoint, so a resumed job continues
     the run's step axis; with gradient accumulation it counts updates, not micro-batches.
-    ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell callbacks the batch size).
+    ``per_rank_batch_size`` enables the samples/s metric (Keras does not tell
+    callbacks the batch size).
     """
 
-    def __init__(self, tracker: TrainingTracker, log_every: int = 10, per_rank_batch_size: int | None = None,
-                 log_membership: bool = True):
+    def __init__(
+        self,
+        tracker: TrainingTracker,
+        log_every: int = 10,
+        per_rank_batch_size: int | None = None,
+        log_membership: bool = True,
+    ):
         super().__init__()
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        self.tracker, self.log_every, self.per_rank_batch_size = tracker, log_every, per_rank_batch_size
+        self.tracker, self.log_every, self.per_rank_batch_size = (
+            tracker,
+            log_every,
+            per_rank_batch_size,
+        )
         self.log_membership = log_membership  # False: the caller logs the world size (hk.fit)
         self._step = 0
         self._batches_since_log = 0
@@ -50,8 +61,14 @@ class MlflowLogger(keras.callbacks.Callback):
             return
         self._step = step
         if logs and step % self.log_every == 0:
-            samples = self._batches_since_log * self.per_rank_batch_size if self.per_rank_batch_size else None
-            self.tracker.log_step(step, _floats(logs), lr=self._learning_rate(step), samples=samples)
+            samples = (
+                self._batches_since_log * self.per_rank_batch_size
+                if self.per_rank_batch_size
+                else None
+            )
+            self.tracker.log_step(
+                step, _floats(logs), lr=self._learning_rate(step), samples=samples
+            )
             self._batches_since_log = 0
 
     def on_epoch_end(self, epoch, logs=None):
@@ -69,15 +86,22 @@ class MlflowLogger(keras.callbacks.Callback):
         options = getattr(optimizer, OPTIONS, None)
         if options is None:
             return lr
-        return lr * warmup_multiplier(step, options.warmup_steps, getattr(optimizer, LR_FACTOR, 1.0))
+        return lr * warmup_multiplier(
+            step, options.warmup_steps, getattr(optimizer, LR_FACTOR, 1.0)
+        )
 
 
 def _floats(logs) -> dict[str, float]:
     return {k: float(keras.ops.convert_to_numpy(v)) for k, v in logs.items()}
 
 
-def log_model(tracker: Tracker, model: keras.Model, input_example: np.ndarray, name: str = "model",
-              registered_model_name: str | None = None) -> str | None:
+def log_model(
+    tracker: Tracker,
+    model: keras.Model,
+    input_example: np.ndarray,
+    name: str = "model",
+    registered_model_name: str | None = None,
+) -> str | None:
     """Collective: rank 0 logs ``model`` to the job's run, signature inferred from ``input_example``
     and the model's output on it, while the other ranks wait with it (``on_main``: a long upload
     is no hang). Returns the model URI on rank 0, or None (with a warning) if it could not be
@@ -89,7 +113,16 @@ def log_model(tracker: Tracker, model: keras.Model, input_example: np.ndarray, n
     def log() -> str | None:
         example = np.asarray(input_example)
         output = np.asarray(model.predict(example, verbose=0))
-        return log_flavor_model(tracker, mlflow.keras, "model", model, example, output, name=name,
-                                registered_model_name=registered_model_name, save_first=True)
+        return log_flavor_model(
+            tracker,
+            mlflow.keras,
+            "model",
+            model,
+            example,
+            output,
+            name=name,
+            registered_model_name=registered_model_name,
+            save_first=True,
+        )
 
     return on_main(tracker.ctx, log, "logging the model")

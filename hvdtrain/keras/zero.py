@@ -18,19 +18,21 @@ A checkpoint holds the full state in the unsharded layout: ``gather`` (a collect
 ``load_own_variables`` takes it and keeps this rank's slices. The layout comes from a twin of the
 optimizer built once over the model's variables, then dropped.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import horovod.tensorflow as hvd
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..core import elastic
 from ..core.guards import UnsupportedError
 from ..core.options import Compression, DistributedOptions, ReduceOp
-from ..core import elastic
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, plan
 from . import internals
 from ._context import current
@@ -41,8 +43,9 @@ ATTRIBUTE = "_hvdtrain_zero"
 
 
 class _Recorder:
-    """Records, for each variable an optimizer's ``build`` makes with ``add_variable_from_reference``,
-    the position of its reference among ``references`` and its slot name."""
+    """Records, for each variable an optimizer's ``build`` makes with
+    ``add_variable_from_reference``, the position of its reference among
+    ``references`` and its slot name."""
 
     def __init__(self, optimizer: keras.optimizers.Optimizer, references: list):
         self.slots: dict[int, tuple[int, str]] = {}
@@ -60,19 +63,27 @@ class _Recorder:
 class _Sharding:
     """A sharded optimizer's layout and the methods that replace its own."""
 
-    def __init__(self, optimizer: keras.optimizers.Optimizer, options: DistributedOptions, reductions: tf.Variable):
+    def __init__(
+        self,
+        optimizer: keras.optimizers.Optimizer,
+        options: DistributedOptions,
+        reductions: tf.Variable,
+    ):
         ctx = current()
         self.optimizer, self.options, self.rank, self.size = optimizer, options, ctx.rank, ctx.size
         self.keras_build = optimizer.build
         self.inner_apply = optimizer.apply  # Keras's, or hvdtrain's warmup around it
-        self.keras_clip_gradients = internals.keras_clip_gradients(optimizer)  # not the allreducing one
+        # not the allreducing one
+        self.keras_clip_gradients = internals.keras_clip_gradients(optimizer)
         # The wrapped optimizer's count of gradient reductions: the tripwire's proof that the update
         # was data-parallel.
         self.reductions = reductions
         self.variables: list = []
         self.shards: list = []
         self.slots: dict[int, tuple[int, str]] = {}  # optimizer variable -> (bucket, slot name)
-        self.full_layout: list[tuple[int, str] | None] | None = None  # the unsharded optimizer's variables
+        self.full_layout: list[tuple[int, str] | None] | None = (
+            None  # the unsharded optimizer's variables
+        )
         self.gathered: list[np.ndarray] | None = None
         self.loaded: list[np.ndarray] | None = None
 
@@ -81,14 +92,29 @@ class _Sharding:
         self.variables = list(variables)
         self.index = {id(v): i for i, v in enumerate(self.variables)}
         decayed = [internals.uses_weight_decay(self.optimizer, v) for v in self.variables]
-        groups = [[ParamSpec(i, math.prod(v.shape), np.dtype(v.dtype).itemsize, v.dtype)
-                   for i, v in enumerate(self.variables) if decayed[i] == wanted] for wanted in (True, False)]
+        groups = [
+            [
+                ParamSpec(i, math.prod(v.shape), np.dtype(v.dtype).itemsize, v.dtype)
+                for i, v in enumerate(self.variables)
+                if decayed[i] == wanted
+            ]
+            for wanted in (True, False)
+        ]
         self.plan = plan(groups, self.size)
-        self.shards = [keras.Variable(np.zeros(b.shard_numel), dtype=self._first(b).dtype, trainable=False,
-                                      name=f"hvdtrain_zero_shard_{n}") for n, b in enumerate(self.plan.buckets)]
-        # The model's exclusions (by variable or name) decided the groups; the shards' names mean nothing.
-        self.optimizer.exclude_from_weight_decay(var_list=[s for s, b in zip(self.shards, self.plan.buckets)
-                                                           if b.group == 1])
+        self.shards = [
+            keras.Variable(
+                np.zeros(b.shard_numel),
+                dtype=self._first(b).dtype,
+                trainable=False,
+                name=f"hvdtrain_zero_shard_{n}",
+            )
+            for n, b in enumerate(self.plan.buckets)
+        ]
+        # The model's exclusions (by variable or name) decided the groups; the shards' names mean
+        # nothing.
+        self.optimizer.exclude_from_weight_decay(
+            var_list=[s for s, b in zip(self.shards, self.plan.buckets) if b.group == 1]
+        )
         recorder = _Recorder(self.optimizer, self.shards)
         self.keras_build(self.shards)
         del self.optimizer.add_variable_from_reference
@@ -103,15 +129,22 @@ class _Sharding:
         by_index: list[Any] = [None] * len(self.variables)
         for grad, variable in zip(grads, trainable_variables):
             if id(variable) not in self.index:
-                raise ValueError(f"variable {variable.path} was not among those the sharded optimizer was built for")
+                raise ValueError(
+                    f"variable {variable.path} was not among those the sharded optimizer was built "
+                    "for"
+                )
             by_index[self.index[id(variable)]] = grad
         compression, op = _COMPRESSION[self.options.compression], _OP[self.options.op]
         shard_grads = []
         for number, bucket in enumerate(self.plan.buckets):
             flat = self._flat(bucket, by_index)
-            shard_grads.append(flat if self.size == 1 else
-                               hvd.reducescatter(flat, compression=compression, op=op,
-                                                 name=f"hvdtrain.zero.grads.{number}"))
+            shard_grads.append(
+                flat
+                if self.size == 1
+                else hvd.reducescatter(
+                    flat, compression=compression, op=op, name=f"hvdtrain.zero.grads.{number}"
+                )
+            )
         if self.size > 1:
             with tf.control_dependencies(shard_grads):
                 self.reductions.assign_add(1)
@@ -121,7 +154,8 @@ class _Sharding:
 
     def clip_gradients(self, grads):
         if not self.optimizer.global_clipnorm:
-            return self.keras_clip_gradients(grads)  # clipvalue: element by element, shards are fine
+            # clipvalue: element by element, shards are fine
+            return self.keras_clip_gradients(grads)
         squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in grads])
         if self.size > 1:
             squares = hvd.allreduce(squares, op=hvd.Sum, name="hvdtrain.zero.norm")
@@ -131,8 +165,10 @@ class _Sharding:
 
     def save_own_variables(self, store) -> None:
         if self.gathered is None:
-            raise ValueError("a sharded optimizer is saved by hvdtrain.keras.save_checkpoint (on every rank), "
-                             "which gathers its state first")
+            raise ValueError(
+                "a sharded optimizer is saved by hvdtrain.keras.save_checkpoint (on every rank), "
+                "which gathers its state first"
+            )
         for i, value in enumerate(self.gathered):
             store[str(i)] = value
         self.gathered = None
@@ -152,8 +188,11 @@ class _Sharding:
             if id(variable) in self.slots:
                 bucket, name = self.slots[id(variable)]
                 value = variable.value
-                padded[bucket, name] = (hvd.allgather(value, name=f"hvdtrain.zero.state.{bucket}.{name}")
-                                        if self.size > 1 else value).numpy()
+                padded[bucket, name] = (
+                    hvd.allgather(value, name=f"hvdtrain.zero.state.{bucket}.{name}")
+                    if self.size > 1
+                    else value
+                ).numpy()
         others = iter(v.numpy() for v in self.optimizer.variables if id(v) not in self.slots)
         values = []
         for entry in layout:
@@ -162,14 +201,19 @@ class _Sharding:
             else:
                 index, name = entry
                 bucket, slot = self._place(index)
-                values.append(padded[bucket, name][slot.offset:slot.offset + slot.numel]
-                              .reshape(self.variables[index].shape))
+                values.append(
+                    padded[bucket, name][slot.offset : slot.offset + slot.numel].reshape(
+                        self.variables[index].shape
+                    )
+                )
         self.gathered = values
 
     def load(self, values: list[np.ndarray]) -> None:
         layout = self._full_layout()
         if len(values) != len(layout):
-            raise ValueError(f"the saved optimizer has {len(values)} variables, this one {len(layout)}")
+            raise ValueError(
+                f"the saved optimizer has {len(values)} variables, this one {len(layout)}"
+            )
         flats: dict[tuple[int, str], np.ndarray] = {}
         others = []
         for value, entry in zip(values, layout):
@@ -178,8 +222,10 @@ class _Sharding:
                 continue
             index, name = entry
             bucket, slot = self._place(index)
-            flat = flats.setdefault((bucket, name), np.zeros(self.plan.buckets[bucket].padded_numel, value.dtype))
-            flat[slot.offset:slot.offset + slot.numel] = np.reshape(value, -1)
+            flat = flats.setdefault(
+                (bucket, name), np.zeros(self.plan.buckets[bucket].padded_numel, value.dtype)
+            )
+            flat[slot.offset : slot.offset + slot.numel] = np.reshape(value, -1)
         mine = [v for v in self.optimizer.variables if id(v) not in self.slots]
         for variable, value in zip(mine, others):
             variable.assign(value)
@@ -219,45 +265,65 @@ class _Sharding:
                 parts.append(tf.zeros([slot.numel], dtype=variable.dtype))
             else:
                 parts.append(tf.reshape(tf.convert_to_tensor(grad), [-1]))
-        parts.append(tf.zeros([bucket.padded_numel - bucket.numel], dtype=self._first(bucket).dtype))
+        parts.append(
+            tf.zeros([bucket.padded_numel - bucket.numel], dtype=self._first(bucket).dtype)
+        )
         return tf.concat(parts, 0)
 
     def _read_variables(self) -> None:
         for bucket, shard in zip(self.plan.buckets, self.shards):
-            parts = [tf.reshape(self.variables[p.index].value, [-1])[p.start:p.stop] for p in bucket.pieces(self.rank)]
+            parts = [
+                tf.reshape(self.variables[p.index].value, [-1])[p.start : p.stop]
+                for p in bucket.pieces(self.rank)
+            ]
             held = sum(p.stop - p.start for p in bucket.pieces(self.rank))
             parts.append(tf.zeros([bucket.shard_numel - held], dtype=shard.dtype))
             shard.assign(tf.concat(parts, 0))
 
     def _write_variables(self) -> None:
         for number, (bucket, shard) in enumerate(zip(self.plan.buckets, self.shards)):
-            full = shard.value if self.size == 1 else hvd.allgather(shard.value, name=f"hvdtrain.zero.params.{number}")
+            full = (
+                shard.value
+                if self.size == 1
+                else hvd.allgather(shard.value, name=f"hvdtrain.zero.params.{number}")
+            )
             for slot in bucket.slots:
                 variable = self.variables[slot.index]
-                variable.assign(tf.reshape(full[slot.offset:slot.offset + slot.numel], variable.shape))
+                variable.assign(
+                    tf.reshape(full[slot.offset : slot.offset + slot.numel], variable.shape)
+                )
                 if variable.constraint is not None:
                     variable.assign(variable.constraint(variable))
 
 
-def shard(optimizer: keras.optimizers.Optimizer, options: DistributedOptions, reductions: tf.Variable) -> None:
+def shard(
+    optimizer: keras.optimizers.Optimizer, options: DistributedOptions, reductions: tf.Variable
+) -> None:
     """Make ``optimizer`` (already wrapped, not built) keep and update only this rank's shards;
     ``reductions``: the wrapped optimizer's count of gradient reductions, which the sharded update
     increments."""
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
     if optimizer.built:
-        raise UnsupportedError("shard_optimizer_state=True needs an optimizer that is not built yet: wrap it "
-                               "before compile/fit or the first apply")
-    for flag, why in (("clipnorm", "it clips each variable by its own norm; use global_clipnorm"),
-                      ("use_ema", "it keeps an average of every variable")):
+        raise UnsupportedError(
+            "shard_optimizer_state=True needs an optimizer that is not built yet: wrap it "
+            "before compile/fit or the first apply"
+        )
+    for flag, why in (
+        ("clipnorm", "it clips each variable by its own norm; use global_clipnorm"),
+        ("use_ema", "it keeps an average of every variable"),
+    ):
         if getattr(optimizer, flag, None):
             raise UnsupportedError(f"shard_optimizer_state=True does not support {flag}: {why}")
     sharding = _Sharding(optimizer, options, reductions)
     setattr(optimizer, ATTRIBUTE, sharding)
-    methods: dict[str, Callable] = {"build": sharding.build, "apply": sharding.apply,
-                                    internals.CLIP_GRADIENTS: sharding.clip_gradients,
-                                    "save_own_variables": sharding.save_own_variables,
-                                    "load_own_variables": sharding.load_own_variables}
+    methods: dict[str, Callable] = {
+        "build": sharding.build,
+        "apply": sharding.apply,
+        internals.CLIP_GRADIENTS: sharding.clip_gradients,
+        "save_own_variables": sharding.save_own_variables,
+        "load_own_variables": sharding.load_own_variables,
+    }
     for name, method in methods.items():
         setattr(optimizer, name, method)
 

@@ -11,6 +11,7 @@ without terminal codes; the other ranks only on stderr or with ``--all-ranks``, 
 Lines of the launcher's own (``hvdtrain: ...``) are written with ``say``, which puts a bar on
 screen back under them.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,27 +21,43 @@ from typing import TextIO
 from . import parsers
 
 ERASE_TO_END = "\x1b[K"  # ANSI: clear from the cursor to the end of the line
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours and cursor moves (Keras's bar has them, even in a pipe)
+# colours and cursor moves (Keras's bar has them, even in a pipe)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # TensorFlow's start-up lines that TF_CPP_MIN_LOG_LEVEL does not silence: logged through absl before
 # TensorFlow reads it (oneDNN's notice, at every import), info and warnings only.
-_STARTUP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-                            r"STDERR|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\s*$", re.S)
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\s*$",
+    re.S,
+)
 
 
 class Console:
     """Writes the pieces ``JobMonitor`` keeps. Not thread-safe: the monitor holds its lock."""
 
-    def __init__(self, rank_hosts: dict[int, str], all_ranks: bool = False, quiet_startup: bool = False,
-                 continued_pieces: bool = False, out: TextIO | None = None, err: TextIO | None = None):
+    def __init__(
+        self,
+        rank_hosts: dict[int, str],
+        all_ranks: bool = False,
+        quiet_startup: bool = False,
+        continued_pieces: bool = False,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+    ):
         """``quiet_startup``: drop TensorFlow's absl start-up lines (when the user left
         ``TF_CPP_MIN_LOG_LEVEL`` unset)."""
         self.rank_hosts, self.all_ranks, self.quiet_startup = rank_hosts, all_ranks, quiet_startup
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.tty = self.out.isatty()
-        # mpirun prefixes only what follows a newline: a piece after a carriage return is the same worker's.
+        # mpirun prefixes only what follows a newline: a piece after a carriage return is the same
+        # worker's.
         self.continued_pieces = continued_pieces
-        self._open: dict[str, tuple[int, str]] = {}  # launcher stream -> worker whose line is unfinished there
-        self._bar: tuple[TextIO, str] | None = None  # rank 0's redrawn line now on screen (a terminal's)
+        self._open: dict[
+            str, tuple[int, str]
+        ] = {}  # launcher stream -> worker whose line is unfinished there
+        self._bar: tuple[TextIO, str] | None = (
+            None  # rank 0's redrawn line now on screen (a terminal's)
+        )
 
     def show(self, piece: str, launcher_stream: str) -> None:
         """One piece horovodrun relayed on its ``launcher_stream`` ("stdout"/"stderr")."""
@@ -71,8 +88,9 @@ class Console:
     def _as_written(self, stream: TextIO, text: str) -> None:
         text = text.replace("\b", "")  # Keras's bar backs over itself before its carriage return
         body = text.rstrip("\r\n")
-        end = text[len(body):]
-        if not self.tty:  # a file: each redraw a line of its own, the blank ones that erase a bar dropped
+        end = text[len(body) :]
+        # a file: each redraw a line of its own, the blank ones that erase a bar dropped
+        if not self.tty:
             body = _ANSI.sub("", body)
             if end == "\r":
                 body, end = body.rstrip(), ("\n" if body.strip() else "")

@@ -6,6 +6,7 @@ start-up, the hang bound and Horovod's settings that enforce it (``core.tuning``
 too, so scripts that call ``hvd.init()`` themselves get them), the launcher's host name for the
 ``worker_guard`` of remote workers and, under MPI across hosts, ssh keepalives.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,11 +31,15 @@ def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvir
     env = dict(os.environ)
     if not env.get("MLFLOW_TRACKING_URI"):
         if multi_host:
-            print("hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's local store "
-                  "is used; set it to a shared tracking server", file=sys.stderr)
+            print(
+                "hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's "
+                "local store is used; set it to a shared tracking server",
+                file=sys.stderr,
+            )
         env["MLFLOW_TRACKING_URI"] = _prepared_local_store()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # the summary names the run, once
+    # the summary names the run, once
+    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     env[tuning.HANG_TIMEOUT_ENV] = str(hang_timeout)
     if multi_host:
         env[worker_guard.LAUNCHER_HOST_ENV] = socket.gethostname()
@@ -52,7 +57,10 @@ def _prepared_local_store() -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         last = [line for line in done.stderr.splitlines() if line.strip()]
-        raise UsageError(f"cannot prepare the local MLflow store: {last[-1] if last else f'exit {done.returncode}'}")
+        raise UsageError(
+            "cannot prepare the local MLflow store: "
+            f"{last[-1] if last else f'exit {done.returncode}'}"
+        )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -61,4 +69,6 @@ def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:
     sessions to the hosts' daemons then check the link (ssh keepalives) and give up within about
     the hang timeout; mpirun ends the job and the launcher names the host."""
     interval = max(1, hang_timeout // 3)
-    env.setdefault("OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3")
+    env.setdefault(
+        "OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3"
+    )

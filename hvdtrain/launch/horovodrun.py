@@ -1,4 +1,5 @@
-"""``python -m hvdtrain.launch.horovodrun ARGS``: horovodrun, answering its build probe from the install.
+"""``python -m hvdtrain.launch.horovodrun ARGS``:
+horovodrun, answering its build probe from the install.
 
 Before it starts anything, horovodrun asks whether Horovod was built with Gloo (or MPI) by
 importing each framework's Horovod extension in a forked process, TensorFlow first: every job, a
@@ -10,6 +11,7 @@ as in a virtualenv over the one Horovod was installed in), which gives horovodru
 instead. With no record for this build, horovodrun probes as usual.
 Everything else is horovodrun's own ``run_commandline``.
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,7 +19,8 @@ import sys
 from ..core import versions
 
 PROBES = ("gloo_built", "mpi_built")  # what horovod.runner.launch calls before launching
-COMMAND = (sys.executable, "-m", "hvdtrain.launch.horovodrun")  # horovodrun of the running interpreter
+# horovodrun of the running interpreter
+COMMAND = (sys.executable, "-m", "hvdtrain.launch.horovodrun")
 
 
 def main() -> int:
@@ -27,8 +30,11 @@ def main() -> int:
     if built is not None:
         missing = [name for name in PROBES if not callable(getattr(launch, name, None))]
         if missing:  # Horovod moved its probes: say so rather than probe silently
-            raise SystemExit(f"hvdtrain: error: horovod.runner.launch has no {', '.join(missing)} any more "
-                             f"(Horovod {versions.running('horovod')}); hvdtrain/launch/horovodrun.py needs updating")
+            raise SystemExit(
+                f"hvdtrain: error: horovod.runner.launch has no {', '.join(missing)} any more "
+                f"(Horovod {versions.running('horovod')}); hvdtrain/launch/horovodrun.py needs "
+                "updating"
+            )
         launch.gloo_built = lambda verbose=False: "gloo" in built
         launch.mpi_built = lambda verbose=False: "mpi" in built
     sys.argv[0] = "horovodrun"

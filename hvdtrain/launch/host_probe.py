@@ -5,6 +5,7 @@ where the project is missing; standard library only. ``ARGS`` is one JSON object
 must exist, ``packages`` whose versions to report, the launcher's ``addresses`` ([interface,
 IPv4] pairs) and the ``port`` it listens on for this probe.
 """
+
 import fcntl
 import json
 import os
@@ -26,8 +27,10 @@ def interfaces() -> dict:
         for _, name in socket.if_nameindex():
             request = struct.pack("256s", name.encode()[:15])
             try:
-                address, netmask = (socket.inet_ntoa(fcntl.ioctl(s.fileno(), op, request)[20:24])
-                                    for op in (_SIOCGIFADDR, _SIOCGIFNETMASK))
+                address, netmask = (
+                    socket.inet_ntoa(fcntl.ioctl(s.fileno(), op, request)[20:24])
+                    for op in (_SIOCGIFADDR, _SIOCGIFNETMASK)
+                )
             except OSError:
                 continue  # no IPv4 address, or down
             found[name] = f"{address}/{netmask}"
@@ -37,7 +40,9 @@ def interfaces() -> dict:
 def own_addresses() -> list:
     """What this host's own name resolves to here (where Gloo's peers are told to connect)."""
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)})
+        return sorted(
+            {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        )
     except OSError:
         return []
 
@@ -72,15 +77,19 @@ def reachable(addresses: list, port: int) -> list:
 
 def main() -> None:
     request = json.loads(sys.argv[1])
-    print(json.dumps({
-        "hostname": socket.gethostname(),
-        "own_addresses": own_addresses(),
-        "interfaces": interfaces(),
-        "missing": [p for p in request["paths"] if not os.path.exists(p)],
-        "versions": {p: version(p) for p in request["packages"]},
-        "reached": reachable(request["addresses"], request["port"]),
-        "commands": {c: shutil.which(c) is not None for c in request.get("commands", [])},
-    }))
+    print(
+        json.dumps(
+            {
+                "hostname": socket.gethostname(),
+                "own_addresses": own_addresses(),
+                "interfaces": interfaces(),
+                "missing": [p for p in request["paths"] if not os.path.exists(p)],
+                "versions": {p: version(p) for p in request["packages"]},
+                "reached": reachable(request["addresses"], request["port"]),
+                "commands": {c: shutil.which(c) is not None for c in request.get("commands", [])},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 horovodrun will run it); and which rank lands on which host, by Horovod's own assignment.
 Each bad input is a ``UsageError`` of one line.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,7 +30,8 @@ def parse_host_list(text: str) -> Hosts:
 
 
 def read_hostfile(path: Path) -> Hosts:
-    """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment), as MPI reads them."""
+    """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment),
+    as MPI reads them."""
     if not path.is_file():
         raise UsageError(f"hostfile not found: {path}")
     hosts = []
@@ -54,24 +56,36 @@ def discover_hosts(script: str) -> Hosts:
     if not os.access(path, os.X_OK):
         raise UsageError(f"host discovery script {script} is not executable (chmod +x {script})")
     try:
-        done = subprocess.run([str(path.absolute())], capture_output=True, text=True, timeout=DISCOVERY_TIMEOUT_S)
+        done = subprocess.run(
+            [str(path.absolute())], capture_output=True, text=True, timeout=DISCOVERY_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
-        raise UsageError(f"host discovery script {script} did not finish within {DISCOVERY_TIMEOUT_S} s "
-                         f"(horovodrun runs it every second)") from None
+        raise UsageError(
+            f"host discovery script {script} did not finish within {DISCOVERY_TIMEOUT_S} s "
+            f"(horovodrun runs it every second)"
+        ) from None
     except OSError as err:
-        raise UsageError(f"host discovery script {script} cannot run: {err.strerror or err}") from None
+        raise UsageError(
+            f"host discovery script {script} cannot run: {err.strerror or err}"
+        ) from None
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no error output"])[-1]
-        raise UsageError(f"host discovery script {script} exited with status {done.returncode}: {detail}")
+        raise UsageError(
+            f"host discovery script {script} exited with status {done.returncode}: {detail}"
+        )
     hosts = []
-    for line in filter(None, (l.strip() for l in done.stdout.splitlines())):
+    for line in filter(None, (raw.strip() for raw in done.stdout.splitlines())):
         match = re.fullmatch(r"([^:\s]+):([1-9]\d*)", line)
         if not match:
-            raise UsageError(f"host discovery script {script} printed {line!r}: expected 'host:slots' lines, "
-                             f"e.g. node1:4")
+            raise UsageError(
+                f"host discovery script {script} printed {line!r}: expected 'host:slots' lines, "
+                f"e.g. node1:4"
+            )
         hosts.append((match.group(1), int(match.group(2))))
     if not hosts:
-        raise UsageError(f"host discovery script {script} printed no hosts (expected 'host:slots' lines)")
+        raise UsageError(
+            f"host discovery script {script} printed no hosts (expected 'host:slots' lines)"
+        )
     return hosts
 
 
@@ -89,4 +103,6 @@ def check_reachable(host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=3):
             pass
     except OSError as err:
-        raise UsageError(f"host {host} is unreachable on SSH port {port} ({err.strerror or err})") from None
+        raise UsageError(
+            f"host {host} is unreachable on SSH port {port} ({err.strerror or err})"
+        ) from None

@@ -7,6 +7,7 @@ prepared once and passed to every worker (``environment``), Gloo by default, bou
 and one line that explains a failed job instead of horovodrun's traceback, with the MLflow run
 marked FAILED.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,22 +33,38 @@ def run(request: Request) -> int:
     from ..tracking import legs
     from .hosts import rank_hosts
     from .monitor import JobMonitor
+
     with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
         run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
         run_file.touch()
         env = environment.build(job.hang_timeout, multi_host=plan is not None, mpi=request.mpi)
-        variables = {**env.variables, legs.RUN_FILE_ENV: str(run_file), RESULTS_ENV: str(results_file)}
-        monitor = JobMonitor(rank_hosts=rank_hosts(job.hosts, job.np) if not request.elastic else {},
-                             elastic=request.elastic, checkpoint_dir=_option(request.args, "--checkpoint-dir"),
-                             run_file=run_file, hang_timeout=env.hang_timeout, mpi=request.mpi,
-                             remote_hosts=[h for h, _ in job.hosts if not preflight.is_local(h)],
-                             ssh_port=request.ssh_port, all_ranks=request.all_ranks,
-                             quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ)
+        variables = {
+            **env.variables,
+            legs.RUN_FILE_ENV: str(run_file),
+            RESULTS_ENV: str(results_file),
+        }
+        monitor = JobMonitor(
+            rank_hosts=rank_hosts(job.hosts, job.np) if not request.elastic else {},
+            elastic=request.elastic,
+            checkpoint_dir=_option(request.args, "--checkpoint-dir"),
+            run_file=run_file,
+            hang_timeout=env.hang_timeout,
+            mpi=request.mpi,
+            remote_hosts=[h for h, _ in job.hosts if not preflight.is_local(h)],
+            ssh_port=request.ssh_port,
+            all_ranks=request.all_ranks,
+            quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ,
+        )
         threading.Thread(target=_import_mlflow_once_tracking, args=(run_file,), daemon=True).start()
         returncode = monitor.run(command, variables)
         if returncode == 0:
-            lines = summary.block(workers=job.np, hosts=[h for h, _ in job.hosts], wall_s=time.monotonic() - started,
-                                  results=summary.read(results_file), run=summary.read(run_file))
+            lines = summary.block(
+                workers=job.np,
+                hosts=[h for h, _ in job.hosts],
+                wall_s=time.monotonic() - started,
+                results=summary.read(results_file),
+                run=summary.read(run_file),
+            )
             print("\n".join(lines), flush=True)
     return returncode
 
@@ -69,8 +86,12 @@ def build_command(job: Job, plan: preflight.Plan | None = None) -> list[str]:
     """The horovodrun command line for ``job``, on the network ``plan`` chose (None: one host)."""
     request = job.request
     if request.elastic:
-        placement = ["--min-np", str(job.min_np), "--host-discovery-script",
-                     shlex.quote(str(Path(request.host_discovery_script).absolute()))]
+        placement = [
+            "--min-np",
+            str(job.min_np),
+            "--host-discovery-script",
+            shlex.quote(str(Path(request.host_discovery_script).absolute())),
+        ]
         placement += ["--max-np", str(request.max_np)] if request.max_np else []
         if request.blacklist_cooldown_range:
             placement += ["--blacklist-cooldown-range", *map(str, request.blacklist_cooldown_range)]
@@ -83,25 +104,57 @@ def build_command(job: Job, plan: preflight.Plan | None = None) -> list[str]:
     if plan is not None:
         # horovodrun serves the rendezvous on its --network-interfaces' address and tells workers
         # to bind that same name: given the launcher's interface, the workers' is set here.
-        placement += ["--network-interfaces", plan.interface if request.mpi else plan.launcher_interface]
-        settings = [] if request.mpi else [f"HOROVOD_GLOO_RENDEZVOUS_ADDR={plan.rendezvous_address}",
-                                           f"HOROVOD_GLOO_IFACE={plan.interface}",
-                                           f"NCCL_SOCKET_IFNAME={plan.interface}"]
-        worker = [*(["env", *settings] if settings else []), sys.executable, "-m", worker_guard.__name__,
-                  sys.executable]
-    # Under MPI the default port is left to environment's ssh keepalives (horovodrun would override its ssh options).
+        placement += [
+            "--network-interfaces",
+            plan.interface if request.mpi else plan.launcher_interface,
+        ]
+        settings = (
+            []
+            if request.mpi
+            else [
+                f"HOROVOD_GLOO_RENDEZVOUS_ADDR={plan.rendezvous_address}",
+                f"HOROVOD_GLOO_IFACE={plan.interface}",
+                f"NCCL_SOCKET_IFNAME={plan.interface}",
+            ]
+        )
+        worker = [
+            *(["env", *settings] if settings else []),
+            sys.executable,
+            "-m",
+            worker_guard.__name__,
+            sys.executable,
+        ]
+    # Under MPI the default port is left to environment's ssh keepalives (horovodrun would override
+    # its ssh options).
     port = [] if request.mpi and request.ssh_port == 22 else ["-p", str(request.ssh_port)]
-    return [*horovodrun.COMMAND, "-np", str(job.np), *placement, "--mpi" if request.mpi else "--gloo", *port,
-            *worker, str(request.script), *request.args]
+    return [
+        *horovodrun.COMMAND,
+        "-np",
+        str(job.np),
+        *placement,
+        "--mpi" if request.mpi else "--gloo",
+        *port,
+        *worker,
+        str(request.script),
+        *request.args,
+    ]
 
 
 def _preflight(job: Job) -> preflight.Plan | None:
-    """The pre-flight checks of a job on several hosts (``UsageError``), and the network they chose."""
+    """The pre-flight checks of a job on several hosts
+    (``UsageError``), and the network they chose."""
     request = job.request
-    return preflight.check(preflight.Request(hosts=[h for h, _ in job.hosts], ssh_port=request.ssh_port,
-                                             python=sys.executable, cwd=os.getcwd(),
-                                             script=str(Path(request.script).absolute()),
-                                             interface=request.network_interface, mpi=request.mpi))
+    return preflight.check(
+        preflight.Request(
+            hosts=[h for h, _ in job.hosts],
+            ssh_port=request.ssh_port,
+            python=sys.executable,
+            cwd=os.getcwd(),
+            script=str(Path(request.script).absolute()),
+            interface=request.network_interface,
+            mpi=request.mpi,
+        )
+    )
 
 
 def _option(argv: tuple[str, ...], flag: str) -> str | None:

@@ -4,6 +4,7 @@ Used by ``launch.job``; the texts it reads are parsed in ``parsers``. Workers on
 run under ``worker_guard``, which reports their signals and frozen states in the output, and
 stops them when their ssh session ends; ``stopping`` ends a job.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,19 @@ class JobMonitor:
     limit, preemption) stops the job the same way, reported as cancelled.
     """
 
-    def __init__(self, rank_hosts: dict[int, str], elastic: bool, checkpoint_dir: str | None, run_file: Path,
-                 hang_timeout: int, mpi: bool = False, remote_hosts: list[str] = (),
-                 ssh_port: int = 22, all_ranks: bool = False, quiet_startup: bool = False):
+    def __init__(
+        self,
+        rank_hosts: dict[int, str],
+        elastic: bool,
+        checkpoint_dir: str | None,
+        run_file: Path,
+        hang_timeout: int,
+        mpi: bool = False,
+        remote_hosts: list[str] = (),
+        ssh_port: int = 22,
+        all_ranks: bool = False,
+        quiet_startup: bool = False,
+    ):
         self.rank_hosts = rank_hosts
         self.console = Console(rank_hosts, all_ranks, quiet_startup, continued_pieces=mpi)
         self.elastic = elastic
@@ -57,13 +68,17 @@ class JobMonitor:
         self.launcher_error: list[str] = []
         self.mpi_notices: dict[int, parsers.MpiNotices] = {}  # one per relayed stream
         self._frozen_checked = 0.0
-        self._lost: Future | None = None  # the remote hosts that did not answer once a worker failed
+        self._lost: Future | None = (
+            None  # the remote hosts that did not answer once a worker failed
+        )
         self._lock = threading.Lock()
 
     def run(self, command: list[str], env: dict[str, str]) -> int:
         proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        relays = [threading.Thread(target=self._relay, args=(stream, out), daemon=True)
-                  for stream, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+        relays = [
+            threading.Thread(target=self._relay, args=(stream, out), daemon=True)
+            for stream, out in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))
+        ]
         for relay in relays:
             relay.start()
         previous = stopping.on_sigterm(self._cancel)
@@ -76,7 +91,9 @@ class JobMonitor:
                 if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
                     time.sleep(0.2)
                 elif self.failed.wait(0.2):
-                    with ThreadPoolExecutor(1) as pool:  # which hosts answer, asked while the job stops
+                    with ThreadPoolExecutor(
+                        1
+                    ) as pool:  # which hosts answer, asked while the job stops
                         self._lost = pool.submit(self._unreachable)
                         stopping.stop_job(proc, self.frozen)
                     break
@@ -101,7 +118,9 @@ class JobMonitor:
             self.failed.set()
 
     def _report_cancelled(self, stopped: float) -> int:
-        self._announce("job cancelled: SIGTERM (scancel, time limit or preemption)", self.cancelled, stopped)
+        self._announce(
+            "job cancelled: SIGTERM (scancel, time limit or preemption)", self.cancelled, stopped
+        )
         return 128 + signal.SIGTERM
 
     def _relay(self, stream, name: str) -> None:
@@ -136,8 +155,11 @@ class JobMonitor:
         """Note what ``line`` says about a failure; False for lines the summary replaces."""
         if worker := parsers.split_worker_line(line):
             rank, stream, text = worker
-            if text.strip() in ("Terminated", "Killed") or (self.mpi and parsers.is_mpi_frame(text)):
-                return False  # the worker's shell reporting its death (the summary says it), or mpirun's frame
+            if text.strip() in ("Terminated", "Killed") or (
+                self.mpi and parsers.is_mpi_frame(text)
+            ):
+                # the worker's shell reporting its death (the summary says it), or mpirun's frame
+                return False
             if stream == "stderr":
                 return self._inspect_worker_stderr(rank, text)
             return True
@@ -146,7 +168,8 @@ class JobMonitor:
             shown = notices.feed(line)
             for rank, status in notices.failures:
                 self._record_failure(rank, status)
-            if shown != [line]:  # mpirun's framed notice: held back until it ends, dropped if about a failure
+            # mpirun's framed notice: held back until it ends, dropped if about a failure
+            if shown != [line]:
                 for held in shown:
                     self.console.show(held, "stderr")
                 return False
@@ -154,13 +177,16 @@ class JobMonitor:
             if exited[1] != 0:
                 self._record_failure(*exited)
                 if self.elastic:
-                    self.console.say(f"hvdtrain: worker {exited[0]} {parsers.describe_status(exited[1])}; "
-                                     f"elastic mode: training goes on with the others")
+                    self.console.say(
+                        f"hvdtrain: worker {exited[0]} {parsers.describe_status(exited[1])}; "
+                        f"elastic mode: training goes on with the others"
+                    )
             return False
         if parsers.is_termination_notice(line):
             return False
         if self.launcher_error or line.startswith("Traceback (most recent call last):"):
-            self.launcher_error.append(line)  # horovodrun's own traceback: summarised or printed at the end
+            # horovodrun's own traceback: summarised or printed at the end
+            self.launcher_error.append(line)
             return False
         return True
 
@@ -171,17 +197,21 @@ class JobMonitor:
             self.gloo_timeouts.setdefault(rank, seconds)
             self._record_failure(rank, 1)  # the rank is about to exit: no need to wait for it
             return False
-        return PEER_FAILURE_MARKERS[1] not in text  # Horovod's C++ line; the rank's own line follows
+        # Horovod's C++ line; the rank's own line follows
+        return PEER_FAILURE_MARKERS[1] not in text
 
     def _warn_stalls(self) -> None:
-        """One line per stall warning Horovod printed (the report is complete once its lines stop)."""
+        """One line per stall warning Horovod printed
+        (the report is complete once its lines stop)."""
         with self._lock:
             reports = [r for p in self.stalls.values() for r in p.take_finished(idle_s=0.3)]
         for report in reports:
             if not report.shutdown:
                 with self._lock:
-                    self.console.say(f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is stopped "
-                                     f"if this lasts past the hang timeout")
+                    self.console.say(
+                        f"hvdtrain: warning: {report.summary()} (ranks diverged?); the job is "
+                        "stopped if this lasts past the hang timeout"
+                    )
 
     def _record_failure(self, rank: int, status: int) -> None:
         if self.failure is None:
@@ -212,13 +242,15 @@ class JobMonitor:
         if self.elastic and self.failure is not None:
             line = f"hvdtrain: elastic job failed: {_launcher_reason(self.launcher_error)}"
             self.console.say(line)
-            _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
+            _mark_run_failed(self.run_file, line[len("hvdtrain: ") :])
             return returncode if 0 < returncode < 256 else 1
         if self.failure is None:
             # horovodrun failed by itself: its last line (its traceback with HVDTRAIN_TRACEBACK=1).
             if os.environ.get("HVDTRAIN_TRACEBACK"):
                 sys.stderr.writelines(self.launcher_error)
-            self.console.say(f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}")
+            self.console.say(
+                f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}"
+            )
             return returncode
         rank, status, seen = self.failure
         self._announce(self._reason(rank, status), seen, stopped)
@@ -230,39 +262,62 @@ class JobMonitor:
         if self.checkpoint_dir:
             line += f"; last checkpoint: {_last_checkpoint(self.checkpoint_dir)}"
         self.console.say(line)
-        _mark_run_failed(self.run_file, line[len("hvdtrain: "):])
+        _mark_run_failed(self.run_file, line[len("hvdtrain: ") :])
 
     def _reason(self, rank: int, status: int) -> str:
         stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
         if stall is not None:
-            return f"{stall.summary()} (ranks diverged: different step counts, or a collective only some ranks call?)"
-        waited = f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s" if rank in self.gloo_timeouts else ""
+            return (
+                f"{stall.summary()} (ranks diverged: different step counts, or a collective "
+                "only some ranks call?)"
+            )
+        waited = (
+            f"; worker {rank} gave up after {self.gloo_timeouts[rank]:.0f} s"
+            if rank in self.gloo_timeouts
+            else ""
+        )
         if self.frozen:
-            return f"{self._workers(list(self.frozen))} stopped responding (process frozen, e.g. SIGSTOP){waited}"
-        lost = self._lost.result() if self._lost and (rank in self.gloo_timeouts or status == 255) else {}
+            return (
+                f"{self._workers(list(self.frozen))} stopped responding (process frozen, e.g. "
+                f"SIGSTOP){waited}"
+            )
+        lost = (
+            self._lost.result()
+            if self._lost and (rank in self.gloo_timeouts or status == 255)
+            else {}
+        )
         if lost:
             host, why = next(iter(lost.items()))
             on_it = sorted(r for r, h in self.rank_hosts.items() if h == host)
             workers = f" ({self._workers(on_it).replace(f' on {host}', '')})" if on_it else ""
-            return f"host {host}{workers} is unreachable ({why}: its link or the host went down){waited}"
+            return (
+                f"host {host}{workers} is unreachable ({why}: its link or the host went "
+                f"down){waited}"
+            )
         if rank == parsers.DAEMON_LOST:
             return "mpirun lost its connection to a host's daemon (a host or its link went down?)"
         if rank in self.gloo_timeouts:
-            return (f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that did not answer "
-                    f"(Gloo timeout: a frozen or unreachable worker?)")
+            return (
+                f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that "
+                "did not answer (Gloo timeout: a frozen or unreachable worker?)"
+            )
         return f"{self._workers([rank])} {parsers.describe_status(status)}"
 
     def _workers(self, ranks: list[int]) -> str:
-        names = [f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r) for r in sorted(ranks)]
+        names = [
+            f"{r} on {self.rank_hosts[r]}" if r in self.rank_hosts else str(r)
+            for r in sorted(ranks)
+        ]
         return ("worker " if len(names) == 1 else "workers ") + ", ".join(names)
 
     def _unreachable(self) -> dict[str, str]:
         """The job's remote hosts that do not answer on their SSH port now: host -> why."""
+
         def answer(host: str) -> str | None:
             try:
                 with socket.create_connection((host, self.ssh_port), timeout=REACH_TIMEOUT_S):
                     return None
-            except socket.timeout:
+            except TimeoutError:
                 return f"no answer on SSH port {self.ssh_port} within {REACH_TIMEOUT_S:.0f} s"
             except OSError as err:
                 return f"{(err.strerror or str(err)).lower()} on SSH port {self.ssh_port}"
@@ -291,7 +346,7 @@ def _launcher_reason(lines: list[str]) -> str:
     named = parsers.first_exit("".join(lines))
     if named:
         return named
-    last = [l.strip() for l in lines if l.strip()]
+    last = [line.strip() for line in lines if line.strip()]
     return last[-1] if last else "horovodrun failed without a message"
 
 

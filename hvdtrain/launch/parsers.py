@@ -3,6 +3,7 @@ launcher tells the user: a worker's exit, the stall inspector's report, a Gloo t
 or killed remote worker, mpirun's framed notices. ``JobMonitor`` reads a job's output with these;
 ``hvdtrain.spark.run`` reads Horovod's exception with ``first_exit``.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from ..core.failures import PEER_FAILURE_MARKERS
 from . import worker_guard
 
-_WORKER_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S)  # horovodrun's, mpirun's
+# horovodrun's, mpirun's
+_WORKER_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
 _PROCESS_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.\s*$")
 _TERMINATING = re.compile(r"^Terminating remaining workers after failure of Process \d+\.\s*$")
 _STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) seconds")
@@ -49,16 +51,21 @@ def first_exit(text: str) -> str | None:
 
 # worker_guard's lines as relayed, anywhere in a line: mpirun relays output in chunks, so a
 # guard's line may follow another rank's unfinished one (a progress bar).
-_GUARD_NOTICE = re.compile(r"\[(?:\d+,)?(\d+)\]<stderr>:" + re.escape(worker_guard.NOTICE)
-                           + r"(frozen by|killed by|continued)(?: (SIG[A-Z0-9]+))?")
+_GUARD_NOTICE = re.compile(
+    r"\[(?:\d+,)?(\d+)\]<stderr>:"
+    + re.escape(worker_guard.NOTICE)
+    + r"(frozen by|killed by|continued)(?: (SIG[A-Z0-9]+))?"
+)
 _GUARD_KINDS = {"frozen by": "frozen", "killed by": "killed", "continued": "continued"}
 
 
 def guard_notices(line: str) -> list[tuple[int, str, int | None]]:
     """What ``worker_guard`` said in ``line`` about its worker: (rank, "frozen", signal),
     (rank, "continued", None) or (rank, "killed", signal) each."""
-    return [(int(rank), _GUARD_KINDS[kind], signal.Signals[name].value if name else None)
-            for rank, kind, name in _GUARD_NOTICE.findall(line)]
+    return [
+        (int(rank), _GUARD_KINDS[kind], signal.Signals[name].value if name else None)
+        for rank, kind, name in _GUARD_NOTICE.findall(line)
+    ]
 
 
 def without_guard_notices(line: str) -> str:
@@ -71,12 +78,23 @@ _MPI_SIGNALED = re.compile(r"process rank (\d+) with PID \d+ on node \S+ exited 
 _MPI_PROCESS = re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]")
 _MPI_EXIT_CODE = re.compile(r"Exit code:\s+(-?\d+)")
 # mpirun lost a host's daemon (its ssh session gave up: the host or its link is down).
-_MPI_DAEMON_LOST = ("ORTE has lost communication with a remote daemon", "ORTE was unable to reliably start")
+_MPI_DAEMON_LOST = (
+    "ORTE has lost communication with a remote daemon",
+    "ORTE was unable to reliably start",
+)
 DAEMON_LOST = -1  # the "rank" of such a failure: no worker is named
 # mpirun's notices that come with a failed rank: from the first one on, mpirun only reports the
 # job's end (the one-line summary replaces all of it).
-_MPI_FAILURE_TEXTS = ("unexpectedly disconnected", "Primary job", "mpirun noticed", "mpirun detected",
-                      "failed to TCP connect", "lost communication", "MPI_ABORT", *_MPI_DAEMON_LOST)
+_MPI_FAILURE_TEXTS = (
+    "unexpectedly disconnected",
+    "Primary job",
+    "mpirun noticed",
+    "mpirun detected",
+    "failed to TCP connect",
+    "lost communication",
+    "MPI_ABORT",
+    *_MPI_DAEMON_LOST,
+)
 
 
 def is_mpi_frame(text: str) -> bool:
@@ -136,6 +154,7 @@ def describe_status(status: int) -> str:
 @dataclass
 class StallReport:
     """Horovod's stall inspector warning: which ranks have not submitted which collectives."""
+
     seconds: int
     missing: dict[int, list[str]] = field(default_factory=dict)
     shutdown: bool = False
@@ -143,8 +162,10 @@ class StallReport:
     def summary(self) -> str:
         tensors = sorted({t for names in self.missing.values() for t in names})
         more = f" and {len(tensors) - 1} more" if len(tensors) > 1 else ""
-        return (f"ranks {sorted(self.missing)} did not join collective '{tensors[0] if tensors else '?'}'{more} "
-                f"for {self.seconds} s")
+        return (
+            f"ranks {sorted(self.missing)} did not join collective "
+            f"'{tensors[0] if tensors else '?'}'{more} for {self.seconds} s"
+        )
 
 
 class StallParser:
@@ -187,7 +208,7 @@ class StallParser:
         if self._open and time.monotonic() - self._last_fed > idle_s:
             self._open = False
         end = len(self.reports) - (1 if self._open else 0)
-        taken, self._taken = self.reports[self._taken:end], max(self._taken, end)
+        taken, self._taken = self.reports[self._taken : end], max(self._taken, end)
         return taken
 
 

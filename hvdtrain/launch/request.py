@@ -2,6 +2,7 @@
 ``Job`` before any worker starts: every user error is one ``UsageError`` line, found here rather
 than by horovodrun after its workers started.
 """
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 from ..core import tuning
 from ..core.errors import UsageError
 from ..core.slurm import SlurmError
-from . import hosts as host_lists, preflight, slurm
+from . import hosts as host_lists
+from . import preflight, slurm
 from .hosts import Hosts
 
 FRAMEWORKS = ("auto", "torch", "keras")
@@ -55,7 +57,9 @@ class Job:
 def check(request: Request) -> Job:
     """Validate ``request`` before anything starts; ``UsageError`` on bad input."""
     if request.framework not in FRAMEWORKS:
-        raise UsageError(f"unknown framework {request.framework!r}; allowed: {', '.join(FRAMEWORKS)}")
+        raise UsageError(
+            f"unknown framework {request.framework!r}; allowed: {', '.join(FRAMEWORKS)}"
+        )
     hang_timeout = _hang_timeout(request.hang_timeout)
     try:
         slurm.check_launcher()
@@ -76,7 +80,8 @@ def check(request: Request) -> Job:
 
 
 def _hang_timeout(given: int | None) -> int:
-    """``--hang-timeout`` when given, else ``$HVDTRAIN_HANG_TIMEOUT`` or the default: parsed once."""
+    """``--hang-timeout`` when given,
+    else ``$HVDTRAIN_HANG_TIMEOUT`` or the default: parsed once."""
     try:
         return tuning.hang_timeout() if given is None else tuning.check_hang_timeout(given)
     except ValueError as err:
@@ -84,9 +89,12 @@ def _hang_timeout(given: int | None) -> int:
 
 
 def _check_static(request: Request) -> tuple[int, Hosts]:
-    for flag, value in (("--min-np", request.min_np), ("--max-np", request.max_np),
-                        ("--host-discovery-script", request.host_discovery_script),
-                        ("--blacklist-cooldown-range", request.blacklist_cooldown_range)):
+    for flag, value in (
+        ("--min-np", request.min_np),
+        ("--max-np", request.max_np),
+        ("--host-discovery-script", request.host_discovery_script),
+        ("--blacklist-cooldown-range", request.blacklist_cooldown_range),
+    ):
         if value is not None:
             raise UsageError(f"{flag} needs --elastic")
     allocation = _slurm_allocation(request)
@@ -103,8 +111,10 @@ def _check_static(request: Request) -> tuple[int, Hosts]:
         hosts = host_lists.parse_host_list(request.hosts or f"localhost:{np}")
     slots = sum(slot for _, slot in hosts)
     if np > slots:
-        raise UsageError(f"-np {np} needs {np} slots but the hosts offer {slots} "
-                         f"({','.join(f'{h}:{s}' for h, s in hosts)})")
+        raise UsageError(
+            f"-np {np} needs {np} slots but the hosts offer {slots} "
+            f"({','.join(f'{h}:{s}' for h, s in hosts)})"
+        )
     return np, hosts
 
 
@@ -112,7 +122,9 @@ def _check_elastic(request: Request) -> tuple[int, int, Hosts]:
     """Elastic flags and the discovery script (run once now): the workers to start with, the
     fewest to go on with, and the hosts offered now."""
     if request.hosts or request.hostfile:
-        raise UsageError("--elastic takes its hosts from --host-discovery-script, not -H/--hostfile")
+        raise UsageError(
+            "--elastic takes its hosts from --host-discovery-script, not -H/--hostfile"
+        )
     if request.mpi:
         raise UsageError("--elastic runs on Gloo; drop --mpi")
     if not request.host_discovery_script:
@@ -127,8 +139,10 @@ def _check_elastic(request: Request) -> tuple[int, int, Hosts]:
     if request.blacklist_cooldown_range:
         low, high = request.blacklist_cooldown_range
         if not COOLDOWN_LIMITS[0] <= low <= high <= COOLDOWN_LIMITS[1]:
-            raise UsageError(f"--blacklist-cooldown-range {low} {high}: need {COOLDOWN_LIMITS[0]} <= MIN <= MAX "
-                             f"<= {COOLDOWN_LIMITS[1]} seconds")
+            raise UsageError(
+                f"--blacklist-cooldown-range {low} {high}: need {COOLDOWN_LIMITS[0]} <= MIN <= MAX "
+                f"<= {COOLDOWN_LIMITS[1]} seconds"
+            )
     hosts = host_lists.discover_hosts(request.host_discovery_script)
     slots = sum(s for _, s in hosts)
     np = request.np if request.np is not None else max(min_np, min(slots, max_np or slots))
@@ -136,8 +150,11 @@ def _check_elastic(request: Request) -> tuple[int, int, Hosts]:
         bounds = f"--min-np {min_np}" + (f" and --max-np {max_np}" if max_np else "")
         raise UsageError(f"-np {np} must lie within {bounds}")
     if slots < np:
-        print(f"hvdtrain: warning: the discovery script offers {slots} slots for -np {np}; horovodrun "
-              f"waits for more (up to its --elastic-timeout)", file=sys.stderr)
+        print(
+            f"hvdtrain: warning: the discovery script offers {slots} slots for -np {np}; "
+            "horovodrun waits for more (up to its --elastic-timeout)",
+            file=sys.stderr,
+        )
     return np, min_np, hosts
 
 

@@ -11,13 +11,14 @@ refuses it; ``core.slurm`` refuses the other such launch, ``srun python train.py
 Framework-free and without Slurm's own tools (``scontrol`` is often missing in containers);
 the expansion is checked against ``scontrol show hostnames`` in ``tests/test_slurm.py``.
 """
+
 from __future__ import annotations
 
 import itertools
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..core.slurm import SlurmError, step_name
 
@@ -44,17 +45,23 @@ def allocation(env: Mapping[str, str] = os.environ) -> Allocation | None:
     if not job_id or not nodelist:
         return None
     if env.get("SLURM_STEP_ID") is not None:
-        raise SlurmError(f"inside srun step {job_id}.{env['SLURM_STEP_ID']} the job's hosts are not visible: "
-                         f"run hvdtrain run in the batch script or salloc shell, not under srun (or pass -H)")
+        raise SlurmError(
+            f"inside srun step {job_id}.{env['SLURM_STEP_ID']} the job's hosts are not visible: "
+            f"run hvdtrain run in the batch script or salloc shell, not under srun (or pass -H)"
+        )
     hosts = expand_hostlist(nodelist)
     per_node = env.get("SLURM_TASKS_PER_NODE")
     if not per_node:
-        raise SlurmError(f"Slurm job {job_id}: SLURM_TASKS_PER_NODE is not set (allocate tasks, e.g. "
-                         f"--ntasks-per-node=1, or pass -H)")
+        raise SlurmError(
+            f"Slurm job {job_id}: SLURM_TASKS_PER_NODE is not set (allocate tasks, e.g. "
+            f"--ntasks-per-node=1, or pass -H)"
+        )
     counts = expand_counts(per_node)
     if len(counts) != len(hosts):
-        raise SlurmError(f"Slurm job {job_id}: SLURM_TASKS_PER_NODE={per_node} gives {len(counts)} counts for "
-                         f"{len(hosts)} nodes in SLURM_JOB_NODELIST={nodelist}")
+        raise SlurmError(
+            f"Slurm job {job_id}: SLURM_TASKS_PER_NODE={per_node} gives {len(counts)} counts for "
+            f"{len(hosts)} nodes in SLURM_JOB_NODELIST={nodelist}"
+        )
     return Allocation(job_id, nodelist, list(zip(hosts, counts)))
 
 
@@ -62,20 +69,25 @@ def check_launcher(env: Mapping[str, str] = os.environ) -> None:
     """Refuse a launcher started by srun once per task: each would launch the whole job."""
     tasks = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
     if tasks > 1:
-        raise SlurmError(f"started by srun as task {env.get('SLURM_PROCID', '?')} of {tasks} (step {step_name(env)}): "
-                         f"each task would launch its own job; run hvdtrain run once, in the batch script or salloc "
-                         f"shell, without srun")
+        raise SlurmError(
+            f"started by srun as task {env.get('SLURM_PROCID', '?')} of {tasks} (step "
+            f"{step_name(env)}): each task would launch its own job; run hvdtrain run once, in the "
+            "batch script or salloc shell, without srun"
+        )
 
 
 def check_world_size(alloc: Allocation, np: int | None) -> int:
     """The number of workers for a job in ``alloc``: one per task; ``-np`` must agree."""
     if np is not None and np != alloc.tasks:
-        raise SlurmError(f"-np {np} differs from the allocation: {alloc.describe()}; hvdtrain run starts one "
-                         f"worker per task (leave out -np, or change --ntasks/--ntasks-per-node)")
+        raise SlurmError(
+            f"-np {np} differs from the allocation: {alloc.describe()}; hvdtrain run starts one "
+            f"worker per task (leave out -np, or change --ntasks/--ntasks-per-node)"
+        )
     return alloc.tasks
 
 
-# --- Slurm's compressed lists ----------------------------------------------------------------------
+# --- Slurm's compressed lists ---------------------------------------------------------------------
+
 
 def expand_hostlist(text: str) -> list[str]:
     """``t0h[2-3],gpu[01,07-08],login`` -> every name, in order; zero padding kept; several
@@ -85,7 +97,9 @@ def expand_hostlist(text: str) -> list[str]:
         parts = re.split(r"\[([^\]]*)\]", item)  # literal, ranges, literal, ranges, ..., literal
         if any(c in part for part in parts[::2] for c in "[]") or not item:
             raise SlurmError(f"bad Slurm hostlist {text!r}")
-        choices = [[part] if i % 2 == 0 else _expand_ranges(part, text) for i, part in enumerate(parts)]
+        choices = [
+            [part] if i % 2 == 0 else _expand_ranges(part, text) for i, part in enumerate(parts)
+        ]
         names += ["".join(combo) for combo in itertools.product(*choices)]
     return names
 

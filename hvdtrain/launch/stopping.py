@@ -2,6 +2,7 @@
 ``worker_guard`` stops them), then what horovodrun still runs; and the launcher's own SIGTERM
 (a scheduler cancelling the job), which ``JobMonitor`` turns into the same stop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,7 +40,8 @@ def stop_job(proc: subprocess.Popen, frozen: dict[int, float]) -> None:
         try:
             if p.status() == psutil.STATUS_STOPPED:
                 frozen.setdefault(rank, time.monotonic())
-                p.kill()  # a frozen worker cannot finish anything: SIGTERM would only wait out the grace
+                # a frozen worker cannot finish anything: SIGTERM would only wait out the grace
+                p.kill()
             else:
                 p.terminate()
         except psutil.NoSuchProcess:

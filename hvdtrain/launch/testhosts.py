@@ -12,6 +12,7 @@ What is changed outside the namespaces, and removed by ``down``: a bridge ``hvtb
 block of names in ``/etc/hosts``, a block in ``~/.ssh/config`` and the state directory
 ``/run/hvdtrain-test-hosts/<instance>``. Measured facts these rely on: ``../shared/test-hosts.md``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,22 +24,30 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 STATE_ROOT = Path("/run/hvdtrain-test-hosts")
 ETC_HOSTS = Path("/etc/hosts")
 SSH_CONFIG = Path.home() / ".ssh" / "config"
 MAX_INSTANCES = 100
 SSHD = "/usr/sbin/sshd"
-NEEDED_COMMANDS = {"ip": "iproute2", "tc": "iproute2", SSHD: "openssh-server", "ssh": "openssh-client",
-                   "ssh-keygen": "openssh-client", "nsenter": "util-linux", "unshare": "util-linux"}
+NEEDED_COMMANDS = {
+    "ip": "iproute2",
+    "tc": "iproute2",
+    SSHD: "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "nsenter": "util-linux",
+    "unshare": "util-linux",
+}
 MANUAL = "manual"  # owner of a set made by ``hvdtrain test-hosts up``: kept until ``down``
 
 
 class TestHostsError(RuntimeError):
-    """The machine cannot make test hosts (not root, a missing tool); the message says what to do."""
+    """The machine cannot make test hosts (not root, a missing tool);
+    the message says what to do."""
 
 
 def unavailable_reason() -> str | None:
@@ -79,21 +88,24 @@ class TestHosts:
         self.hosts: list[Host] = []
 
     # --- life cycle ------------------------------------------------------------------------------
-    def __enter__(self) -> "TestHosts":
+    def __enter__(self) -> TestHosts:
         self.up()
         return self
 
     def __exit__(self, *exc) -> None:
         self.down()
 
-    def up(self) -> "TestHosts":
+    def up(self) -> TestHosts:
         reason = unavailable_reason()
         if reason:
             raise TestHostsError(reason)
         self.instance = _claim_instance(self.owner)
         try:
             k = self.instance
-            self.hosts = [Host(f"t{k}h{i}", f"10.77.{k}.{10 + i}", f"vt{k}h{i}") for i in range(1, self.count + 1)]
+            self.hosts = [
+                Host(f"t{k}h{i}", f"10.77.{k}.{10 + i}", f"vt{k}h{i}")
+                for i in range(1, self.count + 1)
+            ]
             key = self.state / "id_ed25519"
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
             _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.state / "host_key"))
@@ -104,7 +116,9 @@ class TestHosts:
             for host in self.hosts:
                 self._make(host)
             with _locked():  # other sets edit the same files at the same time
-                _edit_block(ETC_HOSTS, self._marker, "".join(f"{h.address} {h.name}\n" for h in self.hosts))
+                _edit_block(
+                    ETC_HOSTS, self._marker, "".join(f"{h.address} {h.name}\n" for h in self.hosts)
+                )
             SSH_CONFIG.parent.mkdir(mode=0o700, exist_ok=True)
             self.jump([], via=None)
             for host in self.hosts:
@@ -120,7 +134,7 @@ class TestHosts:
             remove(self.instance)
             self.instance = None
 
-    # --- what tests do to hosts --------------------------------------------------------------------
+    # --- what tests do to hosts -------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
         return [h.name for h in self.hosts]
@@ -131,8 +145,15 @@ class TestHosts:
                 return host
         raise KeyError(f"no test host {name!r}; hosts: {', '.join(self.names)}")
 
-    def start(self, name: str, *, etc_hosts: str | None = None, hide: Sequence[str] = (),
-              binds: Sequence[tuple[str, str]] = (), sshd_options: Sequence[str] = ()) -> None:
+    def start(
+        self,
+        name: str,
+        *,
+        etc_hosts: str | None = None,
+        hide: Sequence[str] = (),
+        binds: Sequence[tuple[str, str]] = (),
+        sshd_options: Sequence[str] = (),
+    ) -> None:
         """(Re)start the host's sshd, the process every later command on the host descends from.
 
         ``etc_hosts``: the host's own /etc/hosts (e.g. its name on a loopback address, as Debian
@@ -151,18 +172,39 @@ class TestHosts:
         setup += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in binds]
         config = self.state / f"sshd-{host.name}.conf"
         # sshd takes the first value it reads for an option: the caller's come first.
-        config.write_text("".join(f"{line}\n" for line in sshd_options) + _sshd_config(host, self.state))
+        config.write_text(
+            "".join(f"{line}\n" for line in sshd_options) + _sshd_config(host, self.state)
+        )
         Path("/run/sshd").mkdir(exist_ok=True)  # Debian's sshd refuses to start without it
         setup.append(f"exec {SSHD} -D -e -f {config}")
         log = open(self.state / f"sshd-{host.name}.log", "ab")
-        subprocess.Popen(["ip", "netns", "exec", host.name, "unshare", "--uts", "--mount", "--propagation",
-                          "private", "sh", "-c", " && ".join(setup)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.name,
+                "unshare",
+                "--uts",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                " && ".join(setup),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 10
         while self._sshd_pid(host) is None or not self._port_open(host):
             if time.monotonic() > deadline:
-                raise TestHostsError(f"sshd on test host {name} did not start; see {self.state}/sshd-{name}.log")
+                raise TestHostsError(
+                    f"sshd on test host {name} did not start; see {self.state}/sshd-{name}.log"
+                )
             time.sleep(0.05)
 
     def stop(self, name: str) -> None:
@@ -178,9 +220,13 @@ class TestHosts:
         k = self.instance
         detour = f"Host {' '.join(names)}\n  ProxyJump {via}\n" if names and via else ""
         with _locked():
-            _edit_block(SSH_CONFIG, self._marker,
-                        f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n  StrictHostKeyChecking no\n"
-                        f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  ConnectTimeout 5\n")
+            _edit_block(
+                SSH_CONFIG,
+                self._marker,
+                f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n"
+                "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+                "  ConnectTimeout 5\n",
+            )
 
     def cut(self, name: str) -> None:
         """The host's link goes down (its processes keep running, unreachable)."""
@@ -201,7 +247,13 @@ class TestHosts:
         for pid in self.processes(name):
             with contextlib.suppress(OSError):
                 if pid != sshd:
-                    command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                    command = (
+                        Path(f"/proc/{pid}/cmdline")
+                        .read_bytes()
+                        .replace(b"\0", b" ")
+                        .decode()
+                        .strip()
+                    )
                     found.append(f"{pid} {command}")
         return found
 
@@ -212,20 +264,41 @@ class TestHosts:
         pid = self._sshd_pid(host)
         if pid is None:
             raise TestHostsError(f"test host {name} is stopped")
-        # Entering a mount namespace moves to its root directory: the working directory is set again.
+        # Entering a mount namespace moves to its root directory: the working directory is set
+        # again.
         workdir = os.fspath(popen.pop("cwd", None) or os.getcwd())
-        return subprocess.Popen(["nsenter", "--target", str(pid), "--net", "--uts", "--mount", f"--wd={workdir}", "--",
-                                 *argv], **popen)
+        return subprocess.Popen(
+            [
+                "nsenter",
+                "--target",
+                str(pid),
+                "--net",
+                "--uts",
+                "--mount",
+                f"--wd={workdir}",
+                "--",
+                *argv,
+            ],
+            **popen,
+        )
 
-    def run(self, name: str, argv: Sequence[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-        proc = self.spawn(name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    def run(
+        self, name: str, argv: Sequence[str], timeout: float = 60, **kwargs
+    ) -> subprocess.CompletedProcess:
+        proc = self.spawn(
+            name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
         out, err = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def ssh(self, name: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """``command`` through ``ssh <host>``, as a user logs in (a login environment)."""
-        return subprocess.run(["ssh", "-o", "BatchMode=yes", name, command], capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", name, command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def run_root(self, name: str, *argv: str) -> None:
         """A command in the host's network namespace only (link and traffic settings)."""
@@ -246,32 +319,66 @@ class TestHosts:
 
     def _make(self, host: Host) -> None:
         _sh("ip", "netns", "add", host.name)
-        _sh("ip", "link", "add", host.peer, "type", "veth", "peer", "name", "eth0", "netns", host.name)
+        _sh(
+            "ip",
+            "link",
+            "add",
+            host.peer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.name,
+        )
         _sh("ip", "link", "set", host.peer, "master", self.bridge, "up")
-        for argv in (("ip", "addr", "add", f"{host.address}/24", "dev", "eth0"), ("ip", "link", "set", "eth0", "up"),
-                     ("ip", "link", "set", "lo", "up")):
+        for argv in (
+            ("ip", "addr", "add", f"{host.address}/24", "dev", "eth0"),
+            ("ip", "link", "set", "eth0", "up"),
+            ("ip", "link", "set", "lo", "up"),
+        ):
             self.run_root(host.name, *argv)
         if self.link_rate:
-            self.run_root(host.name, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", self.link_rate,
-                          "burst", "512kb", "latency", "50ms")
+            self.run_root(
+                host.name,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                "eth0",
+                "root",
+                "tbf",
+                "rate",
+                self.link_rate,
+                "burst",
+                "512kb",
+                "latency",
+                "50ms",
+            )
 
     def _sshd_pid(self, host: Host) -> int | None:
         for pid in _netns_pids(host.name):
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/exe").resolve() == Path(SSHD).resolve() and \
-                        f"sshd-{host.name}.conf" in Path(f"/proc/{pid}/cmdline").read_text():
+                if (
+                    Path(f"/proc/{pid}/exe").resolve() == Path(SSHD).resolve()
+                    and f"sshd-{host.name}.conf" in Path(f"/proc/{pid}/cmdline").read_text()
+                ):
                     return pid
         return None
 
     def _port_open(self, host: Host) -> bool:
         import socket
 
-        with contextlib.suppress(OSError), socket.create_connection((host.address, 22), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((host.address, 22), timeout=0.5),
+        ):
             return True
         return False
 
 
-# --- instances: numbered sets, one owner each --------------------------------------------------------
+# --- instances: numbered sets, one owner each -----------------------------------------------------
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """One process at a time edits instances and the shared files (/etc/hosts, ~/.ssh/config)."""
@@ -291,7 +398,9 @@ def _claim_instance(owner: str) -> int:
             state.mkdir(mode=0o700)
             (state / "owner").write_text(owner)
             return k
-    raise TestHostsError(f"all {MAX_INSTANCES} test host sets are in use (hvdtrain test-hosts down --all)")
+    raise TestHostsError(
+        f"all {MAX_INSTANCES} test host sets are in use (hvdtrain test-hosts down --all)"
+    )
 
 
 def _owner_alive(state: Path) -> bool:
@@ -359,7 +468,8 @@ def _netns_names() -> list[str]:
 
 
 def _kill_all(namespace: str) -> list[int]:
-    """SIGKILL every process in ``namespace`` until none is left (for up to 2.5 s); the survivors."""
+    """SIGKILL every process in ``namespace`` until none is left
+    (for up to 2.5 s); the survivors."""
     for _ in range(50):
         pids = _netns_pids(namespace)
         if not pids:
@@ -377,12 +487,25 @@ def _netns_pids(name: str) -> list[int]:
 
 
 def _sshd_config(host: Host, state: Path) -> str:
-    return "\n".join([
-        f"ListenAddress {host.address}", "Port 22", f"HostKey {state / 'host_key'}",
-        f"AuthorizedKeysFile {state / 'authorized_keys'}", "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-        # horovodrun opens several sessions per host at once (checks, task services, workers).
-        "MaxStartups 200", "MaxSessions 200", f"PidFile {state / f'sshd-{host.name}.pid'}", "LogLevel ERROR", ""])
+    return "\n".join(
+        [
+            f"ListenAddress {host.address}",
+            "Port 22",
+            f"HostKey {state / 'host_key'}",
+            f"AuthorizedKeysFile {state / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            # horovodrun opens several sessions per host at once (checks, task services, workers).
+            "MaxStartups 200",
+            "MaxSessions 200",
+            f"PidFile {state / f'sshd-{host.name}.pid'}",
+            "LogLevel ERROR",
+            "",
+        ]
+    )
 
 
 def _sh(*argv: str) -> None:

@@ -20,6 +20,7 @@ execs the worker at once (the launcher sees those processes itself). Elsewhere i
 
 Standard library only, and nothing of hvdtrain is imported: it starts before every worker.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """The GPT-style byte-level language model in Keras 3: a small decoder-only transformer, trained by
 ``tf_examples/gpt.py`` and timed by ``hvdtrain bench``. Its PyTorch twin is ``torch_gpt``."""
+
 from __future__ import annotations
 
 import keras
@@ -16,10 +17,12 @@ class AddPositions(keras.layers.Layer):
         self.block = block
 
     def build(self, input_shape):
-        self.table = self.add_weight(shape=(self.block, input_shape[-1]), initializer="random_normal", name="table")
+        self.table = self.add_weight(
+            shape=(self.block, input_shape[-1]), initializer="random_normal", name="table"
+        )
 
     def call(self, x):
-        return x + self.table[:keras.ops.shape(x)[1]]
+        return x + self.table[: keras.ops.shape(x)[1]]
 
     def get_config(self):
         return {**super().get_config(), "block": self.block}

@@ -9,6 +9,7 @@
 Python (``spark.pyspark.python``) must have hvdtrain installed. Importing this package does not
 import pyspark or a framework: ``read_shard`` runs in the workers with pyarrow only.
 """
+
 from .data import read_shard
 from .runner import SparkJobError, run
 

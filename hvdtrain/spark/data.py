@@ -6,18 +6,24 @@ rows of the whole dataset in file order (``core.sharding``: ceil(N / W) rows, th
 wrapping around to the first rows). Only the files overlapping the block are read; row counts come
 from the files' footers. Shuffle within the shard per epoch, as a local loader does.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..core.context import current
 from ..core.guards import UserError
 from ..core.sharding import samples_per_rank
 
 
-def read_shard(path: str | os.PathLike, columns: Sequence[str] | None = None, *, rank: int | None = None,
-               size: int | None = None):
+def read_shard(
+    path: str | os.PathLike,
+    columns: Sequence[str] | None = None,
+    *,
+    rank: int | None = None,
+    size: int | None = None,
+):
     """This rank's rows of the Parquet dataset at ``path`` as a ``pyarrow.Table`` (rank and world
     size from the job, ``init()`` first, unless given)."""
     import pyarrow as pa
@@ -27,9 +33,14 @@ def read_shard(path: str | os.PathLike, columns: Sequence[str] | None = None, *,
         ctx = current()
         rank, size = ctx.rank, ctx.size
     if not os.path.exists(path):
-        raise UserError(f"Parquet dataset not found: {path} (the executors must see the path the driver "
-                        f"wrote: a shared file system or an object store)", collective=True)
-    fragments = sorted(ds.dataset(str(path), format="parquet").get_fragments(), key=lambda f: f.path)
+        raise UserError(
+            f"Parquet dataset not found: {path} (the executors must see the path the driver "
+            f"wrote: a shared file system or an object store)",
+            collective=True,
+        )
+    fragments = sorted(
+        ds.dataset(str(path), format="parquet").get_fragments(), key=lambda f: f.path
+    )
     counts = [fragment.metadata.num_rows for fragment in fragments]
     total = sum(counts)
     if total == 0:
@@ -37,7 +48,8 @@ def read_shard(path: str | os.PathLike, columns: Sequence[str] | None = None, *,
     per_rank = samples_per_rank(total, size)
     first = rank * per_rank % total
     spans = [(first, min(first + per_rank, total))]
-    if first + per_rank > total:  # the padded end of the last blocks: the dataset's first rows again
+    # the padded end of the last blocks: the dataset's first rows again
+    if first + per_rank > total:
         spans.append((0, first + per_rank - total))
     pieces = []
     for lo, hi in spans:

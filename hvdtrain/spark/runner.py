@@ -10,6 +10,7 @@ instead of Horovod's and Spark's pages of tracebacks from two threads.
 Only the variables hvdtrain sets travel to the workers (Horovod adds them to each executor's own
 environment): the driver's PATH or PYTHONPATH must not replace an executor's.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,9 @@ import re
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..core import failures, tuning
 from ..core.checkpoint import first_line
@@ -33,9 +35,18 @@ class SparkJobError(UserError, RuntimeError):
     """The Spark job failed (a rank exited non-zero, an executor was lost, tasks never started)."""
 
 
-def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-        env: Mapping[str, str] | None = None, start_timeout: int = DEFAULT_START_TIMEOUT_S,
-        hang_timeout: int | None = None, nics: Sequence[str] | None = None, verbose: int = 0) -> list[Any]:
+def run(
+    train_fn: Callable,
+    num_proc: int,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    start_timeout: int = DEFAULT_START_TIMEOUT_S,
+    hang_timeout: int | None = None,
+    nics: Sequence[str] | None = None,
+    verbose: int = 0,
+) -> list[Any]:
     """Run ``train_fn(*args, **kwargs)`` on ``num_proc`` Spark tasks as one Horovod job; returns
     each rank's return value, rank order. ``env``: extra variables for the workers.
 
@@ -59,26 +70,37 @@ def run(train_fn: Callable, num_proc: int, *, args: Sequence[Any] = (), kwargs: 
     try:
         context = SparkSession.active().sparkContext
     except PySparkRuntimeError:
-        raise SparkJobError("hvdtrain.spark.run needs an active SparkSession "
-                            "(SparkSession.builder...getOrCreate())") from None
+        raise SparkJobError(
+            "hvdtrain.spark.run needs an active SparkSession (SparkSession.builder...getOrCreate())"
+        ) from None
     if num_proc < 1:
         raise SparkJobError(f"num_proc must be >= 1, got {num_proc}")
     timeout = tuning.hang_timeout() if hang_timeout is None else _checked_hang_timeout(hang_timeout)
     fd, run_file = tempfile.mkstemp(prefix="hvdtrain-spark-run-", suffix=".json")
     os.close(fd)
     try:
-        workers = _worker_variables(environment.build(timeout, multi_host=not context.master.startswith("local"))
-                                    .variables)
+        workers = _worker_variables(
+            environment.build(timeout, multi_host=not context.master.startswith("local")).variables
+        )
         workers.update({legs.RUN_FILE_ENV: run_file, **(env or {})})
         if nics is None and context.master.startswith("local"):
             nics = ["lo"]
         with _quiet_spark_thread() as spark_errors:
             try:
-                return horovod.spark.run(train_fn, args=tuple(args), kwargs=dict(kwargs or {}), num_proc=num_proc,
-                                         start_timeout=start_timeout, use_gloo=True, env=workers, verbose=verbose,
-                                         nics=set(nics) if nics else None,
-                                         # else the ranks' output stays in the executors' logs
-                                         stdout=sys.stdout, stderr=sys.stderr)
+                return horovod.spark.run(
+                    train_fn,
+                    args=tuple(args),
+                    kwargs=dict(kwargs or {}),
+                    num_proc=num_proc,
+                    start_timeout=start_timeout,
+                    use_gloo=True,
+                    env=workers,
+                    verbose=verbose,
+                    nics=set(nics) if nics else None,
+                    # else the ranks' output stays in the executors' logs
+                    stdout=sys.stdout,
+                    stderr=sys.stderr,
+                )
             except Exception as err:
                 reason = _reason(err, spark_errors)
         legs.mark_failed(Path(run_file), f"Spark job failed: {reason}")
@@ -106,8 +128,12 @@ def _reason(err: Exception, spark_errors: list[BaseException]) -> str:
     text = str(err)
     if exited := first_exit(text):
         return exited
-    if lost := _LOST.search(text):  # the task that ran the rank is gone: nobody is left to report a status
-        return f"worker {lost.group(1)} lost with its Spark executor (no exit status: the executor or its host died)"
+    # the task that ran the rank is gone: nobody is left to report a status
+    if lost := _LOST.search(text):
+        return (
+            f"worker {lost.group(1)} lost with its Spark executor (no exit status: the "
+            "executor or its host died)"
+        )
     if spark_errors:
         return _spark_reason(spark_errors[0])
     return f"{type(err).__name__}: {first_line(err)}"
@@ -119,7 +145,9 @@ _LOST = re.compile(r"Process name: (\S+)\s+Exit code: None")
 def _spark_reason(err: BaseException) -> str:
     """The Java exception's message, which Py4J puts after its own first line."""
     lines = [line.strip(" :") for line in str(err).splitlines() if line.strip(" :")]
-    cause = next((line for line in lines if line.startswith("org.apache.spark.")), lines[0] if lines else "")
+    cause = next(
+        (line for line in lines if line.startswith("org.apache.spark.")), lines[0] if lines else ""
+    )
     return cause.removeprefix("org.apache.spark.SparkException: ")
 
 

@@ -1,12 +1,16 @@
 """``init``: start Horovod for torch and describe the job in a core ``Context``."""
+
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from ..core import context as core_context, failures, slurm, versions
+from ..core import context as core_context
+from ..core import failures, slurm, versions
 
-versions.check("torch")  # before Horovod's extension loads: a mismatched build fails inside its import
+# before Horovod's extension loads: a mismatched build fails inside its import
+versions.check("torch")
 
 import horovod.torch as hvd  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,7 +54,8 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
     apply_horovod_defaults()
     slurm.check_direct_launch()  # srun without a launcher: N lone rank-0 workers
     hvd.init()
-    internals.check()  # a torch or Horovod release that moved what hvdtrain.torch relies on: one line
+    # a torch or Horovod release that moved what hvdtrain.torch relies on: one line
+    internals.check()
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank())
         device = f"cuda:{hvd.local_rank()}"
@@ -62,9 +67,17 @@ def init(seed: int | None = 0, threads: int | None = None) -> core_context.Conte
         random.seed(rank_seed)
         np.random.seed(rank_seed)
         torch.manual_seed(rank_seed)
-    return core_context.set_current(core_context.Context(
-        "torch", *_membership(), device=device,
-        broadcast_object=_broadcast_object, average=_average, gather=_gather, membership=_membership))
+    return core_context.set_current(
+        core_context.Context(
+            "torch",
+            *_membership(),
+            device=device,
+            broadcast_object=_broadcast_object,
+            average=_average,
+            gather=_gather,
+            membership=_membership,
+        )
+    )
 
 
 def current() -> core_context.Context:

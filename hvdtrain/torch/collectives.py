@@ -1,4 +1,5 @@
 """Waiting for Horovod's asynchronous collectives without stealing the CPU from them."""
+
 from __future__ import annotations
 
 import time

@@ -1,7 +1,8 @@
 """Sharded data loading with the same number of steps on every rank (policy: core.sharding)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -10,8 +11,15 @@ from ..core.sharding import samples_per_rank, shard_indices
 from ._context import current
 
 
-def distributed_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
-                       seed: int = 0, **loader_kwargs) -> DataLoader:
+def distributed_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    seed: int = 0,
+    **loader_kwargs,
+) -> DataLoader:
     """A ``DataLoader`` over this rank's shard of ``dataset``; ``batch_size`` is per rank.
 
     Every epoch each rank takes its share of a permutation drawn from ``seed`` and the epoch
@@ -42,15 +50,25 @@ class _ShardSampler(DistributedSampler):
         self.num_replicas, self.rank = ctx.size, ctx.rank
 
     def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(len(self.dataset), self.rank, self.num_replicas, shuffle=self.shuffle,
-                                  seed=self.seed, epoch=self.epoch, drop_last=self.drop_last).tolist())
+        return iter(
+            shard_indices(
+                len(self.dataset),
+                self.rank,
+                self.num_replicas,
+                shuffle=self.shuffle,
+                seed=self.seed,
+                epoch=self.epoch,
+                drop_last=self.drop_last,
+            ).tolist()
+        )
 
     def __len__(self) -> int:
         return samples_per_rank(len(self.dataset), self.num_replicas, self.drop_last)
 
 
 class EvalShard(Sampler[int]):
-    """Every ``size``-th index from ``rank`` of the job at iteration time: each sample once over ranks."""
+    """Every ``size``-th index from ``rank`` of the job at iteration time:
+    each sample once over ranks."""
 
     def __init__(self, length: int):
         self.length = length

@@ -1,8 +1,11 @@
-"""Elastic training for torch: the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+"""Elastic training for torch:
+the model/optimizer ``Snapshot`` and the restart loop (policy: core.elastic)."""
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import horovod.torch.elastic as hvd_elastic
 import torch
@@ -18,19 +21,24 @@ T = TypeVar("T")
 class TorchSnapshot:
     """Model, optimizer and scheduler state, copied to host memory at each commit."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None):
+    def __init__(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any = None
+    ):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
 
     def capture(self) -> dict:
         parts = {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
-        return {name: _to_cpu(part.state_dict()) for name, part in parts.items() if part is not None}
+        return {
+            name: _to_cpu(part.state_dict()) for name, part in parts.items() if part is not None
+        }
 
     def apply(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
-        self.optimizer.zero_grad()  # after load_state_dict: the interrupted step's gradients must not carry over
+        # after load_state_dict: the interrupted step's gradients must not carry over
+        self.optimizer.zero_grad()
 
     def broadcast(self) -> None:
         broadcast_state(self.model, self.optimizer)
@@ -41,8 +49,12 @@ class TorchSnapshot:
         rescale_lr(self.optimizer, self.scheduler)
 
 
-def run(train: Callable[[TrainingState], T], snapshot: TorchSnapshot, position: Position,
-        on_membership: Callable[[Position, int, int], None] | None = None) -> T:
+def run(
+    train: Callable[[TrainingState], T],
+    snapshot: TorchSnapshot,
+    position: Position,
+    on_membership: Callable[[Position, int, int], None] | None = None,
+) -> T:
     """Call ``train(state)`` until it returns, restarting it from the last commit after each
     membership change (Horovod's ``horovod.torch.elastic.run``)."""
     state = TrainingState(current(), snapshot, position, on_membership)

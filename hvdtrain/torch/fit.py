@@ -1,10 +1,13 @@
-"""An optional ``fit`` loop for users who want one: every piece of ``hvdtrain.torch`` wired together."""
+"""An optional ``fit`` loop for users who want one:
+every piece of ``hvdtrain.torch`` wired together."""
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -43,12 +46,19 @@ def eval_loader(dataset: Dataset, batch_size: int, **loader_kwargs) -> DataLoade
 
     Evaluation runs no collective per batch, so unequal shard sizes cannot stall it.
     """
-    return DataLoader(dataset, batch_size=batch_size, sampler=EvalShard(len(dataset)), **loader_kwargs)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=EvalShard(len(dataset)), **loader_kwargs
+    )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, metrics: Mapping[str, Metric] = (),
-             device: str | None = None) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable,
+    metrics: Mapping[str, Metric] = (),
+    device: str | None = None,
+) -> dict[str, float]:
     """Sample-weighted loss and metrics over all ranks' shards of an evaluation set."""
     ctx = current()
     device = device or ctx.device
@@ -65,16 +75,34 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, loss_fn: Callable, metr
         count += n
     model.train()
     averaged = ctx.average({**sums, "_count": count})
-    return {name: value / max(averaged["_count"], 1e-12) for name, value in averaged.items() if name != "_count"}
+    return {
+        name: value / max(averaged["_count"], 1e-12)
+        for name, value in averaged.items()
+        if name != "_count"
+    }
 
 
-def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, train_loader: DataLoader, *,
-        epochs: int, val_loader: DataLoader | None = None, metrics: Mapping[str, Metric] | None = None,
-        scheduler: Any = None, scheduler_interval: str = "epoch", checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool = False, tracker: TrainingTracker | None = None,
-        log_every: int = 10,
-        config: dict | None = None, amp: bool = False, progress: bool = True,
-        commit_every: int | None = None) -> History:
+def fit(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    train_loader: DataLoader,
+    *,
+    epochs: int,
+    val_loader: DataLoader | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    scheduler: Any = None,
+    scheduler_interval: str = "epoch",
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    tracker: TrainingTracker | None = None,
+    log_every: int = 10,
+    config: dict | None = None,
+    amp: bool = False,
+    progress: bool = True,
+    commit_every: int | None = None,
+) -> History:
     """Train ``model`` with an optimizer from ``wrap_optimizer`` on a ``distributed_loader``.
 
     Logs the rank-averaged loss, LR and global samples/s every ``log_every`` steps and per-epoch
@@ -93,39 +121,103 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Calla
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if scheduler_interval not in ("epoch", "step"):
-        raise ValueError(f"unknown scheduler_interval {scheduler_interval!r}; allowed: 'epoch', 'step'")
-    loop = _Loop(model, optimizer, loss_fn, train_loader, epochs=epochs, val_loader=val_loader,
-                 metrics=dict(metrics or {}), scheduler=scheduler, step_scheduler=scheduler_interval == "step",
-                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, tracker=tracker,
-                 log_every=log_every, config=config, amp=amp, progress=progress, commit_every=commit_every)
+        raise ValueError(
+            f"unknown scheduler_interval {scheduler_interval!r}; allowed: 'epoch', 'step'"
+        )
+    loop = _Loop(
+        model,
+        optimizer,
+        loss_fn,
+        train_loader,
+        epochs=epochs,
+        val_loader=val_loader,
+        metrics=dict(metrics or {}),
+        scheduler=scheduler,
+        step_scheduler=scheduler_interval == "step",
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        tracker=tracker,
+        log_every=log_every,
+        config=config,
+        amp=amp,
+        progress=progress,
+        commit_every=commit_every,
+    )
     options = getattr(optimizer, "hvdtrain_options", None)
     if tracker is not None and options is not None:
-        tracker.log_params(training_params(current(), options, base_lr=optimizer.param_groups[0][BASE_LR],
-                                           per_rank_batch_size=train_loader.batch_size))
-    position = elastic.starting_position(current(), checkpoint_dir, resume,
-                                         lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler))
+        tracker.log_params(
+            training_params(
+                current(),
+                options,
+                base_lr=optimizer.param_groups[0][BASE_LR],
+                per_rank_batch_size=train_loader.batch_size,
+            )
+        )
+    position = elastic.starting_position(
+        current(),
+        checkpoint_dir,
+        resume,
+        lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler),
+    )
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
         return loop.train(position, commit=lambda: None)
-    return elastic_run(lambda state: loop.train(state.position, commit=state.commit),
-                       TorchSnapshot(model, optimizer, scheduler), position,
-                       on_membership=elastic.report_membership(tracker))
+    return elastic_run(
+        lambda state: loop.train(state.position, commit=state.commit),
+        TorchSnapshot(model, optimizer, scheduler),
+        position,
+        on_membership=elastic.report_membership(tracker),
+    )
 
 
 class _Loop:
     """``fit``'s training loop; ``train`` starts at a ``Position`` and calls ``commit`` where a
     restart may resume from (a no-op outside elastic mode)."""
 
-    def __init__(self, model, optimizer, loss_fn, train_loader, *, epochs, val_loader, metrics, scheduler,
-                 step_scheduler, checkpoint_dir, checkpoint_every, tracker, log_every, config, amp, progress,
-                 commit_every):
-        self.model, self.optimizer, self.loss_fn, self.train_loader = model, optimizer, loss_fn, train_loader
+    def __init__(
+        self,
+        model,
+        optimizer,
+        loss_fn,
+        train_loader,
+        *,
+        epochs,
+        val_loader,
+        metrics,
+        scheduler,
+        step_scheduler,
+        checkpoint_dir,
+        checkpoint_every,
+        tracker,
+        log_every,
+        config,
+        amp,
+        progress,
+        commit_every,
+    ):
+        self.model, self.optimizer, self.loss_fn, self.train_loader = (
+            model,
+            optimizer,
+            loss_fn,
+            train_loader,
+        )
         self.epochs, self.val_loader, self.metrics = epochs, val_loader, metrics
         self.scheduler, self.step_scheduler = scheduler, step_scheduler
-        self.checkpoint_dir, self.checkpoint_every, self.tracker = checkpoint_dir, checkpoint_every, tracker
-        self.log_every, self.config, self.progress, self.commit_every = log_every, config, progress, commit_every
-        self.accumulation = getattr(getattr(optimizer, "hvdtrain_options", None), "accumulation_steps", 1)
+        self.checkpoint_dir, self.checkpoint_every, self.tracker = (
+            checkpoint_dir,
+            checkpoint_every,
+            tracker,
+        )
+        self.log_every, self.config, self.progress, self.commit_every = (
+            log_every,
+            config,
+            progress,
+            commit_every,
+        )
+        self.accumulation = getattr(
+            getattr(optimizer, "hvdtrain_options", None), "accumulation_steps", 1
+        )
         self.use_amp = amp and current().on_gpu
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
 
@@ -136,18 +228,30 @@ class _Loop:
             epoch = position.epoch
             set_epoch(self.train_loader, epoch)
             skip = position.batches_done(self.train_loader.batch_size * ctx.size)
-            bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.epochs}", initial=skip,
-                       disable=not (self.progress and ctx.is_main), leave=False, mininterval=1.0)
+            bar = tqdm(
+                total=len(self.train_loader),
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                initial=skip,
+                disable=not (self.progress and ctx.is_main),
+                leave=False,
+                mininterval=1.0,
+            )
             loss_sum, loss_count, window_loss, window_batches, window_samples = 0.0, 0, 0.0, 0, 0
             batches = iter(self.train_loader)
             for _ in range(skip):
                 next(batches)
             for index, (inputs, targets) in enumerate(batches, start=skip):
                 inputs, targets = to_device(inputs, ctx.device), to_device(targets, ctx.device)
-                with torch.autocast("cuda", dtype=torch.float16) if self.use_amp else contextlib.nullcontext():
+                with (
+                    torch.autocast("cuda", dtype=torch.float16)
+                    if self.use_amp
+                    else contextlib.nullcontext()
+                ):
                     loss = self.loss_fn(self.model(inputs), targets)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-                boundary = (index + 1) % self.accumulation == 0 or index + 1 == len(self.train_loader)
+                boundary = (index + 1) % self.accumulation == 0 or index + 1 == len(
+                    self.train_loader
+                )
                 if boundary:
                     _step(self.optimizer, self.scaler)
                     self.optimizer.zero_grad()
@@ -164,14 +268,23 @@ class _Loop:
                 logged = position.step % self.log_every == 0
                 if logged:
                     local = {"loss": window_loss / window_batches}  # the steps since the last log
-                    averaged = (self.tracker.log_step(position.step, local, lr=current_lr(self.optimizer),
-                                                      samples=window_samples)
-                                if self.tracker is not None else ctx.average(local))
+                    averaged = (
+                        self.tracker.log_step(
+                            position.step,
+                            local,
+                            lr=current_lr(self.optimizer),
+                            samples=window_samples,
+                        )
+                        if self.tracker is not None
+                        else ctx.average(local)
+                    )
                     check_finite(averaged, position.step)
                     bar.set_postfix(loss=f"{averaged['loss']:.4f}")
                     window_loss, window_batches, window_samples = 0.0, 0, 0
                 position.epoch_samples = (index + 1) * self.train_loader.batch_size * ctx.size
-                checkpoint = bool(self.checkpoint_every) and position.step % self.checkpoint_every == 0
+                checkpoint = (
+                    bool(self.checkpoint_every) and position.step % self.checkpoint_every == 0
+                )
                 if checkpoint:
                     if not logged:  # never checkpoint diverged weights
                         check_finite(ctx.average({"loss": loss_value}), position.step)
@@ -183,8 +296,14 @@ class _Loop:
                 self.scheduler.step()
             epoch_metrics = {"loss": ctx.average({"loss": loss_sum / max(loss_count, 1)})["loss"]}
             if self.val_loader is not None:
-                epoch_metrics.update({f"val_{k}": v for k, v in
-                                      evaluate(self.model, self.val_loader, self.loss_fn, self.metrics).items()})
+                epoch_metrics.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in evaluate(
+                            self.model, self.val_loader, self.loss_fn, self.metrics
+                        ).items()
+                    }
+                )
             position.epochs.append({"epoch": epoch + 1, **epoch_metrics})
             if self.tracker is not None:
                 self.tracker.log_epoch(epoch, epoch_metrics)
@@ -199,12 +318,24 @@ class _Loop:
     def _checkpoint(self, position: Position) -> None:
         """Collective: rank 0 saves while the others wait with it (``save_checkpoint``)."""
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, step=position.step,
-                            epoch=position.epoch, config=self.config, extra={"epoch_samples": position.epoch_samples})
+            save_checkpoint(
+                self.checkpoint_dir,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                step=position.step,
+                epoch=position.epoch,
+                config=self.config,
+                extra={"epoch_samples": position.epoch_samples},
+            )
+
 
 @main_process_only
 def _print_epoch(epoch: int, epochs: int, metrics: Mapping[str, float]) -> None:
-    print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    print(
+        f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+        flush=True,
+    )
 
 
 def _step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:

@@ -6,6 +6,7 @@ logits back; a transformers model takes ``input_ids=`` and ``attention_mask=`` a
 ``.model`` (for ``save_pretrained``). It lives in hvdtrain, not in a script, so a model logged
 with ``mlflow.pytorch`` (pickled) loads wherever hvdtrain and transformers are installed.
 """
+
 from __future__ import annotations
 
 import torch

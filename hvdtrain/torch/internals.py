@@ -6,9 +6,11 @@ throwaway object, so a release that moved one stops the job at start with one li
 instead of failing mid-run or training wrongly. The tripwire (``torch.tripwire``) stays the
 behavioural guard: it proves every update was data-parallel, whatever the names.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import horovod
 import horovod.torch as hvd
@@ -18,7 +20,8 @@ from ..core.guards import UserError
 
 # Horovod's DistributedOptimizer: False inside ``skip_synchronize()``.
 SHOULD_SYNCHRONIZE = "_should_synchronize"
-# Horovod's DistributedOptimizer: parameter -> (allreduce handle, context) of the pending allreduces.
+# Horovod's DistributedOptimizer: parameter -> (allreduce handle, context) of the pending
+# allreduces.
 HANDLES = "_handles"
 # torch's LRScheduler: what ``get_last_lr()`` returns, set after a rescale of the LR.
 LAST_LR = "_last_lr"
@@ -37,19 +40,29 @@ def check() -> None:
     """Find each private attribute on a throwaway object (after ``hvd.init``); ``InternalsError``
     naming the first one missing."""
     parameter = torch.zeros(1, requires_grad=True)
-    optimizer = hvd.DistributedOptimizer(torch.optim.SGD([parameter], lr=0.1),
-                                         named_parameters=[("hvdtrain.internals.probe", parameter)])
+    optimizer = hvd.DistributedOptimizer(
+        torch.optim.SGD([parameter], lr=0.1),
+        named_parameters=[("hvdtrain.internals.probe", parameter)],
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu")
-    found = {f"Horovod's DistributedOptimizer.{SHOULD_SYNCHRONIZE}": hasattr(optimizer, SHOULD_SYNCHRONIZE),
-             f"Horovod's DistributedOptimizer.{HANDLES}": hasattr(optimizer, HANDLES),
-             f"torch's LRScheduler.{LAST_LR}": hasattr(scheduler, LAST_LR),
-             f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(scaler, optimizer)}
+    found = {
+        f"Horovod's DistributedOptimizer.{SHOULD_SYNCHRONIZE}": hasattr(
+            optimizer, SHOULD_SYNCHRONIZE
+        ),
+        f"Horovod's DistributedOptimizer.{HANDLES}": hasattr(optimizer, HANDLES),
+        f"torch's LRScheduler.{LAST_LR}": hasattr(scheduler, LAST_LR),
+        f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(
+            scaler, optimizer
+        ),
+    }
     missing = [name for name, present in found.items() if not present]
     if missing:
-        raise InternalsError(f"hvdtrain.torch relies on {missing[0]}, which torch {torch.__version__} / Horovod "
-                             f"{horovod.__version__} no longer has: install the tested versions (make install), or "
-                             f"update hvdtrain/torch/internals.py")
+        raise InternalsError(
+            f"hvdtrain.torch relies on {missing[0]}, which torch {torch.__version__} / Horovod "
+            f"{horovod.__version__} no longer has: install the tested versions (make install), or "
+            f"update hvdtrain/torch/internals.py"
+        )
 
 
 def _has_found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
@@ -71,7 +84,8 @@ def set_should_synchronize(optimizer: torch.optim.Optimizer, value: bool) -> Non
 
 
 def pending_handles(optimizer: torch.optim.Optimizer) -> list[Any]:
-    """The handles of the allreduces Horovod started for this step (None or a callable: none yet)."""
+    """The handles of the allreduces Horovod started for this step
+    (None or a callable: none yet)."""
     return [handle for handle, _ in list(getattr(optimizer, HANDLES).values())]
 
 
@@ -80,5 +94,6 @@ def set_last_lr(scheduler: Any, lrs: Iterable[float]) -> None:
 
 
 def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> dict:
-    """device -> the flag ``scaler.unscale_(optimizer)`` set: 1.0 if a gradient held an inf or NaN."""
+    """device -> the flag ``scaler.unscale_(optimizer)`` set:
+    1.0 if a gradient held an inf or NaN."""
     return getattr(scaler, PER_OPTIMIZER_STATES)[id(optimizer)][FOUND_INF]

@@ -1,9 +1,11 @@
 """``wrap_optimizer``: a torch optimizer made data-parallel by Horovod, with hvdtrain's policy."""
+
 from __future__ import annotations
 
 import contextlib
 import types
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import horovod.torch as hvd
 import torch
@@ -30,23 +32,32 @@ class _Policy:
     """hvdtrain's state on a Horovod optimizer, whose ``step``/``synchronize`` it replaces.
 
     Order per step: allreduce (once), average accumulated micro-batches, clip, apply with the
-    warmup multiplier, then at a due step the tripwire (``core.tripwire``). The instance keeps its class, so schedulers and ``isinstance`` still work.
+    warmup multiplier, then at a due step the tripwire (``core.tripwire``). The instance keeps its
+    class, so schedulers and ``isinstance`` still work.
     """
 
-    def __init__(self, opt: torch.optim.Optimizer, options: DistributedOptions, scale: float,
-                 max_grad_norm: float | None):
+    def __init__(
+        self,
+        opt: torch.optim.Optimizer,
+        options: DistributedOptions,
+        scale: float,
+        max_grad_norm: float | None,
+    ):
         self.options, self.scale, self.max_grad_norm = options, scale, max_grad_norm
         self.horovod_synchronize = opt.synchronize
         self.horovod_step = opt.step
         self.adasum = options.op is ReduceOp.ADASUM and hvd.size() > 1
-        self.reduced = False  # the gradients were allreduced since the last step (the tripwire's proof)
+        self.reduced = (
+            False  # the gradients were allreduced since the last step (the tripwire's proof)
+        )
         self.tripwire_every = tripwire.interval()
 
     def clip(self, opt: torch.optim.Optimizer) -> None:
         torch.nn.utils.clip_grad_norm_(list(_params_with_grad(opt)), self.max_grad_norm)
 
     def parameters(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-        """The model's parameters this optimizer updates (what the tripwire compares across ranks)."""
+        """The model's parameters this optimizer updates
+        (what the tripwire compares across ranks)."""
         return [p for group in opt.param_groups for p in group["params"]]
 
     def apply(self, opt: torch.optim.Optimizer, closure=None):
@@ -76,13 +87,17 @@ def _step(opt: torch.optim.Optimizer, closure=None):
         opt.synchronize()
     if policy.max_grad_norm is not None:
         policy.clip(opt)
-    multiplier = warmup_multiplier(opt.param_groups[0].get(STEP, 0), policy.options.warmup_steps, policy.scale)
+    multiplier = warmup_multiplier(
+        opt.param_groups[0].get(STEP, 0), policy.options.warmup_steps, policy.scale
+    )
     with _scaled_lr(opt, multiplier):
         result = policy.apply(opt, closure)
     for group in opt.param_groups:
         group[STEP] = group.get(STEP, 0) + 1
     reduced, policy.reduced = policy.reduced, False
-    after_step(opt, policy.parameters(opt), opt.param_groups[0][STEP], reduced, policy.tripwire_every)
+    after_step(
+        opt, policy.parameters(opt), opt.param_groups[0][STEP], reduced, policy.tripwire_every
+    )
     return result
 
 
@@ -112,10 +127,17 @@ def _scaled_lr(opt: torch.optim.Optimizer, multiplier: float):
             group["lr"] = lr
 
 
-def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_scaling: str = "linear",
-                   warmup_steps: int = 0, compression: str = "none", op: str = "average",
-                   accumulation_steps: int = 1, max_grad_norm: float | None = None,
-                   shard_optimizer_state: bool = False) -> torch.optim.Optimizer:
+def wrap_optimizer(
+    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    lr_scaling: str = "linear",
+    warmup_steps: int = 0,
+    compression: str = "none",
+    op: str = "average",
+    accumulation_steps: int = 1,
+    max_grad_norm: float | None = None,
+    shard_optimizer_state: bool = False,
+) -> torch.optim.Optimizer:
     """Return a Horovod ``DistributedOptimizer`` over ``optimizer`` with every rank in step.
 
     Scales each param group's LR for the world size, broadcasts rank 0's model parameters,
@@ -126,9 +148,14 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_
     instead, each rank keeps optimizer state for and updates only its 1/N of the parameters,
     and the updated parameters are all-gathered; ``state_dict()`` then becomes a collective.
     """
-    options = DistributedOptions(lr_scaling=lr_scaling, warmup_steps=warmup_steps, compression=compression,
-                                 op=op, accumulation_steps=accumulation_steps,
-                                 shard_optimizer_state=shard_optimizer_state)
+    options = DistributedOptions(
+        lr_scaling=lr_scaling,
+        warmup_steps=warmup_steps,
+        compression=compression,
+        op=op,
+        accumulation_steps=accumulation_steps,
+        shard_optimizer_state=shard_optimizer_state,
+    )
     if max_grad_norm is not None and max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")
     ctx = current()
@@ -144,11 +171,16 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr_
         distributed = zero.shard(optimizer, model, options, scale, max_grad_norm)
     else:
         distributed = hvd.DistributedOptimizer(
-            optimizer, named_parameters=model.named_parameters(), compression=_COMPRESSION[options.compression],
-            backward_passes_per_step=options.accumulation_steps, op=_OP[options.op])
+            optimizer,
+            named_parameters=model.named_parameters(),
+            compression=_COMPRESSION[options.compression],
+            backward_passes_per_step=options.accumulation_steps,
+            op=_OP[options.op],
+        )
         if optimizer.state:
             distributed.load_state_dict(optimizer.state_dict())
-        if not elastic.enabled():  # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+        # elastic: the state's sync broadcasts; a joining worker must not call collectives here
+        if not elastic.enabled():
             broadcast_state(model, distributed)
         distributed.hvdtrain_policy = _Policy(distributed, options, scale, max_grad_norm)
         distributed.synchronize = types.MethodType(_synchronize, distributed)
@@ -182,7 +214,8 @@ def broadcast_scheduler(scheduler: Any) -> None:
 
 
 def rescale_lr(optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
-    """Re-scale LRs set for another world size (a checkpoint's, or before an elastic change) to this one."""
+    """Re-scale LRs set for another world size (a checkpoint's, or before an
+    elastic change) to this one."""
     options = getattr(optimizer, "hvdtrain_options", None)
     if options is None:
         return

@@ -1,5 +1,6 @@
 """The torch side of ``core.tripwire``: per-parameter sums after an optimizer step, and the causes
 that fit ``hvdtrain.torch.wrap_optimizer``'s allreduce path."""
+
 from __future__ import annotations
 
 import torch
@@ -8,15 +9,21 @@ from ..core import tripwire
 from ._context import current
 
 CAUSES = tripwire.Causes(
-    not_reduced="the optimizer stepped without hvdtrain's gradient allreduce (step() inside skip_synchronize() "
-                "with no synchronize() before it, or a Horovod release whose DistributedOptimizer no longer "
-                "reduces in synchronize())",
-    diverged="a rank changed its weights outside the optimizer step, or its update did not use the averaged "
-             "gradients")
+    not_reduced="the optimizer stepped without hvdtrain's gradient allreduce (step() inside "
+    "skip_synchronize() with no synchronize() before it, or a Horovod release whose "
+    "DistributedOptimizer no longer reduces in synchronize())",
+    diverged="a rank changed its weights outside the optimizer step, or its update did not use "
+    "the averaged gradients",
+)
 
 
-def after_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], step: int, reduced: bool,
-               every: int) -> None:
+def after_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    step: int,
+    reduced: bool,
+    every: int,
+) -> None:
     """At a due step (collective): check that every rank reduced and holds the same ``params``."""
     ctx = current()
     if ctx.size == 1 or not tripwire.due(step, every):
@@ -24,6 +31,15 @@ def after_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], ste
     names = getattr(optimizer, "_parameter_names", {})  # Horovod's names, for the message only
     with torch.no_grad():  # float64 accumulators, no float64 copies of the parameters
         sums = torch.stack([p.sum(dtype=torch.float64) for p in params]).tolist()
-        magnitudes = torch.stack([torch.linalg.vector_norm(p, 1, dtype=torch.float64) for p in params]).tolist()
-    tripwire.check(ctx, step, reduced, sums, magnitudes, [names.get(p, f"parameter {i}") for i, p in
-                                                          enumerate(params)], CAUSES)
+        magnitudes = torch.stack(
+            [torch.linalg.vector_norm(p, 1, dtype=torch.float64) for p in params]
+        ).tolist()
+    tripwire.check(
+        ctx,
+        step,
+        reduced,
+        sums,
+        magnitudes,
+        [names.get(p, f"parameter {i}") for i, p in enumerate(params)],
+        CAUSES,
+    )

@@ -17,13 +17,15 @@ the parameters stay the truth, whatever loads or broadcasts them. ``state_dict()
 that gathers the full state in the unsharded format, so a checkpoint loads sharded or unsharded on
 any world size; ``load_state_dict`` takes that format and keeps this rank's slices.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
 from collections import defaultdict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import horovod.torch as hvd
 import torch
@@ -44,18 +46,29 @@ class _Layout:
     """Where a sharded optimizer's state lives: the plan, the original parameters (state_dict
     numbering) and this rank's shard of each bucket."""
 
-    def __init__(self, groups: list[list[torch.Tensor]], rank: int, size: int, options: DistributedOptions):
+    def __init__(
+        self, groups: list[list[torch.Tensor]], rank: int, size: int, options: DistributedOptions
+    ):
         self.params = [p for group in groups for p in group]
         self.group_sizes = [len(group) for group in groups]
         self.rank, self.size, self.options = rank, size, options
         specs, index = [], 0
         for group in groups:
-            specs.append([ParamSpec(index + i, p.numel(), p.element_size(), (p.dtype, p.device))
-                          for i, p in enumerate(group) if p.requires_grad])
+            specs.append(
+                [
+                    ParamSpec(index + i, p.numel(), p.element_size(), (p.dtype, p.device))
+                    for i, p in enumerate(group)
+                    if p.requires_grad
+                ]
+            )
             index += len(group)
         self.plan: PartitionPlan = plan(specs, size)
-        self.shards = [torch.nn.Parameter(torch.zeros(b.shard_numel, dtype=self._first(b).dtype,
-                                                      device=self._first(b).device)) for b in self.plan.buckets]
+        self.shards = [
+            torch.nn.Parameter(
+                torch.zeros(b.shard_numel, dtype=self._first(b).dtype, device=self._first(b).device)
+            )
+            for b in self.plan.buckets
+        ]
 
     def _first(self, bucket: Bucket) -> torch.Tensor:
         return self.params[bucket.slots[0].index]
@@ -70,7 +83,7 @@ class _Layout:
             param = self.params[slot.index]
             if param.grad is not None:
                 grad = param.grad.to_dense() if param.grad.is_sparse else param.grad
-                flat[slot.offset:slot.offset + slot.numel].copy_(grad.reshape(-1))
+                flat[slot.offset : slot.offset + slot.numel].copy_(grad.reshape(-1))
                 param.grad = None
         return flat
 
@@ -80,15 +93,16 @@ class _Layout:
         for bucket, shard in zip(self.plan.buckets, self.shards):
             for piece in bucket.pieces(self.rank):
                 length = piece.stop - piece.start
-                shard[piece.shard_offset:piece.shard_offset + length].copy_(
-                    self.params[piece.index].reshape(-1)[piece.start:piece.stop])
+                shard[piece.shard_offset : piece.shard_offset + length].copy_(
+                    self.params[piece.index].reshape(-1)[piece.start : piece.stop]
+                )
 
     @torch.no_grad()
     def write_params(self, number: int, gathered: torch.Tensor) -> None:
         """Copy a bucket's all-gathered flat buffer into its parameters."""
         for slot in self.plan.buckets[number].slots:
             param = self.params[slot.index]
-            param.copy_(gathered[slot.offset:slot.offset + slot.numel].view(param.shape))
+            param.copy_(gathered[slot.offset : slot.offset + slot.numel].view(param.shape))
 
 
 class _ShardedOptimizer:
@@ -108,8 +122,15 @@ class _ShardedOptimizer:
                 pending.append((flat, None, None))
                 continue
             compressed, context = compression.compress(flat)
-            pending.append((compressed, context, hvd.reducescatter_async(compressed, name=f"hvdtrain.zero.grads.{number}",
-                                                                         op=op)))
+            pending.append(
+                (
+                    compressed,
+                    context,
+                    hvd.reducescatter_async(
+                        compressed, name=f"hvdtrain.zero.grads.{number}", op=op
+                    ),
+                )
+            )
         for shard, (flat, context, handle) in zip(layout.shards, pending):
             grad = flat if handle is None else compression.decompress(wait(handle), context)
             if layout.options.accumulation_steps > 1:
@@ -120,7 +141,8 @@ class _ShardedOptimizer:
 
     @contextlib.contextmanager
     def skip_synchronize(self):
-        """Inside, ``step`` uses the shards' gradients as they are (after an explicit ``synchronize``)."""
+        """Inside, ``step`` uses the shards' gradients as they are
+        (after an explicit ``synchronize``)."""
         internals.set_should_synchronize(self, False)
         try:
             yield
@@ -138,8 +160,10 @@ class _ShardedOptimizer:
         super().zero_grad(set_to_none)
 
     def add_param_group(self, param_group: dict) -> None:
-        raise ValueError("add_param_group is not supported with shard_optimizer_state=True: the partition "
-                         "is planned once; put every parameter group in the optimizer before wrap_optimizer")
+        raise ValueError(
+            "add_param_group is not supported with shard_optimizer_state=True: the partition "
+            "is planned once; put every parameter group in the optimizer before wrap_optimizer"
+        )
 
     def state_dict(self) -> dict:
         """The full optimizer state in the unsharded format, gathered from every rank (a collective:
@@ -151,17 +175,35 @@ class _ShardedOptimizer:
             shard_state = local["state"].get(number)
             if not shard_state:
                 continue
-            names = sorted(k for k, v in shard_state.items() if _is_shard_wide(v, bucket.shard_numel))
-            gathered = dict(zip(names, _allgather([shard_state[k] for k in names], f"hvdtrain.zero.state.{number}",
-                                                  layout.size)))
+            names = sorted(
+                k for k, v in shard_state.items() if _is_shard_wide(v, bucket.shard_numel)
+            )
+            gathered = dict(
+                zip(
+                    names,
+                    _allgather(
+                        [shard_state[k] for k in names],
+                        f"hvdtrain.zero.state.{number}",
+                        layout.size,
+                    ),
+                )
+            )
             for slot in bucket.slots:
                 shape = layout.params[slot.index].shape
-                state[slot.index] = {k: gathered[k][slot.offset:slot.offset + slot.numel].view(shape)
-                                     if k in gathered else _copy(v) for k, v in shard_state.items()}
+                state[slot.index] = {
+                    k: gathered[k][slot.offset : slot.offset + slot.numel].view(shape)
+                    if k in gathered
+                    else _copy(v)
+                    for k, v in shard_state.items()
+                }
         groups, start = [], 0
         for group, count in zip(local["param_groups"], layout.group_sizes):
-            groups.append({**{k: v for k, v in group.items() if k != "params"},
-                           "params": list(range(start, start + count))})
+            groups.append(
+                {
+                    **{k: v for k, v in group.items() if k != "params"},
+                    "params": list(range(start, start + count)),
+                }
+            )
             start += count
         return {"state": state, "param_groups": groups}
 
@@ -172,10 +214,16 @@ class _ShardedOptimizer:
         if len(saved_groups) != len(layout.group_sizes):
             raise ValueError("loaded state dict has a different number of parameter groups")
         if [len(g["params"]) for g in saved_groups] != layout.group_sizes:
-            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of "
-                             "optimizer's group")
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size of "
+                "optimizer's group"
+            )
         saved_ids = [i for group in saved_groups for i in group["params"]]
-        full = {index: state_dict["state"][i] for index, i in enumerate(saved_ids) if i in state_dict["state"]}
+        full = {
+            index: state_dict["state"][i]
+            for index, i in enumerate(saved_ids)
+            if i in state_dict["state"]
+        }
         elementwise = _elementwise_keys((layout.params[i], s) for i, s in full.items())
         shard_state = {}
         for number, bucket in enumerate(layout.plan.buckets):
@@ -184,21 +232,32 @@ class _ShardedOptimizer:
                 continue
             if not all(held):
                 missing = next(slot.index for slot in bucket.slots if slot.index not in full)
-                raise ValueError(f"loaded state dict has no state for parameter {missing} but has for others "
-                                 f"updated with it; shard_optimizer_state needs all or none")
+                raise ValueError(
+                    f"loaded state dict has no state for parameter {missing} but has for others "
+                    f"updated with it; shard_optimizer_state needs all or none"
+                )
             first = full[bucket.slots[0].index]
-            shard_state[number] = {k: self._slice(full, bucket, k, v) if k in elementwise else _copy(v)
-                                   for k, v in first.items()}
-        groups = [{**{k: v for k, v in group.items() if k != "params"},
-                   "params": [n for n, b in enumerate(layout.plan.buckets) if b.group == g]}
-                  for g, group in enumerate(saved_groups)]
+            shard_state[number] = {
+                k: self._slice(full, bucket, k, v) if k in elementwise else _copy(v)
+                for k, v in first.items()
+            }
+        groups = [
+            {
+                **{k: v for k, v in group.items() if k != "params"},
+                "params": [n for n, b in enumerate(layout.plan.buckets) if b.group == g],
+            }
+            for g, group in enumerate(saved_groups)
+        ]
         super().load_state_dict({"state": shard_state, "param_groups": groups})
 
-    def _slice(self, full: dict[int, dict], bucket: Bucket, key: str, like: torch.Tensor) -> torch.Tensor:
+    def _slice(
+        self, full: dict[int, dict], bucket: Bucket, key: str, like: torch.Tensor
+    ) -> torch.Tensor:
         flat = torch.zeros(bucket.shard_numel, dtype=like.dtype, device=like.device)
         for piece in bucket.pieces(self._zero.rank):
-            flat[piece.shard_offset:piece.shard_offset + piece.stop - piece.start] = \
-                full[piece.index][key].reshape(-1)[piece.start:piece.stop]
+            flat[piece.shard_offset : piece.shard_offset + piece.stop - piece.start] = full[
+                piece.index
+            ][key].reshape(-1)[piece.start : piece.stop]
         return flat
 
 
@@ -219,8 +278,15 @@ class ShardedPolicy:
     def clip(self, opt: torch.optim.Optimizer) -> None:
         """``clip_grad_norm_`` over the whole model: the norm from every rank's shard."""
         shards = opt._zero.shards
-        local = sum((s.grad.detach().double().pow(2).sum() for s in shards), torch.zeros((), dtype=torch.float64))
-        total = local if opt._zero.size == 1 else hvd.allreduce(local.cpu(), op=hvd.Sum, name="hvdtrain.zero.norm")
+        local = sum(
+            (s.grad.detach().double().pow(2).sum() for s in shards),
+            torch.zeros((), dtype=torch.float64),
+        )
+        total = (
+            local
+            if opt._zero.size == 1
+            else hvd.allreduce(local.cpu(), op=hvd.Sum, name="hvdtrain.zero.norm")
+        )
         coefficient = min(self.max_grad_norm / (math.sqrt(float(total)) + 1e-6), 1.0)
         for shard in shards:
             shard.grad.mul_(coefficient)
@@ -237,32 +303,47 @@ class ShardedPolicy:
             for number, shard in enumerate(layout.shards):
                 layout.write_params(number, shard.detach())
             return result
-        handles = [hvd.allgather_async(shard.detach(), name=f"hvdtrain.zero.params.{number}")
-                   for number, shard in enumerate(layout.shards)]
+        handles = [
+            hvd.allgather_async(shard.detach(), name=f"hvdtrain.zero.params.{number}")
+            for number, shard in enumerate(layout.shards)
+        ]
         for number, handle in enumerate(handles):
             layout.write_params(number, wait(handle))
         return result
 
 
-def shard(optimizer: torch.optim.Optimizer, model: torch.nn.Module, options: DistributedOptions, scale: float,
-          max_grad_norm: float | None) -> torch.optim.Optimizer:
-    """``optimizer`` (LR already scaled) made sharded, with rank 0's parameters and state everywhere."""
+def shard(
+    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    options: DistributedOptions,
+    scale: float,
+    max_grad_norm: float | None,
+) -> torch.optim.Optimizer:
+    """``optimizer`` (LR already scaled) made sharded,
+    with rank 0's parameters and state everywhere."""
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
     ctx = current()
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     initial = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)
-    layout = _Layout([list(g["params"]) for g in optimizer.param_groups], ctx.rank, ctx.size, options)
-    # A subclass of the user's class, like Horovod's DistributedOptimizer: isinstance and schedulers work.
+    layout = _Layout(
+        [list(g["params"]) for g in optimizer.param_groups], ctx.rank, ctx.size, options
+    )
+    # A subclass of the user's class, like Horovod's DistributedOptimizer: isinstance and schedulers
+    # work.
     cls = type(optimizer)
     sharded = object.__new__(type(cls.__name__, (_ShardedOptimizer, cls), {}))
     sharded.__dict__.update(optimizer.__dict__)
     sharded._zero = layout
     internals.set_should_synchronize(sharded, True)
     sharded.state = defaultdict(dict)
-    sharded.param_groups = [{**{k: v for k, v in group.items() if k != "params"},
-                             "params": [s for s, b in zip(layout.shards, layout.plan.buckets) if b.group == g]}
-                            for g, group in enumerate(optimizer.param_groups)]
+    sharded.param_groups = [
+        {
+            **{k: v for k, v in group.items() if k != "params"},
+            "params": [s for s, b in zip(layout.shards, layout.plan.buckets) if b.group == g],
+        }
+        for g, group in enumerate(optimizer.param_groups)
+    ]
     sharded.load_state_dict(initial)
     sharded.hvdtrain_policy = ShardedPolicy(options, scale, max_grad_norm)
     return sharded
@@ -276,7 +357,9 @@ def agree_on_overflow(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradSc
     """AMP: after ``scaler.unscale_``, every rank skips the step if any rank's shard held an inf
     or NaN (each rank unscaled only its own shard's gradients)."""
     found = internals.found_inf_flags(scaler, optimizer)
-    local = sum((flag.double().cpu() for flag in found.values()), torch.zeros((), dtype=torch.float64))
+    local = sum(
+        (flag.double().cpu() for flag in found.values()), torch.zeros((), dtype=torch.float64)
+    )
     total = hvd.allreduce(local, op=hvd.Sum, name="hvdtrain.zero.found_inf")
     for flag in found.values():
         flag.fill_(float(total > 0))
@@ -284,12 +367,17 @@ def agree_on_overflow(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradSc
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the tensors in this rank's optimizer state (``optimizer.state``)."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if torch.is_tensor(v))
+    return sum(
+        v.numel() * v.element_size()
+        for s in optimizer.state.values()
+        for v in s.values()
+        if torch.is_tensor(v)
+    )
 
 
 def _is_shard_wide(value: Any, numel: int) -> bool:
-    """One value per element of the shard (Adam's moments), as opposed to per-parameter scalars (step)."""
+    """One value per element of the shard (Adam's moments),
+    as opposed to per-parameter scalars (step)."""
     return torch.is_tensor(value) and value.dim() == 1 and value.shape[0] == numel
 
 

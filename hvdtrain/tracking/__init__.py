@@ -1,6 +1,7 @@
 """MLflow tracking shared by the torch and Keras adapters: one run per job, never stalling training.
 
-    tracker = tracking.start(config={...}, checkpoint_dir=ckpt, resume=True)  # every rank, after init()
+    # every rank, after init():
+    tracker = tracking.start(config={...}, checkpoint_dir=ckpt, resume=True)
     tracker.log_params(tracking.training_params(ctx, options, base_lr=0.1, per_rank_batch_size=32))
     tracker.log_step(step, {"loss": loss}, lr=lr, samples=batch_size)   # every rank
     tracker.finish()
@@ -10,10 +11,17 @@ Framework-free: ranks talk only through the core ``Context`` the adapter's ``ini
 The names below are imported when first used, so ``tracked(enabled=False)`` and the CLI never
 import MLflow.
 """
+
 import importlib
 
-_HOMES = {"Tracker": "tracker", "start": "tracker", "tracked": "tracker", "sync": "sync",
-          "prepare_local_store": "store", "training_params": "params"}
+_HOMES = {
+    "Tracker": "tracker",
+    "start": "tracker",
+    "tracked": "tracker",
+    "sync": "sync",
+    "prepare_local_store": "store",
+    "training_params": "params",
+}
 
 __all__ = sorted(_HOMES)
 

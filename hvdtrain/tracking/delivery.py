@@ -1,9 +1,11 @@
 """Sending records to MLflow: open (or reopen) the run, then send one record at a time. Used by
 the live sender and by ``hvdtrain mlflow-sync``, so both deliver a record the same way."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mlflow.entities import LifecycleStage, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
@@ -62,8 +64,11 @@ def _run_to_continue(client: MlflowClient, spec: RunSpec) -> Run | None:
     except MlflowException as err:
         if err.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
-    log.warning("hvdtrain: MLflow run %s to continue is not in %s (or deleted); this job logs to a new run",
-                spec.run_id, client.tracking_uri)
+    log.warning(
+        "hvdtrain: MLflow run %s to continue is not in %s (or deleted); this job logs to a new run",
+        spec.run_id,
+        client.tracking_uri,
+    )
     spec.run_id, spec.leg = None, None
     return None
 
@@ -71,7 +76,9 @@ def _run_to_continue(client: MlflowClient, spec: RunSpec) -> Run | None:
 def _created_before(client: MlflowClient, spec: RunSpec) -> str | None:
     """The run this journal already created, if any: one whose creation was not recorded (the
     answer lost to a timeout, or the job killed right after) must not be created twice."""
-    found = client.search_runs([spec.experiment_id], f"tags.`{JOURNAL_TAG}` = '{spec.journal_id}'", max_results=1)
+    found = client.search_runs(
+        [spec.experiment_id], f"tags.`{JOURNAL_TAG}` = '{spec.journal_id}'", max_results=1
+    )
     return found[0].info.run_id if found else None
 
 
@@ -96,13 +103,17 @@ def _experiment_id(client: MlflowClient, spec: RunSpec) -> str:
         return client.get_experiment_by_name(spec.experiment).experiment_id
 
 
-def send(client: MlflowClient, spec: RunSpec, record: dict[str, Any], previous_params: Mapping[str, str]) -> None:
+def send(
+    client: MlflowClient, spec: RunSpec, record: dict[str, Any], previous_params: Mapping[str, str]
+) -> None:
     """Send ``record`` to the opened run; ``previous_params``: what ``open_run`` returned."""
     kind, run_id = record["kind"], spec.run_id
     if kind == "metrics":
         metrics = [Metric(k, v, ts, step) for k, v, ts, step in record["metrics"]]
         for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS_PER_BATCH], synchronous=True)
+            client.log_batch(
+                run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH], synchronous=True
+            )
     elif kind in ("params", "tags"):
         values = record[kind]
         if kind == "params":
@@ -110,7 +121,9 @@ def send(client: MlflowClient, spec: RunSpec, record: dict[str, Any], previous_p
         entity = Param if kind == "params" else RunTag
         items = [entity(k, v) for k, v in values.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, **{kind: items[i:i + MAX_PARAMS_TAGS_PER_BATCH]}, synchronous=True)
+            client.log_batch(
+                run_id, **{kind: items[i : i + MAX_PARAMS_TAGS_PER_BATCH]}, synchronous=True
+            )
     elif kind == "artifact":
         artifact_path = record["artifact_path"]
         if record.get("per_leg"):
@@ -122,4 +135,6 @@ def send(client: MlflowClient, spec: RunSpec, record: dict[str, Any], previous_p
     elif kind == "end":
         client.set_terminated(run_id, record["status"], record["end_time"])
     else:
-        raise ValueError(f"unknown tracking record kind {kind!r}; allowed: metrics, params, tags, artifact, end")
+        raise ValueError(
+            f"unknown tracking record kind {kind!r}; allowed: metrics, params, tags, artifact, end"
+        )

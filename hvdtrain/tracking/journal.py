@@ -14,13 +14,15 @@ Format, one JSON object a line:
 
 A live journal is locked (``flock``) by its process, so a sync cannot race the job writing it.
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .records import RunSpec
 
@@ -47,8 +49,9 @@ class Journal:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.close()
-            raise JournalInUse(f"{path} is still being written by a running job; sync it once the job "
-                               f"ended") from None
+            raise JournalInUse(
+                f"{path} is still being written by a running job; sync it once the job ended"
+            ) from None
         self._seq = 0
         if spec is not None:
             self._write(spec.as_record())
@@ -80,7 +83,9 @@ class Journal:
         self._file.flush()
 
 
-def records_between(path: Path, start: int, end: int, limit: int) -> tuple[list[tuple[int, dict]], int]:
+def records_between(
+    path: Path, start: int, end: int, limit: int
+) -> tuple[list[tuple[int, dict]], int]:
     """Up to ``limit`` records written between byte offsets ``start`` and ``end``, with their
     sequence numbers, and the offset after the last one taken."""
     found: list[tuple[int, dict]] = []
@@ -112,7 +117,9 @@ def replay(path: Path) -> Replay:
     record was never queued. ``ValueError`` for a file that is not a journal."""
     lines = list(_lines(path))
     if not lines or lines[0].get("kind") != "run":
-        raise ValueError(f"{path}: not an hvdtrain tracking journal (first line must describe the run)")
+        raise ValueError(
+            f"{path}: not an hvdtrain tracking journal (first line must describe the run)"
+        )
     known = {f.name for f in fields(RunSpec)}
     spec = RunSpec(**{k: v for k, v in lines[0].items() if k in known})
     sent, records = 0, []
@@ -130,7 +137,7 @@ def replay(path: Path) -> Replay:
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
     text = path.read_text(encoding="utf-8")
-    complete = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+    complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
     for line in complete.splitlines():
         if line.strip():
             yield json.loads(line)

@@ -4,6 +4,7 @@ Values are flattened to ``section.key`` strings because MLflow params are flat s
 look like credentials are never logged: configs are often built from the environment, and a
 param, once logged, is visible to everyone who can read the experiment.
 """
+
 from __future__ import annotations
 
 import enum
@@ -13,14 +14,18 @@ import platform
 import re
 import subprocess
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..core.context import Context
 from ..core.lr import lr_scale_factor
 from ..core.options import DistributedOptions
 
-_SECRET = re.compile(r"secret|token|passw|pwd|credential|auth|api_?key|access_?key|private_?key"
-                     r"|(^|[._\-/])key$", re.IGNORECASE)
+_SECRET = re.compile(
+    r"secret|token|passw|pwd|credential|auth|api_?key|access_?key|private_?key"
+    r"|(^|[._\-/])key$",
+    re.IGNORECASE,
+)
 
 # Distribution names to look up, per reported package (TF ships as several wheels).
 _DISTRIBUTIONS = {
@@ -38,8 +43,11 @@ def looks_secret(name: str) -> bool:
 
 def without_secrets(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` without the keys (at any depth) that look like credentials."""
-    return {key: without_secrets(value) if isinstance(value, Mapping) else value
-            for key, value in config.items() if not looks_secret(str(key))}
+    return {
+        key: without_secrets(value) if isinstance(value, Mapping) else value
+        for key, value in config.items()
+        if not looks_secret(str(key))
+    }
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -54,8 +62,9 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def training_params(ctx: Context, options: DistributedOptions, *, base_lr: float | None,
-                    per_rank_batch_size: int) -> dict[str, Any]:
+def training_params(
+    ctx: Context, options: DistributedOptions, *, base_lr: float | None, per_rank_batch_size: int
+) -> dict[str, Any]:
     """The params data parallelism adds to a run; ``scaled_lr`` is what the optimizer uses
     after warmup, ``global_batch_size`` the samples behind one optimizer step. ``base_lr`` None
     (an LR schedule): no LR params."""
@@ -73,8 +82,10 @@ def training_params(ctx: Context, options: DistributedOptions, *, base_lr: float
 
 def environment_params(hostnames: list[str]) -> dict[str, str]:
     """Versions, hosts and the script's git commit: what it takes to reproduce the run."""
-    params = {"python_version": platform.python_version(),
-              "hostnames": ",".join(sorted(set(hostnames)))}
+    params = {
+        "python_version": platform.python_version(),
+        "hostnames": ",".join(sorted(set(hostnames))),
+    }
     for package, distributions in _DISTRIBUTIONS.items():
         for distribution in distributions:
             try:
@@ -92,8 +103,12 @@ def git_commit() -> str | None:
     """HEAD of the repository holding the running script, if it is in one."""
     script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c") else "."
     try:
-        result = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(script)), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "-C", os.path.dirname(os.path.abspath(script)), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None

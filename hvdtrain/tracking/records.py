@@ -2,12 +2,14 @@
 journal while the server is down, and sent by ``hvdtrain mlflow-sync`` later: one code path
 (sending them is ``delivery``). Nothing here imports MLflow.
 """
+
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 
 @dataclass
@@ -21,7 +23,8 @@ class RunSpec:
     parent_run_id: str | None = None
     run_id: str | None = None
     leg: int | None = None  # 1 for a new run, +1 each time a resumed job reopens it
-    run_files: list[str] = field(default_factory=list)  # where to record the run's id once it exists
+    # where to record the run's id once it exists
+    run_files: list[str] = field(default_factory=list)
     # Tags the run when it is created, so a journal synced after a crash between creating the run
     # and recording its id finds that run instead of creating a second one.
     journal_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -36,7 +39,10 @@ def now_ms() -> int:
 
 def metrics_record(metrics: Mapping[str, float], step: int) -> dict[str, Any]:
     timestamp = now_ms()
-    return {"kind": "metrics", "metrics": [[k, float(v), timestamp, int(step)] for k, v in metrics.items()]}
+    return {
+        "kind": "metrics",
+        "metrics": [[k, float(v), timestamp, int(step)] for k, v in metrics.items()],
+    }
 
 
 def params_record(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,7 +54,8 @@ def tags_record(tags: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def artifact_record(path: str, artifact_path: str | None, per_leg: bool = False) -> dict[str, Any]:
-    """``per_leg``: a later leg of a resumed job logs it under ``leg<N>/`` instead of replacing it."""
+    """``per_leg``: a later leg of a resumed job logs it under ``leg<N>/``
+    instead of replacing it."""
     return {"kind": "artifact", "path": path, "artifact_path": artifact_path, "per_leg": per_leg}
 
 

@@ -7,6 +7,7 @@ and are read back from it as the queue drains. Whatever happens to the process, 
 every record not yet acknowledged, and ``hvdtrain mlflow-sync JOURNAL`` sends them; a job that
 sent everything deletes its journal at the end.
 """
+
 from __future__ import annotations
 
 import collections
@@ -44,12 +45,23 @@ logging.getLogger("urllib3.connectionpool").addFilter(_QuietRetries())
 class Sender:
     """Owns rank 0's MLflow traffic: opens the run, then sends journalled records in order."""
 
-    def __init__(self, client: MlflowClient, spec: RunSpec, journal_path: Path | None,
-                 retry_interval: float = 1.0, max_retry_interval: float = 10.0, max_queued: int = MAX_QUEUED):
+    def __init__(
+        self,
+        client: MlflowClient,
+        spec: RunSpec,
+        journal_path: Path | None,
+        retry_interval: float = 1.0,
+        max_retry_interval: float = 10.0,
+        max_queued: int = MAX_QUEUED,
+    ):
         """``journal_path`` None: no journal, records wait in memory only (what the journal's cost
         is measured against)."""
         self.client, self.spec = client, spec
-        self.retry_interval, self.max_retry_interval, self.max_queued = retry_interval, max_retry_interval, max_queued
+        self.retry_interval, self.max_retry_interval, self.max_queued = (
+            retry_interval,
+            max_retry_interval,
+            max_queued,
+        )
         self._queue: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self._on_disk_from: int | None = None  # journal offset of the first record not in the queue
         self._cond = threading.Condition()
@@ -57,19 +69,25 @@ class Sender:
         self._abandoned = False
         self._down = False
         self._run_open = False
-        self._previous_params: dict[str, str] = {}  # the run's params before this job (a resumed leg)
+        self._previous_params: dict[
+            str, str
+        ] = {}  # the run's params before this job (a resumed leg)
         self.first_attempt = threading.Event()  # set once opening the run was tried
         self.kept: Path | None = None  # the journal, when it still holds unsent records at close
         self._journal = _open_journal(journal_path, spec) if journal_path is not None else None
         self._writable = self._journal is not None
-        self._artifacts = (journal_path.with_name(journal_path.stem + "-artifacts") if journal_path is not None
-                           else Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-")))
+        self._artifacts = (
+            journal_path.with_name(journal_path.stem + "-artifacts")
+            if journal_path is not None
+            else Path(tempfile.mkdtemp(prefix="hvdtrain-mlflow-"))
+        )
         self._staged = 0
         self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
-        """Journal ``record``, then queue it (or leave it to the journal while the queue is full)."""
+        """Journal ``record``, then queue it
+        (or leave it to the journal while the queue is full)."""
         with self._cond:
             if not self._writable:  # no journal (a warning said why): memory only, unbounded
                 self._queue.append((0, record))
@@ -84,7 +102,9 @@ class Sender:
                     self._on_disk_from = offset
             self._cond.notify()
 
-    def put_artifact(self, path: str | os.PathLike, artifact_path: str | None, per_leg: bool = False) -> None:
+    def put_artifact(
+        self, path: str | os.PathLike, artifact_path: str | None, per_leg: bool = False
+    ) -> None:
         """Queue a file or directory, linked or copied now next to the journal: the caller may
         replace or prune it, and a killed job's ``mlflow-sync`` still finds it."""
         source = Path(path)
@@ -113,12 +133,17 @@ class Sender:
             unsent = bool(self._queue) or self._on_disk_from is not None
             if self._writable and unsent:
                 self.kept = self._journal.path
-                log.warning("hvdtrain: MLflow tracking server still unreachable at the end of training; "
-                            "unsent tracking data is kept in %s, upload it with: hvdtrain mlflow-sync %s",
-                            self.kept, self.kept)
+                log.warning(
+                    "hvdtrain: MLflow tracking server still unreachable at the end of training; "
+                    "unsent tracking data is kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                    self.kept,
+                    self.kept,
+                )
             elif unsent:
-                log.warning("hvdtrain: MLflow tracking data not sent: the server is unreachable and there is no "
-                            "journal to keep it in (see the warning above)")
+                log.warning(
+                    "hvdtrain: MLflow tracking data not sent: the server is unreachable and there "
+                    "is no journal to keep it in (see the warning above)"
+                )
             if not unsent:
                 shutil.rmtree(self._artifacts, ignore_errors=True)
             if self._journal is not None and not unsent:
@@ -126,7 +151,8 @@ class Sender:
                 _remove_if_empty(self._journal.path.parent)
                 self._journal, self._writable = None, False
             elif self._journal is not None and not self._thread.is_alive():
-                self._journal.close(delete=False)  # nothing in flight: the lock is released for a sync
+                # nothing in flight: the lock is released for a sync
+                self._journal.close(delete=False)
                 self._journal, self._writable = None, False
         return self.kept
 
@@ -134,8 +160,12 @@ class Sender:
         try:
             return self._journal.append(record)
         except OSError as err:  # a full disk: keep tracking in memory, as without a journal
-            log.warning("hvdtrain: tracking journal %s cannot be written (%s); unsent tracking data is kept in "
-                        "memory only from now on", self._journal.path, err)
+            log.warning(
+                "hvdtrain: tracking journal %s cannot be written (%s); unsent tracking data is "
+                "kept in memory only from now on",
+                self._journal.path,
+                err,
+            )
             self._writable = False
             return None
 
@@ -154,9 +184,14 @@ class Sender:
                 batch = self._head()
             try:
                 self._send([record for _, record in batch])
-            except Exception as err:  # noqa: BLE001 - any tracking failure is a warning, never a crash
+            # any tracking failure is a warning, never a crash
+            except Exception as err:  # noqa: BLE001
                 if self._run_open and not delivery.is_retryable(err):
-                    log.warning("hvdtrain: MLflow rejected a %s record, dropping it: %s", batch[0][1]["kind"], err)
+                    log.warning(
+                        "hvdtrain: MLflow rejected a %s record, dropping it: %s",
+                        batch[0][1]["kind"],
+                        err,
+                    )
                     self._done(batch)
                     continue
                 self._note_down(err)
@@ -170,7 +205,9 @@ class Sender:
             delay = self.retry_interval
             if self._down:
                 self._down = False
-                log.warning("hvdtrain: MLflow tracking server is reachable again; buffered data sent")
+                log.warning(
+                    "hvdtrain: MLflow tracking server is reachable again; buffered data sent"
+                )
 
     def _refill(self) -> None:
         """Move records that waited only in the journal back into the emptied queue."""
@@ -202,12 +239,20 @@ class Sender:
             try:
                 self._previous_params = delivery.open_run(self.client, self.spec)
                 self._run_open = True
-                with self._cond, contextlib.suppress(OSError):  # unrecorded: sync finds the run by its tag
+                # unrecorded: sync finds the run by its tag
+                with (
+                    self._cond,
+                    contextlib.suppress(OSError),
+                ):
                     if self._writable:
                         self._journal.mark_opened(self.spec)
             finally:
                 self.first_attempt.set()
-        record = batch[0] if len(batch) == 1 else {"kind": "metrics", "metrics": records.merge_metrics(batch)}
+        record = (
+            batch[0]
+            if len(batch) == 1
+            else {"kind": "metrics", "metrics": records.merge_metrics(batch)}
+        )
         delivery.send(self.client, self.spec, record, self._previous_params)
 
     def _done(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
@@ -224,17 +269,24 @@ class Sender:
     def _note_down(self, err: Exception) -> None:
         if not self._down:
             self._down = True
-            log.warning("hvdtrain: MLflow tracking at %s is unreachable (%s); training continues, tracking "
-                        "data is kept in the journal and retried in the background", self.client.tracking_uri,
-                        str(err)[:300])
+            log.warning(
+                "hvdtrain: MLflow tracking at %s is unreachable (%s); training continues, tracking "
+                "data is kept in the journal and retried in the background",
+                self.client.tracking_uri,
+                str(err)[:300],
+            )
 
 
 def _open_journal(path: Path, spec: RunSpec) -> Journal | None:
     try:
         return Journal(path, spec)
     except OSError as err:
-        log.warning("hvdtrain: tracking journal %s cannot be created (%s); unsent tracking data is kept in "
-                    "memory only", path, err)
+        log.warning(
+            "hvdtrain: tracking journal %s cannot be created (%s); unsent tracking data is kept in "
+            "memory only",
+            path,
+            err,
+        )
         return None
 
 

@@ -5,6 +5,7 @@ exponential backoff, 120 s timeout). Tracking must never hold training that long
 user set them, the retry settings below are shortened for this process; the tracker's own
 background thread keeps retrying for as long as the job runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,8 @@ def prepare_local_store() -> str:
     """
     uri = tracking_uri()
     if is_local(uri):
-        # Creating a store is not news: MLflow's "Creating initial MLflow database tables..." stays out
-        # of the job's console.
+        # Creating a store is not news: MLflow's "Creating initial MLflow database tables..." stays
+        # out of the job's console.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         MlflowClient(uri).search_experiments(max_results=1)
         os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -1,5 +1,6 @@
 """``hvdtrain mlflow-sync JOURNAL``: send what a job's tracking journal holds that MLflow never
 acknowledged, exactly once, through the same code as live tracking (``delivery``)."""
+
 from __future__ import annotations
 
 from itertools import groupby
@@ -38,10 +39,16 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
         sent = 0
         for is_metrics, group in groupby(unsent, key=lambda entry: entry[1]["kind"] == "metrics"):
             group = list(group)
-            for chunk in ([group[i:i + BATCH] for i in range(0, len(group), BATCH)] if is_metrics
-                          else [[entry] for entry in group]):
-                record = chunk[0][1] if not is_metrics else {
-                    "kind": "metrics", "metrics": records.merge_metrics(r for _, r in chunk)}
+            for chunk in (
+                [group[i : i + BATCH] for i in range(0, len(group), BATCH)]
+                if is_metrics
+                else [[entry] for entry in group]
+            ):
+                record = (
+                    chunk[0][1]
+                    if not is_metrics
+                    else {"kind": "metrics", "metrics": records.merge_metrics(r for _, r in chunk)}
+                )
                 delivery.send(client, spec, record, previous_params)
                 journal.mark_sent(chunk[-1][0])
                 sent += len(chunk)
@@ -53,11 +60,16 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     return spec.run_id, sent
 
 
-def _not_on_server(client: MlflowClient, run_id: str, unsent: list[tuple[int, dict[str, Any]]]
-                   ) -> list[tuple[int, dict[str, Any]]]:
+def _not_on_server(
+    client: MlflowClient, run_id: str, unsent: list[tuple[int, dict[str, Any]]]
+) -> list[tuple[int, dict[str, Any]]]:
     """``unsent`` without the metric points the run already has (same key, step, time and value)."""
     keys = {m[0] for _, record in unsent if record["kind"] == "metrics" for m in record["metrics"]}
-    stored = {(m.key, m.value, m.timestamp, m.step) for key in keys for m in client.get_metric_history(run_id, key)}
+    stored = {
+        (m.key, m.value, m.timestamp, m.step)
+        for key in keys
+        for m in client.get_metric_history(run_id, key)
+    }
     kept = []
     for seq, record in unsent:
         if record["kind"] == "metrics":

@@ -11,22 +11,30 @@ server, so a job whose store is a local file keeps rank 0's monitor only: anothe
 a store of its own. A monitor is a daemon thread: a server that dies makes it stop with one
 warning, it never holds training, and stopping it waits at most ``STOP_TIMEOUT_S``.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .legs import log
 
-ENABLE_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch (mlflow.enable_system_metrics_logging)
+# MLflow's own switch (mlflow.enable_system_metrics_logging)
+ENABLE_ENV = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"
 STOP_TIMEOUT_S = 10.0
 
 
 def wanted(asked: bool | None) -> bool:
-    """``asked``, or when the caller left it open, MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``."""
-    return asked if asked is not None else os.environ.get(ENABLE_ENV, "").strip().lower() in ("true", "1")
+    """``asked``, or when the caller left it open,
+    MLflow's ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``."""
+    return (
+        asked
+        if asked is not None
+        else os.environ.get(ENABLE_ENV, "").strip().lower() in ("true", "1")
+    )
 
 
 def node_id(hostnames: Sequence[str]) -> str | None:
@@ -38,36 +46,54 @@ def plan_for_hosts(uri: str, continued: bool, hostnames: Sequence[str]) -> dict[
     """Rank 0's word to the other hosts' local rank 0: where to log (``None``: they start none)."""
     from .store import is_local
 
-    return None if node_id(hostnames) is None or is_local(uri) else {"uri": uri, "continued": continued}
+    return (
+        None
+        if node_id(hostnames) is None or is_local(uri)
+        else {"uri": uri, "continued": continued}
+    )
 
 
-def start_on_this_host(local_rank: int, hostnames: Sequence[str], run_id: str | None,
-                       plan: dict[str, Any] | None) -> Any:
-    """Not rank 0: this host's monitor when this process is its local rank 0 (none on rank 0's host)."""
+def start_on_this_host(
+    local_rank: int, hostnames: Sequence[str], run_id: str | None, plan: dict[str, Any] | None
+) -> Any:
+    """Not rank 0: this host's monitor when this process is its local rank 0
+    (none on rank 0's host)."""
     if plan is None or run_id is None or local_rank != 0 or socket.gethostname() == hostnames[0]:
         return None
     return start(run_id, plan["uri"], socket.gethostname(), plan["continued"])
 
 
 def start(run_id: str, uri: str, node: str | None, continued: bool) -> Any:
-    """MLflow's sampler of this host, logging to the run every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
-    s (default 10); ``None``, with one warning, when it cannot start."""
+    """MLflow's sampler of this host, logging to the run every
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` s (default 10); ``None``, with one
+    warning, when it cannot start."""
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         from .store import bound_http_calls
 
-        bound_http_calls()  # a dead server's retries end within seconds (rank 0's process has them already)
-        monitor = SystemMetricsMonitor(run_id, resume_logging=continued, node_id=node, tracking_uri=uri)
+        # a dead server's retries end within seconds (rank 0's process has them already)
+        bound_http_calls()
+        monitor = SystemMetricsMonitor(
+            run_id, resume_logging=continued, node_id=node, tracking_uri=uri
+        )
         monitor.start()
         return monitor
     except Exception as err:  # system metrics must never stop training
-        log.warning("hvdtrain: no system metrics from host %s: %s: %s", socket.gethostname(), type(err).__name__, err)
+        log.warning(
+            "hvdtrain: no system metrics from host %s: %s: %s",
+            socket.gethostname(),
+            type(err).__name__,
+            err,
+        )
         return None
 
 
 def stop(monitor: Any, timeout: float = STOP_TIMEOUT_S) -> None:
-    """Stop sampling and send the last samples, waiting at most ``timeout`` s (a dead server's retries)."""
-    closing = threading.Thread(target=monitor.finish, name="hvdtrain-system-metrics-stop", daemon=True)
+    """Stop sampling and send the last samples, waiting at most ``timeout`` s
+    (a dead server's retries)."""
+    closing = threading.Thread(
+        target=monitor.finish, name="hvdtrain-system-metrics-stop", daemon=True
+    )
     closing.start()
     closing.join(timeout)

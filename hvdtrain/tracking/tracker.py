@@ -12,6 +12,7 @@ In an elastic job rank 0 can change hands: when rank 0's host is lost, another p
 rank 0. The run is tagged with the job (``legs.JOB_TAG``), and the new rank 0's tracker reopens it
 (``successor``) and goes on logging; a process that is no longer rank 0 stops sending.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,9 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..core import elastic
 from ..core.context import Context, current, main_process_only
@@ -32,6 +34,8 @@ from .legs import log
 from .params import environment_params, flatten, without_secrets
 from .records import RunSpec
 
+if TYPE_CHECKING:
+    from .sender import Sender  # imports MLflow: at run time only rank 0 does, when it starts
 
 HANDBACK_TIMEOUT_S = 10.0  # a process no longer rank 0 sends what it still holds within this
 
@@ -52,8 +56,15 @@ def _sending(method):
 class Tracker:
     """Handle on the job's run; every rank holds one, only rank 0's sends anything."""
 
-    def __init__(self, ctx: Context, run_id: str | None, sender: Sender | None = None,
-                 system_monitor: Any = None, elastic_job: str | None = None, experiment: str | None = None):
+    def __init__(
+        self,
+        ctx: Context,
+        run_id: str | None,
+        sender: Sender | None = None,
+        system_monitor: Any = None,
+        elastic_job: str | None = None,
+        experiment: str | None = None,
+    ):
         self.ctx = ctx
         self._run_id = run_id
         self._sender = sender
@@ -61,7 +72,8 @@ class Tracker:
         self._last_step_time: float | None = None
         self._elastic_job, self._experiment = elastic_job, experiment
         self._params: dict[str, str] = {}  # logged through log_params
-        self._disabled = ctx.is_main and sender is None  # rank 0 could not open the run: nothing to take over
+        # rank 0 could not open the run: nothing to take over
+        self._disabled = ctx.is_main and sender is None
 
     @property
     def run_id(self) -> str | None:
@@ -82,8 +94,13 @@ class Tracker:
         flat = flatten(params)
         for key, value in flat.items():
             if self._params.get(key, value) != value:
-                log.warning("hvdtrain: param %s already logged as %r; %r not logged (MLflow params cannot "
-                            "change)", key, self._params[key], value)
+                log.warning(
+                    "hvdtrain: param %s already logged as %r; %r not logged (MLflow params cannot "
+                    "change)",
+                    key,
+                    self._params[key],
+                    value,
+                )
         new = {key: value for key, value in flat.items() if key not in self._params}
         self._params.update(new)
         if new:
@@ -102,8 +119,14 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._sender.put_artifact(path, artifact_path)
 
-    def log_step(self, step: int, metrics: Mapping[str, float], *, lr: float | None = None,
-                 samples: int | None = None) -> dict[str, float]:
+    def log_step(
+        self,
+        step: int,
+        metrics: Mapping[str, float],
+        *,
+        lr: float | None = None,
+        samples: int | None = None,
+    ) -> dict[str, float]:
         """Collective, every N steps: metrics averaged over ranks, the LR, and global samples/s
         from ``samples`` (this rank's samples since the previous call)."""
         self._follow_rank0()
@@ -121,7 +144,9 @@ class Tracker:
         ``epoch_<name>``, validation metrics (``val_`` prefix) under their own name."""
         self._follow_rank0()
         averaged = self.ctx.average(metrics)
-        self.log_metrics({k if k.startswith("val_") else f"epoch_{k}": v for k, v in averaged.items()}, epoch)
+        self.log_metrics(
+            {k if k.startswith("val_") else f"epoch_{k}": v for k, v in averaged.items()}, epoch
+        )
         return averaged
 
     @_sending
@@ -166,8 +191,12 @@ class Tracker:
 
 
 @contextlib.contextmanager
-def tracked(config: Mapping[str, Any] | None = None, experiment: str | None = None, enabled: bool = True,
-            **start_kwargs: Any) -> Iterator[Tracker | None]:
+def tracked(
+    config: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    enabled: bool = True,
+    **start_kwargs: Any,
+) -> Iterator[Tracker | None]:
     """The job's run for the ``with`` block (``None`` when not ``enabled``): it ends FINISHED, or
     FAILED when the block raises."""
     tracker = start(config, experiment, **start_kwargs) if enabled else None
@@ -181,11 +210,18 @@ def tracked(config: Mapping[str, Any] | None = None, experiment: str | None = No
         tracker.finish()
 
 
-def start(config: Mapping[str, Any] | None = None, experiment: str | None = None,
-          run_name: str | None = None, tags: Mapping[str, Any] | None = None,
-          system_metrics: bool | None = None, parent_run_id: str | None = None,
-          spill_dir: str | os.PathLike | None = None, start_timeout: float = 30.0,
-          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> Tracker:
+def start(
+    config: Mapping[str, Any] | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    system_metrics: bool | None = None,
+    parent_run_id: str | None = None,
+    spill_dir: str | os.PathLike | None = None,
+    start_timeout: float = 30.0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> Tracker:
     """Collective, after ``init()`` on every rank: open the job's one run.
 
     Follows MLflow's conventions: ``MLFLOW_TRACKING_URI`` (default: MLflow's local sqlite store),
@@ -204,38 +240,80 @@ def start(config: Mapping[str, Any] | None = None, experiment: str | None = None
     job = None if exchange else _elastic_job()
     if job is not None:
         tags = {**(tags or {}), legs.JOB_TAG: job}
-    hostnames = ([ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"] for rank in range(ctx.size)]
-                 if exchange else [socket.gethostname()])
+    hostnames = (
+        [
+            ctx.broadcast_object({"host": socket.gethostname()}, rank)["host"]
+            for rank in range(ctx.size)
+        ]
+        if exchange
+        else [socket.gethostname()]
+    )
 
     def open_run():
         try:
-            return _open(dict(config or {}), experiment, run_name, dict(tags or {}), system_metrics,
-                         parent_run_id, spill_dir, start_timeout, hostnames, checkpoint_dir, resume)
+            return _open(
+                dict(config or {}),
+                experiment,
+                run_name,
+                dict(tags or {}),
+                system_metrics,
+                parent_run_id,
+                spill_dir,
+                start_timeout,
+                hostnames,
+                checkpoint_dir,
+                resume,
+            )
         except Exception as err:  # a tracking problem must never stop training
-            log.warning("hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err)
+            log.warning(
+                "hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err
+            )
             return None
 
     # Rank 0 may take a while (importing MLflow, waiting for the server): the others wait with it.
     opened = on_main(ctx, open_run, "opening the MLflow run") if exchange else open_run()
     run_id, sender, monitor, hosts_plan = opened or (None, None, None, None)
     if exchange:
-        shared = ctx.broadcast_object({"run_id": run_id, "hosts_plan": hosts_plan}, 0)  # same type on every rank
+        # same type on every rank
+        shared = ctx.broadcast_object({"run_id": run_id, "hosts_plan": hosts_plan}, 0)
         run_id = shared["run_id"]
         if not ctx.is_main:
-            monitor = system.start_on_this_host(ctx.local_rank, hostnames, run_id, shared["hosts_plan"])
-    return Tracker(ctx, run_id, sender, monitor, elastic_job=job,
-                   experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"))
+            monitor = system.start_on_this_host(
+                ctx.local_rank, hostnames, run_id, shared["hosts_plan"]
+            )
+    return Tracker(
+        ctx,
+        run_id,
+        sender,
+        monitor,
+        elastic_job=job,
+        experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+    )
 
 
 def _elastic_job() -> str | None:
     """What names this elastic job for every worker, a later joiner too: its rendezvous server."""
-    address, port = os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"), os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT")
+    address, port = (
+        os.environ.get("HOROVOD_GLOO_RENDEZVOUS_ADDR"),
+        os.environ.get("HOROVOD_GLOO_RENDEZVOUS_PORT"),
+    )
     return f"{address}:{port}" if address and port else None
 
 
 @main_process_only
-def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spill_dir, start_timeout,
-          hostnames, checkpoint_dir, resume):
+def _open(
+    config,
+    experiment,
+    run_name,
+    tags,
+    system_metrics,
+    parent_run_id,
+    spill_dir,
+    start_timeout,
+    hostnames,
+    checkpoint_dir,
+    resume,
+):
     import mlflow
     from mlflow.tracking import MlflowClient
     from mlflow.tracking.context.registry import resolve_tags
@@ -247,12 +325,17 @@ def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spi
     uri = store.tracking_uri()
     active = mlflow.active_run()
     continued = os.environ.get("MLFLOW_RUN_ID") or (
-        legs.continued_run(checkpoint_dir, uri) if resume and checkpoint_dir is not None else None)
-    spec = RunSpec(experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
-                   experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
-                   run_name=run_name, tags=resolve_tags({k: str(v) for k, v in tags.items()}),
-                   parent_run_id=parent_run_id or (active.info.run_id if active else None), run_id=continued,
-                   run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())])
+        legs.continued_run(checkpoint_dir, uri) if resume and checkpoint_dir is not None else None
+    )
+    spec = RunSpec(
+        experiment=experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME"),
+        experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
+        run_name=run_name,
+        tags=resolve_tags({k: str(v) for k, v in tags.items()}),
+        parent_run_id=parent_run_id or (active.info.run_id if active else None),
+        run_id=continued,
+        run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())],
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     journal = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"
     sender = Sender(MlflowClient(uri), spec, journal)
@@ -263,8 +346,11 @@ def _open(config, experiment, run_name, tags, system_metrics, parent_run_id, spi
             path.write_text(json.dumps(without_secrets(config), indent=1, default=str))
             sender.put_artifact(path, None, per_leg=True)
     if not sender.first_attempt.wait(start_timeout):
-        log.warning("hvdtrain: MLflow run not created within %.0f s; training continues, tracking "
-                    "data is buffered", start_timeout)
+        log.warning(
+            "hvdtrain: MLflow run not created within %.0f s; training continues, tracking "
+            "data is buffered",
+            start_timeout,
+        )
     if not (system.wanted(system_metrics) and spec.run_id):
         return spec.run_id, sender, None, None
     monitor = system.start(spec.run_id, uri, system.node_id(hostnames), bool(continued))

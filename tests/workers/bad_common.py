@@ -1,11 +1,13 @@
-"""Shared by the bad-input workers: the flags, and each rank's record of the error that stopped it."""
+"""Shared by the bad-input workers:
+the flags, and each rank's record of the error that stopped it."""
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import resource
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from tests.workers.common import parse_args, report
 
@@ -31,7 +33,10 @@ def recorded(out, rank: int) -> Iterator[dict]:
 
 def snapshot(directory) -> dict[str, str]:
     """File name -> content hash of a directory's files."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(directory).iterdir())}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).iterdir())
+    }
 
 
 def limit_file_size(rank: int, size: int | None) -> None:

@@ -1,26 +1,42 @@
 """Worker for tests/test_bad_input.py: a tiny hvdtrain.keras job fed bad checkpoints, a bad
 checkpoint directory or NaN data (modes as in ``bad_torch.py``)."""
+
 from __future__ import annotations
 
 import keras
 import numpy as np
 
 import hvdtrain.keras as hk
-from tests.workers.bad_common import args as parse, recorded, snapshot
+from tests.workers.bad_common import args as parse
+from tests.workers.bad_common import recorded, snapshot
 
 args = parse()
 ctx = hk.init(seed=0)
-model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(args.width or 8, activation="tanh"),
-                          keras.layers.Dense(1)])
-model.compile(optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)), loss="mse", jit_compile=False)
+model = keras.Sequential(
+    [
+        keras.Input((4,)),
+        keras.layers.Dense(args.width or 8, activation="tanh"),
+        keras.layers.Dense(1),
+    ]
+)
+model.compile(
+    optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)), loss="mse", jit_compile=False
+)
 inputs = np.random.default_rng(0).normal(size=(64, 4))
 x, y = hk.shard(inputs, inputs.sum(axis=1, keepdims=True), seed=0)
 
 
 def train(epochs: int, resume: bool) -> None:
     meta = hk.load_checkpoint(args.ckpt, model) if resume else None
-    model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=meta.epoch if meta else 0, verbose=0,
-              callbacks=[*hk.callbacks(), hk.CheckpointCallback(args.ckpt)])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        initial_epoch=meta.epoch if meta else 0,
+        verbose=0,
+        callbacks=[*hk.callbacks(), hk.CheckpointCallback(args.ckpt)],
+    )
 
 
 with recorded(args.out, ctx.rank) as report:

@@ -6,13 +6,15 @@ Modes: ``save`` trains ``--epochs`` from scratch with a checkpoint per epoch in 
 ``--epochs``; ``nan`` trains one clean epoch (a checkpoint), then continues with a NaN in one
 sample, reporting the checkpoint directory as it was before.
 """
+
 from __future__ import annotations
 
 import torch
 from torch.utils.data import TensorDataset
 
 import hvdtrain.torch as ht
-from tests.workers.bad_common import args as parse, limit_file_size, recorded, snapshot
+from tests.workers.bad_common import args as parse
+from tests.workers.bad_common import limit_file_size, recorded, snapshot
 
 args = parse()
 ctx = ht.init(seed=0)
@@ -23,9 +25,20 @@ inputs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
 
 def train(inputs: torch.Tensor, epochs: int, resume: bool) -> None:
-    loader = ht.distributed_loader(TensorDataset(inputs, inputs.sum(dim=1, keepdim=True)), batch_size=8)
-    ht.fit(model, optimizer, torch.nn.MSELoss(), loader, epochs=epochs, checkpoint_dir=args.ckpt, resume=resume,
-           progress=False, log_every=1)
+    loader = ht.distributed_loader(
+        TensorDataset(inputs, inputs.sum(dim=1, keepdim=True)), batch_size=8
+    )
+    ht.fit(
+        model,
+        optimizer,
+        torch.nn.MSELoss(),
+        loader,
+        epochs=epochs,
+        checkpoint_dir=args.ckpt,
+        resume=resume,
+        progress=False,
+        log_every=1,
+    )
 
 
 limit_file_size(ctx.rank, args.fsize)

@@ -1,4 +1,5 @@
 """Helpers for worker scripts run by ``tests.launch.horovodrun``."""
+
 from __future__ import annotations
 
 import argparse

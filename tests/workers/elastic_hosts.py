@@ -5,6 +5,7 @@ state appends the digest of the model and optimizer state right after it to ``<o
 (``elastic_train.record_state_events``); and batches sleep only until ``<out>/finish`` exists, so
 the test can take hosts away and bring them back while training runs, then let it end.
 """
+
 import sys
 import time
 from pathlib import Path

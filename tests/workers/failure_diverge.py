@@ -1,6 +1,7 @@
 """Ranks diverge: every rank allreduces a "gradient" (Horovod names it allreduce.fc1.weight) each
 step, but rank 1 stops after ``--steps-on-rank1`` steps and keeps running without calling
 collectives (as if it ran out of data), so the other ranks wait in a collective it never joins."""
+
 import argparse
 import time
 

@@ -1,6 +1,7 @@
 """Worker for tests/test_fit_contract.py, either framework on 2 ranks: the samples each rank sees
 each epoch, and a job stopped mid-epoch after a checkpoint then resumed, against the same job
 uninterrupted (same initial weights, Adam, 2 epochs of 7 steps: 50 samples, 4 per rank per step)."""
+
 import os
 
 import numpy as np
@@ -25,7 +26,7 @@ def torch_job(out) -> dict:
 
     import hvdtrain.torch as ht
 
-    ctx = ht.init(seed=0)
+    ht.init(seed=0)
     torch.set_default_dtype(torch.float64)
     x, y = map(torch.from_numpy, features())
     order = {}
@@ -37,7 +38,9 @@ def torch_job(out) -> dict:
     def train(checkpoint_dir, crash=False, resume=False) -> list[float]:
         torch.manual_seed(1)  # the same initial weights every time
         model = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-        optimizer = ht.wrap_optimizer(torch.optim.Adam(model.parameters(), lr=0.01), model, lr_scaling="none")
+        optimizer = ht.wrap_optimizer(
+            torch.optim.Adam(model.parameters(), lr=0.01), model, lr_scaling="none"
+        )
         steps = []
 
         def loss(outputs, targets):
@@ -47,9 +50,17 @@ def torch_job(out) -> dict:
             return torch.nn.functional.mse_loss(outputs, targets)
 
         try:
-            ht.fit(model, optimizer, loss, ht.distributed_loader(TensorDataset(x, y), BATCH, seed=SEED),
-                   epochs=EPOCHS, checkpoint_dir=checkpoint_dir, checkpoint_every=EVERY, resume=resume,
-                   progress=False)
+            ht.fit(
+                model,
+                optimizer,
+                loss,
+                ht.distributed_loader(TensorDataset(x, y), BATCH, seed=SEED),
+                epochs=EPOCHS,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=EVERY,
+                resume=resume,
+                progress=False,
+            )
         except Crash:
             pass
         return torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
@@ -62,7 +73,7 @@ def keras_job(out) -> dict:
 
     import hvdtrain.keras as hk
 
-    ctx = hk.init(seed=0)
+    hk.init(seed=0)
     keras.config.set_floatx("float64")
     x, y = features()
     seen: list[list[int]] = []
@@ -73,15 +84,34 @@ def keras_job(out) -> dict:
             return super().train_step(data)
 
     def model_of(kind):
-        model = kind([keras.Input((1,)), keras.layers.Dense(8, activation="tanh",
-                                                           kernel_initializer=keras.initializers.GlorotUniform(1)),
-                      keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(2))])
-        model.compile(optimizer=hk.wrap_optimizer(keras.optimizers.Adam(0.01), lr_scaling="none"), loss="mse",
-                      jit_compile=False, run_eagerly=kind is Recording)
+        model = kind(
+            [
+                keras.Input((1,)),
+                keras.layers.Dense(
+                    8, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(1)
+                ),
+                keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(2)),
+            ]
+        )
+        model.compile(
+            optimizer=hk.wrap_optimizer(keras.optimizers.Adam(0.01), lr_scaling="none"),
+            loss="mse",
+            jit_compile=False,
+            run_eagerly=kind is Recording,
+        )
         return model
 
     epochs = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append([]))
-    hk.fit(model_of(Recording), x, y, batch_size=BATCH, epochs=EPOCHS, seed=SEED, callbacks=[epochs], verbose=0)
+    hk.fit(
+        model_of(Recording),
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        seed=SEED,
+        callbacks=[epochs],
+        verbose=0,
+    )
     order = dict(enumerate(seen))
 
     def train(checkpoint_dir, crash=False, resume=False) -> list[float]:
@@ -92,9 +122,19 @@ def keras_job(out) -> dict:
                 raise Crash()
 
         try:
-            hk.fit(model, x, y, batch_size=BATCH, epochs=EPOCHS, seed=SEED, checkpoint_dir=checkpoint_dir,
-                   checkpoint_every=EVERY, resume=resume, callbacks=[keras.callbacks.LambdaCallback(
-                       on_train_batch_end=stop)], verbose=0)
+            hk.fit(
+                model,
+                x,
+                y,
+                batch_size=BATCH,
+                epochs=EPOCHS,
+                seed=SEED,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=EVERY,
+                resume=resume,
+                callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=stop)],
+                verbose=0,
+            )
         except Crash:
             pass
         return np.concatenate([np.ravel(w) for w in model.get_weights()]).tolist()
@@ -111,8 +151,15 @@ def resumed_vs_whole(train, out) -> dict:
     [(step, sidecar)] = CheckpointDir(crashed, "").checkpoints()
     meta = read_meta(sidecar)[1]
     resumed = train(str(crashed), resume=True)
-    return {"whole": whole, "resumed": resumed, "checkpoint": {"step": meta.step, "epoch": meta.epoch,
-                                                               "epoch_samples": meta.extra["epoch_samples"]}}
+    return {
+        "whole": whole,
+        "resumed": resumed,
+        "checkpoint": {
+            "step": meta.step,
+            "epoch": meta.epoch,
+            "epoch_samples": meta.extra["epoch_samples"],
+        },
+    }
 
 
 def main():

@@ -4,6 +4,7 @@ Horovod's docs show, on 2 ranks; each rank reports numbers for ``tests/test_horo
 References are plain single-process Keras (or, for momentum correction, the update rule written
 out) on the global batch, computed on every rank.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -26,10 +27,21 @@ B, STEPS = 4, 6  # per-rank batch, updates per epoch
 def model(seed: int = 0, embedding: bool = False) -> keras.Model:
     init = keras.initializers.GlorotUniform(seed)
     if embedding:
-        return keras.Sequential([keras.Input((2,), dtype="int32"), keras.layers.Embedding(10, 3, embeddings_initializer=init),
-                                 keras.layers.Flatten(), keras.layers.Dense(1, kernel_initializer=init)])
-    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, activation="tanh", kernel_initializer=init),
-                             keras.layers.Dense(1, kernel_initializer=init)])
+        return keras.Sequential(
+            [
+                keras.Input((2,), dtype="int32"),
+                keras.layers.Embedding(10, 3, embeddings_initializer=init),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1, kernel_initializer=init),
+            ]
+        )
+    return keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(4, activation="tanh", kernel_initializer=init),
+            keras.layers.Dense(1, kernel_initializer=init),
+        ]
+    )
 
 
 def data(n: int, embedding: bool = False):
@@ -39,10 +51,12 @@ def data(n: int, embedding: bool = False):
 
 
 def shard(a: np.ndarray, micro: int = 1) -> np.ndarray:
-    """This rank's rows: each global batch of ``size * micro * B`` rows is ``micro`` micro-batches of
-    ``B`` per rank; any partition of the global batch gives the same mean gradient."""
+    """This rank's rows: each global batch of ``size * micro * B`` rows is ``micro`` micro-batches
+    of ``B`` per rank; any partition of the global batch gives the same mean gradient."""
     size, rank, g = hvd.size(), hvd.rank(), hvd.size() * micro * B
-    return np.concatenate([a[u * g + (k * size + rank) * B:][:B] for u in range(len(a) // g) for k in range(micro)])
+    return np.concatenate(
+        [a[u * g + (k * size + rank) * B :][:B] for u in range(len(a) // g) for k in range(micro)]
+    )
 
 
 def reference(init, optimizer, x, y, batch, epochs=1, embedding=False) -> list[np.ndarray]:
@@ -62,7 +76,9 @@ def flat(weights) -> list[float]:
     return np.concatenate([np.ravel(w) for w in weights]).tolist()
 
 
-def fit_check(make_opt, reference_opt, *, micro=1, embedding=False, epochs=1, module=hvd, **options) -> dict:
+def fit_check(
+    make_opt, reference_opt, *, micro=1, embedding=False, epochs=1, module=hvd, **options
+) -> dict:
     """Train with ``module.DistributedOptimizer(make_opt(), **options)`` and the docs' callbacks;
     compare with ``reference_opt`` on the global batch. Rank 1 starts from other weights: the
     broadcast callback must replace them with rank 0's."""
@@ -71,12 +87,26 @@ def fit_check(make_opt, reference_opt, *, micro=1, embedding=False, epochs=1, mo
     init = htf.broadcast_object(net.get_weights(), 0)
     opt = module.DistributedOptimizer(make_opt(), **options)
     net.compile(optimizer=opt, loss="mse")
-    callbacks = [module.callbacks.BroadcastGlobalVariablesCallback(0), module.callbacks.MetricAverageCallback()]
-    net.fit(shard(x, micro), shard(y, micro), batch_size=B, epochs=epochs, shuffle=False, callbacks=callbacks,
-            verbose=0)
+    callbacks = [
+        module.callbacks.BroadcastGlobalVariablesCallback(0),
+        module.callbacks.MetricAverageCallback(),
+    ]
+    net.fit(
+        shard(x, micro),
+        shard(y, micro),
+        batch_size=B,
+        epochs=epochs,
+        shuffle=False,
+        callbacks=callbacks,
+        verbose=0,
+    )
     want = reference(init, reference_opt, x, y, hvd.size() * micro * B, epochs, embedding)
-    return {"diff": diff(net.get_weights(), want), "weights": flat(net.get_weights()),
-            "same_class": type(opt) is type(make_opt()), "iterations": int(opt.iterations.numpy())}
+    return {
+        "diff": diff(net.get_weights(), want),
+        "weights": flat(net.get_weights()),
+        "same_class": type(opt) is type(make_opt()),
+        "iterations": int(opt.iterations.numpy()),
+    }
 
 
 def metric_average() -> dict:
@@ -90,9 +120,19 @@ def metric_average() -> dict:
 
     net = model()
     net.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.SGD(0.1)), loss="mse")
-    history = net.fit(shard(x), shard(y), batch_size=B, epochs=2, shuffle=False, verbose=0,
-                      callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0), Local(),
-                                 hvd.callbacks.MetricAverageCallback()])
+    history = net.fit(
+        shard(x),
+        shard(y),
+        batch_size=B,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+            Local(),
+            hvd.callbacks.MetricAverageCallback(),
+        ],
+    )
     return {"local": seen, "averaged": [float(v) for v in history.history["loss"]]}
 
 
@@ -110,27 +150,54 @@ def warmup_with_momentum_correction() -> dict:
 
     net = model()
     init = net.get_weights()
-    net.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.SGD(initial_lr, momentum=momentum)), loss="mse")
-    history = net.fit(shard(x), shard(y), batch_size=B, epochs=epochs, shuffle=False, verbose=0, callbacks=[
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback(),
-        hvd.callbacks.LearningRateWarmupCallback(initial_lr=initial_lr, warmup_epochs=warmup, verbose=1), Record()])
+    net.compile(
+        optimizer=hvd.DistributedOptimizer(keras.optimizers.SGD(initial_lr, momentum=momentum)),
+        loss="mse",
+    )
+    history = net.fit(
+        shard(x),
+        shard(y),
+        batch_size=B,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+            hvd.callbacks.MetricAverageCallback(),
+            hvd.callbacks.LearningRateWarmupCallback(
+                initial_lr=initial_lr, warmup_epochs=warmup, verbose=1
+            ),
+            Record(),
+        ],
+    )
 
     # Keras 2's update with Horovod's correction: velocity = momentum * new / old LR * velocity -
     # LR * gradient while the LR changes. Keras reads the momentum as a float32 constant.
     ref, g = model(), hvd.size() * B
     ref.set_weights(init)
-    velocity, old_lr, keras_momentum = [np.zeros_like(w) for w in init], initial_lr, float(np.float32(momentum))
+    velocity, old_lr, keras_momentum = (
+        [np.zeros_like(w) for w in init],
+        initial_lr,
+        float(np.float32(momentum)),
+    )
     for step, lr in enumerate(lrs):
         mu = keras_momentum * (lr / old_lr if step < warmup * STEPS else 1.0)
         batch = step % STEPS
         with tf.GradientTape() as tape:
-            loss = keras.losses.MeanSquaredError()(y[batch * g:(batch + 1) * g], ref(x[batch * g:(batch + 1) * g]))
+            loss = keras.losses.MeanSquaredError()(
+                y[batch * g : (batch + 1) * g], ref(x[batch * g : (batch + 1) * g])
+            )
         grads = tape.gradient(loss, ref.trainable_variables)
         velocity = [mu * v - lr * gr.numpy() for v, gr in zip(velocity, grads)]
         ref.set_weights([w + v for w, v in zip(ref.get_weights(), velocity)])
         old_lr = lr
-    return {"lrs": lrs, "logged_lr": [float(v) for v in history.history["lr"]], "initial_lr": initial_lr,
-            "diff": diff(net.get_weights(), ref.get_weights()), "weights": flat(net.get_weights())}
+    return {
+        "lrs": lrs,
+        "logged_lr": [float(v) for v in history.history["lr"]],
+        "initial_lr": initial_lr,
+        "diff": diff(net.get_weights(), ref.get_weights()),
+        "weights": flat(net.get_weights()),
+    }
 
 
 def lr_schedule() -> list[float]:
@@ -138,9 +205,20 @@ def lr_schedule() -> list[float]:
     x, y = data(hvd.size() * B * STEPS)
     net = model()
     net.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
-    history = net.fit(shard(x), shard(y), batch_size=B, epochs=4, shuffle=False, verbose=0, callbacks=[
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        hvd.callbacks.LearningRateScheduleCallback(initial_lr=0.01, multiplier=0.5, start_epoch=1)])
+    history = net.fit(
+        shard(x),
+        shard(y),
+        batch_size=B,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+            hvd.callbacks.LearningRateScheduleCallback(
+                initial_lr=0.01, multiplier=0.5, start_epoch=1
+            ),
+        ],
+    )
     return [float(v) for v in history.history["lr"]]
 
 
@@ -150,30 +228,52 @@ def load_model(out: Path) -> dict:
     x, y = data(hvd.size() * B * STEPS)
     net = model()
     net.compile(optimizer=hvd.DistributedOptimizer(keras.optimizers.Adam(0.01)), loss="mse")
-    net.fit(shard(x), shard(y), batch_size=B, shuffle=False, verbose=0,
-            callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+    net.fit(
+        shard(x),
+        shard(y),
+        batch_size=B,
+        shuffle=False,
+        verbose=0,
+        callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)],
+    )
     path = out / "saved.keras"
     if hvd.rank() == 0:
         net.save(path)
     hvd.allreduce(0.0, name="saved")  # the file exists before anyone loads it
     loaded = hvd.load_model(path, compression=hvd.Compression.fp16)
     state_restored = diff(loaded.optimizer.variables, net.optimizer.variables) == 0.0
-    loaded.fit(shard(x), shard(y), batch_size=B, shuffle=False, verbose=0,
-               callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+    loaded.fit(
+        shard(x),
+        shard(y),
+        batch_size=B,
+        shuffle=False,
+        verbose=0,
+        callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)],
+    )
     plain = keras.models.load_model(path)
     plain.fit(x, y, batch_size=hvd.size() * B, shuffle=False, verbose=0)
-    return {"class": type(loaded.optimizer).__name__, "state_restored": state_restored,
-            "diff": diff(loaded.get_weights(), plain.get_weights())}
+    return {
+        "class": type(loaded.optimizer).__name__,
+        "state_restored": state_restored,
+        "diff": diff(loaded.get_weights(), plain.get_weights()),
+    }
 
 
 def plain_optimizer_is_caught() -> str:
-    """A Horovod script that forgot DistributedOptimizer: the broadcast callback's tripwire stops it."""
+    """A Horovod script that forgot DistributedOptimizer:
+    the broadcast callback's tripwire stops it."""
     x, y = data(hvd.size() * B * STEPS)
     net = model()
     net.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     try:
-        net.fit(shard(x), shard(y), batch_size=B, shuffle=False, verbose=0,
-                callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+        net.fit(
+            shard(x),
+            shard(y),
+            batch_size=B,
+            shuffle=False,
+            verbose=0,
+            callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)],
+        )
     except Exception as err:  # noqa: BLE001 - the test asserts on its type and text
         return f"{type(err).__name__}: {err}"
     return "not stopped"
@@ -181,10 +281,15 @@ def plain_optimizer_is_caught() -> str:
 
 def refusals() -> dict:
     found = {}
-    for name, call in {"groups": lambda: hvd.DistributedOptimizer(keras.optimizers.SGD(0.1), groups=2),
-                       "twice": lambda: hvd.DistributedOptimizer(hvd.DistributedOptimizer(keras.optimizers.SGD(0.1))),
-                       "local_var": lambda: hvd.DistributedOptimizer(keras.optimizers.SGD(0.1)).register_local_var(
-                           model().weights[0])}.items():
+    for name, call in {
+        "groups": lambda: hvd.DistributedOptimizer(keras.optimizers.SGD(0.1), groups=2),
+        "twice": lambda: hvd.DistributedOptimizer(
+            hvd.DistributedOptimizer(keras.optimizers.SGD(0.1))
+        ),
+        "local_var": lambda: hvd.DistributedOptimizer(keras.optimizers.SGD(0.1)).register_local_var(
+            model().weights[0]
+        ),
+    }.items():
         try:
             call()
             found[name] = "accepted"
@@ -198,18 +303,25 @@ def main() -> None:
     hvd.init()
     sgd = lambda: keras.optimizers.SGD(0.1)  # noqa: E731
     results = {
-        "sgd_momentum": fit_check(lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-                                  keras.optimizers.SGD(0.1, momentum=0.9), epochs=2),
-        "adam_standalone": fit_check(lambda: keras.optimizers.Adam(0.01), keras.optimizers.Adam(0.01),
-                                     module=hvd_standalone),
+        "sgd_momentum": fit_check(
+            lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+            keras.optimizers.SGD(0.1, momentum=0.9),
+            epochs=2,
+        ),
+        "adam_standalone": fit_check(
+            lambda: keras.optimizers.Adam(0.01), keras.optimizers.Adam(0.01), module=hvd_standalone
+        ),
         "predivide": fit_check(sgd, sgd(), gradient_predivide_factor=2.0),
         "sum": fit_check(sgd, keras.optimizers.SGD(0.1 * hvd.size()), op=hvd.Sum),
         "fp16": fit_check(sgd, sgd(), compression=hvd.Compression.fp16),
         "sparse": fit_check(sgd, sgd(), embedding=True),
         "sparse_as_dense": fit_check(sgd, sgd(), embedding=True, sparse_as_dense=True),
-        "passes_averaged": fit_check(sgd, sgd(), micro=2, backward_passes_per_step=2,
-                                     average_aggregated_gradients=True),
-        "passes_summed": fit_check(sgd, keras.optimizers.SGD(0.2), micro=2, backward_passes_per_step=2),
+        "passes_averaged": fit_check(
+            sgd, sgd(), micro=2, backward_passes_per_step=2, average_aggregated_gradients=True
+        ),
+        "passes_summed": fit_check(
+            sgd, keras.optimizers.SGD(0.2), micro=2, backward_passes_per_step=2
+        ),
         "metric_average": metric_average(),
         "warmup": warmup_with_momentum_correction(),
         "schedule": lr_schedule(),

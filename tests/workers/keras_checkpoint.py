@@ -4,13 +4,14 @@ Each run loads the newest checkpoint in ``--ckpt`` (written by a job of another 
 reports the state it got, trains an epoch and saves again. On more than one rank it also loads a
 truncated copy and reports the error each rank got. ``keras_train.py`` makes the first checkpoint.
 """
+
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import keras
+import numpy as np
 
 import hvdtrain.keras as hk
 from tests.workers.common import parse_args, report
@@ -19,8 +20,15 @@ keras.config.set_floatx("float64")
 
 
 def _compiled_model(rank: int) -> keras.Model:
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
-        4, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(rank)), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                4, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(rank)
+            ),
+            keras.layers.Dense(1),
+        ]
+    )
     model.compile(optimizer=hk.wrap_optimizer(keras.optimizers.Adam(0.01)), loss="mse")
     return model
 
@@ -33,10 +41,16 @@ def _train(model: keras.Model, epoch: int) -> None:
 
 
 def _state(model: keras.Model) -> dict:
-    return {"weights": [w.ravel().tolist() for w in model.get_weights()],
-            "optimizer": [np.ravel(v.numpy()).tolist() for v in model.optimizer.variables
-                          if not v.path.endswith("learning_rate")],  # the LR is compared on its own
-            "learning_rate": float(model.optimizer.learning_rate.numpy())}
+    return {
+        "weights": [w.ravel().tolist() for w in model.get_weights()],
+        # the LR is compared on its own
+        "optimizer": [
+            np.ravel(v.numpy()).tolist()
+            for v in model.optimizer.variables
+            if not v.path.endswith("learning_rate")
+        ],
+        "learning_rate": float(model.optimizer.learning_rate.numpy()),
+    }
 
 
 def _truncated_copy(ckpt: Path, into: Path) -> Path:
@@ -50,20 +64,35 @@ def _truncated_copy(ckpt: Path, into: Path) -> Path:
 
 
 def resume_and_save(ckpt: Path, out: Path) -> dict:
-    """Resume from the newest checkpoint in ``ckpt`` (if any), train one epoch, save; report both states."""
+    """Resume from the newest checkpoint in ``ckpt`` (if any), train one epoch, save;
+    report both states."""
     ctx = hk.current()
     model = _compiled_model(ctx.rank)
     meta = hk.load_checkpoint(ckpt, model)
-    values = {"size": ctx.size, "loaded": _state(model), "meta": None if meta is None else {
-        "step": meta.step, "epoch": meta.epoch, "world_size": meta.world_size, "config": meta.config,
-        "base_lrs": meta.base_lrs}}
+    values = {
+        "size": ctx.size,
+        "loaded": _state(model),
+        "meta": None
+        if meta is None
+        else {
+            "step": meta.step,
+            "epoch": meta.epoch,
+            "world_size": meta.world_size,
+            "config": meta.config,
+            "base_lrs": meta.base_lrs,
+        },
+    }
     epoch = 0 if meta is None else meta.epoch + 1
     _train(model, epoch)
     values["saved_step"] = int(model.optimizer.iterations.numpy())
-    hk.save_checkpoint(ckpt, model, step=values["saved_step"], epoch=epoch, config={"saved_by_size": ctx.size})
+    hk.save_checkpoint(
+        ckpt, model, step=values["saved_step"], epoch=epoch, config={"saved_by_size": ctx.size}
+    )
     values["saved"] = _state(model)
     if ctx.size > 1:
-        broken = ctx.broadcast_object(_truncated_copy(ckpt, out / "broken") if ctx.is_main else None, 0)
+        broken = ctx.broadcast_object(
+            _truncated_copy(ckpt, out / "broken") if ctx.is_main else None, 0
+        )
         try:
             hk.load_checkpoint(broken, _compiled_model(ctx.rank))
             values["truncated_error"] = None

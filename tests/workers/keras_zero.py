@@ -1,8 +1,10 @@
-"""Worker for tests/test_zero_keras.py: Keras optimizer-state sharding against the unsharded optimizer."""
+"""Worker for tests/test_zero_keras.py:
+Keras optimizer-state sharding against the unsharded optimizer."""
+
 from __future__ import annotations
 
-import numpy as np
 import keras
+import numpy as np
 import tensorflow as tf
 
 import hvdtrain.keras as hk
@@ -18,10 +20,18 @@ CLIP = 0.3
 
 def make_optimizer(name: str, accumulation: int = 1, clip: float | None = CLIP):
     if name == "sgd":
-        return keras.optimizers.SGD(0.05, momentum=0.9, global_clipnorm=clip,
-                                    gradient_accumulation_steps=accumulation if accumulation > 1 else None)
-    opt = keras.optimizers.AdamW(0.01, weight_decay=0.1, global_clipnorm=clip,
-                                 gradient_accumulation_steps=accumulation if accumulation > 1 else None)
+        return keras.optimizers.SGD(
+            0.05,
+            momentum=0.9,
+            global_clipnorm=clip,
+            gradient_accumulation_steps=accumulation if accumulation > 1 else None,
+        )
+    opt = keras.optimizers.AdamW(
+        0.01,
+        weight_decay=0.1,
+        global_clipnorm=clip,
+        gradient_accumulation_steps=accumulation if accumulation > 1 else None,
+    )
     opt.exclude_from_weight_decay(var_names=["bias"])
     return opt
 
@@ -29,8 +39,13 @@ def make_optimizer(name: str, accumulation: int = 1, clip: float | None = CLIP):
 def mlp(seed: int = 0) -> keras.Model:
     """83 parameters (kernels 70, biases 13), as the torch worker's."""
     init = keras.initializers.GlorotUniform(seed)
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(10, activation="tanh", kernel_initializer=init),
-                             keras.layers.Dense(3, kernel_initializer=init)])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(10, activation="tanh", kernel_initializer=init),
+            keras.layers.Dense(3, kernel_initializer=init),
+        ]
+    )
 
 
 def data(n: int = 2000):
@@ -39,8 +54,13 @@ def data(n: int = 2000):
 
 
 def wrapped(model, name, shard, accumulation=1, warmup_steps=0, lr_scaling="none", clip=CLIP):
-    opt = hk.wrap_optimizer(make_optimizer(name, accumulation, clip), lr_scaling=lr_scaling, warmup_steps=warmup_steps,
-                            accumulation_steps=accumulation, shard_optimizer_state=shard)
+    opt = hk.wrap_optimizer(
+        make_optimizer(name, accumulation, clip),
+        lr_scaling=lr_scaling,
+        warmup_steps=warmup_steps,
+        accumulation_steps=accumulation,
+        shard_optimizer_state=shard,
+    )
     opt.build(model.trainable_variables)
     hk.broadcast_model(model, opt)
     return opt
@@ -59,7 +79,7 @@ def train(model, opt, first, steps, accumulation=1):
     for s in range(first, first + steps):
         for micro in range(accumulation):
             start = (s * accumulation + micro) * GLOBAL_BATCH + ctx.rank * per_rank
-            step(x[start:start + per_rank], y[start:start + per_rank])
+            step(x[start : start + per_rank], y[start : start + per_rank])
 
 
 def flat(model) -> list[float]:
@@ -77,10 +97,20 @@ def equivalence(name, accumulation):
         model = mlp()
         opt = wrapped(model, name, shard, accumulation, warmup_steps=3, lr_scaling="linear")
         train(model, opt, 0, 20, accumulation)
-        runs[shard] = {"final": flat(model), "slots": slot_numels(opt), "state_bytes": zero.state_bytes(opt),
-                       "iterations": int(opt.iterations.numpy())}
+        runs[shard] = {
+            "final": flat(model),
+            "slots": slot_numels(opt),
+            "state_bytes": zero.state_bytes(opt),
+            "iterations": int(opt.iterations.numpy()),
+        }
     unclipped = mlp()  # the same without clipping: proves clipping acted
-    train(unclipped, wrapped(unclipped, name, True, accumulation, 3, "linear", clip=None), 0, 20, accumulation)
+    train(
+        unclipped,
+        wrapped(unclipped, name, True, accumulation, 3, "linear", clip=None),
+        0,
+        20,
+        accumulation,
+    )
     return {"unsharded": runs[False], "sharded": runs[True], "unclipped": flat(unclipped)}
 
 
@@ -90,24 +120,40 @@ def fit_equivalence():
     finals = {}
     for shard in (False, True):
         model = mlp()
-        model.compile(optimizer=hk.wrap_optimizer(make_optimizer("adamw"), shard_optimizer_state=shard), loss="mse")
+        model.compile(
+            optimizer=hk.wrap_optimizer(make_optimizer("adamw"), shard_optimizer_state=shard),
+            loss="mse",
+        )
         shard_x, shard_y = hk.shard(x, y, seed=0)
-        model.fit(shard_x, shard_y, batch_size=GLOBAL_BATCH // ctx.size, epochs=2, shuffle=False, verbose=0,
-                  callbacks=hk.callbacks())
+        model.fit(
+            shard_x,
+            shard_y,
+            batch_size=GLOBAL_BATCH // ctx.size,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=hk.callbacks(),
+        )
         finals[shard] = flat(model)
     return {"unsharded": finals[False], "sharded": finals[True]}
 
 
 def suite():
-    return {f"{name}-{acc}": equivalence(name, acc) for name in ("sgd", "adamw") for acc in (1, 2)} | {
-        "fit": fit_equivalence()}
+    return {
+        f"{name}-{acc}": equivalence(name, acc) for name in ("sgd", "adamw") for acc in (1, 2)
+    } | {"fit": fit_equivalence()}
 
 
 def compiled(shard: bool):
-    """lr_scaling="none": with the same global batch, a resumed run on any world size continues the trajectory."""
+    """lr_scaling="none": with the same global batch,
+    a resumed run on any world size continues the trajectory."""
     model = mlp()
-    model.compile(optimizer=hk.wrap_optimizer(make_optimizer("adamw"), lr_scaling="none",
-                                              shard_optimizer_state=shard), loss="mse")
+    model.compile(
+        optimizer=hk.wrap_optimizer(
+            make_optimizer("adamw"), lr_scaling="none", shard_optimizer_state=shard
+        ),
+        loss="mse",
+    )
     model.optimizer.build(model.trainable_variables)
     hk.broadcast_model(model)
     return model
@@ -128,8 +174,13 @@ def save():
 def resume():
     model = compiled(args.mode == "resume-sharded")
     meta = hk.load_checkpoint(args.ckpt, model)
-    loaded = {"step": meta.step, "saved_world_size": meta.world_size, "weights": flat(model),
-              "iterations": int(model.optimizer.iterations.numpy()), "slots": slot_numels(model.optimizer)}
+    loaded = {
+        "step": meta.step,
+        "saved_world_size": meta.world_size,
+        "weights": flat(model),
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "slots": slot_numels(model.optimizer),
+    }
     train(model, model.optimizer, meta.step, args.steps)
     if args.out_ckpt:
         hk.save_checkpoint(args.out_ckpt, model, step=meta.step + args.steps)

@@ -2,6 +2,7 @@
 rank 0 takes ``--sleep`` seconds (longer than T) to save its first checkpoint (torch) or to log
 the model (Keras), after which the job goes on with collectives. A job the hang bound took for
 hung would end there; this one must finish."""
+
 import os
 import time
 
@@ -35,11 +36,21 @@ def torch_job(args, slow: SlowOnce) -> dict:
     ctx = ht.init(seed=0)
     model = torch.nn.Linear(3, 1)
     optimizer = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.05), model)
-    model.register_state_dict_post_hook(slow)  # a model whose state is slow to gather: its save is slow
+    # a model whose state is slow to gather: its save is slow
+    model.register_state_dict_post_hook(slow)
     slow.arm()
-    data = TensorDataset(torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.ones(64, 1))
-    history = ht.fit(model, optimizer, torch.nn.MSELoss(), ht.distributed_loader(data, 8), epochs=2,
-                     checkpoint_dir=args.out / "ckpt", progress=False)
+    data = TensorDataset(
+        torch.randn(64, 3, generator=torch.Generator().manual_seed(0)), torch.ones(64, 1)
+    )
+    history = ht.fit(
+        model,
+        optimizer,
+        torch.nn.MSELoss(),
+        ht.distributed_loader(data, 8),
+        epochs=2,
+        checkpoint_dir=args.out / "ckpt",
+        progress=False,
+    )
     return {"steps": history.global_step, "size": ctx.size}
 
 
@@ -52,22 +63,32 @@ def keras_job(args, slow: SlowOnce) -> dict:
     ctx = hk.init(seed=0)
 
     class SlowToDescribe(keras.layers.Dense):
-        """A layer whose config takes long to build: saving the model (a checkpoint, a model upload) is slow."""
+        """A layer whose config takes long to build:
+        saving the model (a checkpoint, a model upload) is slow."""
 
         def get_config(self):
             slow()
             return super().get_config()
 
     model = keras.Sequential([keras.Input((3,)), SlowToDescribe(1)])
-    model.compile(optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)), loss="mse", jit_compile=False)
+    model.compile(
+        optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)), loss="mse", jit_compile=False
+    )
     x, y = np.random.default_rng(0).normal(size=(64, 3)), np.ones((64, 1))
     with tracking.tracked(experiment="slow") as tracker:
-        history = hk.fit(model, x, y, batch_size=8, epochs=2, checkpoint_dir=str(args.out / "ckpt"), verbose=0)
+        history = hk.fit(
+            model, x, y, batch_size=8, epochs=2, checkpoint_dir=str(args.out / "ckpt"), verbose=0
+        )
         slow.arm()
         uri = log_model(tracker, model, x[:2])
         loss = hk.average_metrics({"loss": float(model.evaluate(x, y, verbose=0))})["loss"]
-    return {"steps": int(model.optimizer.iterations.numpy()), "size": ctx.size, "epochs": len(history.epoch),
-            "model_uri": uri, "loss": loss}
+    return {
+        "steps": int(model.optimizer.iterations.numpy()),
+        "size": ctx.size,
+        "epochs": len(history.epoch),
+        "model_uri": uri,
+        "loss": loss,
+    }
 
 
 def main():

@@ -2,6 +2,7 @@
 
 Models and data live on ``ctx.device``: the CPU here, this rank's GPU on a GPU host (``hvdtrain
 gpu-check``), where the same checks then cover Horovod's NCCL allreduce."""
+
 import os
 import sys
 
@@ -21,12 +22,16 @@ GLOBAL_BATCH = 8
 
 
 def mlp() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(ctx.device)
+    return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(
+        ctx.device
+    )
 
 
 def data(n: int = 400):
     gen = torch.Generator().manual_seed(7)  # identical on every rank
-    return torch.randn(n, 5, generator=gen).to(ctx.device), torch.randn(n, 3, generator=gen).to(ctx.device)
+    return torch.randn(n, 5, generator=gen).to(ctx.device), torch.randn(n, 3, generator=gen).to(
+        ctx.device
+    )
 
 
 def flat(model: torch.nn.Module) -> list[float]:
@@ -69,8 +74,12 @@ def worked_example() -> float:
     with torch.no_grad():
         model.weight.fill_(1.0)
     opt = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, lr_scaling="none")
-    x, y = ([[1.0], [2.0]], [[2.0], [4.0]]) if ctx.rank == 0 else ([[3.0], [4.0]], [[16 / 3], [4.0]])
-    ((model(torch.tensor(x, device=ctx.device)) - torch.tensor(y, device=ctx.device)) ** 2).sum().backward()
+    x, y = (
+        ([[1.0], [2.0]], [[2.0], [4.0]]) if ctx.rank == 0 else ([[3.0], [4.0]], [[16 / 3], [4.0]])
+    )
+    (
+        (model(torch.tensor(x, device=ctx.device)) - torch.tensor(y, device=ctx.device)) ** 2
+    ).sum().backward()
     local_grad = model.weight.grad.item()
     opt.step()
     return {"local_grad": local_grad, "w": model.weight.item()}
@@ -79,13 +88,18 @@ def worked_example() -> float:
 def equivalence(make_opt, accumulation=1):
     model = mlp()
     before_wrap = flat(model)
-    opt = ht.wrap_optimizer(make_opt(model.parameters()), model, lr_scaling="none",
-                            accumulation_steps=accumulation)
+    opt = ht.wrap_optimizer(
+        make_opt(model.parameters()), model, lr_scaling="none", accumulation_steps=accumulation
+    )
     after_wrap = flat(model)
     initial = copy.deepcopy(model)
     train(model, opt, 20, GLOBAL_BATCH, accumulation=accumulation)
-    return {"before_wrap": before_wrap, "after_wrap": after_wrap, "final": flat(model),
-            "reference": reference(initial, make_opt, 20, GLOBAL_BATCH * accumulation)}
+    return {
+        "before_wrap": before_wrap,
+        "after_wrap": after_wrap,
+        "final": flat(model),
+        "reference": reference(initial, make_opt, 20, GLOBAL_BATCH * accumulation),
+    }
 
 
 def lr_schedule(scaling, warmup, with_scheduler):
@@ -93,8 +107,10 @@ def lr_schedule(scaling, warmup, with_scheduler):
     w = torch.nn.Parameter(torch.zeros(1, device=ctx.device))
     holder = torch.nn.Module()
     holder.w = w
-    opt = ht.wrap_optimizer(torch.optim.SGD([w], lr=0.1), holder, lr_scaling=scaling, warmup_steps=warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s) if with_scheduler else None
+    opt = ht.wrap_optimizer(
+        torch.optim.SGD([w], lr=0.1), holder, lr_scaling=scaling, warmup_steps=warmup
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5**s) if with_scheduler else None
     applied, reported = [], []
     for _ in range(6):
         reported.append(ht.current_lr(opt))
@@ -114,9 +130,15 @@ def uneven():
     model = mlp()
     opt = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.01), model)
     loader = ht.distributed_loader(dataset, batch_size=10)
-    history = ht.fit(model, opt, torch.nn.MSELoss(), loader, epochs=2, progress=False, log_every=1000)
-    return {"steps": history.global_step, "batches": len(loader), "samples": len(loader.sampler),
-            "loss": history["loss"]}
+    history = ht.fit(
+        model, opt, torch.nn.MSELoss(), loader, epochs=2, progress=False, log_every=1000
+    )
+    return {
+        "steps": history.global_step,
+        "batches": len(loader),
+        "samples": len(loader.sampler),
+        "loss": history["loss"],
+    }
 
 
 def suite():
@@ -124,16 +146,24 @@ def suite():
     adamw = lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1)  # noqa: E731
     return {
         "worked": worked_example(),
-        "sgd": equivalence(sgd), "adamw": equivalence(adamw), "adamw_accum2": equivalence(adamw, accumulation=2),
-        "lr": {f"{s}-{w}-{sch}": lr_schedule(s, w, sch)
-               for s in ("linear", "sqrt", "none") for w in (0, 4) for sch in (False, True)},
+        "sgd": equivalence(sgd),
+        "adamw": equivalence(adamw),
+        "adamw_accum2": equivalence(adamw, accumulation=2),
+        "lr": {
+            f"{s}-{w}-{sch}": lr_schedule(s, w, sch)
+            for s in ("linear", "sqrt", "none")
+            for w in (0, 4)
+            for sch in (False, True)
+        },
         "uneven": uneven(),
     }
 
 
 def resumable(lr_scaling):
     model = mlp()
-    opt = ht.wrap_optimizer(torch.optim.AdamW(model.parameters(), lr=0.01), model, lr_scaling=lr_scaling)
+    opt = ht.wrap_optimizer(
+        torch.optim.AdamW(model.parameters(), lr=0.01), model, lr_scaling=lr_scaling
+    )
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
     return model, opt, sched
 
@@ -149,7 +179,9 @@ def save():
     model, opt, sched = resumable("none")
     k = args.steps
     train_with_scheduler(model, opt, sched, 0, k)
-    ht.save_checkpoint(args.ckpt, model, opt, sched, step=k, epoch=0, config={"global_batch": GLOBAL_BATCH})
+    ht.save_checkpoint(
+        args.ckpt, model, opt, sched, step=k, epoch=0, config={"global_batch": GLOBAL_BATCH}
+    )
     saved = {"weights": flat(model), "lr": opt.param_groups[0]["lr"]}
     train_with_scheduler(model, opt, sched, k, k)
     return {"saved": saved, "continued": flat(model)}
@@ -161,9 +193,13 @@ def resume():
         meta = ht.load_checkpoint(args.ckpt, model, opt, sched)
     except ht.CheckpointError as err:
         return {"error": str(err)}
-    loaded = {"weights": flat(model), "lr": opt.param_groups[0]["lr"], "step": meta.step,
-              "saved_world_size": meta.world_size,
-              "adam_steps": sorted({float(s["step"]) for s in opt.state.values()})}
+    loaded = {
+        "weights": flat(model),
+        "lr": opt.param_groups[0]["lr"],
+        "step": meta.step,
+        "saved_world_size": meta.world_size,
+        "adam_steps": sorted({float(s["step"]) for s in opt.state.values()}),
+    }
     train_with_scheduler(model, opt, sched, meta.step, args.steps)
     # Same checkpoint into an optimizer with linear scaling: its LR must follow this world size.
     model2, opt2, _ = resumable("linear")
@@ -174,8 +210,17 @@ def resume():
         mismatch = None
     except ht.CheckpointError as err:
         mismatch = str(err)
-    return {"loaded": loaded, "continued": flat(model), "linear_lr": opt2.param_groups[0]["lr"],
-            "mismatch": mismatch}
+    return {
+        "loaded": loaded,
+        "continued": flat(model),
+        "linear_lr": opt2.param_groups[0]["lr"],
+        "mismatch": mismatch,
+    }
 
 
-report(args.out, ctx.rank, size=ctx.size, **{"suite": suite, "save": save, "resume": resume}[args.mode]())
+report(
+    args.out,
+    ctx.rank,
+    size=ctx.size,
+    **{"suite": suite, "save": save, "resume": resume}[args.mode](),
+)

@@ -1,4 +1,5 @@
 """Worker for tests/test_zero_torch.py: optimizer-state sharding against the unsharded optimizer."""
+
 import os
 import sys
 
@@ -44,24 +45,42 @@ def flat(model) -> list[float]:
 
 
 def train(model, opt, sched, first, steps, accumulation=1):
-    """Steps ``first``..: each global batch of GLOBAL_BATCH * accumulation samples split over the ranks."""
+    """Steps ``first``..: each global batch of GLOBAL_BATCH * accumulation
+    samples split over the ranks."""
     x, y = data()
     per_rank = GLOBAL_BATCH // ctx.size
     for step in range(first, first + steps):
         for micro in range(accumulation):
             start = (step * accumulation + micro) * GLOBAL_BATCH + ctx.rank * per_rank
-            torch.nn.functional.mse_loss(model(x[start:start + per_rank]), y[start:start + per_rank]).backward()
+            torch.nn.functional.mse_loss(
+                model(x[start : start + per_rank]), y[start : start + per_rank]
+            ).backward()
         opt.step()
         opt.zero_grad()
         if sched is not None:
             sched.step()
 
 
-def wrapped(model, name, shard, accumulation=1, compression="none", lr_scaling="none", warmup_steps=0,
-            max_grad_norm=MAX_GRAD_NORM):
-    opt = ht.wrap_optimizer(OPTIMIZERS[name](param_groups(model)), model, lr_scaling=lr_scaling,
-                            warmup_steps=warmup_steps, accumulation_steps=accumulation,
-                            max_grad_norm=max_grad_norm, compression=compression, shard_optimizer_state=shard)
+def wrapped(
+    model,
+    name,
+    shard,
+    accumulation=1,
+    compression="none",
+    lr_scaling="none",
+    warmup_steps=0,
+    max_grad_norm=MAX_GRAD_NORM,
+):
+    opt = ht.wrap_optimizer(
+        OPTIMIZERS[name](param_groups(model)),
+        model,
+        lr_scaling=lr_scaling,
+        warmup_steps=warmup_steps,
+        accumulation_steps=accumulation,
+        max_grad_norm=max_grad_norm,
+        compression=compression,
+        shard_optimizer_state=shard,
+    )
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
 
 
@@ -76,31 +95,46 @@ def state_numels(opt) -> dict:
 
 
 def equivalence(name, accumulation, compression="none"):
-    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a scheduler,
-    accumulation and clipping."""
+    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a
+    scheduler, accumulation and clipping."""
     model = mlp()
     runs = {}
     for shard in (False, True):
         copy_ = copy.deepcopy(model)
-        opt, sched = wrapped(copy_, name, shard, accumulation, compression, lr_scaling="linear", warmup_steps=3)
+        opt, sched = wrapped(
+            copy_, name, shard, accumulation, compression, lr_scaling="linear", warmup_steps=3
+        )
         train(copy_, opt, sched, 0, 20, accumulation)
-        runs[shard] = {"final": flat(copy_), "state": state_numels(opt), "state_bytes": zero.state_bytes(opt),
-                       "lr": opt.param_groups[0]["lr"], "sharded": zero.is_sharded(opt),
-                       "is_instance": isinstance(opt, torch.optim.AdamW if name == "adamw" else torch.optim.SGD),
-                       "state_entries": len(opt.state)}
+        runs[shard] = {
+            "final": flat(copy_),
+            "state": state_numels(opt),
+            "state_bytes": zero.state_bytes(opt),
+            "lr": opt.param_groups[0]["lr"],
+            "sharded": zero.is_sharded(opt),
+            "is_instance": isinstance(
+                opt, torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+            ),
+            "state_entries": len(opt.state),
+        }
     unclipped = copy.deepcopy(model)  # the same without clipping: proves clipping acted
-    opt, sched = wrapped(unclipped, name, True, accumulation, compression, "linear", 3, max_grad_norm=None)
+    opt, sched = wrapped(
+        unclipped, name, True, accumulation, compression, "linear", 3, max_grad_norm=None
+    )
     train(unclipped, opt, sched, 0, 20, accumulation)
     return {"unsharded": runs[False], "sharded": runs[True], "unclipped": flat(unclipped)}
 
 
 def suite():
-    return {f"{name}-{accumulation}": equivalence(name, accumulation) for name in OPTIMIZERS for accumulation in (1, 2)
-            } | {"adamw-fp16": equivalence("adamw", 2, "fp16"), "overflow": overflow()}
+    return {
+        f"{name}-{accumulation}": equivalence(name, accumulation)
+        for name in OPTIMIZERS
+        for accumulation in (1, 2)
+    } | {"adamw-fp16": equivalence("adamw", 2, "fp16"), "overflow": overflow()}
 
 
 def overflow():
-    """AMP: an inf in one rank's gradient lands in one rank's shard; every rank must skip the step."""
+    """AMP: an inf in one rank's gradient lands in one rank's shard;
+    every rank must skip the step."""
     model = mlp()
     opt, _ = wrapped(model, "adamw", shard=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
@@ -108,10 +142,13 @@ def overflow():
     before = flat(model)
     scales, weights = [], []
     for step in range(2):
-        loss = torch.nn.functional.mse_loss(model(x[step * 6:(step + 1) * 6]), y[step * 6:(step + 1) * 6])
+        loss = torch.nn.functional.mse_loss(
+            model(x[step * 6 : (step + 1) * 6]), y[step * 6 : (step + 1) * 6]
+        )
         scaler.scale(loss).backward()
         if step == 0 and ctx.rank == ctx.size - 1:
-            model[0].weight.grad[0, 0] = float("inf")  # element 0: in rank 0's shard after the reduce-scatter
+            # element 0: in rank 0's shard after the reduce-scatter
+            model[0].weight.grad[0, 0] = float("inf")
         opt.synchronize()
         scaler.unscale_(opt)
         zero.agree_on_overflow(opt, scaler)
@@ -144,9 +181,14 @@ def resume():
     model = mlp()
     opt, sched = wrapped(model, "adamw", shard=args.mode == "resume-sharded")
     meta = ht.load_checkpoint(args.ckpt, model, opt, sched)
-    loaded = {"step": meta.step, "saved_world_size": meta.world_size, "weights": flat(model),
-              "adam_steps": sorted({float(s["step"]) for s in opt.state.values()}), "state": state_numels(opt),
-              "lr": opt.param_groups[0]["lr"]}
+    loaded = {
+        "step": meta.step,
+        "saved_world_size": meta.world_size,
+        "weights": flat(model),
+        "adam_steps": sorted({float(s["step"]) for s in opt.state.values()}),
+        "state": state_numels(opt),
+        "lr": opt.param_groups[0]["lr"],
+    }
     train(model, opt, sched, meta.step, args.steps)
     if args.out_ckpt:
         ht.save_checkpoint(args.out_ckpt, model, opt, sched, step=meta.step + args.steps, epoch=0)

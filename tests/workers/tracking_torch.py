@@ -4,6 +4,7 @@
 the server (``<out>/stopped``) and, after the loop, for it to come back (``<out>/restarted``)
 unless ``--no-restart``; the waits are not part of the timed steps.
 """
+
 import time
 from pathlib import Path
 
@@ -34,18 +35,27 @@ def main():
     model = torch.nn.Linear(4, 1)
     optimizer = ht.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=BASE_LR), model)
 
-    tracker = tracking.start(config={"model": {"kind": "linear", "inputs": 4}, "db_password": "hunter2"},
-                             experiment=args.experiment, run_name=f"torch-{args.mode}", tags={"suite": "hvdtrain"},
-                             spill_dir=args.out / "spill")
-    tracker.log_params(tracking.training_params(ctx, optimizer.hvdtrain_options, base_lr=BASE_LR,
-                                                per_rank_batch_size=BATCH))
+    tracker = tracking.start(
+        config={"model": {"kind": "linear", "inputs": 4}, "db_password": "hunter2"},
+        experiment=args.experiment,
+        run_name=f"torch-{args.mode}",
+        tags={"suite": "hvdtrain"},
+        spill_dir=args.out / "spill",
+    )
+    tracker.log_params(
+        tracking.training_params(
+            ctx, optimizer.hvdtrain_options, base_lr=BASE_LR, per_rank_batch_size=BATCH
+        )
+    )
     losses, log_seconds, loop_seconds = [], [], 0.0
     for step in range(args.steps):
         if args.mode == "outage" and step == 10:
             (args.out / f"ready{ctx.rank}").touch()
             wait_for(args.out / "stopped")
         started = time.perf_counter()
-        rows = slice((step * 2 + ctx.rank) * BATCH % 256, (step * 2 + ctx.rank) * BATCH % 256 + BATCH)
+        rows = slice(
+            (step * 2 + ctx.rank) * BATCH % 256, (step * 2 + ctx.rank) * BATCH % 256 + BATCH
+        )
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(model(inputs[rows]), targets[rows])
         loss.backward()
@@ -66,10 +76,19 @@ def main():
         wait_for(args.out / "restarted")
     started = time.perf_counter()
     spill = tracker.finish()
-    report(args.out, ctx.rank, run_id=tracker.run_id, losses=losses, loop_seconds=loop_seconds,
-           max_log_seconds=max(log_seconds), finish_seconds=time.perf_counter() - started,
-           spill=str(spill) if spill else None, model_uri=model_uri, predictions=predictions,
-           weights=model.weight.detach().flatten().tolist())
+    report(
+        args.out,
+        ctx.rank,
+        run_id=tracker.run_id,
+        losses=losses,
+        loop_seconds=loop_seconds,
+        max_log_seconds=max(log_seconds),
+        finish_seconds=time.perf_counter() - started,
+        spill=str(spill) if spill else None,
+        model_uri=model_uri,
+        predictions=predictions,
+        weights=model.weight.detach().flatten().tolist(),
+    )
 
 
 if __name__ == "__main__":

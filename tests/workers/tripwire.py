@@ -9,6 +9,7 @@ averaging broken on purpose; each rank reports the steps it finished and how it 
   diverged    every update is averaged, but rank 1 changes its weights outside the optimizer
               (torch: before the first step; Keras: in its ``train_step`` after each update)
 """
+
 import os
 
 from tests.workers.common import parse_args, report
@@ -27,7 +28,8 @@ def torch_job(args, finished: list) -> None:
     if args.fault == "diverged" and ctx.rank == 1:
         with torch.no_grad():
             model[0].bias.add_(0.01)
-    data = torch.Generator().manual_seed(ctx.rank)  # each rank its own batches, as with a sharded loader
+    # each rank its own batches, as with a sharded loader
+    data = torch.Generator().manual_seed(ctx.rank)
     for step in range(1, STEPS + 1):
         x, y = torch.randn(BATCH, 3, generator=data), torch.randn(BATCH, 1, generator=data)
         optimizer.zero_grad()
@@ -64,14 +66,27 @@ def keras_job(args, finished: list) -> None:
             return logs
 
     make = DriftingModel if args.fault == "diverged" else keras.Sequential
-    model = make([keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)])
+    model = make(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)]
+    )
     optimizer = (FutureSGD if args.fault == "unreduced" else keras.optimizers.SGD)(0.1)
     model.compile(optimizer=hk.wrap_optimizer(optimizer), loss="mse", jit_compile=False)
     rng = np.random.default_rng(ctx.rank)
     x, y = rng.normal(size=(STEPS * BATCH, 3)), rng.normal(size=(STEPS * BATCH, 1))
     done = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: finished.append(int(model.optimizer.iterations.numpy())))
-    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[*hk.callbacks(), done])
+        on_train_batch_end=lambda batch, logs: finished.append(
+            int(model.optimizer.iterations.numpy())
+        )
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[*hk.callbacks(), done],
+    )
 
 
 def main():
@@ -82,8 +97,12 @@ def main():
         (torch_job if args.framework == "torch" else keras_job)(args, finished)
     except Exception as err:  # the report shows how the job stopped; the error still ends it
         error = err
-    report(args.out, int(os.environ["HOROVOD_RANK"]), finished=finished,
-           error=None if error is None else f"{type(error).__name__}: {error}")
+    report(
+        args.out,
+        int(os.environ["HOROVOD_RANK"]),
+        finished=finished,
+        error=None if error is None else f"{type(error).__name__}: {error}",
+    )
     if error is not None:
         raise error
 
