@@ -19,7 +19,7 @@ ATOL = 1e-10
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("horovod_api")
-    proc = horovodrun("horovod_api_keras.py", out=out, timeout=600)
+    proc = horovodrun("horovod_api_keras.py", out=out, timeout=600, plain_horovodrun=True)
     found = results(out)
     found[0]["stdout"] = proc.stdout
     return found

@@ -14,7 +14,7 @@ from tests.launch import REPO, horovodrun, results
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_allreduce_two_ranks(framework, tmp_path):
-    horovodrun("allreduce.py", "--framework", framework, out=tmp_path)
+    horovodrun("allreduce.py", "--framework", framework, out=tmp_path, plain_horovodrun=True)
     ranks = results(tmp_path)
     inputs = np.array([r["input"] for r in ranks])
     assert [r["size"] for r in ranks] == [2, 2]
