@@ -9,7 +9,7 @@ demo: install
 
 test: install
 	bash scripts/system-packages.sh test
-	$(PY) -m pytest -q
+	bash scripts/run-tests.sh $(PY)
 
 install:
 	bash scripts/install.sh

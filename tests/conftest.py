@@ -5,7 +5,9 @@ there a missing requirement fails the test instead of hiding it as a skip."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,15 @@ def module_test_hosts():
     for tests that can share hosts (set-up paid once)."""
     with _host_sets() as make:
         yield make
+
+
+MODULE_SECONDS = Path(__file__).with_name("module_seconds.json")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest groups the tests of a module-scoped fixture
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first (``module_seconds.json``: each module's seconds in a 3-worker
+    run): ``make test`` hands whole modules to parallel workers in this order, so no long module
+    starts last while the other workers idle. A stale or missing figure only changes the order."""
+    seconds = json.loads(MODULE_SECONDS.read_text())
+    items.sort(key=lambda item: -seconds.get(Path(str(item.path)).name, 60))

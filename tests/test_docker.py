@@ -409,6 +409,7 @@ def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_
         subprocess.run([*base, "down", "-v"], capture_output=True, env=env, timeout=300)
 
 
+@pytest.mark.timing
 @pytest.mark.docker
 def test_two_containers_are_two_hosts_and_a_killed_worker_is_named_with_its_host(
     docker, image, tmp_path

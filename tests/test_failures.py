@@ -101,6 +101,7 @@ FRAMEWORKS = {
 }
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
 def test_sigkill_of_one_worker_stops_the_job_with_one_line(tmp_path, framework):
@@ -157,6 +158,7 @@ def test_sigkill_of_one_worker_stops_the_job_with_one_line(tmp_path, framework):
     assert all(m.value > 0 for m in losses)
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_a_frozen_worker_ends_the_job_within_the_hang_timeout(tmp_path):
     proc = _start(
@@ -194,6 +196,7 @@ def test_a_frozen_worker_ends_the_job_within_the_hang_timeout(tmp_path):
     assert "Traceback" not in err and len(messages) <= 2, messages  # rank 0's line and the summary
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 def test_diverged_ranks_end_the_job_with_a_stall_diagnosis(tmp_path):
     proc = _start(

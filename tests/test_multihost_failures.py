@@ -14,7 +14,7 @@ import pytest
 from tests.launch import REPO
 from tests.multihost import finish, launch, wait_clean, worker
 
-pytestmark = [pytest.mark.multihost, pytest.mark.slow]
+pytestmark = [pytest.mark.multihost, pytest.mark.slow, pytest.mark.timing]
 
 HANG_TIMEOUT = 12  # small, so the hang tests stay short (a rank may lag the others by half of it)
 TRAINING = [
