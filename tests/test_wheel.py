@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.launch import REPO
@@ -213,6 +214,10 @@ def test_ui_serves_the_local_store(installed):
                     -3000:
                 ]
                 time.sleep(1)
+        serving = psutil.Process(proc.pid).children(recursive=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # A SIGTERM stops the whole UI: its web server and job workers too (they once outlived it).
+    _, alive = psutil.wait_procs(serving, timeout=30)
+    assert not alive, [process.cmdline() for process in alive]

@@ -4,7 +4,7 @@ is imported when one of them runs, not when the CLI starts); the work is ``hvdtr
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -70,7 +70,8 @@ def _ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    # Replaced by mlflow ui, not its parent: a SIGTERM (a service manager, `kill`, a test) then
+    # reaches mlflow ui, which stops its web server and job workers. A parent killed by it left
+    # them running, holding the port and ~2 GB of memory.
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
