@@ -73,5 +73,8 @@ def _ui(args: argparse.Namespace) -> int:
     # Replaced by mlflow ui, not its parent: a SIGTERM (a service manager, `kill`, a test) then
     # reaches mlflow ui, which stops its web server and job workers. A parent killed by it left
     # them running, holding the port and ~2 GB of memory.
+    # MLflow's GenAI job runners (seven more processes, ~250 MB and seconds of start-up each) serve
+    # no training run; a user who wants them sets the variable.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     sys.stdout.flush()
     os.execv(sys.executable, command)
