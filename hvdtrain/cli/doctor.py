@@ -70,6 +70,7 @@ stage = "framework"
 try:
     __import__(framework)
     stage = "extension"
+    print(json.dumps({"reached": stage}), flush=True)  # a crash from here on is the extension's
     hvd = __import__("horovod." + extension, fromlist=["_"])
     facts = {"gloo": bool(hvd.gloo_built()), "mpi": bool(hvd.mpi_built()),
              "nccl": int(hvd.nccl_built() or 0)}
@@ -113,11 +114,14 @@ def probe_extensions() -> dict[str, ExtensionFacts]:
 
 def _facts(proc: subprocess.Popen) -> ExtensionFacts:
     out, err = proc.communicate()
+    lines = out.strip().splitlines()
     try:
-        found = json.loads(out.strip().splitlines()[-1])
-    except (IndexError, ValueError):  # the interpreter itself died (a crash in a native import)
-        lines = err.strip().splitlines()
-        return ExtensionFacts("framework", lines[-1] if lines else f"exit {proc.returncode}")
+        found = json.loads(lines[-1]) if lines else {"reached": "framework"}
+    except ValueError:
+        found = {"reached": "framework"}
+    if "reached" in found:  # the interpreter died (a crash in a native import) at that stage
+        tail = err.strip().splitlines()
+        return ExtensionFacts(found["reached"], tail[-1] if tail else f"exit {proc.returncode}")
     return ExtensionFacts(found.pop("failed", None), found.pop("error", ""), **found)
 
 
