@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.core import versions
-from tests.launch import REPO
+from tests.launch import REPO, own_lines
 
 SCRIPT = REPO / "scripts" / "patch_horovod.py"
 
@@ -94,7 +94,7 @@ def test_keras_2_arguments_keras_3_removed_are_named_in_one_line(tmp_path):
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    assert (proc.returncode, proc.stderr.strip().splitlines()) == (
+    assert (proc.returncode, own_lines(proc.stderr)) == (
         1,
         [
             "hvdtrain: compile(experimental_run_tf_function=...) was removed in Keras 3: delete "

@@ -11,7 +11,7 @@ import sys
 import horovod
 import pytest
 
-from tests.launch import REPO
+from tests.launch import REPO, own_lines
 
 TORCH_MOVED = """
 import torch
@@ -41,7 +41,7 @@ def stderr_of(code: str) -> tuple[int, str]:
         cwd=REPO,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
-    return proc.returncode, proc.stderr.strip()
+    return proc.returncode, "\n".join(own_lines(proc.stderr))
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])

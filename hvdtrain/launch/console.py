@@ -32,6 +32,12 @@ _STARTUP_NOISE = re.compile(
 )
 
 
+def is_tensorflow_startup_noise(line: str) -> bool:
+    """One of TensorFlow's start-up lines that ``TF_CPP_MIN_LOG_LEVEL`` cannot silence (printed on
+    CPUs where oneDNN's custom operations are on, e.g. with AVX512-VNNI: tensorflow#100442)."""
+    return _STARTUP_NOISE.match(line) is not None
+
+
 class Console:
     """Writes the pieces ``JobMonitor`` keeps. Not thread-safe: the monitor holds its lock."""
 
@@ -68,7 +74,7 @@ class Console:
             self._write(self._stream(launcher_stream), piece)
             return
         rank, stream, text = worker
-        if stream == "stderr" and self.quiet_startup and _STARTUP_NOISE.match(text):
+        if stream == "stderr" and self.quiet_startup and is_tensorflow_startup_noise(text):
             return
         if text.endswith("\r"):
             self._open[launcher_stream] = (rank, stream)
