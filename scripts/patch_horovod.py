@@ -102,7 +102,16 @@ _TAPE = "horovod/tensorflow/__init__.py"
 _UTIL = "horovod/tensorflow/util.py"
 _ELASTIC = "horovod/tensorflow/elastic.py"
 _KERAS = "horovod/_keras/__init__.py"
+_COMMON_UTIL = "horovod/common/util.py"
 PYTHON_FIXES = [
+    # horovodrun asks "built with Gloo / MPI?" before every launch by importing each framework's
+    # extension in a forked process, TensorFlow first: ~5 s of CPU and wall per launch, a torch job
+    # too. torch's extension answers the same question in ~1.5 s (every hvdtrain build has both).
+    (
+        _COMMON_UTIL,
+        "EXTENSIONS = ['tensorflow', 'torch', 'mxnet']\n",
+        "EXTENSIONS = ['torch', 'tensorflow', 'mxnet']  # hvdtrain: the quicker probe first\n",
+    ),
     # Identity keys and tensor values that work for Keras 3 variables, used by the fixes below.
     (
         _UTIL,

@@ -128,3 +128,22 @@ def test_an_install_without_the_python_fixes_is_named(tmp_path, monkeypatch):
     assert versions.mismatches("keras") == [want] and versions.mismatches("torch") == []
     (tmp_path / versions.PYTHON_FIXES_FILE).write_text("1ac0baf5ff220995\n")
     assert versions.mismatches("keras") == []
+
+
+def test_horovodruns_build_probe_asks_torch_first_and_stops_there():
+    """Plain ``horovodrun`` probes the build before every launch: with torch's extension asked
+    first it never imports TensorFlow (seconds per launch, docs/build.md)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "from horovod.common import util; print(util.gloo_built(True))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (proc.returncode, proc.stdout.splitlines()) == (
+        0,
+        [
+            "Checking whether extension torch was built with Gloo.",
+            "Extension torch was built with Gloo.",
+            "True",
+        ],
+    )
