@@ -225,6 +225,79 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
     assert state["model"]["0.weight"].shape == (8, 4)
 
 
+# --- training data and optimizer that cannot train data-parallel: stopped at the start ----------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "framework, mode, key",
+    [
+        ("torch", "empty", "ht.fit on an empty dataset"),
+        ("keras", "empty", "hk.fit on empty arrays"),
+        (
+            "torch",
+            "unequal",
+            "ht.fit with per-rank loaders of unequal length (not ht.distributed_loader)",
+        ),
+    ],
+    ids=["torch-empty", "keras-empty", "torch-unequal"],
+)
+def test_empty_or_unequal_training_data_is_refused_before_training(tmp_path, framework, mode, key):
+    """Issue 25 (B6, B7, B9): no "finished" job with a zero loss, no hang until the hang timeout:
+    every rank stops before its first step, nothing is written."""
+    proc = job(framework, mode, tmp_path / "ckpt", tmp_path / "out", "--epochs", "2", timeout=120)
+    assert_row(proc, key)
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["TrainingDataError"] * 2
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+
+
+@pytest.mark.slow
+def test_plain_torch_optimizer_under_fit_stops_at_the_first_tripwire_check(tmp_path):
+    """Issue 25 (B5): without wrap_optimizer every rank would train its own model, exit 0."""
+    proc = job("torch", "plain", tmp_path / "ckpt", tmp_path / "out", "--epochs", "1", timeout=120)
+    assert_row(proc, "ht.fit with a plain torch optimizer (no ht.wrap_optimizer)")
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["DataParallelError"] * 2
+    assert not list((tmp_path / "ckpt").glob("step-*"))  # stopped at step 1 of 4
+
+
+@pytest.mark.slow
+def test_save_checkpoint_on_rank_0_alone_is_named_within_seconds(tmp_path):
+    """Issue 25 (B10): Horovod's ``if rank == 0: save`` idiom with hvdtrain's collective save:
+    rank 0 names the cause 10 s in, before the hang timeout (24 s here: Horovod's stall shutdown
+    after 12 s, at the earliest 16 s in) stops the job."""
+    proc = job(
+        "torch",
+        "rank0save",
+        tmp_path / "ckpt",
+        tmp_path / "out",
+        env={"HVDTRAIN_HANG_TIMEOUT": "24"},
+        timeout=150,
+    )
+    row = docs_table.row("if rank == 0: ht.save_checkpoint(...) (Horovod's rank-0 idiom)")
+    row.check(proc.stdout + proc.stderr, proc.returncode)
+    output = proc.stdout + proc.stderr
+    # The warning comes before the hang timeout ends the job.
+    assert output.index("has waited 10 s in ht.save_checkpoint") < output.index(
+        "Horovod has been shut down"
+    )
+    assert list((tmp_path / "ckpt").glob("step-00000001.pt"))  # the save itself went through
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_on_less_data_is_refused(tmp_path):
+    """Issue 25 (B8): the checkpoint's position lies past the end of this job's epoch: refused at
+    the resume, not 0 steps trained (Keras) or a StopIteration traceback per rank (torch)."""
+    proc = job("torch", "shrunk", tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    assert_row(
+        proc, "resume from a mid-epoch checkpoint with less training data than it was taken on"
+    )
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["ResumeError"] * 2
+    assert [p.name for p in sorted((tmp_path / "ckpt").glob("step-*"))] == [
+        "step-00000002.json",
+        "step-00000002.pt",
+    ]  # nothing trained, nothing saved
+
+
 # --- NaN loss ------------------------------------------------------------------------------------
 
 

@@ -198,6 +198,66 @@ def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path):
         args.func(args)
 
 
+def test_sync_sends_to_the_jobs_store_and_never_makes_an_empty_run(
+    store, tmp_path, monkeypatch, capsys
+):
+    """Issue 25 (B1): the journal records the store its job tracked to; ``mlflow-sync`` sends
+    there, whatever the shell's ``MLFLOW_TRACKING_URI``; a journal with nothing left to send is a
+    notice, not an empty run in some store; one that does not say where is refused."""
+    from hvdtrain.tracking import records
+    from hvdtrain.tracking.journal import Journal
+    from hvdtrain.tracking.records import RunSpec
+
+    def sync_command(journal) -> tuple[str, int]:
+        """``hvdtrain mlflow-sync JOURNAL`` as the command runs it: (its output, exit status)."""
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers())
+        args = parser.parse_args(["mlflow-sync", str(journal)])
+        try:
+            status = args.func(args)
+        except UsageError as err:
+            print(f"hvdtrain: error: {err}", file=sys.stderr)
+            status = 2
+        out, err = capsys.readouterr()
+        return out + err, status
+
+    def journal_of_an_outage(name, tracking_uri):
+        """What rank 0 leaves when its server was down to the end of the job: nothing sent."""
+        journal = Journal(tmp_path / name, RunSpec(experiment="outage", tracking_uri=tracking_uri))
+        journal.append(records.metrics_record({"loss": 0.5}, 1))
+        journal.append(records.end_record("FINISHED"))
+        journal.close(delete=False)
+        return tmp_path / name
+
+    other = tmp_path / "other.db"  # the shell's store (MLflow's default ./mlflow.db: as wrong)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    journal = journal_of_an_outage("run-1.jsonl", store)
+    output, status = sync_command(journal)
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL in a shell whose MLFLOW_TRACKING_URI is unset or another "
+        "store"
+    ).check(output, status, JOURNAL=str(journal), RUN=run.info.run_id, URI=store, N="2")
+    assert not other.exists()
+
+    synced = journal.with_name(journal.name + ".synced")
+    output, status = sync_command(synced)  # again: nothing left
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL on a journal whose records were all delivered"
+    ).check(output, status, JOURNAL=str(synced), RUN=run.info.run_id, URI=store)
+    assert len(client.search_runs([run.info.experiment_id])) == 1 and synced.exists()
+
+    old = journal_of_an_outage("run-0.jsonl", None)  # a journal of hvdtrain before issue 25
+    output, status = sync_command(old)
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL on a journal that does not record its store (written before "
+        "hvdtrain recorded it), without --tracking-uri"
+    ).check(output, status, JOURNAL=str(old))
+    assert old.exists() and not other.exists()
+
+
 def test_system_metrics_when_asked(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     tracker = tracking.start(experiment="system", system_metrics=True)
@@ -273,7 +333,7 @@ def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, mon
     spill = tracker.finish()
     checkpoint.unlink()
     assert tracker.run_id is None and spill.parent == tmp_path / "spill"
-    run_id, sent = sync(spill, tracking_uri=store)
+    run_id, sent, _ = sync(spill, tracking_uri=store)
     client = MlflowClient(store)
     run = client.get_run(run_id)
     assert (
@@ -297,6 +357,31 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
     assert tracker.run_id is None and tracker.finish() is None
     messages = "\n".join(record.getMessage() for record in caplog.records)
     docs_table.row("MLFLOW_TRACKING_URI with an unknown scheme").check(messages, 0)
+
+
+def test_an_unwritable_local_store_is_one_line_at_once(store, tmp_path, monkeypatch, caplog):
+    """Issue 25 (B3, B4): a local store the job cannot write (a read-only working directory, a
+    sqlite file under one) turns tracking off in one line at start, not after MLflow's 100 s of
+    retries; the launcher, which prepares the default store in the working directory, leaves it
+    to the job (a script run with ``--no-tracking`` must still run)."""
+    from hvdtrain.launch.environment import _prepared_local_store
+
+    not_a_dir = tmp_path / "notes.txt"  # root writes anywhere: a file where a directory should be
+    not_a_dir.write_text("my notes")
+    uri = f"sqlite:///{not_a_dir}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    tracker = tracking.start(config={"lr": 0.1})
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    assert tracker.run_id is None and tracker.finish() is None
+    assert time.monotonic() - started < 5
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row(
+        "MLFLOW_TRACKING_URI=sqlite:///DIR/mlflow.db in a directory the job cannot write "
+        "(read-only, or not a directory)"
+    ).check(messages, 0, DIR=str(not_a_dir))
+    assert _prepared_local_store() == ""  # the launcher: no store to export, no error
+    assert not_a_dir.read_text() == "my notes"
 
 
 def committed_checkpoint(directory, step):

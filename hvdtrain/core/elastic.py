@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from .checkpoint import CheckpointMeta, check_writable
 from .context import Context, main_process_only
+from .guards import UserError
 from .tracker import TrainingTracker
 
 
@@ -36,10 +37,27 @@ class Position:
     step: int = 0  # optimizer steps so far
     epochs: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
 
-    def batches_done(self, global_batch: int) -> int:
-        """Batches of the current epoch to skip when it restarts with
-        ``global_batch`` samples a step."""
-        return self.epoch_samples // global_batch
+    def batches_done(self, global_batch: int, batches_per_epoch: int | None = None) -> int:
+        """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a
+        step. With ``batches_per_epoch`` (each rank's, this job's), a position past the epoch's
+        end is refused (``ResumeError``): the checkpoint was taken on more training data than
+        this job has, and skipping would train nothing (Keras) or fail deep in the loop (torch)."""
+        done = self.epoch_samples // global_batch
+        if batches_per_epoch is not None and done > batches_per_epoch:
+            raise ResumeError(
+                f"the checkpoint was taken {self.epoch_samples} samples into epoch "
+                f"{self.epoch + 1} ({done} steps), but an epoch of this job has "
+                f"{batches_per_epoch} step{'' if batches_per_epoch == 1 else 's'}: the training "
+                "data shrank since; resume with the data "
+                "it was taken with, or from an end-of-epoch checkpoint"
+            )
+        return done
+
+
+class ResumeError(UserError, ValueError):
+    """A checkpoint's position that this job's data cannot continue from (every rank alike)."""
+
+    collective = True
 
 
 def starting_position(

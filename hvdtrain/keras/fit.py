@@ -21,8 +21,8 @@ import numpy as np
 
 from ..core import elastic
 from ..core.elastic import Position
-from ..core.guards import UserError, check_finite
-from ..core.sharding import shard_indices
+from ..core.guards import check_finite
+from ..core.sharding import check_not_empty, check_steps_per_epoch, shard_indices
 from ..core.tracker import TrainingTracker
 from ..tracking.params import training_params
 from ._context import current
@@ -98,6 +98,8 @@ def fit(
     data = _Data(x, y, sample_weight)
     if sharded:
         _check_shares(data.size)
+    else:  # the same arrays on every rank
+        check_not_empty([data.size], caller="hk.fit", unit="samples")
     loop = _Loop(
         model,
         data,
@@ -151,13 +153,13 @@ def _check_shares(count: int) -> None:
         raise ValueError(
             "sharded=True cannot be used with elastic training: the shares are fixed at start"
         )
-    ctx = current()
-    counts = [int(row[0]) for row in ctx.gather([count])] if ctx.size > 1 else [count]
-    if len(set(counts)) > 1:
-        raise UserError(
-            f"sharded=True needs an equal share on every rank; samples per rank: {counts}",
-            collective=True,
-        )
+    check_steps_per_epoch(
+        current(),
+        count,
+        caller="hk.fit(sharded=True)",
+        unit="samples",
+        remedy="give every rank an equal share (hvdtrain.spark.read_shard does)",
+    )
 
 
 class _Data:
@@ -247,7 +249,9 @@ class _Loop:
             index = shard_indices(
                 self.data.size, rank, size, seed=self.seed, epoch=epoch, drop_last=self.drop_last
             )
-            progress.skip = position.batches_done(self.batch_size * ctx.size)
+            progress.skip = position.batches_done(
+                self.batch_size * ctx.size, -(-len(index) // self.batch_size)
+            )
             x, y, sample_weight = self.data.take(index[progress.skip * self.batch_size :])
             self.model.fit(
                 x,

@@ -323,6 +323,7 @@ def _open(
 
     store.bound_http_calls()
     uri = store.tracking_uri()
+    store.check_writable(uri)  # one line now, not MLflow's 100 s of retries
     active = mlflow.active_run()
     continued = os.environ.get("MLFLOW_RUN_ID") or (
         legs.continued_run(checkpoint_dir, uri) if resume and checkpoint_dir is not None else None
@@ -335,6 +336,7 @@ def _open(
         parent_run_id=parent_run_id or (active.info.run_id if active else None),
         run_id=continued,
         run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())],
+        tracking_uri=store.absolute(uri),
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     journal = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"

@@ -1,5 +1,6 @@
 """Worker for tests/test_bad_input.py: a tiny hvdtrain.keras job fed bad checkpoints, a bad
-checkpoint directory or NaN data (modes as in ``bad_torch.py``)."""
+checkpoint directory or NaN data (modes as in ``bad_torch.py``; ``empty``: ``hk.fit`` on empty
+arrays)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def train(epochs: int, resume: bool) -> None:
 with recorded(args.out, ctx.rank) as report:
     if args.mode == "resume":
         print(f"resumed at step {hk.load_checkpoint(args.ckpt, model).step}", flush=True)
+    elif args.mode == "empty":
+        none = inputs[:0]
+        hk.fit(model, none, none.sum(axis=1, keepdims=True), batch_size=8, epochs=args.epochs)
     elif args.mode == "nan":
         train(1, resume=False)
         report["before"] = snapshot(args.ckpt) if ctx.is_main else None
