@@ -213,6 +213,62 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_directory_belongs_to_one_job_at_a_time(tmp_path, torch_ckpt):
+    """Issue 25 (B2): reused without resuming, it trained an epoch before being refused (and its
+    MLflow run file was rewritten meanwhile); two jobs at once interleaved their checkpoints.
+    Both are refused before training, the directory untouched."""
+    ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
+    before = snapshot(ckpt)
+    proc = job("torch", "save", ckpt, tmp_path / "reused", "--epochs", "1")
+    assert_row(
+        proc,
+        "--checkpoint-dir ckpt reused without --resume (it holds an earlier job's checkpoints)",
+        ckpt=str(ckpt),
+    )
+    assert [r["error_type"] for r in results(tmp_path / "reused")] == ["CheckpointError"] * 2
+    assert snapshot(ckpt) == before
+    # Another job holds it (the lock is the process's: any process that claimed it will do).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hvdtrain.core.checkpoint import claim; "
+            "claim(sys.argv[1], resume=True); print('held', flush=True); time.sleep(120)",
+            str(ckpt),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = job("torch", "continue", ckpt, tmp_path / "second", "--epochs", "3")
+        line = assert_row(
+            proc,
+            "a second job on a checkpoint directory another job is using",
+            ckpt=str(ckpt),
+        )
+        assert f"(pid {holder.pid}: " in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(ckpt) == before
+
+
+@pytest.mark.slow
+def test_resume_with_nothing_left_to_train_says_so(tmp_path, torch_ckpt):
+    """Issue 25: ``--resume --epochs 1`` after two epochs trained nothing and said nothing."""
+    ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
+    before = snapshot(ckpt)
+    proc = job("torch", "continue", ckpt, tmp_path / "out", "--epochs", "1")
+    line = assert_row(
+        proc, "--resume with an --epochs the checkpoint already reached", ckpt=str(ckpt)
+    )
+    assert line.endswith("is at epoch 2 (step 8) and epochs=1; pass a larger --epochs to train on")
+    assert snapshot(ckpt) == before  # nothing trained, nothing saved
+
+
+@pytest.mark.slow
 def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt):
     ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
     before = snapshot(ckpt)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from hvdtrain import tracking
 from hvdtrain.cli.tracking import register
 from hvdtrain.core import context
-from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
+from hvdtrain.core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta
 from hvdtrain.core.errors import UsageError
 from hvdtrain.core.options import DistributedOptions
 from hvdtrain.tracking.params import flatten
@@ -402,6 +402,36 @@ def test_the_run_is_recorded_in_the_run_file_and_the_checkpoint_dir(store, tmp_p
     }
     for path in (tmp_path / "launcher" / "run.json", tmp_path / "ckpt" / "mlflow-run.json"):
         assert json.loads(path.read_text()) == expected
+
+
+def test_a_job_not_resuming_opens_no_run_on_an_earlier_jobs_checkpoints(store, tmp_path):
+    """Issue 25 (B2): the directory's run file stays the earlier job's, so a later ``--resume``
+    logs to the run of the weights it loads; no run is created for a job that cannot train."""
+    ckpt = tmp_path / "ckpt"
+    first = tracking.start(experiment="owned", checkpoint_dir=ckpt)
+    committed_checkpoint(ckpt, step=1)
+    first.finish()
+    recorded = (ckpt / "mlflow-run.json").read_text()
+    with pytest.raises(CheckpointError, match="holds checkpoints of an earlier job"):
+        # another job: this process's claim forgotten
+        with_claims_forgotten(
+            lambda: tracking.start(experiment="owned", checkpoint_dir=ckpt, resume=False)
+        )
+    assert (ckpt / "mlflow-run.json").read_text() == recorded
+    client = MlflowClient(store)
+    assert len(client.search_runs([client.get_experiment_by_name("owned").experiment_id])) == 1
+
+
+def with_claims_forgotten(start):
+    """Run ``start`` as a new job would: without this process's claims on checkpoint
+    directories (a process keeps what it claimed until it exits)."""
+    from hvdtrain.core import checkpoint
+
+    held = dict(checkpoint._claimed)
+    checkpoint._claimed.clear()
+    for handle in held.values():
+        os.close(handle)
+    return start()
 
 
 def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_path):

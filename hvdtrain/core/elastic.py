@@ -13,6 +13,7 @@ Horovod's ``State`` itself is subclassed outside the core, in ``hvdtrain.elastic
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,8 +69,10 @@ def starting_position(
 ) -> Position:
     """Where an adapter's ``fit`` starts (collective): the checkpoint ``load`` restores with
     ``resume``, else the beginning. Outside elastic mode every rank first checks together that
-    rank 0 can write checkpoints; in elastic mode neither happens, since a joining worker must not
-    call collectives outside the elastic loop and elastic jobs continue from their commits."""
+    rank 0 can write checkpoints and holds the directory for this job (``checkpoint.claim``: no
+    other job's, no earlier job's checkpoints without ``resume``); in elastic mode neither
+    happens, since a joining worker must not call collectives outside the elastic loop and
+    elastic jobs continue from their commits."""
     if enabled():
         if resume:
             raise ValueError(
@@ -77,13 +80,29 @@ def starting_position(
                 "in-memory commits; resume from checkpoints in a non-elastic job"
             )
     elif checkpoint_dir is not None:
-        check_writable(ctx, checkpoint_dir)
+        check_writable(ctx, checkpoint_dir, resume)
     meta = load() if resume and checkpoint_dir is not None else None
     if meta is None:
         return Position()
     return Position(
         epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step
     )
+
+
+def say_if_nothing_left(position: Position, epochs: int, checkpoint_dir: Any) -> None:
+    """A resumed job whose checkpoint already reached ``epochs`` trains nothing: rank 0 says so
+    in one line, rather than a job that "finishes" in silence (a rerun after a crash must still
+    exit 0, so a notice, not an error)."""
+    if position.epoch >= epochs:
+        _say(
+            f"hvdtrain: nothing left to train: {checkpoint_dir} is at epoch {position.epoch} "
+            f"(step {position.step}) and epochs={epochs}; pass a larger --epochs to train on"
+        )
+
+
+@main_process_only
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class Snapshot(Protocol):

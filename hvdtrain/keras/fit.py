@@ -132,6 +132,7 @@ def fit(
     position = elastic.starting_position(
         current(), checkpoint_dir, resume, lambda: load_checkpoint(checkpoint_dir, model)
     )
+    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():

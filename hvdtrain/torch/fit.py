@@ -161,6 +161,7 @@ def fit(
         resume,
         lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler),
     )
+    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import elastic
+from ..core.checkpoint import CheckpointError, claim
 from ..core.context import Context, current, main_process_only
 from ..core.on_main import on_main
 from . import legs, records, system
@@ -264,6 +265,8 @@ def start(
                 checkpoint_dir,
                 resume,
             )
+        except CheckpointError:  # not a tracking problem: the job cannot run on that directory
+            raise
         except Exception as err:  # a tracking problem must never stop training
             log.warning(
                 "hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err
@@ -321,6 +324,9 @@ def _open(
     from . import store
     from .sender import Sender
 
+    if checkpoint_dir is not None and not elastic.enabled():
+        # Before the directory's run file is read or written: it belongs to this job only.
+        claim(checkpoint_dir, resume)
     store.bound_http_calls()
     uri = store.tracking_uri()
     store.check_writable(uri)  # one line now, not MLflow's 100 s of retries
