@@ -384,6 +384,21 @@ def test_an_unwritable_local_store_is_one_line_at_once(store, tmp_path, monkeypa
     assert not_a_dir.read_text() == "my notes"
 
 
+def test_a_deleted_experiment_is_named_not_taken_for_an_outage(store, tmp_path, caplog):
+    """Issue 25: ``--experiment`` naming an experiment in MLflow's trash read "unreachable"."""
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment("binned"))
+    tracker = tracking.start(experiment="binned", spill_dir=tmp_path / "spill", start_timeout=5)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    journal = tracker.finish()
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row("--experiment naming a deleted experiment").check(
+        messages, 0, URI=store, ID=client.get_experiment_by_name("binned").experiment_id
+    )
+    assert "unreachable" not in messages
+    assert journal is not None and journal.exists()  # kept for mlflow-sync once it is restored
+
+
 def committed_checkpoint(directory, step):
     """A checkpoint as the adapters commit it
     (payload, then sidecar): what a resume continues from."""

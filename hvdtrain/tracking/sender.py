@@ -68,6 +68,7 @@ class Sender:
         self._closing = False
         self._abandoned = False
         self._down = False
+        self._last_error: Exception | None = None  # why the last send failed
         self._run_open = False
         self._previous_params: dict[
             str, str
@@ -134,8 +135,11 @@ class Sender:
             if self._writable and unsent:
                 self.kept = self._journal.path
                 log.warning(
-                    "hvdtrain: MLflow tracking server still unreachable at the end of training; "
-                    "unsent tracking data is kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                    "hvdtrain: MLflow tracking %s at the end of training; unsent tracking data is "
+                    "kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                    "still refused the run"
+                    if isinstance(self._last_error, delivery.ExperimentDeleted)
+                    else "server still unreachable",
                     self.kept,
                     self.kept,
                 )
@@ -267,6 +271,14 @@ class Sender:
                 self._queue.popleft()
 
     def _note_down(self, err: Exception) -> None:
+        self._last_error = err
+        if not self._down and isinstance(err, delivery.ExperimentDeleted):
+            self._down = True  # said once, as an outage is
+            log.warning(
+                "hvdtrain: MLflow tracking cannot open this job's run: %s; training continues, "
+                "tracking data is kept in the journal and retried in the background",
+                err,
+            )
         if not self._down:
             self._down = True
             log.warning(
