@@ -399,6 +399,33 @@ def test_a_deleted_experiment_is_named_not_taken_for_an_outage(store, tmp_path, 
     assert journal is not None and journal.exists()  # kept for mlflow-sync once it is restored
 
 
+def test_a_web_server_that_is_not_mlflow_is_one_line(store, tmp_path, monkeypatch, caplog):
+    """Issue 25: a tracking URI naming a plain web server put MLflow's quote of its HTML error
+    page (ten lines of markup) into the warning."""
+    import functools
+    import http.server
+    import threading
+
+    page_server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)),
+    )
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{page_server.server_address[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        tracker = tracking.start(experiment="web", spill_dir=tmp_path / "spill", start_timeout=5)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        journal = tracker.finish()
+    finally:
+        page_server.shutdown()
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row("MLFLOW_TRACKING_URI naming a web server that is not MLflow").check(
+        messages, 0, URI=uri
+    )
+    assert "<" not in messages and journal is not None
+
+
 def committed_checkpoint(directory, step):
     """A checkpoint as the adapters commit it
     (payload, then sidecar): what a resume continues from."""
