@@ -354,6 +354,21 @@ def test_mid_epoch_resume_on_less_data_is_refused(tmp_path):
     ]  # nothing trained, nothing saved
 
 
+@pytest.mark.slow
+def test_mid_epoch_resume_with_another_batch_size_says_what_is_trained_again(tmp_path):
+    """Issue 25: the position rounds down to a whole batch, so some samples are trained twice;
+    it did so in silence."""
+    proc = job("torch", "rebatched", tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    line = assert_row(
+        proc, "resume from a mid-epoch checkpoint with another --batch-size (or number of workers)"
+    )
+    assert line.endswith(
+        "48 samples into epoch 1, not a whole number of this job's global "
+        "batches of 20 (batch size x workers): 8 samples of it are trained again"
+    )
+    assert [r["error"] for r in results(tmp_path / "out")] == [None] * 2  # and it trains on
+
+
 # --- NaN loss ------------------------------------------------------------------------------------
 
 

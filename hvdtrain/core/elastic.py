@@ -40,10 +40,19 @@ class Position:
 
     def batches_done(self, global_batch: int, batches_per_epoch: int | None = None) -> int:
         """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a
-        step. With ``batches_per_epoch`` (each rank's, this job's), a position past the epoch's
+        step; a position inside a batch (the batch size or the number of workers changed since
+        the checkpoint) rounds down, with a warning that some samples are trained twice. With
+        ``batches_per_epoch`` (each rank's, this job's), a position past the epoch's
         end is refused (``ResumeError``): the checkpoint was taken on more training data than
         this job has, and skipping would train nothing (Keras) or fail deep in the loop (torch)."""
         done = self.epoch_samples // global_batch
+        again = self.epoch_samples - done * global_batch
+        if again:
+            _say(
+                f"hvdtrain: warning: the checkpoint is {self.epoch_samples} samples into epoch "
+                f"{self.epoch + 1}, not a whole number of this job's global batches of "
+                f"{global_batch} (batch size x workers): {again} samples of it are trained again"
+            )
         if batches_per_epoch is not None and done > batches_per_epoch:
             raise ResumeError(
                 f"the checkpoint was taken {self.epoch_samples} samples into epoch "

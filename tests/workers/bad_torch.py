@@ -8,7 +8,7 @@ sample, reporting the checkpoint directory as it was before; ``empty`` trains on
 ``unequal`` on per-rank loaders of 8 and 7 batches (not ``distributed_loader``'s); ``plain``
 with the torch optimizer itself, not ``wrap_optimizer``'s; ``rank0save``: Horovod's idiom in a
 loop of one's own, ``save_checkpoint`` on rank 0 only; ``shrunk``: a mid-epoch checkpoint resumed
-with less training data.
+with less training data; ``rebatched``: one resumed with another batch size.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ if args.mode != "plain":
 inputs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
 
-def train(inputs: torch.Tensor, epochs: int, resume: bool, every: int | None = None) -> None:
+def train(
+    inputs: torch.Tensor, epochs: int, resume: bool, every: int | None = None, batch_size: int = 8
+) -> None:
     dataset = TensorDataset(inputs, inputs.sum(dim=1, keepdim=True))
     if args.mode == "unequal":  # each rank its own loader: 64 and 56 samples
-        loader = DataLoader(Subset(dataset, range(64 - 8 * ctx.rank)), batch_size=8)
+        loader = DataLoader(Subset(dataset, range(64 - 8 * ctx.rank)), batch_size=batch_size)
     else:
-        loader = ht.distributed_loader(dataset, batch_size=8)
+        loader = ht.distributed_loader(dataset, batch_size=batch_size)
     ht.fit(
         model,
         optimizer,
@@ -69,6 +71,12 @@ with recorded(args.out, ctx.rank) as report:
             for path in Path(args.ckpt).glob("step-00000004.*"):
                 path.unlink()
         train(inputs[:16], 1, resume=True)
+    elif args.mode == "rebatched":  # a mid-epoch checkpoint, resumed with another batch size
+        train(inputs, 1, resume=False, every=3)  # step 3: 48 samples into epoch 1 of 4 steps
+        if ctx.is_main:
+            for path in Path(args.ckpt).glob("step-00000004.*"):
+                path.unlink()
+        train(inputs, 1, resume=True, batch_size=10)  # global batches of 20: 40 skipped
     elif args.mode == "empty":
         train(inputs[:0], args.epochs, resume=False)
     elif args.mode == "nan":
