@@ -308,6 +308,22 @@ def test_empty_or_unequal_training_data_is_refused_before_training(tmp_path, fra
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode, key",
+    [
+        ("jit", "hk.fit on a model compiled with jit_compile=True"),
+        ("lengths", "hk.fit with x and y of different lengths"),
+    ],
+)
+def test_a_keras_refusal_is_one_line_not_a_traceback_per_rank(tmp_path, mode, key):
+    """Issue 25: refusals every rank makes alike (the same model, the same arrays) printed one
+    traceback per rank; now rank 0's one line, before training."""
+    proc = job("keras", mode, tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    assert_row(proc, key)
+    assert all(r["error"] for r in results(tmp_path / "out"))  # every rank stopped
+
+
+@pytest.mark.slow
 def test_plain_torch_optimizer_under_fit_stops_at_the_first_tripwire_check(tmp_path):
     """Issue 25 (B5): without wrap_optimizer every rank would train its own model, exit 0."""
     proc = job("torch", "plain", tmp_path / "ckpt", tmp_path / "out", "--epochs", "1", timeout=120)

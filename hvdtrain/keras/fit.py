@@ -21,8 +21,13 @@ import numpy as np
 
 from ..core import elastic
 from ..core.elastic import Position
-from ..core.guards import check_finite
-from ..core.sharding import check_not_empty, check_steps_per_epoch, shard_indices
+from ..core.guards import UnsupportedError, check_finite
+from ..core.sharding import (
+    TrainingDataError,
+    check_not_empty,
+    check_steps_per_epoch,
+    shard_indices,
+)
 from ..core.tracker import TrainingTracker
 from ..tracking.params import training_params
 from ._context import current
@@ -87,15 +92,15 @@ def fit(
     on Spark); each epoch shuffles within it. Not with elastic training (the shares are fixed).
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise UnsupportedError(f"epochs must be >= 1, got {epochs}")
     owned = sorted(set(fit_kwargs) & set(OWNED))
     if owned:
-        raise ValueError(
+        raise UnsupportedError(
             f"hk.fit decides {', '.join(owned)} itself (hvdtrain owns each epoch's order); "
             f"remove {'it' if len(owned) == 1 else 'them'}"
         )
     fit_kwargs.setdefault("verbose", 1 if progress else 0)
-    data = _Data(x, y, sample_weight)
+    data = _Data(x, y, sample_weight, same_on_every_rank=not sharded)
     if sharded:
         _check_shares(data.size)
     else:  # the same arrays on every rank
@@ -151,7 +156,7 @@ def _check_shares(count: int) -> None:
     """Pre-sharded data: every rank must hold as many samples, or the ranks would run different
     numbers of steps and the first to finish would leave the others waiting in an allreduce."""
     if elastic.enabled():
-        raise ValueError(
+        raise UnsupportedError(
             "sharded=True cannot be used with elastic training: the shares are fixed at start"
         )
     check_steps_per_epoch(
@@ -166,13 +171,14 @@ def _check_shares(count: int) -> None:
 class _Data:
     """The training arrays, indexed together (any nesting of arrays Keras accepts)."""
 
-    def __init__(self, x, y, sample_weight):
+    def __init__(self, x, y, sample_weight, same_on_every_rank: bool = True):
         self.parts = (x, y, sample_weight)
         lengths = {len(a) for a in keras.tree.flatten(self.parts) if a is not None}
         if len(lengths) != 1:
-            raise ValueError(
-                "x, y and sample_weight must have the same number of samples, got "
-                f"{sorted(lengths)}"
+            raise TrainingDataError(
+                "hk.fit: x, y and sample_weight must have the same number of samples, got "
+                f"{sorted(lengths)}",
+                collective=same_on_every_rank,  # the same arrays everywhere: rank 0 says it
             )
         self.size = lengths.pop()
 
@@ -209,7 +215,7 @@ class _Loop:
         sharded,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UnsupportedError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.data, self.batch_size, self.epochs = model, data, batch_size, epochs
         self.validation_data, self.callbacks = validation_data, callbacks
         self.checkpoint_dir, self.checkpoint_every, self.config = (

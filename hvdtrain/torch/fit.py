@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..core import elastic, tripwire
 from ..core.context import main_process_only
 from ..core.elastic import Position
-from ..core.guards import check_finite
+from ..core.guards import UnsupportedError, check_finite
 from ..core.sharding import check_steps_per_epoch
 from ..core.tracker import TrainingTracker
 from ..tracking.params import training_params
@@ -121,9 +121,9 @@ def fit(
     steps), re-shards the data, re-scales the LR and logs the new ``world_size`` to ``tracker``.
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise UnsupportedError(f"epochs must be >= 1, got {epochs}")
     if scheduler_interval not in ("epoch", "step"):
-        raise ValueError(
+        raise UnsupportedError(
             f"unknown scheduler_interval {scheduler_interval!r}; allowed: 'epoch', 'step'"
         )
     loop = _Loop(
