@@ -213,6 +213,62 @@ def test_checkpoint_dir_that_is_a_file_stops_the_job(tmp_path, framework):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_directory_belongs_to_one_job_at_a_time(tmp_path, torch_ckpt):
+    """Issue 25 (B2): reused without resuming, it trained an epoch before being refused (and its
+    MLflow run file was rewritten meanwhile); two jobs at once interleaved their checkpoints.
+    Both are refused before training, the directory untouched."""
+    ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
+    before = snapshot(ckpt)
+    proc = job("torch", "save", ckpt, tmp_path / "reused", "--epochs", "1")
+    assert_row(
+        proc,
+        "--checkpoint-dir ckpt reused without --resume (it holds an earlier job's checkpoints)",
+        ckpt=str(ckpt),
+    )
+    assert [r["error_type"] for r in results(tmp_path / "reused")] == ["CheckpointError"] * 2
+    assert snapshot(ckpt) == before
+    # Another job holds it (the lock is the process's: any process that claimed it will do).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hvdtrain.core.checkpoint import claim; "
+            "claim(sys.argv[1], resume=True); print('held', flush=True); time.sleep(120)",
+            str(ckpt),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = job("torch", "continue", ckpt, tmp_path / "second", "--epochs", "3")
+        line = assert_row(
+            proc,
+            "a second job on a checkpoint directory another job is using",
+            ckpt=str(ckpt),
+        )
+        assert f"(pid {holder.pid}: " in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(ckpt) == before
+
+
+@pytest.mark.slow
+def test_resume_with_nothing_left_to_train_says_so(tmp_path, torch_ckpt):
+    """Issue 25: ``--resume --epochs 1`` after two epochs trained nothing and said nothing."""
+    ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
+    before = snapshot(ckpt)
+    proc = job("torch", "continue", ckpt, tmp_path / "out", "--epochs", "1")
+    line = assert_row(
+        proc, "--resume with an --epochs the checkpoint already reached", ckpt=str(ckpt)
+    )
+    assert line.endswith("is at epoch 2 (step 8) and epochs=1; pass a larger --epochs to train on")
+    assert snapshot(ckpt) == before  # nothing trained, nothing saved
+
+
+@pytest.mark.slow
 def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt):
     ckpt = copy_of(torch_ckpt, tmp_path / "ckpt")
     before = snapshot(ckpt)
@@ -223,6 +279,110 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
     # and the newest one still loads
     state = torch.load(ckpt / "step-00000008.pt", weights_only=True)
     assert state["model"]["0.weight"].shape == (8, 4)
+
+
+# --- training data and optimizer that cannot train data-parallel: stopped at the start ----------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "framework, mode, key",
+    [
+        ("torch", "empty", "ht.fit on an empty dataset"),
+        ("keras", "empty", "hk.fit on empty arrays"),
+        (
+            "torch",
+            "unequal",
+            "ht.fit with per-rank loaders of unequal length (not ht.distributed_loader)",
+        ),
+    ],
+    ids=["torch-empty", "keras-empty", "torch-unequal"],
+)
+def test_empty_or_unequal_training_data_is_refused_before_training(tmp_path, framework, mode, key):
+    """Issue 25 (B6, B7, B9): no "finished" job with a zero loss, no hang until the hang timeout:
+    every rank stops before its first step, nothing is written."""
+    proc = job(framework, mode, tmp_path / "ckpt", tmp_path / "out", "--epochs", "2", timeout=120)
+    assert_row(proc, key)
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["TrainingDataError"] * 2
+    assert not (tmp_path / "ckpt").exists() or not list((tmp_path / "ckpt").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "mode, key",
+    [
+        ("jit", "hk.fit on a model compiled with jit_compile=True"),
+        ("lengths", "hk.fit with x and y of different lengths"),
+    ],
+)
+def test_a_keras_refusal_is_one_line_not_a_traceback_per_rank(tmp_path, mode, key):
+    """Issue 25: refusals every rank makes alike (the same model, the same arrays) printed one
+    traceback per rank; now rank 0's one line, before training."""
+    proc = job("keras", mode, tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    assert_row(proc, key)
+    assert all(r["error"] for r in results(tmp_path / "out"))  # every rank stopped
+
+
+@pytest.mark.slow
+def test_plain_torch_optimizer_under_fit_stops_at_the_first_tripwire_check(tmp_path):
+    """Issue 25 (B5): without wrap_optimizer every rank would train its own model, exit 0."""
+    proc = job("torch", "plain", tmp_path / "ckpt", tmp_path / "out", "--epochs", "1", timeout=120)
+    assert_row(proc, "ht.fit with a plain torch optimizer (no ht.wrap_optimizer)")
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["DataParallelError"] * 2
+    assert not list((tmp_path / "ckpt").glob("step-*"))  # stopped at step 1 of 4
+
+
+@pytest.mark.slow
+def test_save_checkpoint_on_rank_0_alone_is_named_within_seconds(tmp_path):
+    """Issue 25 (B10): Horovod's ``if rank == 0: save`` idiom with hvdtrain's collective save:
+    rank 0 names the cause 10 s in, before the hang timeout (24 s here: Horovod's stall shutdown
+    after 12 s, at the earliest 16 s in) stops the job."""
+    proc = job(
+        "torch",
+        "rank0save",
+        tmp_path / "ckpt",
+        tmp_path / "out",
+        env={"HVDTRAIN_HANG_TIMEOUT": "24"},
+        timeout=150,
+    )
+    row = docs_table.row("if rank == 0: ht.save_checkpoint(...) (Horovod's rank-0 idiom)")
+    row.check(proc.stdout + proc.stderr, proc.returncode)
+    output = proc.stdout + proc.stderr
+    # The warning comes before the hang timeout ends the job.
+    assert output.index("has waited 10 s in ht.save_checkpoint") < output.index(
+        "Horovod has been shut down"
+    )
+    assert list((tmp_path / "ckpt").glob("step-00000001.pt"))  # the save itself went through
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_on_less_data_is_refused(tmp_path):
+    """Issue 25 (B8): the checkpoint's position lies past the end of this job's epoch: refused at
+    the resume, not 0 steps trained (Keras) or a StopIteration traceback per rank (torch)."""
+    proc = job("torch", "shrunk", tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    assert_row(
+        proc, "resume from a mid-epoch checkpoint with less training data than it was taken on"
+    )
+    assert [r["error_type"] for r in results(tmp_path / "out")] == ["ResumeError"] * 2
+    assert [p.name for p in sorted((tmp_path / "ckpt").glob("step-*"))] == [
+        "step-00000002.json",
+        "step-00000002.pt",
+    ]  # nothing trained, nothing saved
+
+
+@pytest.mark.slow
+def test_mid_epoch_resume_with_another_batch_size_says_what_is_trained_again(tmp_path):
+    """Issue 25: the position rounds down to a whole batch, so some samples are trained twice;
+    it did so in silence."""
+    proc = job("torch", "rebatched", tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    line = assert_row(
+        proc, "resume from a mid-epoch checkpoint with another --batch-size (or number of workers)"
+    )
+    assert line.endswith(
+        "48 samples into epoch 1, not a whole number of this job's global "
+        "batches of 20 (batch size x workers): 8 samples of it are trained again"
+    )
+    assert [r["error"] for r in results(tmp_path / "out")] == [None] * 2  # and it trains on
 
 
 # --- NaN loss ------------------------------------------------------------------------------------

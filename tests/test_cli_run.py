@@ -4,6 +4,7 @@ returns the job's status, refuses bad input."""
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
     (tmp_path / "train.py").write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
     (tmp_path / "hosts.txt").write_text("# my nodes\nnode1 slots\n")
     (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "colon.txt").write_text("localhost:2\n")
     (tmp_path / "discover.sh").write_text("#!/bin/sh\necho localhost:2\n")
     (tmp_path / "discover.sh").chmod(0o755)
     words = shlex.split(row.command)
@@ -92,6 +94,24 @@ def test_unroutable_host_is_refused_within_seconds(tmp_path, worker):
     # the probe's own bound is a few seconds; startup is the rest
     assert time.monotonic() - started < 30
     assert row.check(proc.stderr, proc.returncode) == proc.stderr.strip()
+
+
+def test_ui_on_a_port_in_use_is_refused_before_its_url(tmp_path, monkeypatch, capsys):
+    """Issue 25 (B11): the URL printed would be another server's page; refused in this process
+    before the store is prepared or mlflow ui started."""
+    from hvdtrain.cli import main
+
+    row = docs_table.row("hvdtrain ui --port P while another server holds port P")
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        status = main(["ui", "--port", str(port)])
+    out, err = capsys.readouterr()
+    assert row.check(err, status, P=str(port)) == err.strip()
+    assert out == ""  # no URL
+    assert list(tmp_path.iterdir()) == []  # no store made
 
 
 def test_hostfile_comments_and_default_slots(tmp_path):

@@ -31,7 +31,7 @@ HANG_TIMEOUT = (
 )
 
 
-def _start(*args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+def _start(*args, cwd: Path, env: dict | None = None, **popen: object) -> subprocess.Popen:
     full_env = {
         k: v
         for k, v in os.environ.items()
@@ -52,6 +52,7 @@ def _start(*args, cwd: Path, env: dict | None = None) -> subprocess.Popen:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        **popen,
     )
 
 
@@ -156,6 +157,36 @@ def test_sigkill_of_one_worker_stops_the_job_with_one_line(tmp_path, framework):
         m.step for m in losses
     )
     assert all(m.value > 0 for m in losses)
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_launcher_ends_the_job_like_sigterm(tmp_path):
+    """Issue 25: Ctrl-C in the terminal (SIGINT to the launcher and horovodrun, one process group)
+    exited 130 with no line and left the run FAILED without a reason."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import time\n"
+        "import hvdtrain.torch as ht\n"
+        "from hvdtrain import tracking\n"
+        "ht.init()\n"
+        "with tracking.tracked(experiment='interrupted'):\n"
+        "    print('training', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    # Its own process group, as a terminal's foreground job: the launcher and horovodrun.
+    proc = _start(str(script), cwd=tmp_path, process_group=0)
+    while "training" not in proc.stdout.readline():
+        assert proc.poll() is None, proc.communicate()
+    time.sleep(1)  # both ranks in the block
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err, took = _finish(proc, time.monotonic(), timeout=30)
+    last = docs_table.row("Ctrl-C on hvdtrain run").check(err, proc.returncode)
+    assert last == err.strip().splitlines()[-1]
+    assert "Traceback" not in err + out
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("interrupted").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["hvdtrain.failure"] == last[len("hvdtrain: ") :]
 
 
 @pytest.mark.timing

@@ -106,7 +106,8 @@ def test_sigkill_during_an_outage_loses_nothing_and_sync_restores_each_point_onc
     assert sorted(got)[: len(steps)] == list(range(len(steps)))
     assert run.info.status == "FAILED"  # the job never ended its run
     assert re.fullmatch(
-        rf"uploaded \d+ records from {journal} to run {run.info.run_id}",
+        rf"uploaded \d+ records from {journal} to run {run.info.run_id} at "
+        + re.escape(mlflow_server.uri),
         sync.stdout.strip().splitlines()[-1],
     )
     assert not journal.exists() and journal.with_name(journal.name + ".synced").exists()

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from hvdtrain import tracking
 from hvdtrain.cli.tracking import register
 from hvdtrain.core import context
-from hvdtrain.core.checkpoint import CheckpointDir, CheckpointMeta
+from hvdtrain.core.checkpoint import CheckpointDir, CheckpointError, CheckpointMeta
 from hvdtrain.core.errors import UsageError
 from hvdtrain.core.options import DistributedOptions
 from hvdtrain.tracking.params import flatten
@@ -198,6 +198,66 @@ def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path):
         args.func(args)
 
 
+def test_sync_sends_to_the_jobs_store_and_never_makes_an_empty_run(
+    store, tmp_path, monkeypatch, capsys
+):
+    """Issue 25 (B1): the journal records the store its job tracked to; ``mlflow-sync`` sends
+    there, whatever the shell's ``MLFLOW_TRACKING_URI``; a journal with nothing left to send is a
+    notice, not an empty run in some store; one that does not say where is refused."""
+    from hvdtrain.tracking import records
+    from hvdtrain.tracking.journal import Journal
+    from hvdtrain.tracking.records import RunSpec
+
+    def sync_command(journal) -> tuple[str, int]:
+        """``hvdtrain mlflow-sync JOURNAL`` as the command runs it: (its output, exit status)."""
+        parser = argparse.ArgumentParser()
+        register(parser.add_subparsers())
+        args = parser.parse_args(["mlflow-sync", str(journal)])
+        try:
+            status = args.func(args)
+        except UsageError as err:
+            print(f"hvdtrain: error: {err}", file=sys.stderr)
+            status = 2
+        out, err = capsys.readouterr()
+        return out + err, status
+
+    def journal_of_an_outage(name, tracking_uri):
+        """What rank 0 leaves when its server was down to the end of the job: nothing sent."""
+        journal = Journal(tmp_path / name, RunSpec(experiment="outage", tracking_uri=tracking_uri))
+        journal.append(records.metrics_record({"loss": 0.5}, 1))
+        journal.append(records.end_record("FINISHED"))
+        journal.close(delete=False)
+        return tmp_path / name
+
+    other = tmp_path / "other.db"  # the shell's store (MLflow's default ./mlflow.db: as wrong)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    journal = journal_of_an_outage("run-1.jsonl", store)
+    output, status = sync_command(journal)
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == [0.5]
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL in a shell whose MLFLOW_TRACKING_URI is unset or another "
+        "store"
+    ).check(output, status, JOURNAL=str(journal), RUN=run.info.run_id, URI=store, N="2")
+    assert not other.exists()
+
+    synced = journal.with_name(journal.name + ".synced")
+    output, status = sync_command(synced)  # again: nothing left
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL on a journal whose records were all delivered"
+    ).check(output, status, JOURNAL=str(synced), RUN=run.info.run_id, URI=store)
+    assert len(client.search_runs([run.info.experiment_id])) == 1 and synced.exists()
+
+    old = journal_of_an_outage("run-0.jsonl", None)  # a journal of hvdtrain before issue 25
+    output, status = sync_command(old)
+    docs_table.row(
+        "hvdtrain mlflow-sync JOURNAL on a journal that does not record its store (written before "
+        "hvdtrain recorded it), without --tracking-uri"
+    ).check(output, status, JOURNAL=str(old))
+    assert old.exists() and not other.exists()
+
+
 def test_system_metrics_when_asked(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     tracker = tracking.start(experiment="system", system_metrics=True)
@@ -273,7 +333,7 @@ def test_spilled_artifacts_survive_and_sync_creates_the_run(store, tmp_path, mon
     spill = tracker.finish()
     checkpoint.unlink()
     assert tracker.run_id is None and spill.parent == tmp_path / "spill"
-    run_id, sent = sync(spill, tracking_uri=store)
+    run_id, sent, _ = sync(spill, tracking_uri=store)
     client = MlflowClient(store)
     run = client.get_run(run_id)
     assert (
@@ -299,6 +359,73 @@ def test_a_broken_artifact_or_store_is_a_warning_not_a_crash(store, tmp_path, mo
     docs_table.row("MLFLOW_TRACKING_URI with an unknown scheme").check(messages, 0)
 
 
+def test_an_unwritable_local_store_is_one_line_at_once(store, tmp_path, monkeypatch, caplog):
+    """Issue 25 (B3, B4): a local store the job cannot write (a read-only working directory, a
+    sqlite file under one) turns tracking off in one line at start, not after MLflow's 100 s of
+    retries; the launcher, which prepares the default store in the working directory, leaves it
+    to the job (a script run with ``--no-tracking`` must still run)."""
+    from hvdtrain.launch.environment import _prepared_local_store
+
+    not_a_dir = tmp_path / "notes.txt"  # root writes anywhere: a file where a directory should be
+    not_a_dir.write_text("my notes")
+    uri = f"sqlite:///{not_a_dir}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    tracker = tracking.start(config={"lr": 0.1})
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    assert tracker.run_id is None and tracker.finish() is None
+    assert time.monotonic() - started < 5
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row(
+        "MLFLOW_TRACKING_URI=sqlite:///DIR/mlflow.db in a directory the job cannot write "
+        "(read-only, or not a directory)"
+    ).check(messages, 0, DIR=str(not_a_dir))
+    assert _prepared_local_store() == ""  # the launcher: no store to export, no error
+    assert not_a_dir.read_text() == "my notes"
+
+
+def test_a_deleted_experiment_is_named_not_taken_for_an_outage(store, tmp_path, caplog):
+    """Issue 25: ``--experiment`` naming an experiment in MLflow's trash read "unreachable"."""
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment("binned"))
+    tracker = tracking.start(experiment="binned", spill_dir=tmp_path / "spill", start_timeout=5)
+    tracker.log_metrics({"loss": 1.0}, step=1)
+    journal = tracker.finish()
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row("--experiment naming a deleted experiment").check(
+        messages, 0, URI=store, ID=client.get_experiment_by_name("binned").experiment_id
+    )
+    assert "unreachable" not in messages
+    assert journal is not None and journal.exists()  # kept for mlflow-sync once it is restored
+
+
+def test_a_web_server_that_is_not_mlflow_is_one_line(store, tmp_path, monkeypatch, caplog):
+    """Issue 25: a tracking URI naming a plain web server put MLflow's quote of its HTML error
+    page (ten lines of markup) into the warning."""
+    import functools
+    import http.server
+    import threading
+
+    page_server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path)),
+    )
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{page_server.server_address[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        tracker = tracking.start(experiment="web", spill_dir=tmp_path / "spill", start_timeout=5)
+        tracker.log_metrics({"loss": 1.0}, step=1)
+        journal = tracker.finish()
+    finally:
+        page_server.shutdown()
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    docs_table.row("MLFLOW_TRACKING_URI naming a web server that is not MLflow").check(
+        messages, 0, URI=uri
+    )
+    assert "<" not in messages and journal is not None
+
+
 def committed_checkpoint(directory, step):
     """A checkpoint as the adapters commit it
     (payload, then sidecar): what a resume continues from."""
@@ -317,6 +444,36 @@ def test_the_run_is_recorded_in_the_run_file_and_the_checkpoint_dir(store, tmp_p
     }
     for path in (tmp_path / "launcher" / "run.json", tmp_path / "ckpt" / "mlflow-run.json"):
         assert json.loads(path.read_text()) == expected
+
+
+def test_a_job_not_resuming_opens_no_run_on_an_earlier_jobs_checkpoints(store, tmp_path):
+    """Issue 25 (B2): the directory's run file stays the earlier job's, so a later ``--resume``
+    logs to the run of the weights it loads; no run is created for a job that cannot train."""
+    ckpt = tmp_path / "ckpt"
+    first = tracking.start(experiment="owned", checkpoint_dir=ckpt)
+    committed_checkpoint(ckpt, step=1)
+    first.finish()
+    recorded = (ckpt / "mlflow-run.json").read_text()
+    with pytest.raises(CheckpointError, match="holds checkpoints of an earlier job"):
+        # another job: this process's claim forgotten
+        with_claims_forgotten(
+            lambda: tracking.start(experiment="owned", checkpoint_dir=ckpt, resume=False)
+        )
+    assert (ckpt / "mlflow-run.json").read_text() == recorded
+    client = MlflowClient(store)
+    assert len(client.search_runs([client.get_experiment_by_name("owned").experiment_id])) == 1
+
+
+def with_claims_forgotten(start):
+    """Run ``start`` as a new job would: without this process's claims on checkpoint
+    directories (a process keeps what it claimed until it exits)."""
+    from hvdtrain.core import checkpoint
+
+    held = dict(checkpoint._claimed)
+    checkpoint._claimed.clear()
+    for handle in held.values():
+        os.close(handle)
+    return start()
 
 
 def test_a_resumed_job_continues_the_run_of_its_checkpoints_in_legs(store, tmp_path):

@@ -4,7 +4,9 @@ is imported when one of them runs, not when the CLI starts); the work is ``hvdtr
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -19,7 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "server never received (server down, job killed)",
     )
     sync.add_argument("file", type=Path, help="the journal (.jsonl) named in the job's warning")
-    sync.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI, else the local store")
+    sync.add_argument(
+        "--tracking-uri",
+        help="default: the store the job tracked to, recorded in the journal (never the shell's "
+        "MLFLOW_TRACKING_URI)",
+    )
     sync.set_defaults(func=_sync)
 
     ui = subparsers.add_parser(
@@ -34,25 +40,32 @@ def _sync(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from ..tracking.journal import JournalInUse
-    from ..tracking.sync import sync
+    from ..tracking.sync import NothingToSync, UnknownStore, sync
 
     try:
-        run_id, sent = sync(args.file, args.tracking_uri)
-    except JournalInUse as err:
-        raise UsageError(f"mlflow-sync: {err}") from None
+        run_id, sent, uri = sync(args.file, args.tracking_uri)
+    except NothingToSync as err:
+        print(f"hvdtrain: mlflow-sync {args.file}: {err}", file=sys.stderr)
+        return 0
+    except (JournalInUse, UnknownStore) as err:
+        raise UsageError(f"mlflow-sync {args.file}: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
         raise UsageError(
             f"mlflow-sync {args.file}: {str(err)[:300]} (unsent records are kept in the file; "
             "run the command again)"
         ) from None
-    print(f"uploaded {sent} records from {args.file} to run {run_id}")
+    print(f"uploaded {sent} records from {args.file} to run {run_id} at {uri}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
     from ..tracking import store
 
-    uri = store.prepare_local_store()
+    _check_can_listen(args.host, args.port)
+    try:
+        uri = store.prepare_local_store()
+    except store.StoreNotWritable as err:
+        raise UsageError(f"ui: {err}") from None
     print(
         f"MLflow UI on http://{args.host}:{args.port} (store: {uri}); Ctrl-C stops it", flush=True
     )
@@ -78,3 +91,29 @@ def _ui(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     sys.stdout.flush()
     os.execv(sys.executable, command)
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Refuse a port the web server could not listen on, before printing its URL: the server would
+    fail after the line and the advertised page would be whatever already holds the port (another
+    MLflow server's store). Bound the way uvicorn binds (``SO_REUSEADDR``: a port left in
+    TIME_WAIT is free), then released for ``mlflow ui``."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, OverflowError) as err:
+        raise UsageError(
+            f"ui: cannot listen on {host}:{port} ({err}): check --host and --port"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            remedy = (
+                "another server holds it; pass another --port"
+                if err.errno == errno.EADDRINUSE
+                else "check --host and --port"
+            )
+            raise UsageError(
+                f"ui: cannot listen on {host}:{port} ({err.strerror}): {remedy}"
+            ) from None

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import elastic
@@ -73,7 +74,10 @@ def training_parser(
     )
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     group.add_argument(
-        "--results", default=None, help="write the final metrics to this JSON file (rank 0)"
+        "--results",
+        type=_results_file,
+        default=None,
+        help="write the final metrics to this JSON file (rank 0)",
     )
     return parser
 
@@ -182,3 +186,16 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _results_file(text: str) -> str:
+    """A file that can be written at the end of training, checked before it: a directory or a
+    missing parent would otherwise fail once the whole training is done."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text} is a directory; name a file in it, e.g. {path / 'results.json'}"
+        )
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{path.parent}: no such directory")
+    return text

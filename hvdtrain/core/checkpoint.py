@@ -12,10 +12,15 @@ Bad input: resuming from a directory skips (with a one-line warning) a partial o
 checkpoint in favour of the previous good one; a checkpoint of another model or framework stops
 the job on every rank; a failed save (full disk, a directory that is a file) removes its temporary
 file, keeps the checkpoints already written and stops the job, all with one line naming the file.
+
+A directory belongs to one job at a time (``claim``): a second job, started at once or reusing it
+without resuming, would interleave its checkpoints with the first's and record its own MLflow run
+there, so a later resume would load one job's weights into the other's run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +37,7 @@ from .guards import UserError
 from .on_main import on_main
 
 _NAME = re.compile(r"^step-(\d+)\.json$")
+_claimed: dict[Path, int] = {}  # directory -> its open, locked descriptor, held until exit
 # Without logging configured, Python prints a warning as its bare message: one line.
 log = logging.getLogger("hvdtrain.checkpoint")
 log.setLevel(logging.WARNING)  # importing mlflow.pytorch raises the root logger's level to ERROR
@@ -193,10 +199,72 @@ def load_on_main(
     return _on_main(ctx, path, lambda: _restore_newest(Path(path), extension, restore))
 
 
-def check_writable(ctx: Context, directory: str | os.PathLike) -> None:
+def check_writable(ctx: Context, directory: str | os.PathLike, resume: bool = True) -> None:
     """Collective, before training: every rank raises the same ``CheckpointError`` if rank 0
-    cannot write checkpoints into ``directory``, instead of rank 0 alone after an epoch."""
-    _on_main(ctx, directory, CheckpointDir(directory, "").check_writable)
+    cannot write checkpoints into ``directory``, or cannot ``claim`` it for this job, instead of
+    rank 0 alone after an epoch."""
+    _on_main(ctx, directory, lambda: claim(directory, resume))
+
+
+def claim(directory: str | os.PathLike, resume: bool) -> None:
+    """Rank 0, before training or tracking touch ``directory``: take it for this job, for the rest
+    of the process (an flock on the directory itself, released when the process ends, however it
+    ends; no file is added). ``CheckpointError`` when another job holds it (naming its process),
+    or, without ``resume``, when it already holds checkpoints of an earlier job. A directory this
+    process holds already is left as it is."""
+    root = Path(directory)
+    key = root.absolute()
+    if key in _claimed:
+        return
+    CheckpointDir(root, "").check_writable()
+    handle = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(root)
+        os.close(handle)
+        raise CheckpointError(
+            f"{root}: in use by another job ({holder}); wait for it to end, or use another "
+            "checkpoint directory"
+        ) from None
+    found = CheckpointDir(root, "").checkpoints()
+    if found and not resume:
+        os.close(handle)  # releases the lock
+        raise CheckpointError(
+            f"{root} holds checkpoints of an earlier job (newest: {found[-1][1].stem}); resume it "
+            "(--resume, resume=True) or use another checkpoint directory"
+        )
+    _claimed[key] = handle
+
+
+def _lock_holder(root: Path) -> str:
+    """The process holding ``root``'s flock, as the kernel lists it (``/proc/locks``): its pid and
+    command line; "another process" where that cannot be read (another host, another pid
+    namespace)."""
+    st = os.stat(root)
+    try:
+        entries = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    for entry in entries:
+        fields = entry.split()
+        # e.g. 1: FLOCK ADVISORY WRITE <pid> <major>:<minor>:<inode> 0 EOF
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        major, minor, inode = fields[5].split(":")
+        if (int(major, 16), int(minor, 16), int(inode)) != (
+            os.major(st.st_dev),
+            os.minor(st.st_dev),
+            st.st_ino,
+        ):
+            continue
+        pid = fields[4]
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            command = ""
+        return f"pid {pid}: {command.strip()[:120]}" if command.strip() else f"pid {pid}"
+    return "another process"
 
 
 def _on_main(ctx: Context, path: str | os.PathLike, work: Callable[[], Any]) -> Any:

@@ -13,12 +13,14 @@ Horovod's ``State`` itself is subclassed outside the core, in ``hvdtrain.elastic
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .checkpoint import CheckpointMeta, check_writable
 from .context import Context, main_process_only
+from .guards import UserError
 from .tracker import TrainingTracker
 
 
@@ -36,10 +38,36 @@ class Position:
     step: int = 0  # optimizer steps so far
     epochs: list[dict[str, float]] = field(default_factory=list)  # per-epoch metrics so far
 
-    def batches_done(self, global_batch: int) -> int:
-        """Batches of the current epoch to skip when it restarts with
-        ``global_batch`` samples a step."""
-        return self.epoch_samples // global_batch
+    def batches_done(self, global_batch: int, batches_per_epoch: int | None = None) -> int:
+        """Batches of the current epoch to skip when it restarts with ``global_batch`` samples a
+        step; a position inside a batch (the batch size or the number of workers changed since
+        the checkpoint) rounds down, with a warning that some samples are trained twice. With
+        ``batches_per_epoch`` (each rank's, this job's), a position past the epoch's
+        end is refused (``ResumeError``): the checkpoint was taken on more training data than
+        this job has, and skipping would train nothing (Keras) or fail deep in the loop (torch)."""
+        done = self.epoch_samples // global_batch
+        again = self.epoch_samples - done * global_batch
+        if again:
+            _say(
+                f"hvdtrain: warning: the checkpoint is {self.epoch_samples} samples into epoch "
+                f"{self.epoch + 1}, not a whole number of this job's global batches of "
+                f"{global_batch} (batch size x workers): {again} samples of it are trained again"
+            )
+        if batches_per_epoch is not None and done > batches_per_epoch:
+            raise ResumeError(
+                f"the checkpoint was taken {self.epoch_samples} samples into epoch "
+                f"{self.epoch + 1} ({done} steps), but an epoch of this job has "
+                f"{batches_per_epoch} step{'' if batches_per_epoch == 1 else 's'}: the training "
+                "data shrank since; resume with the data "
+                "it was taken with, or from an end-of-epoch checkpoint"
+            )
+        return done
+
+
+class ResumeError(UserError, ValueError):
+    """A checkpoint's position that this job's data cannot continue from (every rank alike)."""
+
+    collective = True
 
 
 def starting_position(
@@ -50,8 +78,10 @@ def starting_position(
 ) -> Position:
     """Where an adapter's ``fit`` starts (collective): the checkpoint ``load`` restores with
     ``resume``, else the beginning. Outside elastic mode every rank first checks together that
-    rank 0 can write checkpoints; in elastic mode neither happens, since a joining worker must not
-    call collectives outside the elastic loop and elastic jobs continue from their commits."""
+    rank 0 can write checkpoints and holds the directory for this job (``checkpoint.claim``: no
+    other job's, no earlier job's checkpoints without ``resume``); in elastic mode neither
+    happens, since a joining worker must not call collectives outside the elastic loop and
+    elastic jobs continue from their commits."""
     if enabled():
         if resume:
             raise ValueError(
@@ -59,13 +89,29 @@ def starting_position(
                 "in-memory commits; resume from checkpoints in a non-elastic job"
             )
     elif checkpoint_dir is not None:
-        check_writable(ctx, checkpoint_dir)
+        check_writable(ctx, checkpoint_dir, resume)
     meta = load() if resume and checkpoint_dir is not None else None
     if meta is None:
         return Position()
     return Position(
         epoch=meta.epoch, epoch_samples=meta.extra.get("epoch_samples", 0), step=meta.step
     )
+
+
+def say_if_nothing_left(position: Position, epochs: int, checkpoint_dir: Any) -> None:
+    """A resumed job whose checkpoint already reached ``epochs`` trains nothing: rank 0 says so
+    in one line, rather than a job that "finishes" in silence (a rerun after a crash must still
+    exit 0, so a notice, not an error)."""
+    if position.epoch >= epochs:
+        _say(
+            f"hvdtrain: nothing left to train: {checkpoint_dir} is at epoch {position.epoch} "
+            f"(step {position.step}) and epochs={epochs}; pass a larger --epochs to train on"
+        )
+
+
+@main_process_only
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class Snapshot(Protocol):

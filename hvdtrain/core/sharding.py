@@ -16,8 +16,19 @@ within an epoch and change from epoch to epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+
+from .context import Context
+from .guards import UserError
+
+
+class TrainingDataError(UserError, ValueError):
+    """Training data that cannot train: empty, or unequal between ranks (decided on every rank's
+    count, so every rank raises it alike)."""
+
+    collective = True
 
 
 def samples_per_rank(num_samples: int, size: int, drop_last: bool = False) -> int:
@@ -50,3 +61,35 @@ def shard_indices(
     total = per_rank * size
     order = np.resize(order, total) if total > num_samples else order[:total]
     return order[rank:total:size]
+
+
+def check_steps_per_epoch(ctx: Context, count: int, *, caller: str, unit: str, remedy: str) -> None:
+    """Collective, before the first step: every rank's epoch must have something to train and as
+    many ``unit`` (batches, samples) as every other rank's.
+
+    An empty epoch would "finish" with a zero loss and a checkpoint of untrained weights; unequal
+    epochs leave the rank that finishes first gone while the others wait in an allreduce until
+    the hang timeout. Both are known from the counts alone, so the job stops before training with
+    one line on rank 0 (``TrainingDataError``): ``caller`` names the entry point, ``remedy`` says
+    what gives every rank an equal share."""
+    counts = [int(row[0]) for row in ctx.gather([count])] if ctx.size > 1 else [count]
+    check_not_empty(counts, caller=caller, unit=unit)
+    if len(set(counts)) > 1:
+        raise TrainingDataError(
+            f"{caller}: the ranks have different numbers of {unit} per epoch "
+            f"({_by_rank(counts)}); the first to finish would leave the others waiting in an "
+            f"allreduce: {remedy}"
+        )
+
+
+def check_not_empty(counts: Sequence[int], *, caller: str, unit: str) -> None:
+    """No rank has anything to train (``counts``: every rank's, or the one count of data that is
+    the same on every rank): stop before a job that would "finish" with a zero loss."""
+    if not any(counts):
+        raise TrainingDataError(
+            f"{caller}: the training data is empty (0 {unit} on every rank); nothing to train"
+        )
+
+
+def _by_rank(counts: Sequence[int]) -> str:
+    return ", ".join(f"rank {rank}: {count}" for rank, count in enumerate(counts))

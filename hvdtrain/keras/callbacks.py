@@ -9,7 +9,7 @@ from __future__ import annotations
 import horovod.tensorflow as hvd
 import keras
 
-from ..core.guards import check_finite
+from ..core.guards import UnsupportedError, check_finite
 from . import zero
 from ._context import current
 from .optimizer import OPTIONS
@@ -60,13 +60,14 @@ class BroadcastState(keras.callbacks.Callback):
     """At the start of training, every rank takes rank 0's model and optimizer state."""
 
     def on_train_begin(self, logs=None):
+        # The same model on every rank: every rank refuses alike, rank 0 says it in one line.
         if not hasattr(self.model.optimizer, OPTIONS):
-            raise ValueError(
+            raise UnsupportedError(
                 "compile the model with hvdtrain.keras.wrap_optimizer(...): a plain optimizer "
                 "would train each rank on its own gradients"
             )
         if self.model.jit_compile:
-            raise ValueError(
+            raise UnsupportedError(
                 "compile the model with jit_compile=False: Horovod's ops have no XLA kernels"
             )
         broadcast_model(self.model)

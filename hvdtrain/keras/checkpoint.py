@@ -54,6 +54,7 @@ def save_checkpoint(
         current(),
         lambda: _write(directory, model, step, epoch, config, keep, extra),
         "saving a checkpoint",
+        call="hk.save_checkpoint",
     )
 
 

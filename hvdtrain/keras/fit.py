@@ -21,8 +21,13 @@ import numpy as np
 
 from ..core import elastic
 from ..core.elastic import Position
-from ..core.guards import UserError, check_finite
-from ..core.sharding import shard_indices
+from ..core.guards import UnsupportedError, check_finite
+from ..core.sharding import (
+    TrainingDataError,
+    check_not_empty,
+    check_steps_per_epoch,
+    shard_indices,
+)
 from ..core.tracker import TrainingTracker
 from ..tracking.params import training_params
 from ._context import current
@@ -87,17 +92,19 @@ def fit(
     on Spark); each epoch shuffles within it. Not with elastic training (the shares are fixed).
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise UnsupportedError(f"epochs must be >= 1, got {epochs}")
     owned = sorted(set(fit_kwargs) & set(OWNED))
     if owned:
-        raise ValueError(
+        raise UnsupportedError(
             f"hk.fit decides {', '.join(owned)} itself (hvdtrain owns each epoch's order); "
             f"remove {'it' if len(owned) == 1 else 'them'}"
         )
     fit_kwargs.setdefault("verbose", 1 if progress else 0)
-    data = _Data(x, y, sample_weight)
+    data = _Data(x, y, sample_weight, same_on_every_rank=not sharded)
     if sharded:
         _check_shares(data.size)
+    else:  # the same arrays on every rank
+        check_not_empty([data.size], caller="hk.fit", unit="samples")
     loop = _Loop(
         model,
         data,
@@ -130,6 +137,7 @@ def fit(
     position = elastic.starting_position(
         current(), checkpoint_dir, resume, lambda: load_checkpoint(checkpoint_dir, model)
     )
+    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
@@ -148,28 +156,29 @@ def _check_shares(count: int) -> None:
     """Pre-sharded data: every rank must hold as many samples, or the ranks would run different
     numbers of steps and the first to finish would leave the others waiting in an allreduce."""
     if elastic.enabled():
-        raise ValueError(
+        raise UnsupportedError(
             "sharded=True cannot be used with elastic training: the shares are fixed at start"
         )
-    ctx = current()
-    counts = [int(row[0]) for row in ctx.gather([count])] if ctx.size > 1 else [count]
-    if len(set(counts)) > 1:
-        raise UserError(
-            f"sharded=True needs an equal share on every rank; samples per rank: {counts}",
-            collective=True,
-        )
+    check_steps_per_epoch(
+        current(),
+        count,
+        caller="hk.fit(sharded=True)",
+        unit="samples",
+        remedy="give every rank an equal share (hvdtrain.spark.read_shard does)",
+    )
 
 
 class _Data:
     """The training arrays, indexed together (any nesting of arrays Keras accepts)."""
 
-    def __init__(self, x, y, sample_weight):
+    def __init__(self, x, y, sample_weight, same_on_every_rank: bool = True):
         self.parts = (x, y, sample_weight)
         lengths = {len(a) for a in keras.tree.flatten(self.parts) if a is not None}
         if len(lengths) != 1:
-            raise ValueError(
-                "x, y and sample_weight must have the same number of samples, got "
-                f"{sorted(lengths)}"
+            raise TrainingDataError(
+                "hk.fit: x, y and sample_weight must have the same number of samples, got "
+                f"{sorted(lengths)}",
+                collective=same_on_every_rank,  # the same arrays everywhere: rank 0 says it
             )
         self.size = lengths.pop()
 
@@ -206,7 +215,7 @@ class _Loop:
         sharded,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UnsupportedError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.data, self.batch_size, self.epochs = model, data, batch_size, epochs
         self.validation_data, self.callbacks = validation_data, callbacks
         self.checkpoint_dir, self.checkpoint_every, self.config = (
@@ -247,7 +256,9 @@ class _Loop:
             index = shard_indices(
                 self.data.size, rank, size, seed=self.seed, epoch=epoch, drop_last=self.drop_last
             )
-            progress.skip = position.batches_done(self.batch_size * ctx.size)
+            progress.skip = position.batches_done(
+                self.batch_size * ctx.size, -(-len(index) // self.batch_size)
+            )
             x, y, sample_weight = self.data.take(index[progress.skip * self.batch_size :])
             self.model.fit(
                 x,

@@ -36,7 +36,9 @@ def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvir
                 "local store is used; set it to a shared tracking server",
                 file=sys.stderr,
             )
-        env["MLFLOW_TRACKING_URI"] = _prepared_local_store()
+        prepared = _prepared_local_store()
+        if prepared:
+            env["MLFLOW_TRACKING_URI"] = prepared
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # the summary names the run, once
     env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -52,8 +54,16 @@ def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvir
 def _prepared_local_store() -> str:
     """``tracking.prepare_local_store`` in a child process: the launcher itself never imports
     MLflow, whose import and interpreter shutdown cost it seconds of CPU on a busy host, and
-    would delay the launcher's exit after a failed job by as much."""
-    code = "from hvdtrain.tracking.store import prepare_local_store; print(prepare_local_store())"
+    would delay the launcher's exit after a failed job by as much.
+
+    "" when the local store cannot be written here (a read-only working directory): the job
+    still runs, a script without tracking (``--no-tracking``) as it should, and a tracked one's
+    rank 0 says in one line that tracking is off and why (``tracking.start``)."""
+    code = (
+        "from hvdtrain.tracking.store import StoreNotWritable, prepare_local_store\n"
+        "try:\n    print(prepare_local_store())\n"
+        "except StoreNotWritable:\n    print()"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         last = [line for line in done.stderr.splitlines() if line.strip()]
@@ -61,7 +71,8 @@ def _prepared_local_store() -> str:
             "cannot prepare the local MLflow store: "
             f"{last[-1] if last else f'exit {done.returncode}'}"
         )
-    return done.stdout.strip().splitlines()[-1]
+    lines = done.stdout.splitlines()
+    return lines[-1].strip() if lines else ""
 
 
 def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:

@@ -22,6 +22,12 @@ def parse_host_list(text: str) -> Hosts:
     """``node1:4,node2`` (slots default to 1)."""
     hosts = []
     for item in text.split(","):
+        if item.strip().startswith("[") or item.count(":") > 1:
+            # horovodrun splits host:slots at its colons and cannot start a worker on ::1.
+            raise UsageError(
+                f"bad host {item.strip()!r}: horovodrun takes no IPv6 address; use a host name "
+                "for it (localhost for ::1, else an /etc/hosts entry)"
+            )
         match = re.fullmatch(r"\s*([^:\s]+)(?::(\d+))?\s*", item)
         if not match:
             raise UsageError(f"bad host {item!r}: use host:slots, e.g. node1:4")
@@ -39,6 +45,12 @@ def read_hostfile(path: Path) -> Hosts:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
+        colon = re.fullmatch(r"([^:\s]+):(\d+)", text)
+        if colon:  # -H's syntax: read as is, it would name a host "localhost:2"
+            raise UsageError(
+                f"hostfile {path} line {number}: {text!r} is -H syntax; a hostfile line is "
+                f"'{colon.group(1)} slots={colon.group(2)}'"
+            )
         match = re.fullmatch(r"(\S+)(?:\s+slots\s*=\s*(\d+))?", text)
         if not match:
             raise UsageError(f"hostfile {path} line {number}: {text!r} is not 'host slots=N'")

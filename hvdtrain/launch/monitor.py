@@ -36,7 +36,8 @@ class JobMonitor:
     horovodrun is not waited on after that: left alone it often adds 5-10 s stopping its own
     shells. Under MPI, where a frozen worker blocks its peers for ever, one frozen for the hang
     timeout ends the job. SIGTERM to the launcher (a scheduler ending the job: scancel, a time
-    limit, preemption) stops the job the same way, reported as cancelled.
+    limit, preemption) stops the job the same way, reported as cancelled; Ctrl-C (SIGINT) too,
+    reported as interrupted.
     """
 
     def __init__(
@@ -61,7 +62,8 @@ class JobMonitor:
         self.remote_hosts, self.ssh_port = list(remote_hosts), ssh_port
         self.failed = threading.Event()
         self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
-        self.cancelled: float | None = None  # when SIGTERM came
+        self.cancelled: float | None = None  # when SIGTERM (or SIGINT) came
+        self.cancel_signal = signal.SIGTERM
         self.frozen: dict[int, float] = {}  # rank -> since when
         self.stalls: dict[int, parsers.StallParser] = {}
         self.gloo_timeouts: dict[int, float] = {}
@@ -81,7 +83,12 @@ class JobMonitor:
         ]
         for relay in relays:
             relay.start()
-        previous = stopping.on_sigterm(self._cancel)
+        # Ctrl-C (SIGINT, which the terminal sends horovodrun too) ends the job as SIGTERM does:
+        # left to KeyboardInterrupt it exited 130 without a word, the run FAILED with no reason.
+        previous = {
+            signum: stopping.on_signal(signum, self._cancel)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
         try:
             while proc.poll() is None:
                 self._warn_stalls()
@@ -101,7 +108,8 @@ class JobMonitor:
                     self._check_frozen(proc)
             returncode = proc.wait()
         finally:
-            stopping.on_sigterm(previous)
+            for signum, handler in previous.items():
+                stopping.on_signal(signum, handler)
         stopped = time.monotonic()
         for relay in relays:
             relay.join(timeout=2)
@@ -112,16 +120,20 @@ class JobMonitor:
         return self._report(returncode, stopped)
 
     def _cancel(self, signum, frame) -> None:
-        """SIGTERM: the scheduler ends the job (Slurm's scancel, time limit, preemption)."""
+        """SIGTERM: the scheduler ends the job (Slurm's scancel, time limit, preemption); SIGINT:
+        the user pressed Ctrl-C."""
         if self.cancelled is None:
-            self.cancelled = time.monotonic()
+            self.cancelled, self.cancel_signal = time.monotonic(), signum
             self.failed.set()
 
     def _report_cancelled(self, stopped: float) -> int:
-        self._announce(
-            "job cancelled: SIGTERM (scancel, time limit or preemption)", self.cancelled, stopped
+        what = (
+            "job interrupted: SIGINT (Ctrl-C)"
+            if self.cancel_signal == signal.SIGINT
+            else "job cancelled: SIGTERM (scancel, time limit or preemption)"
         )
-        return 128 + signal.SIGTERM
+        self._announce(what, self.cancelled, stopped)
+        return 128 + self.cancel_signal
 
     def _relay(self, stream, name: str) -> None:
         # newline="": a piece ends at each carriage return too (a progress bar's redraw).

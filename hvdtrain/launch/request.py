@@ -54,6 +54,17 @@ class Job:
     min_np: int | None = None  # elastic only
 
 
+def _check_local_interface(name: str) -> None:
+    """A job on this machine alone: the pre-flight checks that test the interface on every host
+    do not run, and horovodrun would ignore a name this machine does not have."""
+    interfaces = preflight.local_interfaces()
+    if name not in interfaces:
+        raise UsageError(
+            f"this machine has no network interface {name} with an IPv4 address "
+            f"(--network-interface {name}); its interfaces: {', '.join(sorted(interfaces))}"
+        )
+
+
 def check(request: Request) -> Job:
     """Validate ``request`` before anything starts; ``UsageError`` on bad input."""
     if request.framework not in FRAMEWORKS:
@@ -71,6 +82,8 @@ def check(request: Request) -> Job:
         (np, hosts), min_np = _check_static(request), None
     if not Path(request.script).is_file():
         raise UsageError(f"script not found: {request.script}")
+    if request.network_interface and not any(preflight.started_over_ssh(h) for h, _ in hosts):
+        _check_local_interface(request.network_interface)
     for host, _ in hosts:
         if preflight.started_over_ssh(host) and not preflight.through_proxy(host, request.ssh_port):
             host_lists.check_reachable(host, request.ssh_port)

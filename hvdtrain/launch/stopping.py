@@ -1,6 +1,7 @@
 """Stopping a job: its local workers by signal, its remote ones by closing their ssh sessions (their
 ``worker_guard`` stops them), then what horovodrun still runs; and the launcher's own SIGTERM
-(a scheduler cancelling the job), which ``JobMonitor`` turns into the same stop.
+(a scheduler cancelling the job) or SIGINT (Ctrl-C), which ``JobMonitor`` turns into the same
+stop.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ GRACE_S = 3.0  # SIGTERM to SIGKILL: time to finish the MLflow run (horovodrun i
 RANK_ENVS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK")  # a worker's rank, under Gloo / under MPI
 
 
-def on_sigterm(handler):
-    """Install ``handler`` for SIGTERM (main thread only: elsewhere Python's default stays);
+def on_signal(signum: int, handler):
+    """Install ``handler`` for ``signum`` (main thread only: elsewhere Python's default stays);
     returns the one it replaced."""
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signum, handler)
     except ValueError:
-        return signal.getsignal(signal.SIGTERM)
+        return signal.getsignal(signum)
 
 
 def stop_job(proc: subprocess.Popen, frozen: dict[int, float]) -> None:

@@ -56,6 +56,7 @@ def save_checkpoint(
             extra=extra,
         ),
         "saving a checkpoint",
+        call="ht.save_checkpoint",
     )
 
 

@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core import elastic
+from ..core import elastic, tripwire
 from ..core.context import main_process_only
 from ..core.elastic import Position
-from ..core.guards import check_finite
+from ..core.guards import UnsupportedError, check_finite
+from ..core.sharding import check_steps_per_epoch
 from ..core.tracker import TrainingTracker
 from ..tracking.params import training_params
 from . import zero
@@ -26,6 +27,7 @@ from .data import EvalShard, set_epoch, to_device
 from .elastic import TorchSnapshot
 from .elastic import run as elastic_run
 from .optimizer import BASE_LR, current_lr
+from .tripwire import after_unwrapped_step
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -119,9 +121,9 @@ def fit(
     steps), re-shards the data, re-scales the LR and logs the new ``world_size`` to ``tracker``.
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise UnsupportedError(f"epochs must be >= 1, got {epochs}")
     if scheduler_interval not in ("epoch", "step"):
-        raise ValueError(
+        raise UnsupportedError(
             f"unknown scheduler_interval {scheduler_interval!r}; allowed: 'epoch', 'step'"
         )
     loop = _Loop(
@@ -159,6 +161,7 @@ def fit(
         resume,
         lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler),
     )
+    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
     if tracker is not None:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
@@ -219,15 +222,30 @@ class _Loop:
             getattr(optimizer, "hvdtrain_options", None), "accumulation_steps", 1
         )
         self.use_amp = amp and current().on_gpu
+        # Not from wrap_optimizer: its own tripwire is missing, so the loop runs one.
+        self.unwrapped = not hasattr(optimizer, "hvdtrain_policy")
+        self.tripwire_every = tripwire.interval()
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
 
     def train(self, position: Position, commit: Callable[[], None]) -> History:
         ctx = current()
         self.model.train()
+        checked = False
         while position.epoch < self.epochs:
             epoch = position.epoch
             set_epoch(self.train_loader, epoch)
-            skip = position.batches_done(self.train_loader.batch_size * ctx.size)
+            if not checked:  # after set_epoch: an elastic restart re-shards there
+                check_steps_per_epoch(
+                    ctx,
+                    len(self.train_loader),
+                    caller="ht.fit",
+                    unit="batches",
+                    remedy="build the loader with ht.distributed_loader (an equal share per rank)",
+                )
+                checked = True
+            skip = position.batches_done(
+                self.train_loader.batch_size * ctx.size, len(self.train_loader)
+            )
             bar = tqdm(
                 total=len(self.train_loader),
                 desc=f"epoch {epoch + 1}/{self.epochs}",
@@ -256,6 +274,8 @@ class _Loop:
                     _step(self.optimizer, self.scaler)
                     self.optimizer.zero_grad()
                     position.step += 1
+                    if self.unwrapped:
+                        after_unwrapped_step(self.optimizer, position.step, self.tripwire_every)
                     if self.scheduler is not None and self.step_scheduler:
                         self.scheduler.step()
                 loss_value = float(loss.detach())

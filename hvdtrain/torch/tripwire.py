@@ -23,6 +23,7 @@ def after_step(
     step: int,
     reduced: bool,
     every: int,
+    causes: tripwire.Causes = CAUSES,
 ) -> None:
     """At a due step (collective): check that every rank reduced and holds the same ``params``."""
     ctx = current()
@@ -41,5 +42,20 @@ def after_step(
         sums,
         magnitudes,
         [names.get(p, f"parameter {i}") for i, p in enumerate(params)],
-        CAUSES,
+        causes,
     )
+
+
+def after_unwrapped_step(optimizer: torch.optim.Optimizer, step: int, every: int) -> None:
+    """``ht.fit``'s tripwire for an optimizer ``wrap_optimizer`` did not make (its own check never
+    runs): Horovod's ``DistributedOptimizer`` averages gradients in ``synchronize`` and is checked
+    for weights that drift apart; a plain torch optimizer averages nothing, so every rank would
+    train its own model with no error, and the first check stops the job naming the fix."""
+    kind = type(optimizer).__name__
+    causes = tripwire.Causes(
+        not_reduced=f"ht.fit got a plain {kind} optimizer: pass "
+        "ht.wrap_optimizer(optimizer, model), which averages the gradients at every step",
+        diverged=CAUSES.diverged,
+    )
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    after_step(optimizer, params, step, hasattr(optimizer, "synchronize"), every, causes)

@@ -23,6 +23,11 @@ JOURNAL_TAG = "hvdtrain.journal"
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
+class ExperimentDeleted(ValueError):
+    """The run's experiment exists only in MLflow's trash: no run can be created in it, and the
+    server is not down. Retried all the same (it may be restored while the job runs)."""
+
+
 def is_retryable(err: Exception) -> bool:
     """Server or network trouble is retried; a request the server rejects (4xx) never succeeds."""
     if isinstance(err, MlflowException):
@@ -95,6 +100,12 @@ def _experiment_id(client: MlflowClient, spec: RunSpec) -> str:
     if not spec.experiment:
         return spec.experiment_id or "0"
     found = client.get_experiment_by_name(spec.experiment)
+    if found is not None and found.lifecycle_stage == LifecycleStage.DELETED:
+        raise ExperimentDeleted(
+            f"experiment {spec.experiment!r} is deleted in {client.tracking_uri}: restore it "
+            f"(mlflow experiments restore --experiment-id {found.experiment_id}) or choose "
+            "another --experiment"
+        )
     if found is not None:
         return found.experiment_id
     try:

@@ -28,6 +28,9 @@ class RunSpec:
     # Tags the run when it is created, so a journal synced after a crash between creating the run
     # and recording its id finds that run instead of creating a second one.
     journal_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The store the job tracks to (absolute), so ``hvdtrain mlflow-sync`` delivers a journal there
+    # and not to whatever store the shell it runs in would pick.
+    tracking_uri: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         return {"kind": "run", **asdict(self)}

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -68,6 +69,7 @@ class Sender:
         self._closing = False
         self._abandoned = False
         self._down = False
+        self._last_error: Exception | None = None  # why the last send failed
         self._run_open = False
         self._previous_params: dict[
             str, str
@@ -134,8 +136,13 @@ class Sender:
             if self._writable and unsent:
                 self.kept = self._journal.path
                 log.warning(
-                    "hvdtrain: MLflow tracking server still unreachable at the end of training; "
-                    "unsent tracking data is kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                    "hvdtrain: MLflow tracking %s at the end of training; unsent tracking data is "
+                    "kept in %s, upload it with: hvdtrain mlflow-sync %s",
+                    "still refused the run"
+                    if isinstance(self._last_error, delivery.ExperimentDeleted)
+                    else "server still answers with a web page"
+                    if self._last_error is not None and _web_page_status(self._last_error)
+                    else "server still unreachable",
                     self.kept,
                     self.kept,
                 )
@@ -267,14 +274,37 @@ class Sender:
                 self._queue.popleft()
 
     def _note_down(self, err: Exception) -> None:
-        if not self._down:
-            self._down = True
-            log.warning(
-                "hvdtrain: MLflow tracking at %s is unreachable (%s); training continues, tracking "
-                "data is kept in the journal and retried in the background",
-                self.client.tracking_uri,
-                str(err)[:300],
+        """Say once, in one line, why tracking data waits: a deleted experiment, a server that is
+        not MLflow (a web page where the REST API should be), or an outage."""
+        self._last_error = err
+        if self._down:
+            return
+        self._down = True
+        page = _web_page_status(err)
+        if isinstance(err, delivery.ExperimentDeleted):
+            problem = f"MLflow tracking cannot open this job's run: {err}"
+        elif page is not None:
+            problem = (
+                f"MLflow tracking at {self.client.tracking_uri} is not an MLflow server (it "
+                f"answers HTTP {page} with a web page): check MLFLOW_TRACKING_URI"
             )
+        else:
+            problem = (
+                f"MLflow tracking at {self.client.tracking_uri} is unreachable "
+                f"({' '.join(str(err).split())[:300]})"
+            )
+        log.warning(
+            "hvdtrain: %s; training continues, tracking data is kept in the journal and retried "
+            "in the background",
+            problem,
+        )
+
+
+def _web_page_status(err: Exception) -> str | None:
+    """The HTTP status of an answer that was a web page (HTML) rather than MLflow's JSON, which
+    MLflow's error quotes whole: ten lines of markup where one line should be."""
+    found = re.search(r"code (\d+).*?<(?:!doctype|html)", str(err), re.IGNORECASE | re.DOTALL)
+    return found.group(1) if found else None
 
 
 def _open_journal(path: Path, spec: RunSpec) -> Journal | None:

@@ -54,7 +54,11 @@ class Successor(Sender):
 
 def successor(job: str, experiment: str | None) -> Sender:
     store.bound_http_calls()
-    spec = RunSpec(experiment=experiment, experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"))
+    spec = RunSpec(
+        experiment=experiment,
+        experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
+        tracking_uri=store.absolute(store.tracking_uri()),
+    )
     journal = (
         store.default_spill_dir() / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
     )

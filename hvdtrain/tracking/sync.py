@@ -16,8 +16,24 @@ from .sender import BATCH
 SYNCED_SUFFIX = ".synced"
 
 
-def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
-    """Send every unacknowledged record of the journal ``path``; returns (run id, records sent).
+class NothingToSync(ValueError):
+    """Every record of the journal was delivered already: nothing is sent, no run is opened."""
+
+
+class UnknownStore(ValueError):
+    """The journal does not say where its job tracked, and the caller did not either."""
+
+
+def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int, str]:
+    """Send every unacknowledged record of the journal ``path`` to the store its job tracked to
+    (recorded in the journal; ``tracking_uri`` overrides it); returns (run id, records sent, the
+    store's URI).
+
+    Never to a store it would have to guess: the shell's ``MLFLOW_TRACKING_URI`` or MLflow's
+    default local store may be another store than the job's (``UnknownStore`` for a journal that
+    does not record it and no ``tracking_uri``). A journal with nothing left to send is left as
+    it is (``NothingToSync``): opening its run again, possibly in another store, would only make
+    an empty run.
 
     Each record sent is marked in the journal at once, so a sync cut short sends only the rest
     when run again. Metric points MLflow already holds (a batch acknowledged by the server but
@@ -30,9 +46,20 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     try:
         found = replay(path)
         spec = found.spec
+        uri = tracking_uri or spec.tracking_uri
+        if uri is None:
+            raise UnknownStore(
+                "the journal does not record where its job was tracking (written before hvdtrain "
+                "recorded it); pass --tracking-uri URI, the job's MLFLOW_TRACKING_URI"
+            )
+        if not found.unsent:
+            raise NothingToSync(
+                f"nothing to send: every record was delivered already (run {spec.run_id} at "
+                f"{spec.tracking_uri or uri}); the file is left as it is"
+            )
         existed = spec.run_id is not None
         store.bound_http_calls()
-        client = MlflowClient(tracking_uri or store.tracking_uri())
+        client = MlflowClient(uri)
         previous_params = delivery.open_run(client, spec)
         journal.mark_opened(spec)
         unsent = _not_on_server(client, spec.run_id, found.unsent) if existed else found.unsent
@@ -57,7 +84,7 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     finally:
         journal.close(delete=False)
     path.rename(path.with_name(path.name + SYNCED_SUFFIX))
-    return spec.run_id, sent
+    return spec.run_id, sent, uri
 
 
 def _not_on_server(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import elastic
+from ..core.checkpoint import CheckpointError, claim
 from ..core.context import Context, current, main_process_only
 from ..core.on_main import on_main
 from . import legs, records, system
@@ -264,6 +265,8 @@ def start(
                 checkpoint_dir,
                 resume,
             )
+        except CheckpointError:  # not a tracking problem: the job cannot run on that directory
+            raise
         except Exception as err:  # a tracking problem must never stop training
             log.warning(
                 "hvdtrain: MLflow tracking disabled for this job: %s: %s", type(err).__name__, err
@@ -321,8 +324,12 @@ def _open(
     from . import store
     from .sender import Sender
 
+    if checkpoint_dir is not None and not elastic.enabled():
+        # Before the directory's run file is read or written: it belongs to this job only.
+        claim(checkpoint_dir, resume)
     store.bound_http_calls()
     uri = store.tracking_uri()
+    store.check_writable(uri)  # one line now, not MLflow's 100 s of retries
     active = mlflow.active_run()
     continued = os.environ.get("MLFLOW_RUN_ID") or (
         legs.continued_run(checkpoint_dir, uri) if resume and checkpoint_dir is not None else None
@@ -335,6 +342,7 @@ def _open(
         parent_run_id=parent_run_id or (active.info.run_id if active else None),
         run_id=continued,
         run_files=[] if checkpoint_dir is None else [str(legs.run_file(checkpoint_dir).absolute())],
+        tracking_uri=store.absolute(uri),
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     journal = Path(spill_dir or store.default_spill_dir()) / f"run-{stamp}-{os.getpid()}.jsonl"

@@ -1,5 +1,6 @@
 """Worker for tests/test_bad_input.py: a tiny hvdtrain.keras job fed bad checkpoints, a bad
-checkpoint directory or NaN data (modes as in ``bad_torch.py``)."""
+checkpoint directory or NaN data (modes as in ``bad_torch.py``; ``empty``: ``hk.fit`` on empty
+arrays; ``jit``: compiled with jit_compile=True; ``lengths``: x and y of different lengths)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ model = keras.Sequential(
     ]
 )
 model.compile(
-    optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)), loss="mse", jit_compile=False
+    optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)),
+    loss="mse",
+    jit_compile=args.mode == "jit",
 )
 inputs = np.random.default_rng(0).normal(size=(64, 4))
 x, y = hk.shard(inputs, inputs.sum(axis=1, keepdims=True), seed=0)
@@ -42,6 +45,14 @@ def train(epochs: int, resume: bool) -> None:
 with recorded(args.out, ctx.rank) as report:
     if args.mode == "resume":
         print(f"resumed at step {hk.load_checkpoint(args.ckpt, model).step}", flush=True)
+    elif args.mode in ("jit", "lengths"):
+        targets = inputs.sum(axis=1, keepdims=True)
+        hk.fit(
+            model, inputs, targets[: 60 if args.mode == "lengths" else None], batch_size=8, epochs=1
+        )
+    elif args.mode == "empty":
+        none = inputs[:0]
+        hk.fit(model, none, none.sum(axis=1, keepdims=True), batch_size=8, epochs=args.epochs)
     elif args.mode == "nan":
         train(1, resume=False)
         report["before"] = snapshot(args.ckpt) if ctx.is_main else None
