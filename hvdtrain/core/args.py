@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -166,11 +167,19 @@ def write_results(
 class _OneLineErrors(argparse.ArgumentParser):
     """A bad flag is one line (``prog: error: ...``, exit 2), from rank 0 only under horovodrun,
     instead of argparse's usage block from every rank; ``--help`` shows the usage. Flags are
-    parsed before ``init()``, so the rank comes from horovodrun's environment, not the context."""
+    parsed before ``init()``, so the rank comes from horovodrun's environment, not the context.
+
+    The other ranks wait up to ``OTHER_RANKS_WAIT_S`` before exiting: horovodrun stops the whole job
+    when the first worker exits, and a rank that got there before rank 0 would cut its line off
+    (seen under load). Rank 0's exit ends the wait, so a job normally ends as fast as before."""
+
+    OTHER_RANKS_WAIT_S = 10
 
     def error(self, message: str):
         if os.environ.get("HOROVOD_RANK", "0") == "0":
             print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        else:
+            time.sleep(self.OTHER_RANKS_WAIT_S)
         sys.exit(2)
 
 
