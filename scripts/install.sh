@@ -78,6 +78,28 @@ REQ_NAMES="$(printf '%s\n' "${REQS[@]#"$REPO/"}" | paste -sd+)"
 if [[ "$MODE" == self ]]; then
     :
 elif [[ ! -f "$STAMP" ]]; then
+    # tensorflow and tensorflow-cpu install the same `tensorflow` package: pip would lay the pinned
+    # one over another already here (a venv made before cpu.txt moved to `tensorflow`), and removing
+    # either later would break both. So every TF distribution goes first when one not pinned is here.
+    STEP="remove another TensorFlow distribution"; LOG="$LOG_DIR/requirements.log"
+    stale="$("$PY" - "$REQ" 2>>"$LOG" <<'EOF'
+import importlib.metadata as md, re, sys
+pinned = set(re.findall(r"^(tensorflow(?:-cpu|-gpu)?)==", open(sys.argv[1]).read(), re.M))
+here = []
+for dist in ("tensorflow", "tensorflow-cpu", "tensorflow-gpu"):
+    try:
+        md.version(dist)
+        here.append(dist)
+    except md.PackageNotFoundError:
+        pass
+print(" ".join(here) if pinned and set(here) - pinned else "")
+EOF
+)"
+    if [[ -n "$stale" ]]; then
+        read -ra stale_dists <<<"$stale"
+        say "removing $stale: requirements/$FLAVOR.txt pins another TensorFlow distribution"
+        run "remove another TensorFlow distribution" "$LOG" "${PIP[@]}" uninstall -y "${stale_dists[@]}"
+    fi
     say "installing pinned frameworks from $REQ_NAMES (a few minutes the first time)"
     run "install frameworks" "$LOG_DIR/requirements.log" "${PIP[@]}" install "${REQS[@]/#/-r}"
     touch "$STAMP"

@@ -9,8 +9,8 @@ from hvdtrain.launch import parsers, preflight
 VERSIONS = {
     "horovod": "0.28.1",
     "torch": "2.13.0",
-    "tensorflow": None,
-    "tensorflow-cpu": "2.21.0",
+    "tensorflow": "2.21.0",
+    "tensorflow-cpu": None,
     "keras": "3.15.1",
 }
 REQUEST = preflight.Request(

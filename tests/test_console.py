@@ -10,6 +10,7 @@ job's results file and from MLflow.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from hvdtrain.launch import summary
+from hvdtrain.launch.console import Console
 from hvdtrain.tracking import legs
 from tests.conftest import require
 from tests.mlflow_server import mlflow_server, mlflow_server_session  # noqa: F401 - fixtures
@@ -243,3 +245,21 @@ def test_summary_names_the_journal_when_the_server_was_down(tmp_path, monkeypatc
         f"  MLflow: server unreachable, data kept in {journal} (send it: hvdtrain mlflow-sync "
         f"{journal})",
     ]
+
+
+def test_tensorflows_no_cuda_driver_error_is_start_up_noise_and_a_failing_driver_is_not():
+    """The full ``tensorflow`` wheel (both flavours since issue 24) logs one error where Keras first
+    lists the GPUs: on a host with no CUDA driver (303, libcuda missing) it is dropped like the
+    other start-up lines; any other code (a driver there that fails) still reaches the user."""
+    out, err = io.StringIO(), io.StringIO()
+    console = Console({0: "localhost", 1: "localhost"}, quiet_startup=True, out=out, err=err)
+    line = (
+        "E0000 00:00:1796631898.174193   32126 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR ({})\n"
+    )
+    for rank in (0, 1):
+        for code in (303, 999):
+            console.show(f"[{rank}]<stderr>:{line.format(code)}", "stderr")
+    shown = err.getvalue()
+    assert "(303)" not in shown and shown.count("UNKNOWN ERROR (999)") == 2, shown
+    assert out.getvalue() == ""

@@ -24,10 +24,15 @@ ERASE_TO_END = "\x1b[K"  # ANSI: clear from the cursor to the end of the line
 # colours and cursor moves (Keras's bar has them, even in a pipe)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # TensorFlow's start-up lines that TF_CPP_MIN_LOG_LEVEL does not silence: logged through absl before
-# TensorFlow reads it (oneDNN's notice, at every import), info and warnings only.
+# TensorFlow reads it (oneDNN's notice, at every import; the full `tensorflow` wheel's "Could not
+# find cuda drivers"), info and warnings only; and that wheel's one error on a host with no CUDA
+# driver at all (libcuda missing: 303), logged where Keras first lists the GPUs, after which it runs
+# on the CPU. A driver that is there and fails (any other code) is still shown.
 _STARTUP_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
-    r"STDERR|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*)\s*$",
+    r"STDERR|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] .*|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] "
+    r"failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR \(303\))"
+    r"\s*$",
     re.S,
 )
 
