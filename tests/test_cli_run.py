@@ -112,6 +112,12 @@ def test_ui_on_a_port_in_use_is_refused_before_its_url(tmp_path, monkeypatch, ca
     assert row.check(err, status, P=str(port)) == err.strip()
     assert out == ""  # no URL
     assert list(tmp_path.iterdir()) == []  # no store made
+    # a port number no socket has: before name resolution wraps it round to another port
+    row = docs_table.row("hvdtrain ui --port 99999")
+    status = main(["ui", "--port", "99999"])
+    out, err = capsys.readouterr()
+    assert (row.check(err, status), out) == (err.strip(), "")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_hostfile_comments_and_default_slots(tmp_path):

@@ -98,6 +98,8 @@ def _check_can_listen(host: str, port: int) -> None:
     fail after the line and the advertised page would be whatever already holds the port (another
     MLflow server's store). Bound the way uvicorn binds (``SO_REUSEADDR``: a port left in
     TIME_WAIT is free), then released for ``mlflow ui``."""
+    if not 0 < port < 65536:  # name resolution would take it modulo 65536 and bind another port
+        raise UsageError(f"ui: --port must be between 1 and 65535, got {port}")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, OverflowError) as err:
