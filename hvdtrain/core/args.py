@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ def training_parser(
         "--batch-size", type=_positive, default=batch_size, help="samples per worker per step"
     )
     group.add_argument(
-        "--lr", type=float, default=lr, help="single-worker learning rate, before scaling"
+        "--lr", type=_learning_rate, default=lr, help="single-worker learning rate, before scaling"
     )
     group.add_argument(
         "--lr-scaling", choices=[c.value for c in LRScaling], default=LRScaling.LINEAR.value
@@ -187,6 +188,15 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    """Positive and finite: Keras takes a negative rate and climbs the loss to a finished job
+    with exit 0, torch refuses it with a traceback per rank, and a nan rate trains to a nan loss."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
