@@ -77,6 +77,7 @@ def test_bad_launch_command_is_one_line_and_exit_2(tmp_path, row):
     (tmp_path / "hosts.txt").write_text("# my nodes\nnode1 slots\n")
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "colon.txt").write_text("localhost:2\n")
+    (tmp_path / "somedir").mkdir()
     (tmp_path / "discover.sh").write_text("#!/bin/sh\necho localhost:2\n")
     (tmp_path / "discover.sh").chmod(0o755)
     words = shlex.split(row.command)

@@ -38,6 +38,8 @@ def parse_host_list(text: str) -> Hosts:
 def read_hostfile(path: Path) -> Hosts:
     """``host slots=N`` lines (``slots`` defaults to 1; ``#`` starts a comment),
     as MPI reads them."""
+    if path.is_dir():
+        raise UsageError(f"hostfile {path} is a directory: name a file of 'host slots=N' lines")
     if not path.is_file():
         raise UsageError(f"hostfile not found: {path}")
     hosts = []

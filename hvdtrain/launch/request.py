@@ -80,6 +80,8 @@ def check(request: Request) -> Job:
         np, min_np, hosts = _check_elastic(request)
     else:
         (np, hosts), min_np = _check_static(request), None
+    if Path(request.script).is_dir():
+        raise UsageError(f"script {request.script} is a directory: name the training script in it")
     if not Path(request.script).is_file():
         raise UsageError(f"script not found: {request.script}")
     if request.network_interface and not any(preflight.started_over_ssh(h) for h, _ in hosts):
