@@ -103,6 +103,18 @@ def _hang_timeout(given: int | None) -> int:
         raise UsageError(str(err) if given is None else f"--hang-timeout: {err}") from None
 
 
+def _check_each_host_once(hosts: Hosts) -> None:
+    """A host named twice gets two sets of ranks that each count from its local rank 0: Gloo's
+    rendezvous then aborts every worker in C++ (``EnforceNotMet: rank < size``)."""
+    for name in dict.fromkeys(h for h, _ in hosts):
+        slots = [s for h, s in hosts if h == name]
+        if len(slots) > 1:
+            raise UsageError(
+                f"host {name} is listed {len(slots)} times: list it once with all its slots, "
+                f"e.g. {name}:{sum(slots)}"
+            )
+
+
 def _check_static(request: Request) -> tuple[int, Hosts]:
     for flag, value in (
         ("--min-np", request.min_np),
@@ -124,6 +136,7 @@ def _check_static(request: Request) -> tuple[int, Hosts]:
         hosts = host_lists.read_hostfile(Path(request.hostfile))
     else:
         hosts = host_lists.parse_host_list(request.hosts or f"localhost:{np}")
+    _check_each_host_once(hosts)
     slots = sum(slot for _, slot in hosts)
     if np > slots:
         raise UsageError(
