@@ -186,16 +186,30 @@ def test_a_rejected_record_is_dropped_with_a_warning_and_the_rest_still_sent(sto
     assert "rejected a params record" in caplog.text
 
 
-def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path):
-    bad = tmp_path / "notes.jsonl"
-    bad.write_text('{"kind": "metrics", "metrics": []}\n')
-    with pytest.raises(ValueError, match="not an hvdtrain tracking journal"):
-        sync(bad)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["mlflow-sync", str(tmp_path / "missing.jsonl")])
-    with pytest.raises(UsageError, match="missing.jsonl"):
-        args.func(args)
+def test_sync_refuses_what_is_not_a_journal_in_one_line(tmp_path, monkeypatch, capsys):
+    """Nothing is opened, renamed or advised to run again: there is nothing to send."""
+    from hvdtrain.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.jsonl").write_text('{"kind": "metrics", "metrics": []}\n')
+    (tmp_path / "README.md").write_text("# a readme\n")
+    (tmp_path / "runs").mkdir()
+    before = sorted(tmp_path.iterdir())
+    for command, given in [
+        ("hvdtrain mlflow-sync README.md (a file that is not a journal)", "README.md"),
+        ("hvdtrain mlflow-sync runs (a directory)", "runs"),
+        ("hvdtrain mlflow-sync missing.jsonl (no such file)", "missing.jsonl"),
+    ]:
+        status = main(["mlflow-sync", given])
+        err = capsys.readouterr().err
+        assert docs_table.row(command).check(err, status) == err.strip()
+    status = main(["mlflow-sync", "notes.jsonl"])
+    assert (status, capsys.readouterr().err.strip()) == (
+        2,
+        "hvdtrain: error: mlflow-sync notes.jsonl: not an hvdtrain tracking journal (its first "
+        "line describes the job's run)",
+    )
+    assert sorted(tmp_path.iterdir()) == before
 
 
 def test_sync_sends_to_the_jobs_store_and_never_makes_an_empty_run(

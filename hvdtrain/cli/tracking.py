@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _sync(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from ..tracking.journal import JournalInUse
+    from ..tracking.journal import JournalInUse, NotAJournal
     from ..tracking.sync import NothingToSync, UnknownStore, sync
 
     try:
@@ -47,7 +47,7 @@ def _sync(args: argparse.Namespace) -> int:
     except NothingToSync as err:
         print(f"hvdtrain: mlflow-sync {args.file}: {err}", file=sys.stderr)
         return 0
-    except (JournalInUse, UnknownStore) as err:
+    except (JournalInUse, UnknownStore, NotAJournal) as err:
         raise UsageError(f"mlflow-sync {args.file}: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
         raise UsageError(

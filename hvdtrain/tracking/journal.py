@@ -33,6 +33,10 @@ class JournalInUse(RuntimeError):
     """The journal is still being written by a running job."""
 
 
+class NotAJournal(ValueError):
+    """The path holds no hvdtrain tracking journal: nothing in it to send, or to keep."""
+
+
 class Journal:
     """Append side of a journal; one per tracked job, on rank 0. Not thread-safe: the sender
     serialises calls under its own lock."""
@@ -114,12 +118,9 @@ class Replay:
 
 def replay(path: Path) -> Replay:
     """Read a journal. A last line cut short (the job killed while writing it) is ignored: its
-    record was never queued. ``ValueError`` for a file that is not a journal."""
+    record was never queued. ``NotAJournal`` for a path that holds no journal."""
+    check_is_journal(path)
     lines = list(_lines(path))
-    if not lines or lines[0].get("kind") != "run":
-        raise ValueError(
-            f"{path}: not an hvdtrain tracking journal (first line must describe the run)"
-        )
     known = {f.name for f in fields(RunSpec)}
     spec = RunSpec(**{k: v for k, v in lines[0].items() if k in known})
     sent, records = 0, []
@@ -133,6 +134,24 @@ def replay(path: Path) -> Replay:
             records.append((entry.pop("seq"), entry))
     unsent = [(seq, record) for seq, record in records if seq > sent]
     return Replay(spec, unsent, any(record["kind"] == "end" for _, record in records))
+
+
+def check_is_journal(path: Path) -> None:
+    """``NotAJournal`` unless ``path`` is a file whose first line describes a run (read alone)."""
+    if path.is_dir():
+        raise NotAJournal("a directory, not a journal: name a .jsonl file the job wrote")
+    if not path.exists():
+        raise NotAJournal("no such file: the job names its journal in its last lines")
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        record = json.loads(first)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or record.get("kind") != "run":
+        raise NotAJournal(
+            "not an hvdtrain tracking journal (its first line describes the job's run)"
+        )
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:

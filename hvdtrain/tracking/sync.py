@@ -10,7 +10,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from . import delivery, records, store
-from .journal import Journal, replay
+from .journal import Journal, check_is_journal, replay
 from .sender import BATCH
 
 SYNCED_SUFFIX = ".synced"
@@ -42,6 +42,7 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int, s
     ``<name>.synced``, so a second sync cannot duplicate it.
     """
     path = Path(path)
+    check_is_journal(path)  # before opening it to append
     journal = Journal(path)  # the lock: JournalInUse while the job still writes it
     try:
         found = replay(path)
