@@ -72,7 +72,10 @@ def training_parser(
         help="log the loss, LR and samples/s to MLflow every STEPS optimizer steps",
     )
     group.add_argument(
-        "--experiment", default=None, help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME)"
+        "--experiment",
+        type=_experiment_name,
+        default=None,
+        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME)",
     )
     group.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     group.add_argument(
@@ -198,6 +201,13 @@ def _learning_rate(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _experiment_name(text: str) -> str:
+    """Not blank: MLflow would file the run under its Default experiment without a word."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty name; name the experiment or leave the flag out")
+    return text
 
 
 def _non_negative(text: str) -> int:
