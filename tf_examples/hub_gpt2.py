@@ -136,7 +136,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     val_inputs, val_targets = text.tiled_windows(val_ids, args.block)
     vocab = tokenizer.vocabulary_size()
     unigram = text.unigram_cross_entropy(train_ids, val_targets, vocab_size=vocab)
-    describe(corpus, train_ids, vocab, unigram)
+    text.describe_bpe(corpus, train_ids, vocab, unigram)
 
     optimizer = hk.wrap_optimizer(
         keras.optimizers.AdamW(args.lr, weight_decay=0.01, global_clipnorm=1.0),
@@ -211,45 +211,14 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
     }
 
 
-@main_process_only
-def describe(corpus: text.ByteCorpus, train_ids: np.ndarray, vocab: int, unigram: float) -> None:
-    print(
-        f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary "
-        f"{vocab}); unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}",
-        flush=True,
-    )
-
-
-@main_process_only
-def report(
-    args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
-) -> None:
-    print(
-        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the "
-        f"unigram baseline ({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) "
-        f"({ctx.size} workers, {wall_time_s:.1f} s)",
-        flush=True,
-    )
-    print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    cli.write_results(
-        args,
-        ctx,
-        example="hub_gpt2",
-        metric_name="val_loss/unigram_ce",
-        metric=result["ratio"],
-        wall_time_s=wall_time_s,
-        run_id=run_id,
-        **result,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(parser(), argv)
     ctx = hk.init(seed=args.seed)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
-    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+    run_id = tracker.run_id if tracker else None
+    text.report_bpe(args, ctx, "hub_gpt2", result, time.perf_counter() - started, run_id)
 
 
 if __name__ == "__main__":

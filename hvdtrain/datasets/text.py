@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import sysconfig
 import tokenize
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import args as cli
+from ..core.context import Context, main_process_only
 from ..core.guards import UserError
 
 VOCAB_SIZE = 256  # bytes
@@ -205,6 +207,47 @@ def sample_token(logits: np.ndarray, temperature: float, rng: np.random.Generato
     scaled = logits / temperature
     probs = np.exp(scaled - scaled.max())
     return int(rng.choice(len(probs), p=probs / probs.sum()))
+
+
+@main_process_only
+def describe_bpe(corpus: ByteCorpus, train_ids: np.ndarray, vocab: int, unigram: float) -> None:
+    """The BPE examples' first line (Hugging Face's and KerasHub's GPT-2): their corpus and the
+    two baselines their validation loss is read against."""
+    print(
+        f"corpus: {len(corpus.train):,} train bytes = {len(train_ids):,} BPE tokens (vocabulary "
+        f"{vocab}); unigram baseline {unigram:.4f} nats/token, chance {math.log(vocab):.4f}",
+        flush=True,
+    )
+
+
+@main_process_only
+def report_bpe(
+    args: argparse.Namespace,
+    ctx: Context,
+    example: str,
+    result: dict,
+    wall_time_s: float,
+    run_id: str | None,
+) -> None:
+    """The BPE examples' last lines and ``--results`` file: validation loss per token against
+    the baselines, the sampled text."""
+    print(
+        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) "
+        f"({ctx.size} workers, {wall_time_s:.1f} s)",
+        flush=True,
+    )
+    print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
+    cli.write_results(
+        args,
+        ctx,
+        example=example,
+        metric_name="val_loss/unigram_ce",
+        metric=result["ratio"],
+        wall_time_s=wall_time_s,
+        run_id=run_id,
+        **result,
+    )
 
 
 def example_parser(framework: str) -> argparse.ArgumentParser:
