@@ -22,7 +22,7 @@ from hvdtrain.core.checkpoint import CheckpointDir, read_meta
 from hvdtrain.launch import parsers
 from hvdtrain.tracking import legs
 from tests import docs_table
-from tests.launch import REPO, WORKERS, worker_process
+from tests.launch import REPO, WORKERS, own_lines, worker_process
 from tests.mlflow_server import free_port
 
 HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
@@ -453,6 +453,51 @@ def test_sigterm_during_interpreter_exit_prints_nothing():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stderr == ""
+
+
+# An object freed while Python tears down modules at exit, after ``failures``' own globals are None.
+LATE_FINALIZER = (
+    "import os, signal\nfrom hvdtrain.core import failures\nfailures.install()\n"
+    "class Late:\n    def __del__(self):\n        raise RuntimeError('late')\n"
+    "failures._late = Late()\n"
+)
+
+
+@pytest.mark.parametrize(
+    "stop,status,want",
+    [
+        (
+            "",
+            0,
+            [
+                r"Exception ignored in: <function Late.__del__ at 0x[0-9a-f]+>",
+                r"Traceback \(most recent call last\):",
+                r'  File "<string>", line 6, in __del__',
+                r"RuntimeError: late",
+            ],
+        ),
+        ("os.kill(os.getpid(), signal.SIGTERM)", 143, []),
+        (
+            "raise RuntimeError('Horovod has been shut down. A rank died')",
+            1,
+            [
+                r"hvdtrain: rank \? stopped: another worker failed or the job was shut down "
+                r"\(RuntimeError: Horovod has been shut down\)"
+            ],
+        ),
+    ],
+    ids=["finished", "sigterm", "peer-failed"],
+)
+def test_finalizer_errors_at_exit_are_dropped_only_once_the_worker_was_stopped(stop, status, want):
+    """A finished script keeps Python's report of a finalizer's error (a bug of its own); a worker
+    told to stop, or that said why it stopped, ends on its one line. Before, the hook itself failed
+    at exit, once per finalizer, with pages of "Exception ignored in sys.unraisablehook"."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LATE_FINALIZER + stop], capture_output=True, text=True, timeout=60
+    )
+    lines = own_lines(proc.stderr)
+    assert proc.returncode == status and len(lines) == len(want), proc.stderr
+    assert all(re.fullmatch(w, line) for w, line in zip(want, lines)), proc.stderr
 
 
 def test_dead_tracking_server_when_a_job_fails_is_one_warning(tmp_path):

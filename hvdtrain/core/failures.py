@@ -22,6 +22,17 @@ from .checkpoint import first_line
 PEER_FAILURE_MARKERS = ("Horovod has been shut down", "Horovod background loop uncaught exception")
 
 
+class _Stop:
+    """Why this process is stopping, as far as it has said: ``sigterm`` once SIGTERM arrived,
+    ``said`` once a one-line report of the stop was printed."""
+
+    sigterm = False
+    said = False
+
+
+_stop = _Stop()
+
+
 def install() -> None:
     """Install the SIGTERM handler and the one-line reports of a peer's failure, of a
     ``guards.UserError`` and of Keras 2 usage Keras 3 removed (``keras3``; ``HVDTRAIN_TRACEBACK=1``:
@@ -29,9 +40,8 @@ def install() -> None:
     if sys.excepthook is not _excepthook:
         _excepthook.previous = sys.excepthook
         sys.excepthook = _excepthook
-    if sys.unraisablehook is not _unraisablehook:
-        _unraisablehook.previous = sys.unraisablehook
-        sys.unraisablehook = _unraisablehook
+    if not isinstance(sys.unraisablehook, _QuietWhenStopping):
+        sys.unraisablehook = _QuietWhenStopping(sys.unraisablehook, _stop)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # never replace the user's own handler
         try:
             signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -57,9 +67,11 @@ def _excepthook(kind, err, tb) -> None:
     if os.environ.get("HVDTRAIN_TRACEBACK"):
         return _excepthook.previous(kind, err, tb)
     if isinstance(err, guards.UserError):
+        _stop.said = True
         return guards.report(err)
     rank = os.environ.get("HOROVOD_RANK", "?")
     removed = keras3.explain(err)
+    _stop.said = bool(removed) or is_peer_failure(err) or _stop.sigterm
     if removed:
         print(
             f"hvdtrain: rank {rank}: {removed}" if rank != "?" else f"hvdtrain: {removed}",
@@ -68,7 +80,7 @@ def _excepthook(kind, err, tb) -> None:
         )
         return None
     if not is_peer_failure(err):
-        if _exit_on_sigterm.received:
+        if _stop.sigterm:
             # The launcher is stopping the job: SIGTERM's SystemExit surfaced wrapped in another
             # error (raised inside a framework's op or callback); the launcher's line says why.
             print(
@@ -89,24 +101,34 @@ def _excepthook(kind, err, tb) -> None:
 _excepthook.previous = sys.__excepthook__
 
 
-def _unraisablehook(unraisable) -> None:
-    # SIGTERM landing in an exit handler (say, a weakref finalizer at interpreter exit): the
-    # process is ending anyway; Python would print the SystemExit's traceback.
-    if not isinstance(unraisable.exc_value, SystemExit):
-        _unraisablehook.previous(unraisable)
+class _QuietWhenStopping:
+    """``sys.unraisablehook`` that drops what would only bury a stopping worker's one line: the
+    SystemExit of SIGTERM landing in an exit handler (say, a weakref finalizer at interpreter
+    exit), and, once the process was told to stop or said why it stopped, the errors of finalizers
+    run while the interpreter tears down its modules. Anything else goes to the hook it replaced.
 
+    It holds what it uses as attributes, never as this module's globals: finalizers run while
+    Python sets modules' globals to None, and a hook that looked one up then failed for each of
+    them ("Exception ignored in sys.unraisablehook", a CI run's pages of it)."""
 
-_unraisablehook.previous = sys.__unraisablehook__
+    def __init__(self, previous, stop: _Stop) -> None:
+        self.previous = previous
+        self.stop = stop
+        self.is_finalizing = sys.is_finalizing
+
+    def __call__(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, SystemExit):
+            return
+        if (self.stop.sigterm or self.stop.said) and self.is_finalizing():
+            return
+        self.previous(unraisable)
 
 
 def _exit_on_sigterm(signum, frame) -> None:
     # Once only: a second SIGTERM must not interrupt the run being finished by the first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _exit_on_sigterm.received = True
+    _stop.sigterm = True
     raise SystemExit(128 + signum)
-
-
-_exit_on_sigterm.received = False
 
 
 def _first_sentence(err: BaseException) -> str:
