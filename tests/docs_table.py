@@ -6,8 +6,8 @@ A row is ``| bad input | what hvdtrain answers | exit | test |``. The first code
 answer is the exact line hvdtrain prints, in which ``...`` stands for any text (a time, a
 library's wording) and names the test fills in (``train.py``, ``ckpt``, ``HOST``) for the files
 and values of its run. Rows whose bad input starts with a ``hvdtrain run`` command are run as
-they read, with ``train.py``, ``hosts.txt``, ``empty.txt``, ``colon.txt`` and ``discover.sh``
-made by the test.
+they read, with ``train.py``, ``hosts.txt``, ``empty.txt``, ``colon.txt``, ``somedir``,
+``notes.txt``, ``broken.py``, ``torchy.py`` and ``discover.sh`` made by the test.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     try:
+        if unknown:
+            _refuse_unknown(parser, args.command, unknown)
         return args.func(args)
     except UsageError as err:
         for line in str(err).splitlines():  # several problems: one line each
@@ -32,6 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, command: str, unknown: list[str]) -> None:
+    """argparse's own refusal, except for ``run``: there an unknown flag is most often the
+    script's, put before the script (``hvdtrain run --epochs 1 train.py``), and the line says so."""
+    if command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    raise UsageError(
+        f"run: unrecognized arguments: {' '.join(unknown)}; "
+        f"a script's own flags go after the script: {run.SYNOPSIS}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import sys
 
 from ..core import tuning
+from ..core.errors import UsageError
 from ..launch.request import FRAMEWORKS, Request
 
 
@@ -72,13 +73,20 @@ def register(subparsers) -> None:
         help="show every worker's output, prefixed [rank@host] (default: rank 0's as the script "
         "wrote it; the others' only on stderr)",
     )
-    parser.add_argument("script", help="the training script (python file)")
+    # Optional to argparse so that a missing one is hvdtrain's line, not "required: script, args".
+    parser.add_argument("script", nargs="?", help="the training script (python file)")
     parser.add_argument("args", nargs="...", help="arguments passed to the script")
     parser.set_defaults(func=main)
 
 
+# How the command reads, for the lines that say a script or its flags are misplaced.
+SYNOPSIS = "hvdtrain run [run flags] SCRIPT [script flags]"
+
+
 def request(args) -> Request:
     """The ``launch.request.Request`` the flags ask for."""
+    if args.script is None:
+        raise UsageError(f"run: name the training script: {SYNOPSIS}")
     cooldown = tuple(args.blacklist_cooldown_range) if args.blacklist_cooldown_range else None
     return Request(
         script=args.script,

@@ -5,6 +5,7 @@ than by horovodrun after its workers started.
 
 from __future__ import annotations
 
+import ast
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,7 @@ def check(request: Request) -> Job:
         raise UsageError(f"script {request.script} is a directory: name the training script in it")
     if not Path(request.script).is_file():
         raise UsageError(f"script not found: {request.script}")
+    _check_script(request.script, request.framework)
     if request.network_interface and not any(preflight.started_over_ssh(h) for h, _ in hosts):
         _check_local_interface(request.network_interface)
     for host, _ in hosts:
@@ -92,6 +94,49 @@ def check(request: Request) -> Job:
     if request.framework != "auto":
         _check_framework(request.framework)
     return Job(request, np, hosts, hang_timeout, min_np)
+
+
+# What a script of each framework imports (any of these, or a module inside one).
+FRAMEWORK_MODULES = {
+    "torch": ("torch", "hvdtrain.torch", "horovod.torch"),
+    "keras": ("keras", "tensorflow", "hvdtrain.keras", "horovod.tensorflow", "horovod.keras"),
+}
+
+
+def _check_script(script: str, framework: str) -> None:
+    """The script is Python that compiles (else every rank would print the same traceback after
+    Horovod started) and, with ``--framework``, does not import only the other framework."""
+    try:
+        tree = ast.parse(Path(script).read_bytes(), filename=script)
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes (a binary file), Python 3.10
+        where = f", line {err.lineno}" if getattr(err, "lineno", None) else ""
+        raise UsageError(
+            f"script {script}{where}: not valid Python "
+            f"({type(err).__name__}: {getattr(err, 'msg', err)})"
+        ) from None
+    if framework == "auto":
+        return
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module)
+            imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+
+    def uses(name: str) -> bool:
+        return any(
+            module == m or module.startswith(m + ".")
+            for module in imported
+            for m in FRAMEWORK_MODULES[name]
+        )
+
+    (other,) = set(FRAMEWORK_MODULES) - {framework}
+    if uses(other) and not uses(framework):
+        raise UsageError(
+            f"--framework {framework}, but {script} imports {other} and not {framework}"
+            + (" or tensorflow" if framework == "keras" else "")
+        )
 
 
 def _hang_timeout(given: int | None) -> int:
