@@ -225,6 +225,7 @@ def test_a_frozen_worker_ends_the_job_within_the_hang_timeout(tmp_path):
     assert row.check(err, proc.returncode) == err.strip().splitlines()[-1]
     messages = _messages(err)
     assert "Traceback" not in err and len(messages) <= 2, messages  # rank 0's line and the summary
+    assert not (tmp_path / "mlflow.db").exists()  # --no-tracking: no local store was prepared
 
 
 @pytest.mark.timing
@@ -256,6 +257,28 @@ def test_diverged_ranks_end_the_job_with_a_stall_diagnosis(tmp_path):
     assert took < HANG_TIMEOUT + 45, took
     messages = _messages(err)
     assert "Traceback" not in err and len(messages) <= 4, messages
+
+
+@pytest.mark.parametrize("leaves", ["raise", "exit"])
+def test_the_last_line_names_the_rank_that_left_not_the_one_it_stopped(tmp_path, leaves):
+    """Issue 25's twenty tries #16 and #17: rank 0's exit ("another worker failed") can reach
+    the launcher before rank 1's; the line names rank 1 all the same, and a clean early exit."""
+    row = docs_table.row(
+        "rank 1 raises while rank 0 is in a collective"
+        if leaves == "raise"
+        else "rank 1 leaves with sys.exit(0) while rank 0 still trains"
+    )
+    proc = _start(str(WORKERS / "failure_rank1.py"), leaves, cwd=tmp_path)
+    out, err, _ = _finish(proc, time.monotonic(), timeout=120)
+    last = row.check(err, proc.returncode)
+    assert last == err.strip().splitlines()[-1]
+    if leaves == "raise":
+        assert re.fullmatch(
+            r"hvdtrain: worker 1 on localhost (exited with status 1|failed with the error above"
+            r"( \(then stopped by SIG(TERM|KILL) while it exited\))?); job stopped after [\d.]+ s",
+            last,
+        )
+    assert ("ValueError: a bug on rank 1" in err) == (leaves == "raise")
 
 
 @pytest.fixture
@@ -397,7 +420,12 @@ def test_stall_report_is_parsed_from_horovods_warning():
 def test_exit_statuses_and_hang_settings():
     assert parsers.describe_status(137) == "was killed by SIGKILL"
     assert parsers.describe_status(3) == "exited with status 3"
-    assert parsers.process_exit("Process 1 exit with status code 137.") == (1, 137)
+    assert parsers.process_exits("Process 1 exit with status code 137.\n") == ([(1, 137)], "\n")
+    # two failing at once, their notices on one line (one print per thread)
+    assert parsers.process_exits(
+        "Process 0 exit with status code 1.Process 1 exit with status code 1.\n"
+    ) == ([(0, 1), (1, 1)], "\n")
+    assert parsers.process_exits("epoch 1\n") == ([], "epoch 1\n")
     assert parsers.split_worker_line("[1]<stderr>:hello") == (1, "stderr", "hello")
     gloo = "[unbound_buffer.cc:81] Timed out waiting 12000ms for recv operation to complete"
     # the rank's own line

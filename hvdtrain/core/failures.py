@@ -20,6 +20,9 @@ from .checkpoint import first_line
 
 # Texts Horovod raises or logs on every surviving rank after a peer died or the job was shut down.
 PEER_FAILURE_MARKERS = ("Horovod has been shut down", "Horovod background loop uncaught exception")
+# What a rank says of itself then, after "hvdtrain: rank N "; the launcher reads it to tell the
+# worker that failed first from those that stopped because of it.
+STOPPED_BY_PEER = "stopped: another worker failed or the job was shut down"
 
 
 class _Stop:
@@ -91,8 +94,7 @@ def _excepthook(kind, err, tb) -> None:
             return None
         return _excepthook.previous(kind, err, tb)
     print(
-        f"hvdtrain: rank {rank} stopped: another worker failed or the job was shut down "
-        f"({kind.__name__}: {_first_sentence(err)})",
+        f"hvdtrain: rank {rank} {STOPPED_BY_PEER} ({kind.__name__}: {_first_sentence(err)})",
         file=sys.stderr,
         flush=True,
     )

@@ -24,6 +24,7 @@ from . import parsers, stopping
 from .console import Console
 
 REACH_TIMEOUT_S = 3.0  # a host that does not answer on its SSH port within this is unreachable
+CAUSE_WAIT_S = 1.0  # how long the exit of a rank stopped by a peer waits for the peer's own
 
 
 class JobMonitor:
@@ -61,7 +62,14 @@ class JobMonitor:
         self.mpi, self.hang_timeout = mpi, hang_timeout
         self.remote_hosts, self.ssh_port = list(remote_hosts), ssh_port
         self.failed = threading.Event()
-        self.failure: tuple[int, int, float] | None = None  # rank, status, when seen
+        self.failures: list[tuple[int, int, float]] = []  # rank, status, when seen
+        # Ranks that reported an error of their own (a traceback, a one-line error), ranks that
+        # said they stopped because a peer failed (not the cause), and this host's ranks already
+        # gone when the job began to stop or ended (those without a failure left with status 0).
+        self.raised: set[int] = set()
+        self.stopped_by_peer: set[int] = set()
+        self.gone: set[int] | None = None
+        self.stop_began: float | None = None  # failures after it are the stop's doing
         self.cancelled: float | None = None  # when SIGTERM (or SIGINT) came
         self.cancel_signal = signal.SIGTERM
         self.frozen: dict[int, float] = {}  # rank -> since when
@@ -97,7 +105,8 @@ class JobMonitor:
                     break
                 if self.elastic:  # a worker's death is Horovod's to handle: the job goes on
                     time.sleep(0.2)
-                elif self.failed.wait(0.2):
+                elif self.failed.wait(0.2) or self._cause_overdue():
+                    self.gone, self.stop_began = self._local_ranks_gone(proc), time.monotonic()
                     with ThreadPoolExecutor(
                         1
                     ) as pool:  # which hosts answer, asked while the job stops
@@ -107,15 +116,19 @@ class JobMonitor:
                 elif self.mpi:
                     self._check_frozen(proc)
             returncode = proc.wait()
+            if self.gone is None:  # the job ended by itself: every worker is gone
+                self.gone = self._local_ranks_gone(proc)
         finally:
             for signum, handler in previous.items():
                 stopping.on_signal(signum, handler)
         stopped = time.monotonic()
         for relay in relays:
             relay.join(timeout=2)
+        with self._lock:
+            self.console.finish()  # tracebacks held back to be compared: shown before the summary
         if self.cancelled is not None:
             return self._report_cancelled(stopped)
-        if returncode == 0 and (self.failure is None or self.elastic):
+        if returncode == 0 and (not self.failures or self.elastic):
             return 0  # elastic: workers that died on the way were replaced
         return self._report(returncode, stopped)
 
@@ -185,15 +198,17 @@ class JobMonitor:
                 for held in shown:
                     self.console.show(held, "stderr")
                 return False
-        if exited := parsers.process_exit(line):
-            if exited[1] != 0:
-                self._record_failure(*exited)
+        exits, rest = parsers.process_exits(line)  # horovodrun prints none for status 0
+        for rank, status in exits:
+            if status != 0:
+                self._record_failure(rank, status)
                 if self.elastic:
                     self.console.say(
-                        f"hvdtrain: worker {exited[0]} {parsers.describe_status(exited[1])}; "
+                        f"hvdtrain: worker {rank} {parsers.describe_status(status)}; "
                         f"elastic mode: training goes on with the others"
                     )
-            return False
+        if exits:
+            return self._inspect(rest) if rest.strip() else False
         if parsers.is_termination_notice(line):
             return False
         if self.launcher_error or line.startswith("Traceback (most recent call last):"):
@@ -209,6 +224,10 @@ class JobMonitor:
             self.gloo_timeouts.setdefault(rank, seconds)
             self._record_failure(rank, 1)  # the rank is about to exit: no need to wait for it
             return False
+        if parsers.stopped_by_peer(text):
+            self.stopped_by_peer.add(rank)
+        elif parsers.reports_own_error(text):
+            self.raised.add(rank)
         # Horovod's C++ line; the rank's own line follows
         return PEER_FAILURE_MARKERS[1] not in text
 
@@ -226,9 +245,48 @@ class JobMonitor:
                     )
 
     def _record_failure(self, rank: int, status: int) -> None:
-        if self.failure is None:
-            self.failure = (rank, status, time.monotonic())
+        self.failures.append((rank, status, time.monotonic()))
+        if rank not in self.stopped_by_peer:
             self.failed.set()
+        # else not the cause: the failed peer's own exit may still be on its way (another pipe,
+        # a slower exit); ``_cause_overdue`` stops the job if it does not come
+
+    def _cause_overdue(self) -> bool:
+        """True (and the job is stopped) once a rank stopped by a peer's failure exited and no
+        other failure came within ``CAUSE_WAIT_S``."""
+        with self._lock:
+            if not self.failures or time.monotonic() - self.failures[0][2] < CAUSE_WAIT_S:
+                return False
+            self.failed.set()
+            return True
+
+    def _failure(self) -> tuple[int, int | None, float]:
+        """The failure to report, with when the first was seen. Which exit horovodrun prints
+        first is a race, not the order of causes: the first failure of a rank that reported its
+        own error, else a rank gone after reporting one (its exit not seen: status None), else
+        the first failure seen before the job began to stop of a rank that did not stop because
+        of a peer (said so, or gave up waiting for one), else a rank gone with status 0 while the
+        others still trained (it skipped collectives they waited in), else the first."""
+        first = self.failures[0]
+        followers = set(self.stopped_by_peer) | set(self.gloo_timeouts)
+        gone = sorted(self.gone - {rank for rank, _, _ in self.failures})
+        candidates = (
+            *(f for f in self.failures if f[0] in self.raised),
+            *((rank, None, 0.0) for rank in gone if rank in self.raised),
+            *(
+                f
+                for f in self.failures
+                if f[0] not in followers and (self.stop_began is None or f[2] <= self.stop_began)
+            ),
+            *((rank, 0, 0.0) for rank in gone if rank not in followers),
+            first,
+        )
+        return candidates[0][0], candidates[0][1], first[2]
+
+    def _local_ranks_gone(self, proc: subprocess.Popen) -> set[int]:
+        """This host's ranks whose process has exited."""
+        local = {r for r, host in self.rank_hosts.items() if host not in self.remote_hosts}
+        return local - {rank for rank, _ in stopping.local_workers(proc)}
 
     def _check_frozen(self, proc: subprocess.Popen) -> None:
         """MPI: a worker frozen for the hang timeout ends the job (its peers would wait for ever).
@@ -251,12 +309,12 @@ class JobMonitor:
                     self._record_failure(rank, 128 + signal.SIGSTOP)
 
     def _report(self, returncode: int, stopped: float) -> int:
-        if self.elastic and self.failure is not None:
+        if self.elastic and self.failures:
             line = f"hvdtrain: elastic job failed: {_launcher_reason(self.launcher_error)}"
             self.console.say(line)
             _mark_run_failed(self.run_file, line[len("hvdtrain: ") :])
             return returncode if 0 < returncode < 256 else 1
-        if self.failure is None:
+        if not self.failures:
             # horovodrun failed by itself: its last line (its traceback with HVDTRAIN_TRACEBACK=1).
             if os.environ.get("HVDTRAIN_TRACEBACK"):
                 sys.stderr.writelines(self.launcher_error)
@@ -264,9 +322,15 @@ class JobMonitor:
                 f"hvdtrain: horovodrun failed: {_launcher_reason(self.launcher_error)}"
             )
             return returncode
-        rank, status, seen = self.failure
+        rank, status, seen = self._failure()
         self._announce(self._reason(rank, status), seen, stopped)
-        return status if 0 < status < 256 else 1
+        return 1 if self._failed_by_error(rank, status) or not 0 < status < 256 else status
+
+    def _failed_by_error(self, rank: int, status: int | None) -> bool:
+        """The rank reported its error, and its exit was not seen or SIGTERM or SIGKILL
+        (horovodrun's, or the launcher's as it stopped the job) ended it during its exit:
+        the error is the cause, not the signal."""
+        return rank in self.raised and status in (None, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
 
     def _announce(self, what: str, since: float, stopped: float) -> None:
         """The job's one failure line, also set on its MLflow run, which is marked FAILED."""
@@ -276,7 +340,7 @@ class JobMonitor:
         self.console.say(line)
         _mark_run_failed(self.run_file, line[len("hvdtrain: ") :])
 
-    def _reason(self, rank: int, status: int) -> str:
+    def _reason(self, rank: int, status: int | None) -> str:
         stall = next((r for p in self.stalls.values() for r in p.reports if r.shutdown), None)
         if stall is not None:
             return (
@@ -312,6 +376,17 @@ class JobMonitor:
             return (
                 f"{self._workers([rank])} waited {self.gloo_timeouts[rank]:.0f} s for a peer that "
                 "did not answer (Gloo timeout: a frozen or unreachable worker?)"
+            )
+        if self._failed_by_error(rank, status):
+            return f"{self._workers([rank])} failed with the error above" + (
+                f" (then stopped by {signal.Signals(status - 128).name} while it exited)"
+                if status
+                else ""
+            )
+        if status == 0:
+            return (
+                f"{self._workers([rank])} exited with status 0 while the others still trained "
+                "(it skipped collectives they waited in: every rank must run the same steps)"
             )
         return f"{self._workers([rank])} {parsers.describe_status(status)}"
 

@@ -11,18 +11,20 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from ..core.failures import PEER_FAILURE_MARKERS
+from ..core.failures import PEER_FAILURE_MARKERS, STOPPED_BY_PEER
 from . import worker_guard
 
 # horovodrun's, mpirun's
 _WORKER_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
-_PROCESS_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.\s*$")
+_PROCESS_EXIT = re.compile(r"Process (\d+) exit with status code (-?\d+)\.")
 _TERMINATING = re.compile(r"^Terminating remaining workers after failure of Process \d+\.\s*$")
 _STALL_START = re.compile(r"waiting for remainder of ranks for more than (\d+) seconds")
 _STALL_RANK = re.compile(r"^(\d+)(!?): \[(.*)\]\s*$")
 _STALL_SHUTDOWN = re.compile(r"is stalled for longer than (\d+) seconds\. Will shutdown")
 _GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms")
 _FIRST_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+_OWN_ERROR = re.compile(r"^(Traceback \(most recent call last\):|hvdtrain: (error|rank \d+): )")
+_STOPPED_BY_PEER = re.compile(rf"^hvdtrain: rank \d+ {re.escape(STOPPED_BY_PEER)}")
 
 
 def split_worker_line(line: str) -> tuple[int, str, str] | None:
@@ -32,10 +34,24 @@ def split_worker_line(line: str) -> tuple[int, str, str] | None:
     return (int(match.group(1)), match.group(2), match.group(3)) if match else None
 
 
-def process_exit(line: str) -> tuple[int, int] | None:
-    """(rank, exit status) from horovodrun's "Process N exit with status code S." line."""
-    match = _PROCESS_EXIT.match(line)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+def process_exits(line: str) -> tuple[list[tuple[int, int]], str]:
+    """(rank, exit status) of each of horovodrun's "Process N exit with status code S." notices
+    in ``line``, and what else the line holds. Two workers failing at once can share a line:
+    horovodrun prints them from one thread each, and ``print`` writes its newline separately."""
+    exits = [(int(rank), int(status)) for rank, status in _PROCESS_EXIT.findall(line)]
+    return exits, _PROCESS_EXIT.sub("", line) if exits else line
+
+
+def reports_own_error(text: str) -> bool:
+    """True for a worker's line that starts the report of its own error: a traceback,
+    a ``guards.UserError``'s line or a Keras 2 usage refused (``failures``)."""
+    return bool(_OWN_ERROR.match(text))
+
+
+def stopped_by_peer(text: str) -> bool:
+    """True for a worker's line saying it stopped because another worker failed
+    (``failures.STOPPED_BY_PEER``)."""
+    return bool(_STOPPED_BY_PEER.match(text))
 
 
 def is_termination_notice(line: str) -> bool:
