@@ -285,6 +285,20 @@ def test_full_disk_keeps_the_previous_checkpoints_and_stops(tmp_path, torch_ckpt
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_a_batch_beyond_the_share_and_a_warmup_beyond_the_job_are_said(tmp_path, framework):
+    """Issue 25's twenty tries #10 and #14: both trained as asked without a word."""
+    proc = job(framework, "oversized", tmp_path / "ckpt", tmp_path / "out", timeout=120)
+    fit = {"torch": "ht.fit", "keras": "hk.fit"}[framework]
+    for key in (
+        "a batch size larger than a worker's share of an epoch",
+        "a warmup longer than the job (2 workers)",
+    ):
+        docs_table.row(key).check(proc.stdout + proc.stderr, proc.returncode, fit=fit)
+    assert not error_lines(proc)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "framework, mode, key",
     [

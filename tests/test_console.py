@@ -263,3 +263,61 @@ def test_tensorflows_no_cuda_driver_error_is_start_up_noise_and_a_failing_driver
     shown = err.getvalue()
     assert "(303)" not in shown and shown.count("UNKNOWN ERROR (999)") == 2, shown
     assert out.getvalue() == ""
+
+
+def _traceback(error: str, line: int = 6, chained: bool = False) -> list[str]:
+    """A worker's traceback as Python prints it (``chained``: raised while handling another)."""
+    inner = [
+        "Traceback (most recent call last):\n",
+        '  File "/job/train.py", line 3, in <module>\n',
+        "    open(path)\n",
+        "FileNotFoundError: [Errno 2] No such file or directory: 'x.npy'\n",
+        "\n",
+        "During handling of the above exception, another exception occurred:\n",
+        "\n",
+    ]
+    return [
+        *(inner if chained else []),
+        "Traceback (most recent call last):\n",
+        f'  File "/job/train.py", line {line}, in <module>\n',
+        "    model(batch)\n",
+        "    ^^^^^^^^^^^^\n",
+        f"{error}\n",
+    ]
+
+
+@pytest.mark.parametrize("all_ranks", [False, True], ids=["default", "all-ranks"])
+def test_a_traceback_every_rank_prints_alike_is_shown_once(all_ranks):
+    """Issue 25 item 5: an error all ranks raise alike (here chained, and ended by the job's end
+    on rank 2) is rank 0's traceback, then one line per other rank; a rank's own traceback (another
+    line) is shown whole, and so is everything with ``--all-ranks``."""
+    out, err = io.StringIO(), io.StringIO()
+    hosts = {0: "localhost", 1: "localhost", 2: "node2", 3: "node2"}
+    console = Console(hosts, all_ranks=all_ranks, out=out, err=err)
+    error = "ValueError: shapes (8, 3) and (4,) differ"
+    same, own = _traceback(error, chained=True), _traceback(error, line=7)
+    for rank, lines in ((1, same), (0, same), (3, own), (2, same)):
+        for line in lines:
+            console.show(f"[{rank}]<stderr>:{line}", "stderr")
+    console.show("[1]<stderr>:hvdtrain: rank 1 goes on\n", "stderr")  # ends rank 1's traceback
+    console.finish()
+    lines = err.getvalue().splitlines()
+    prefixed = {  # a rank other than 0's lines as shown (blank ones are not)
+        rank: [
+            f"[{rank}@{host}] {line}".rstrip() for line in (same, own)[rank == 3] if line.strip()
+        ]
+        for rank, host in hosts.items()
+    }
+    rank_0 = [line.rstrip("\n") for line in same]  # as written, at once
+    goes_on = "[1@localhost] hvdtrain: rank 1 goes on"
+    if all_ranks:
+        assert lines == [*prefixed[1], *rank_0, *prefixed[3], *prefixed[2], goes_on]
+    else:
+        assert lines == [
+            *rank_0,
+            f"[1@localhost] the same traceback as rank 0 ({error})",
+            goes_on,
+            f"[2@node2] the same traceback as rank 0 ({error})",
+            *prefixed[3],
+        ]
+    assert out.getvalue() == ""

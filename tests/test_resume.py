@@ -9,8 +9,10 @@ epoch 2 on 2 workers, all tracked to one sqlite store.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Run
@@ -23,14 +25,17 @@ from tests.launch import REPO, run_script
 
 SAMPLES, BATCH, BASE_LR, SEED = 300, 32, 0.003, 1
 LEGS = ((2, 1), (1, 2), (2, 3))  # (workers, --epochs)
+NOTHING_LEFT = (1, 3)  # run again after the legs: the checkpoint is at --epochs already
 
 
 @dataclass
 class Job:
     client: MlflowClient
     run: Run
-    outputs: list[str]  # each leg's output
+    outputs: list[str]  # each leg's output, then the output of the job with nothing left
     steps: list[int]  # optimizer steps each leg trained
+    results: list[dict]  # what each job wrote with --results
+    root: Path
 
     def history(self, key: str) -> list[tuple[int, float]]:
         """(step, value) of a metric in logging order."""
@@ -57,7 +62,7 @@ def job(request, tmp_path_factory) -> Job:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         tracking.prepare_local_store()
     outputs = []
-    for workers, epochs in LEGS:
+    for leg, (workers, epochs) in enumerate((*LEGS, NOTHING_LEFT)):
         proc = run_script(
             REPO / request.param,
             "--train-samples",
@@ -77,6 +82,8 @@ def job(request, tmp_path_factory) -> Job:
             "1",
             "--experiment",
             "resumed",
+            "--results",
+            str(root / f"results-{leg}.json"),
             np=workers,
             env={"MLFLOW_TRACKING_URI": uri},
             cwd=root,
@@ -87,13 +94,15 @@ def job(request, tmp_path_factory) -> Job:
     runs = client.search_runs([client.get_experiment_by_name("resumed").experiment_id])
     assert len(runs) == 1, f"{len(runs)} runs: a resumed job must continue its run"
     steps = [steps_per_epoch(workers) for workers, _ in LEGS]  # one epoch per leg
-    return Job(client, runs[0], outputs, steps)
+    results = [json.loads((root / f"results-{leg}.json").read_text()) for leg in range(4)]
+    return Job(client, runs[0], outputs, steps, results, root)
 
 
 @pytest.mark.slow
 def test_one_run_over_three_legs_with_each_legs_params(job):
     run = job.run
-    assert run.info.status == "FINISHED" and run.data.tags["hvdtrain.leg"] == "3"
+    # the job with nothing left to train is the run's leg 4
+    assert run.info.status == "FINISHED" and run.data.tags["hvdtrain.leg"] == "4"
     params = run.data.params
     assert (
         params["world_size"],
@@ -113,11 +122,30 @@ def test_step_axis_continues_without_gaps_or_duplicates(job):
         assert [step for step, _ in job.history(key)] == list(range(1, total + 1))  # --log-every 1
     assert [step for step, _ in job.history("epoch_loss")] == [0, 1, 2]
     assert [step for step, _ in job.history("val_loss")] == [0, 1, 2]
+    # the job with nothing left to train logs no second point at the last step
     assert [step for step, _ in job.history("test_accuracy")] == [
         job.steps[0],
         sum(job.steps[:2]),
         total,
     ]
+
+
+@pytest.mark.slow
+def test_a_job_with_nothing_left_says_so_and_invents_no_throughput(job):
+    """Issue 25: ``--resume --epochs 3`` on a checkpoint at epoch 3 trains nothing, says so, and
+    neither logs a test point again nor reports a samples/s (it counted the earlier legs)."""
+    output = job.outputs[-1]
+    said = [
+        line.split(">:", 1)[-1]  # horovodrun's [0]<stderr>: prefix off
+        for line in output.splitlines()
+        if "nothing left to train" in line
+    ]
+    assert said == [
+        f"hvdtrain: nothing left to train: {job.root / 'ckpt'} is at epoch 3 (step "
+        f"{sum(job.steps)}) and epochs=3; pass a larger --epochs to train on"
+    ], output[-3000:]
+    assert job.results[-1]["samples_per_sec"] is None
+    assert all(r["samples_per_sec"] > 0 for r in job.results[:-1])
 
 
 @pytest.mark.slow

@@ -85,13 +85,14 @@ def train(
         validation_data=(with_channel(splits.val.images), splits.val.labels),
         **cli.fit_kwargs(args),
     )
-    # all workers
-    samples_per_sec = len(splits.train) * args.epochs / (time.perf_counter() - fit_started)
+    # all workers; a resumed job with nothing left to train logs no second test point
+    elapsed = time.perf_counter() - fit_started
+    samples_per_sec = history.samples_trained / elapsed if history.samples_trained else None
     test_accuracy = digits.sharded_accuracy(
         lambda images: keras.ops.convert_to_numpy(model(with_channel(images), training=False)),
         splits.test,
     )
-    if tracker is not None:
+    if tracker is not None and history.samples_trained:
         tracker.log_metrics(
             {"test_accuracy": test_accuracy}, step=int(model.optimizer.iterations.numpy())
         )

@@ -189,7 +189,7 @@ def train(args: argparse.Namespace, ctx: Context, tracker: tracking.Tracker | No
         if history.history
         else validation_loss(model, val_inputs, val_targets)
     )
-    if tracker is not None:
+    if tracker is not None and history.samples_trained:  # else the earlier job logged it
         tracker.log_metrics(
             {"val_loss_ratio": val_loss / unigram}, step=int(optimizer.iterations.numpy())
         )

@@ -139,7 +139,7 @@ def main(argv=None) -> None:
         # every size-th held-out row; checkpoints, resume and tracking are hk.fit's, as ht.fit's in
         # the torch twin.
         ids, labels, weights = keras_arrays(data.train_ids, data.train_labels)
-        hk.fit(
+        history = hk.fit(
             model,
             ids,
             labels,
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
             return np.argmax(model.predict_on_batch(ids), axis=-1)
 
         rows = tagging.evaluate(predict, data.heldout_ids, data.heldout_labels, ctx)
-        if tracker is not None:
+        if tracker is not None and history.samples_trained:  # else the earlier job logged it
             tracker.log_metrics(
                 {f"heldout_f1/{name.replace(' ', '_')}": row["f1"] for name, row in rows.items()},
                 step=int(optimizer.iterations.numpy()),

@@ -141,7 +141,7 @@ def fit_language_model(
         if history.epochs
         else ht.evaluate(model, val_loader, next_byte_loss)["loss"]
     )
-    if tracker is not None:
+    if tracker is not None and history.samples_trained:  # else the earlier job logged it
         tracker.log_metrics({"val_loss_ratio": val_loss / unigram}, step=history.global_step)
     return val_loss, history
 

@@ -148,7 +148,7 @@ def main(
             return model(torch.from_numpy(ids).long().to(ctx.device)).argmax(-1).cpu().numpy()
 
         rows = tagging.evaluate(predict, data.heldout_ids, data.heldout_labels, ctx)
-        if tracker is not None:
+        if tracker is not None and history.samples_trained:  # else the earlier job logged it
             tracker.log_metrics(
                 {f"heldout_f1/{name.replace(' ', '_')}": row["f1"] for name, row in rows.items()},
                 step=history.global_step,

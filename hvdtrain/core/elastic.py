@@ -98,15 +98,17 @@ def starting_position(
     )
 
 
-def say_if_nothing_left(position: Position, epochs: int, checkpoint_dir: Any) -> None:
+def say_if_nothing_left(position: Position, epochs: int, checkpoint_dir: Any) -> bool:
     """A resumed job whose checkpoint already reached ``epochs`` trains nothing: rank 0 says so
     in one line, rather than a job that "finishes" in silence (a rerun after a crash must still
-    exit 0, so a notice, not an error)."""
-    if position.epoch >= epochs:
+    exit 0, so a notice, not an error). True then: the caller logs nothing of this job."""
+    nothing_left = position.epoch >= epochs
+    if nothing_left:
         _say(
             f"hvdtrain: nothing left to train: {checkpoint_dir} is at epoch {position.epoch} "
             f"(step {position.step}) and epochs={epochs}; pass a larger --epochs to train on"
         )
+    return nothing_left
 
 
 @main_process_only

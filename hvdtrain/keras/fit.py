@@ -19,13 +19,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..core import elastic
+from ..core import elastic, plan
 from ..core.elastic import Position
 from ..core.guards import UnsupportedError, check_finite
 from ..core.sharding import (
     TrainingDataError,
     check_not_empty,
     check_steps_per_epoch,
+    samples_per_rank,
     shard_indices,
 )
 from ..core.tracker import TrainingTracker
@@ -86,7 +87,8 @@ def fit(
     (``hvdtrain run --elastic``) training survives workers leaving and joining: it rolls back to
     the last commit (each epoch, each checkpoint and every ``commit_every`` steps), re-shards
     and re-scales the LR. Returns the rank-averaged epoch metrics of this run as a Keras
-    ``History``. Other keyword arguments go to ``model.fit``.
+    ``History``, whose ``samples_trained`` counts the samples (all ranks) this call trained.
+    Other keyword arguments go to ``model.fit``.
 
     ``sharded=True``: ``x``/``y`` are already this rank's equal share (``hvdtrain.spark.read_shard``
     on Spark); each epoch shuffles within it. Not with elastic training (the shares are fixed).
@@ -137,8 +139,19 @@ def fit(
     position = elastic.starting_position(
         current(), checkpoint_dir, resume, lambda: load_checkpoint(checkpoint_dir, model)
     )
-    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
-    if tracker is not None:
+    nothing_left = elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
+    ctx = current()
+    share = data.size if sharded else samples_per_rank(data.size, ctx.size, drop_last)
+    plan.say_if_unexpected(
+        ctx,
+        options,
+        caller="hk.fit",
+        batch_size=batch_size,
+        samples_per_rank=share,
+        batches_per_epoch=-(-share // batch_size),
+        epochs=epochs,
+    )
+    if tracker is not None and not nothing_left:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
         loop.train(position, commit=lambda: None)
@@ -217,6 +230,7 @@ class _Loop:
         if batch_size < 1:
             raise UnsupportedError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.data, self.batch_size, self.epochs = model, data, batch_size, epochs
+        self.samples_trained = 0  # all ranks' samples this call trained
         self.validation_data, self.callbacks = validation_data, callbacks
         self.checkpoint_dir, self.checkpoint_every, self.config = (
             checkpoint_dir,
@@ -273,6 +287,8 @@ class _Loop:
                 **self.fit_kwargs,
             )
             stopped = self.model.stop_training
+            # every rank an equal share
+            self.samples_trained += max(len(index) - progress.skip * self.batch_size, 0) * ctx.size
         training.finish({})
 
     def _validation(self) -> tuple[tuple | None, int | None]:
@@ -307,6 +323,8 @@ class _Loop:
             for name, value in entry.items():
                 if name != "epoch":
                     history.history.setdefault(name, []).append(value)
+        # 0 for a resumed job with nothing left to train (ht.fit's History has the same field)
+        history.samples_trained = self.samples_trained
         self.model.history = history
         return history
 

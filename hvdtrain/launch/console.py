@@ -7,7 +7,8 @@ first (failures, stalls, guard notices); ``Console`` then shows them as torchrun
 without the prefix, its bar redrawing in place on a terminal (each piece erases what is left of
 the longer one it overwrites) and, when the output is a file or a pipe, one line per redraw
 without terminal codes; the other ranks only on stderr or with ``--all-ranks``, prefixed
-``[rank@host]``; TensorFlow's start-up lines dropped unless the user set ``TF_CPP_MIN_LOG_LEVEL``.
+``[rank@host]``, a traceback another rank already showed as one line (``tracebacks``);
+TensorFlow's start-up lines dropped unless the user set ``TF_CPP_MIN_LOG_LEVEL``.
 Lines of the launcher's own (``hvdtrain: ...``) are written with ``say``, which puts a bar on
 screen back under them.
 """
@@ -19,6 +20,7 @@ import sys
 from typing import TextIO
 
 from . import parsers
+from .tracebacks import TracebackFolder
 
 ERASE_TO_END = "\x1b[K"  # ANSI: clear from the cursor to the end of the line
 # colours and cursor moves (Keras's bar has them, even in a pipe)
@@ -69,6 +71,7 @@ class Console:
         self._bar: tuple[TextIO, str] | None = (
             None  # rank 0's redrawn line now on screen (a terminal's)
         )
+        self._tracebacks = None if all_ranks else TracebackFolder()
 
     def show(self, piece: str, launcher_stream: str) -> None:
         """One piece horovodrun relayed on its ``launcher_stream`` ("stdout"/"stderr")."""
@@ -85,16 +88,30 @@ class Console:
             self._open[launcher_stream] = (rank, stream)
         else:
             self._open.pop(launcher_stream, None)
+        if stream == "stderr" and self._tracebacks is not None:
+            for line in self._tracebacks.feed(rank, text):
+                self._show(rank, stream, line)
+        else:
+            self._show(rank, stream, text)
+
+    def say(self, line: str) -> None:
+        """A line of the launcher's own, on stderr."""
+        self._write(self.err, line + "\n")
+
+    def finish(self) -> None:
+        """Show what is still held back: the workers' output has ended."""
+        if self._tracebacks is not None:
+            for rank, lines in self._tracebacks.finish_all().items():
+                for line in lines:
+                    self._show(rank, "stderr", line)
+
+    def _show(self, rank: int, stream: str, text: str) -> None:
         if rank == 0:
             self._as_written(self._stream(stream), text)
         elif self.all_ranks or stream == "stderr" or text.startswith("hvdtrain"):
             text = text.replace("\b", "").rstrip("\r\n")
             if text.strip():
                 self._write(self._stream(stream), f"[{self._worker(rank)}] {text}\n")
-
-    def say(self, line: str) -> None:
-        """A line of the launcher's own, on stderr."""
-        self._write(self.err, line + "\n")
 
     def _as_written(self, stream: TextIO, text: str) -> None:
         text = text.replace("\b", "")  # Keras's bar backs over itself before its carriage return

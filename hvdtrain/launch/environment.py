@@ -10,6 +10,7 @@ too, so scripts that call ``hvd.init()`` themselves get them), the launcher's ho
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,10 +27,15 @@ class WorkerEnvironment:
     hang_timeout: int  # seconds, as written into the variables (``HVDTRAIN_HANG_TIMEOUT``)
 
 
-def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvironment:
-    """The workers' environment for a job bounded by ``hang_timeout`` seconds (already checked)."""
+def build(
+    hang_timeout: int, multi_host: bool, mpi: bool = False, tracked: bool = True
+) -> WorkerEnvironment:
+    """The workers' environment for a job bounded by ``hang_timeout`` seconds (already checked);
+    ``tracked=False`` (the script was given ``--no-tracking``): no local store is prepared, nor
+    an ``mlflow.db`` left in the working directory."""
     env = dict(os.environ)
-    if not env.get("MLFLOW_TRACKING_URI"):
+    _check_tracking_uri(env.get("MLFLOW_TRACKING_URI", ""))
+    if tracked and not env.get("MLFLOW_TRACKING_URI"):
         if multi_host:
             print(
                 "hvdtrain: warning: MLFLOW_TRACKING_URI is not set; on several hosts rank 0's "
@@ -49,6 +55,26 @@ def build(hang_timeout: int, multi_host: bool, mpi: bool = False) -> WorkerEnvir
             _bound_mpi_links(env, hang_timeout)
     tuning.apply_horovod_defaults(env, hang_timeout_s=hang_timeout)
     return WorkerEnvironment(env, hang_timeout)
+
+
+# A scheme missing its colon or a slash: MLflow would take the URI for a local directory, make it,
+# and fail there with advice about file stores.
+_MISTYPED_SCHEME = re.compile(
+    r"^(https?|sqlite|postgresql|mysql|mssql|file|databricks)(//|:/?)(?!/)"
+)
+
+
+def _check_tracking_uri(uri: str) -> None:
+    """``UsageError`` for an ``MLFLOW_TRACKING_URI`` whose scheme is mistyped (``http//host``,
+    ``http:/host``); a path, ``file:/path`` and ``databricks`` itself are left to MLflow."""
+    mistyped = _MISTYPED_SCHEME.match(uri)
+    if mistyped and not (uri.startswith(("file:/", "databricks")) and "//" not in uri[:12]):
+        scheme = mistyped.group(1)
+        rest = re.sub(r"^[^/@]*@", "***@", uri[mistyped.end() :])  # no password in the line
+        raise UsageError(
+            f"MLFLOW_TRACKING_URI={uri[: mistyped.end()]}{rest} is not a URI MLflow can reach: "
+            f"did you mean {scheme}://{'/' if scheme == 'sqlite' else ''}{rest}?"
+        )
 
 
 def _prepared_local_store() -> str:

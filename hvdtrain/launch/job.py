@@ -37,7 +37,12 @@ def run(request: Request) -> int:
     with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
         run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
         run_file.touch()
-        env = environment.build(job.hang_timeout, multi_host=plan is not None, mpi=request.mpi)
+        env = environment.build(
+            job.hang_timeout,
+            multi_host=plan is not None,
+            mpi=request.mpi,
+            tracked="--no-tracking" not in request.args,
+        )
         variables = {
             **env.variables,
             legs.RUN_FILE_ENV: str(run_file),

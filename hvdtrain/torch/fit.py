@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..core import elastic, tripwire
+from ..core import elastic, plan, tripwire
 from ..core.context import main_process_only
 from ..core.elastic import Position
 from ..core.guards import UnsupportedError, check_finite
@@ -38,6 +38,9 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     global_step: int = 0
+    # Samples (all ranks) this call trained: 0 for a resumed job with nothing left to train, whose
+    # evaluation and throughput would repeat or invent the earlier job's.
+    samples_trained: int = 0
 
     def __getitem__(self, name: str) -> list[float]:
         return [e[name] for e in self.epochs if name in e]
@@ -161,8 +164,8 @@ def fit(
         resume,
         lambda: load_checkpoint(checkpoint_dir, model, optimizer, scheduler),
     )
-    elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
-    if tracker is not None:
+    nothing_left = elastic.say_if_nothing_left(position, epochs, checkpoint_dir)
+    if tracker is not None and not nothing_left:
         tracker.log_membership(position.step, current().size)
     if not elastic.enabled():
         return loop.train(position, commit=lambda: None)
@@ -226,6 +229,7 @@ class _Loop:
         self.unwrapped = not hasattr(optimizer, "hvdtrain_policy")
         self.tripwire_every = tripwire.interval()
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
+        self.samples_trained = 0
 
     def train(self, position: Position, commit: Callable[[], None]) -> History:
         ctx = current()
@@ -241,6 +245,15 @@ class _Loop:
                     caller="ht.fit",
                     unit="batches",
                     remedy="build the loader with ht.distributed_loader (an equal share per rank)",
+                )
+                plan.say_if_unexpected(
+                    ctx,
+                    getattr(self.optimizer, "hvdtrain_options", None),
+                    caller="ht.fit",
+                    batch_size=self.train_loader.batch_size or 0,  # None: the user's batch_sampler
+                    samples_per_rank=len(self.train_loader.sampler),
+                    batches_per_epoch=len(self.train_loader),
+                    epochs=self.epochs,
                 )
                 checked = True
             skip = position.batches_done(
@@ -282,6 +295,7 @@ class _Loop:
                 loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
                 window_loss, window_batches = window_loss + loss_value, window_batches + 1
                 window_samples += len(targets)
+                self.samples_trained += len(targets) * ctx.size  # every rank an equal share
                 bar.update()
                 if not boundary:
                     continue
@@ -333,7 +347,11 @@ class _Loop:
             if self.progress:
                 _print_epoch(epoch, self.epochs, epoch_metrics)
             commit()
-        return History(epochs=list(position.epochs), global_step=position.step)
+        return History(
+            epochs=list(position.epochs),
+            global_step=position.step,
+            samples_trained=self.samples_trained,
+        )
 
     def _checkpoint(self, position: Position) -> None:
         """Collective: rank 0 saves while the others wait with it (``save_checkpoint``)."""

@@ -1,6 +1,7 @@
 """Worker for tests/test_bad_input.py: a tiny hvdtrain.keras job fed bad checkpoints, a bad
 checkpoint directory or NaN data (modes as in ``bad_torch.py``; ``empty``: ``hk.fit`` on empty
-arrays; ``jit``: compiled with jit_compile=True; ``lengths``: x and y of different lengths)."""
+arrays; ``jit``: compiled with jit_compile=True; ``lengths``: x and y of different lengths;
+``oversized``: a batch larger than a rank's share and a warmup longer than the job)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ model = keras.Sequential(
     ]
 )
 model.compile(
-    optimizer=hk.wrap_optimizer(keras.optimizers.SGD(0.05)),
+    optimizer=hk.wrap_optimizer(
+        keras.optimizers.SGD(0.05), warmup_steps=100 * (args.mode == "oversized")
+    ),
     loss="mse",
     jit_compile=args.mode == "jit",
 )
@@ -50,6 +53,8 @@ with recorded(args.out, ctx.rank) as report:
         hk.fit(
             model, inputs, targets[: 60 if args.mode == "lengths" else None], batch_size=8, epochs=1
         )
+    elif args.mode == "oversized":
+        hk.fit(model, inputs, inputs.sum(axis=1, keepdims=True), batch_size=5000, epochs=1)
     elif args.mode == "empty":
         none = inputs[:0]
         hk.fit(model, none, none.sum(axis=1, keepdims=True), batch_size=8, epochs=args.epochs)

@@ -8,7 +8,8 @@ sample, reporting the checkpoint directory as it was before; ``empty`` trains on
 ``unequal`` on per-rank loaders of 8 and 7 batches (not ``distributed_loader``'s); ``plain``
 with the torch optimizer itself, not ``wrap_optimizer``'s; ``rank0save``: Horovod's idiom in a
 loop of one's own, ``save_checkpoint`` on rank 0 only; ``shrunk``: a mid-epoch checkpoint resumed
-with less training data; ``rebatched``: one resumed with another batch size.
+with less training data; ``rebatched``: one resumed with another batch size; ``oversized``: a
+batch larger than a rank's share and a warmup longer than the job.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ width = args.width or 8
 model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Tanh(), torch.nn.Linear(width, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 if args.mode != "plain":
-    optimizer = ht.wrap_optimizer(optimizer, model)
+    optimizer = ht.wrap_optimizer(optimizer, model, warmup_steps=100 * (args.mode == "oversized"))
 inputs = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
 
 
@@ -79,6 +80,8 @@ with recorded(args.out, ctx.rank) as report:
         train(inputs, 1, resume=True, batch_size=10)  # global batches of 20: 40 skipped
     elif args.mode == "empty":
         train(inputs[:0], args.epochs, resume=False)
+    elif args.mode == "oversized":
+        train(inputs, 1, resume=False, batch_size=5000)
     elif args.mode == "nan":
         train(inputs, 1, resume=False)
         report["before"] = snapshot(args.ckpt) if ctx.is_main else None
