@@ -98,12 +98,15 @@ class Console:
         """A line of the launcher's own, on stderr."""
         self._write(self.err, line + "\n")
 
-    def finish(self) -> None:
-        """Show what is still held back: the workers' output has ended."""
-        if self._tracebacks is not None:
-            for rank, lines in self._tracebacks.finish_all().items():
-                for line in lines:
-                    self._show(rank, "stderr", line)
+    def finish(self, rank: int | None = None) -> None:
+        """Show what is still held back of ``rank`` (it exited; None: every rank, the workers'
+        output has ended)."""
+        if self._tracebacks is None:
+            return
+        ranks = sorted(self._tracebacks.traces) if rank is None else [rank]
+        for each in ranks:
+            for line in self._tracebacks.finish(each):
+                self._show(each, "stderr", line)
 
     def _show(self, rank: int, stream: str, text: str) -> None:
         if rank == 0:

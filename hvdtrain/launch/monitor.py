@@ -200,6 +200,7 @@ class JobMonitor:
                 return False
         exits, rest = parsers.process_exits(line)  # horovodrun prints none for status 0
         for rank, status in exits:
+            self.console.finish(rank)  # its traceback, if one was held back, is complete
             if status != 0:
                 self._record_failure(rank, status)
                 if self.elastic:

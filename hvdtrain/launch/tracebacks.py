@@ -59,10 +59,6 @@ class TracebackFolder:
         last = next((line for line in reversed(key) if line.strip()), "")
         return [f"the same traceback as rank {first} ({last.strip()})\n"]
 
-    def finish_all(self) -> dict[int, list[str]]:
-        """Every traceback still held back, ended (the job is over): rank -> what to show."""
-        return {rank: self.finish(rank) for rank in sorted(self.traces)}
-
 
 def _key(lines: list[str]) -> tuple[str, ...]:
     return tuple(line.rstrip("\r\n") for line in lines)
