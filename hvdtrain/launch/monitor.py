@@ -70,6 +70,9 @@ class JobMonitor:
         self.stopped_by_peer: set[int] = set()
         self.gone: set[int] | None = None
         self.stop_began: float | None = None  # failures after it are the stop's doing
+        # horovodrun said it terminates the other workers; ranks it ended so (status 143)
+        self.terminating = False
+        self.terminated: set[int] = set()
         self.cancelled: float | None = None  # when SIGTERM (or SIGINT) came
         self.cancel_signal = signal.SIGTERM
         self.frozen: dict[int, float] = {}  # rank -> since when
@@ -211,6 +214,7 @@ class JobMonitor:
         if exits:
             return self._inspect(rest) if rest.strip() else False
         if parsers.is_termination_notice(line):
+            self.terminating = True  # the SIGTERM exits that follow are horovodrun's doing
             return False
         if self.launcher_error or line.startswith("Traceback (most recent call last):"):
             # horovodrun's own traceback: summarised or printed at the end
@@ -246,6 +250,8 @@ class JobMonitor:
                     )
 
     def _record_failure(self, rank: int, status: int) -> None:
+        if self.terminating and status == 128 + signal.SIGTERM:
+            self.terminated.add(rank)
         self.failures.append((rank, status, time.monotonic()))
         if rank not in self.stopped_by_peer:
             self.failed.set()
@@ -266,20 +272,24 @@ class JobMonitor:
         first is a race, not the order of causes: the first failure of a rank that reported its
         own error, else a rank gone after reporting one (its exit not seen: status None), else
         the first failure seen before the job began to stop of a rank that did not stop because
-        of a peer (said so, or gave up waiting for one), else a rank gone with status 0 while the
-        others still trained (it skipped collectives they waited in), else the first."""
+        of a peer (said so, gave up waiting for one, or horovodrun ended it for another's
+        failure), else a rank that left without a word while the others still trained (gone
+        without a failure, or ended by horovodrun while it exited: status 0, it skipped
+        collectives they waited in), else the first."""
         first = self.failures[0]
         followers = set(self.stopped_by_peer) | set(self.gloo_timeouts)
-        gone = sorted(self.gone - {rank for rank, _, _ in self.failures})
+        failed = {rank for rank, _, _ in self.failures}
+        quiet = sorted(((self.gone - failed) | self.terminated) - followers - self.raised)
         candidates = (
             *(f for f in self.failures if f[0] in self.raised),
-            *((rank, None, 0.0) for rank in gone if rank in self.raised),
+            *((rank, None, 0.0) for rank in sorted(self.gone - failed) if rank in self.raised),
             *(
                 f
                 for f in self.failures
-                if f[0] not in followers and (self.stop_began is None or f[2] <= self.stop_began)
+                if f[0] not in followers | self.terminated
+                and (self.stop_began is None or f[2] <= self.stop_began)
             ),
-            *((rank, 0, 0.0) for rank in gone if rank not in followers),
+            *((rank, 0, 0.0) for rank in quiet),
             first,
         )
         return candidates[0][0], candidates[0][1], first[2]
@@ -386,7 +396,7 @@ class JobMonitor:
             )
         if status == 0:
             return (
-                f"{self._workers([rank])} exited with status 0 while the others still trained "
+                f"{self._workers([rank])} left without an error while the others still trained "
                 "(it skipped collectives they waited in: every rank must run the same steps)"
             )
         return f"{self._workers([rank])} {parsers.describe_status(status)}"
