@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import environment, horovodrun, preflight, summary, worker_guard
+from . import environment, horovodrun, hostkeys, preflight, summary, worker_guard
 from .request import Job, Request, check
 
 
@@ -27,6 +27,8 @@ def run(request: Request) -> int:
     starts when the request cannot work)."""
     started = time.monotonic()
     job = check(request)
+    if not request.host_key_check:  # the probes, horovodrun's ssh and mpirun's read it
+        os.environ[hostkeys.NO_CHECK_ENV] = "1"
     plan = _preflight(job)
     command = build_command(job, plan)
     from ..core.args import RESULTS_ENV  # the job's dependencies: not for a refused request

@@ -42,6 +42,7 @@ class Request:
     host_discovery_script: str | None = None
     blacklist_cooldown_range: tuple[int, int] | None = None
     all_ranks: bool = False
+    host_key_check: bool = True  # --no-host-key-check: False
 
 
 @dataclass(frozen=True)
