@@ -80,6 +80,14 @@ def register(subparsers) -> None:
         help="accept any SSH host key and record none (throwaway clusters only; default: a host's "
         "key is recorded in known_hosts the first time, and a changed key is refused)",
     )
+    parser.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an environment variable that holds a secret although its name does not look like "
+        "one: it reaches the workers on no command line (repeatable)",
+    )
     # Optional to argparse so that a missing one is hvdtrain's line, not "required: script, args".
     parser.add_argument("script", nargs="?", help="the training script (python file)")
     parser.add_argument("args", nargs="...", help="arguments passed to the script")
@@ -113,6 +121,7 @@ def request(args) -> Request:
         blacklist_cooldown_range=cooldown,
         all_ranks=args.all_ranks,
         host_key_check=args.host_key_check,
+        secret_env=tuple(args.secret_env),
     )
 
 

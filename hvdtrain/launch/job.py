@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import environment, horovodrun, hostkeys, preflight, summary, worker_guard
+from ..core import secrets
+from . import environment, horovodrun, hostkeys, preflight, secret_files, summary, worker_guard
 from .request import Job, Request, check
 
 
@@ -50,6 +51,10 @@ def run(request: Request) -> int:
             legs.RUN_FILE_ENV: str(run_file),
             RESULTS_ENV: str(results_file),
         }
+        if request.secret_env:
+            variables[secrets.SECRET_ENV] = ",".join(request.secret_env)
+        remote = [h for h, _ in job.hosts if preflight.started_over_ssh(h)]
+        secret_file = _send_secrets(request, remote, variables)
         monitor = JobMonitor(
             rank_hosts=rank_hosts(job.hosts, job.np) if not request.elastic else {},
             elastic=request.elastic,
@@ -63,7 +68,11 @@ def run(request: Request) -> int:
             quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ,
         )
         threading.Thread(target=_import_mlflow_once_tracking, args=(run_file,), daemon=True).start()
-        returncode = monitor.run(command, variables)
+        try:
+            returncode = monitor.run(command, variables)
+        finally:
+            if secret_file:
+                secret_files.remove(remote, request.ssh_port, secret_file)
         if returncode == 0:
             lines = summary.block(
                 workers=job.np,
@@ -74,6 +83,19 @@ def run(request: Request) -> int:
             )
             print("\n".join(lines), flush=True)
     return returncode
+
+
+def _send_secrets(request: Request, remote: list[str], variables: dict[str, str]) -> str | None:
+    """Under Gloo, the job's secrets for its workers on other hosts, sent to an owner-only file on
+    each (``secret_files``; its path added to ``variables``): the path, or None when none is
+    needed. MPI sends them over its own connections (``mpirun -x NAME``)."""
+    values = secrets.secret_env(variables)
+    if request.mpi or not remote or not values:
+        return None
+    path = secret_files.path_for_job()
+    secret_files.distribute(remote, request.ssh_port, path, values)
+    variables[worker_guard.SECRETS_FILE_ENV] = path
+    return path
 
 
 def _import_mlflow_once_tracking(run_file: Path) -> None:
