@@ -121,8 +121,21 @@ class HostMlflowServer:
     """``mlflow server`` on a test host of its own,
     reached by every host as ``http://HOST:PORT``."""
 
-    def __init__(self, hosts: TestHosts, host: str, root: Path):
+    def __init__(self, hosts: TestHosts, host: str, root: Path, admin_password: str | None = None):
+        """``admin_password``: the server requires a login (MLflow's basic-auth app, as a shared
+        server should; its admin is ``admin``)."""
         self.hosts, self.host, self.root, self.port = hosts, host, root, free_port()
+        env, auth = {**os.environ, **QUIET_SERVER}, []
+        if admin_password:
+            (root / "auth.ini").write_text(
+                f"[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
+                f"admin_password = {admin_password}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            )
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(root / "auth.ini")
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()  # its CSRF protection
+            auth = ["--app-name", "basic-auth"]
         log = open(root / "server.log", "ab")
         self.proc = hosts.spawn(
             host,
@@ -131,6 +144,7 @@ class HostMlflowServer:
                 "-m",
                 "mlflow",
                 "server",
+                *auth,
                 "--host",
                 "0.0.0.0",
                 "--port",
@@ -147,7 +161,7 @@ class HostMlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **QUIET_SERVER},
+            env=env,
         )
         log.close()
         wait_healthy(self.uri, self.proc, timeout=120)

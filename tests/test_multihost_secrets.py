@@ -1,12 +1,16 @@
-"""Issue 26: no secret on any command line, on any host. A 2-host job (launched on the first host,
-Gloo and MPI) with secrets in the launcher's environment: names that look like secrets and one
-named with ``--secret-env``. Each worker runs ``ps`` while the job's launcher, ssh sessions, remote
-shells and guards run, and reads its environment; rank 0 also tracks to MLflow.
+"""Issue 26: no secret on any command line, on any host, and tracking to a server that requires a
+login. A 2-host job (launched on the first host, Gloo and MPI) with secrets in the launcher's
+environment: names that look like secrets and one named with ``--secret-env``, the MLflow password
+among them. It tracks to a real ``mlflow server --app-name basic-auth`` on the second host, with
+every host's system metrics. Each worker runs ``ps`` while the job's launcher, ssh sessions, remote
+shells and guards run, and reads its environment.
 
 Asserted: every worker reads each value intact; no value is in any process's command line (the ps
 listings show the job's ssh command to the second host, without them), in the launcher's output,
-or in any file the job wrote (the MLflow store: params, tags, artifacts; the tracking journal);
-the owner-only file that carried them to the second host is gone when the job ends.
+in any file the job wrote (the tracking journal) or in the server's store (params, tags,
+artifacts); the run holds both hosts' system metrics (each host logged with the credentials); the
+owner-only file that carried them to the second host is gone when the job ends. A wrong password
+is one line before any worker starts.
 """
 
 import json
@@ -17,22 +21,30 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hvdtrain.launch import secret_files
+from tests import docs_table
 from tests.launch import REPO
-from tests.multihost import job_env, run
+from tests.multihost import HostMlflowServer, job_env, run
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
+PASSWORD = f"pw-{secrets.token_hex(8)}"
+WRONG_PASSWORD = "MLFLOW_TRACKING_PASSWORD wrong for a server that requires a login"
 
 
 @pytest.fixture(scope="module")
-def hosts(module_test_hosts):
-    return module_test_hosts(2)
+def cluster(module_test_hosts, tmp_path_factory):
+    hosts = module_test_hosts(2)
+    root = tmp_path_factory.mktemp("mlflow")
+    server = HostMlflowServer(hosts, hosts.names[1], root, admin_password=PASSWORD)
+    yield hosts, server
+    server.stop()
 
 
 @pytest.mark.parametrize("mpi", [False, True], ids=["gloo", "mpi"])
-def test_secrets_reach_the_workers_on_no_command_line(hosts, tmp_path, mpi):
+def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeypatch, mpi):
+    hosts, server = cluster
     h1, h2 = hosts.names
     values = {
-        "MLFLOW_TRACKING_PASSWORD": f"pw-{secrets.token_hex(8)}",
+        "MLFLOW_TRACKING_PASSWORD": PASSWORD,
         "MLFLOW_TRACKING_TOKEN": f"tok-{secrets.token_hex(8)}",
         "AWS_SECRET_ACCESS_KEY": f"aws-{secrets.token_hex(8)}",
         "WAREHOUSE_DSN": f"postgres://etl:dsn-{secrets.token_hex(8)}@db/x",  # --secret-env
@@ -56,7 +68,13 @@ def test_secrets_reach_the_workers_on_no_command_line(hosts, tmp_path, mpi):
         "--names",
         ",".join(values),
         cwd=cwd,
-        env=job_env(**values),
+        env=job_env(
+            MLFLOW_TRACKING_URI=server.uri,
+            MLFLOW_TRACKING_USERNAME="admin",
+            MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="true",
+            MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.5",
+            **values,
+        ),
     )
     assert job.returncode == 0, job.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -72,13 +90,44 @@ def test_secrets_reach_the_workers_on_no_command_line(hosts, tmp_path, mpi):
         ]
         assert leaked == []
     assert not any(v in job.stdout + job.stderr for v in values.values())
-    for path in [*cwd.rglob("*"), *Path(secret_files.path_for_job()).parent.glob("*")]:
+    stores = [server.root / "mlflow.db", *(server.root / "artifacts").rglob("*")]
+    written = [*cwd.rglob("*"), *Path(secret_files.path_for_job()).parent.glob("*"), *stores]
+    for path in written:
         if path.is_file():
             data = path.read_bytes()
             assert not any(v.encode() in data for v in values.values()), path
 
-    store = f"sqlite:///{cwd / 'mlflow.db'}"
-    client = MlflowClient(store)
-    run_ = client.get_run(ranks[0]["run_id"])
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    run_ = MlflowClient(server.uri).get_run(ranks[0]["run_id"])
+    assert run_.info.status == "FINISHED"
     assert run_.data.params["lr"] == "0.1"
     assert "mlflow_tracking_password" not in run_.data.params
+    assert run_.data.metrics["loss"] == 0.5
+    system = {key.split("/")[1] for key in run_.data.metrics if key.startswith("system/")}
+    assert system == {h1, h2}
+
+
+def test_wrong_mlflow_password_is_one_line_before_any_worker_starts(cluster, tmp_path):
+    hosts, server = cluster
+    h1, h2 = hosts.names
+    script = tmp_path / "train.py"
+    script.write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
+    job = run(
+        hosts,
+        h1,
+        "-np",
+        "2",
+        "-H",
+        f"{h1}:1,{h2}:1",
+        str(script),
+        cwd=tmp_path,
+        env=job_env(
+            MLFLOW_TRACKING_URI=server.uri,
+            MLFLOW_TRACKING_USERNAME="admin",
+            MLFLOW_TRACKING_PASSWORD="not-the-password",
+        ),
+    )
+    line = docs_table.row(WRONG_PASSWORD).check(job.stderr, job.returncode, URI=server.uri)
+    assert line == job.stderr.strip()
+    assert not (tmp_path / "started").exists()

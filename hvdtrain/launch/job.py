@@ -19,7 +19,16 @@ import time
 from pathlib import Path
 
 from ..core import secrets
-from . import environment, horovodrun, hostkeys, preflight, secret_files, summary, worker_guard
+from . import (
+    environment,
+    horovodrun,
+    hostkeys,
+    preflight,
+    secret_files,
+    summary,
+    tracking_login,
+    worker_guard,
+)
 from .request import Job, Request, check
 
 
@@ -46,6 +55,7 @@ def run(request: Request) -> int:
             mpi=request.mpi,
             tracked="--no-tracking" not in request.args,
         )
+        tracking_login.check(env.variables)
         variables = {
             **env.variables,
             legs.RUN_FILE_ENV: str(run_file),
