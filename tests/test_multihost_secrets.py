@@ -10,24 +10,29 @@ listings show the job's ssh command to the second host, without them), in the la
 in any file the job wrote (the tracking journal) or in the server's store (params, tags,
 artifacts); the run holds both hosts' system metrics (each host logged with the credentials); the
 owner-only file that carried them to the second host is gone when the job ends. A wrong password
-is one line before any worker starts.
+is one line before any worker starts; ``hvdtrain mlflow-sync`` sends a journal with the login.
 """
 
 import json
+import re
 import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from hvdtrain.launch import secret_files
+from hvdtrain.tracking import records
+from hvdtrain.tracking.records import RunSpec
 from tests import docs_table
 from tests.launch import REPO
-from tests.multihost import HostMlflowServer, job_env, run
+from tests.multihost import HVDTRAIN, HostMlflowServer, job_env, run
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 PASSWORD = f"pw-{secrets.token_hex(8)}"
 WRONG_PASSWORD = "MLFLOW_TRACKING_PASSWORD wrong for a server that requires a login"
+SYNC_WRONG_PASSWORD = "hvdtrain mlflow-sync JOURNAL with a wrong MLFLOW_TRACKING_PASSWORD"
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +136,44 @@ def test_wrong_mlflow_password_is_one_line_before_any_worker_starts(cluster, tmp
     line = docs_table.row(WRONG_PASSWORD).check(job.stderr, job.returncode, URI=server.uri)
     assert line == job.stderr.strip()
     assert not (tmp_path / "started").exists()
+
+
+def test_mlflow_sync_sends_a_journal_with_the_login(cluster, tmp_path, monkeypatch):
+    """A journal left by a job (here: written as a job writes it, the run not created yet) is
+    sent to the server that requires a login; a wrong password changes nothing."""
+    hosts, server = cluster
+    journal = tmp_path / "run.jsonl"
+    lines = [
+        RunSpec(experiment="sync-login", tracking_uri=server.uri).as_record(),
+        {**records.metrics_record({"loss": 1.0}, 0), "seq": 1},
+        {**records.metrics_record({"loss": 0.5}, 1), "seq": 2},
+    ]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = journal.read_text()
+    wrong = sync(journal, "not-the-password")
+    row = docs_table.row(SYNC_WRONG_PASSWORD)
+    assert row.check(wrong.stderr, wrong.returncode, URI=server.uri, JOURNAL=str(journal)) == (
+        wrong.stderr.strip()
+    )
+    assert journal.read_text() == before
+    right = sync(journal, PASSWORD)
+    run_id = re.fullmatch(
+        rf"uploaded 2 records from {re.escape(str(journal))} to run (\w+) at "
+        + re.escape(server.uri),
+        right.stdout.strip().splitlines()[-1],
+    ).group(1)
+    assert PASSWORD not in right.stdout + right.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    client = MlflowClient(server.uri)
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5]
+
+
+def sync(journal: Path, password: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [HVDTRAIN, "mlflow-sync", str(journal)],
+        capture_output=True,
+        text=True,
+        env=job_env(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password),
+        timeout=120,
+    )

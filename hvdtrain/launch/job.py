@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from ..core import secrets
+from ..tracking import login
 from . import (
     environment,
     horovodrun,
@@ -26,7 +27,6 @@ from . import (
     preflight,
     secret_files,
     summary,
-    tracking_login,
     worker_guard,
 )
 from .request import Job, Request, check
@@ -55,7 +55,7 @@ def run(request: Request) -> int:
             mpi=request.mpi,
             tracked="--no-tracking" not in request.args,
         )
-        tracking_login.check(env.variables)
+        login.check(env.variables)
         variables = {
             **env.variables,
             legs.RUN_FILE_ENV: str(run_file),
