@@ -121,9 +121,17 @@ class HostMlflowServer:
     """``mlflow server`` on a test host of its own,
     reached by every host as ``http://HOST:PORT``."""
 
-    def __init__(self, hosts: TestHosts, host: str, root: Path, admin_password: str | None = None):
+    def __init__(
+        self,
+        hosts: TestHosts,
+        host: str,
+        root: Path,
+        admin_password: str | None = None,
+        admin_token: str | None = None,
+    ):
         """``admin_password``: the server requires a login (MLflow's basic-auth app, as a shared
-        server should; its admin is ``admin``)."""
+        server should; its admin is ``admin``), or with ``admin_token`` too, the admin's bearer
+        token (``tests/mlflow_token_auth.py``)."""
         self.hosts, self.host, self.root, self.port = hosts, host, root, free_port()
         env, auth = {**os.environ, **QUIET_SERVER}, []
         if admin_password:
@@ -131,8 +139,17 @@ class HostMlflowServer:
                 f"[mlflow]\ndefault_permission = READ\n"
                 f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
                 f"admin_password = {admin_password}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "authorization_function = "
+                + (
+                    "tests.mlflow_token_auth:authenticate\n"
+                    if admin_token
+                    else "mlflow.server.auth:authenticate_request_basic_auth\n"
+                )
             )
+            if admin_token:
+                from tests.mlflow_token_auth import TOKEN_ENV
+
+                env.update({TOKEN_ENV: admin_token, "PYTHONPATH": str(REPO)})
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(root / "auth.ini")
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()  # its CSRF protection
             auth = ["--app-name", "basic-auth"]

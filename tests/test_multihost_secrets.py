@@ -30,7 +30,7 @@ from tests.launch import REPO
 from tests.multihost import HVDTRAIN, HostMlflowServer, job_env, run
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
-PASSWORD = f"pw-{secrets.token_hex(8)}"
+PASSWORD, TOKEN = f"pw-{secrets.token_hex(8)}", f"tok-{secrets.token_hex(8)}"  # admin's
 WRONG_PASSWORD = "MLFLOW_TRACKING_PASSWORD wrong for a server that requires a login"
 SYNC_WRONG_PASSWORD = "hvdtrain mlflow-sync JOURNAL with a wrong MLFLOW_TRACKING_PASSWORD"
 
@@ -39,18 +39,24 @@ SYNC_WRONG_PASSWORD = "hvdtrain mlflow-sync JOURNAL with a wrong MLFLOW_TRACKING
 def cluster(module_test_hosts, tmp_path_factory):
     hosts = module_test_hosts(2)
     root = tmp_path_factory.mktemp("mlflow")
-    server = HostMlflowServer(hosts, hosts.names[1], root, admin_password=PASSWORD)
+    server = HostMlflowServer(
+        hosts, hosts.names[1], root, admin_password=PASSWORD, admin_token=TOKEN
+    )
     yield hosts, server
     server.stop()
 
 
-@pytest.mark.parametrize("mpi", [False, True], ids=["gloo", "mpi"])
-def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeypatch, mpi):
+@pytest.mark.parametrize(
+    "mpi, login", [(False, "password"), (True, "token")], ids=["gloo-password", "mpi-token"]
+)
+def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeypatch, mpi, login):
+    """With MLFLOW_TRACKING_USERNAME MLflow's client logs in with the password, without it with the
+    token (a bearer token)."""
     hosts, server = cluster
     h1, h2 = hosts.names
     values = {
         "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-        "MLFLOW_TRACKING_TOKEN": f"tok-{secrets.token_hex(8)}",
+        "MLFLOW_TRACKING_TOKEN": TOKEN,
         "AWS_SECRET_ACCESS_KEY": f"aws-{secrets.token_hex(8)}",
         "WAREHOUSE_DSN": f"postgres://etl:dsn-{secrets.token_hex(8)}@db/x",  # --secret-env
     }
@@ -75,7 +81,7 @@ def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeyp
         cwd=cwd,
         env=job_env(
             MLFLOW_TRACKING_URI=server.uri,
-            MLFLOW_TRACKING_USERNAME="admin",
+            **({"MLFLOW_TRACKING_USERNAME": "admin"} if login == "password" else {}),
             MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="true",
             MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.5",
             **values,
@@ -135,6 +141,20 @@ def test_wrong_mlflow_password_is_one_line_before_any_worker_starts(cluster, tmp
     )
     line = docs_table.row(WRONG_PASSWORD).check(job.stderr, job.returncode, URI=server.uri)
     assert line == job.stderr.strip()
+    job = run(
+        hosts,
+        h1,
+        "-np",
+        "1",
+        str(script),
+        cwd=tmp_path,
+        env=job_env(MLFLOW_TRACKING_URI=server.uri, MLFLOW_TRACKING_TOKEN="not-the-token"),
+    )
+    assert job.returncode == 2
+    assert job.stderr.strip() == (
+        f"hvdtrain: error: the MLflow server at {server.uri} refused the token in "
+        "MLFLOW_TRACKING_TOKEN (HTTP 401): check the credentials"
+    )
     assert not (tmp_path / "started").exists()
 
 
