@@ -63,8 +63,6 @@ def run(request: Request) -> int:
         }
         if request.secret_env:
             variables[secrets.SECRET_ENV] = ",".join(request.secret_env)
-        remote = [h for h, _ in job.hosts if preflight.started_over_ssh(h)]
-        secret_file = _send_secrets(request, remote, variables)
         monitor = JobMonitor(
             rank_hosts=rank_hosts(job.hosts, job.np) if not request.elastic else {},
             elastic=request.elastic,
@@ -77,12 +75,16 @@ def run(request: Request) -> int:
             all_ranks=request.all_ranks,
             quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ,
         )
-        threading.Thread(target=_import_mlflow_once_tracking, args=(run_file,), daemon=True).start()
-        try:
-            returncode = monitor.run(command, variables)
-        finally:
+        # Under Gloo, remote workers read the secrets from a file; MPI sends them itself (-x NAME).
+        remote = [h for h, _ in job.hosts if preflight.started_over_ssh(h)]
+        values = {} if request.mpi else secrets.secret_env(variables)
+        with secret_files.sent(remote, request.ssh_port, values) as secret_file:
             if secret_file:
-                secret_files.remove(remote, request.ssh_port, secret_file)
+                variables[worker_guard.SECRETS_FILE_ENV] = secret_file
+            threading.Thread(
+                target=_import_mlflow_once_tracking, args=(run_file,), daemon=True
+            ).start()
+            returncode = monitor.run(command, variables)
         if returncode == 0:
             lines = summary.block(
                 workers=job.np,
@@ -93,19 +95,6 @@ def run(request: Request) -> int:
             )
             print("\n".join(lines), flush=True)
     return returncode
-
-
-def _send_secrets(request: Request, remote: list[str], variables: dict[str, str]) -> str | None:
-    """Under Gloo, the job's secrets for its workers on other hosts, sent to an owner-only file on
-    each (``secret_files``; its path added to ``variables``): the path, or None when none is
-    needed. MPI sends them over its own connections (``mpirun -x NAME``)."""
-    values = secrets.secret_env(variables)
-    if request.mpi or not remote or not values:
-        return None
-    path = secret_files.path_for_job()
-    secret_files.distribute(remote, request.ssh_port, path, values)
-    variables[worker_guard.SECRETS_FILE_ENV] = path
-    return path
 
 
 def _import_mlflow_once_tracking(run_file: Path) -> None:

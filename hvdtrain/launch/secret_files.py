@@ -16,17 +16,34 @@ sends them (``mpirun -x NAME``: names only) over its own connections: neither ne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shlex
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ..core.errors import UsageError
 from . import hostkeys
 
 TIMEOUT_S = 15
+
+
+@contextlib.contextmanager
+def sent(hosts: list[str], port: int, values: dict[str, str]) -> Iterator[str | None]:
+    """``values`` in a new file on every one of ``hosts`` for the ``with`` block, removed after it
+    however it ends: its path, or None when there is nothing to send or nowhere to."""
+    if not hosts or not values:
+        yield None
+        return
+    path = path_for_job()
+    distribute(hosts, port, path, values)
+    try:
+        yield path
+    finally:
+        remove(hosts, port, path)
 
 
 def path_for_job() -> str:
