@@ -138,7 +138,6 @@ class HostMlflowServer:
             (root / "auth.ini").write_text(
                 f"[mlflow]\ndefault_permission = READ\n"
                 f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
-                f"admin_password = {admin_password}\n"
                 "authorization_function = "
                 + (
                     "tests.mlflow_token_auth:authenticate\n"
@@ -151,6 +150,7 @@ class HostMlflowServer:
 
                 env.update({TOKEN_ENV: admin_token, "PYTHONPATH": str(REPO)})
             env["MLFLOW_AUTH_CONFIG_PATH"] = str(root / "auth.ini")
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
             env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()  # its CSRF protection
             auth = ["--app-name", "basic-auth"]
         log = open(root / "server.log", "ab")
