@@ -29,11 +29,17 @@ def looks_secret(name: str) -> bool:
     return bool(_SECRET.search(name))
 
 
+# The shell's working directories: "pwd" in a config key is a password, in these names it is not.
+_NOT_SECRET_ENV = frozenset({"PWD", "OLDPWD"})
+
+
 def is_secret_env(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the environment variable ``name`` holds a secret (``environ``: where the user's own
     list is read; the process's environment by default)."""
     environ = os.environ if environ is None else environ
-    return looks_secret(name) or name in environ.get(SECRET_ENV, "").split(",")
+    if name in environ.get(SECRET_ENV, "").split(","):
+        return True
+    return looks_secret(name) and name not in _NOT_SECRET_ENV
 
 
 def secret_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ..core.errors import UsageError
 from . import hostkeys
 
-TIMEOUT_S = 15
+TIMEOUT_S = 15  # writing: before launch, the hosts were just reached
+REMOVE_TIMEOUT_S = 5  # removing: a host lost with the job must not hold the launcher's exit
 
 
 @contextlib.contextmanager
@@ -76,19 +77,25 @@ def distribute(hosts: list[str], port: int, path: str, values: dict[str, str]) -
 
 
 def remove(hosts: list[str], port: int, path: str) -> None:
-    """Remove ``path`` on every host (a host that cannot be reached keeps an owner-only file)."""
+    """Remove ``path`` on every host (a host that cannot be reached within ``REMOVE_TIMEOUT_S``,
+    its link or the host lost, keeps the owner-only file until its /tmp is cleaned)."""
     if hosts:
+        command = f"rm -f {shlex.quote(path)}"
         with ThreadPoolExecutor(len(hosts)) as pool:
-            list(pool.map(lambda host: _ssh(host, port, f"rm -f {shlex.quote(path)}", ""), hosts))
+            list(pool.map(lambda host: _ssh(host, port, command, "", REMOVE_TIMEOUT_S), hosts))
 
 
-def _ssh(host: str, port: int, command: str, stdin: str) -> tuple[int, str]:
+def _ssh(
+    host: str, port: int, command: str, stdin: str, timeout: float = TIMEOUT_S
+) -> tuple[int, str]:
     try:
         done = subprocess.run(
             [
                 "ssh",
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                f"ConnectTimeout={int(timeout)}",
                 *hostkeys.ssh_options(),
                 "-p",
                 str(port),
@@ -98,8 +105,8 @@ def _ssh(host: str, port: int, command: str, stdin: str) -> tuple[int, str]:
             input=stdin,
             capture_output=True,
             text=True,
-            timeout=TIMEOUT_S,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
-        return 1, f"no answer within {TIMEOUT_S} s"
+        return 1, f"no answer within {timeout:.0f} s"
     return done.returncode, done.stderr
