@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,3 +192,30 @@ class HostMlflowServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+class CommandLineWatch:
+    """``with CommandLineWatch(values) as watch:`` reads every process's command line on this
+    machine (all test hosts share its process list, as ``ps`` on each shows it) every 0.1 s for
+    the block; ``watch.found``: the command lines that held one of ``values``."""
+
+    def __init__(self, values: list[str]):
+        self.values, self.found = [v.encode() for v in values], []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> CommandLineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            for path in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    command = path.read_bytes()
+                    if any(v in command for v in self.values):
+                        self.found.append(command.replace(b"\0", b" ").decode(errors="replace"))
