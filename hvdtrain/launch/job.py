@@ -49,13 +49,12 @@ def run(request: Request) -> int:
     with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
         run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
         run_file.touch()
+        tracked = "--no-tracking" not in request.args
         env = environment.build(
-            job.hang_timeout,
-            multi_host=plan is not None,
-            mpi=request.mpi,
-            tracked="--no-tracking" not in request.args,
+            job.hang_timeout, multi_host=plan is not None, mpi=request.mpi, tracked=tracked
         )
-        login.check(env.variables)
+        if tracked:
+            login.check(env.variables)
         variables = {
             **env.variables,
             legs.RUN_FILE_ENV: str(run_file),
