@@ -104,6 +104,32 @@ _ELASTIC = "horovod/tensorflow/elastic.py"
 _KERAS = "horovod/_keras/__init__.py"
 _COMMON_UTIL = "horovod/common/util.py"
 PYTHON_FIXES = [
+    # Horovod's ssh (its host check, workers, elastic task services) accepted any host key: a
+    # reinstalled host, or someone in the middle, was used without a word. hvdtrain's rule instead
+    # (hvdtrain/launch/hostkeys.py): trust on first use, a changed key refused.
+    (
+        "horovod/runner/util/remote.py",
+        "SSH_COMMAND_PREFIX = 'ssh -o PasswordAuthentication=no -o StrictHostKeyChecking=no'\n",
+        "from hvdtrain.launch import hostkeys  # hvdtrain: host keys checked unless opted out\n"
+        "SSH_COMMAND_PREFIX = ' '.join(['ssh', '-o', 'PasswordAuthentication=no', "
+        "*hostkeys.ssh_options()])\n",
+    ),
+    # Horovod's Gloo launcher writes the whole environment into each worker's command line
+    # (``env K=V ... python``; across hosts, the ssh command), which every user of every host reads
+    # with ps: MLflow passwords and tokens, object-store keys. Secrets stay off it
+    # (hvdtrain/core/secrets.py): local workers inherit them from horovodrun, remote ones get them
+    # from an owner-only file (hvdtrain/launch/secret_files.py).
+    (
+        "horovod/runner/gloo_run.py",
+        "from horovod.runner.util.remote import get_remote_command\n",
+        "from horovod.runner.util.remote import get_remote_command\n"
+        "from hvdtrain.core.secrets import is_secret_env  # hvdtrain: no secret on a command line\n",
+    ),
+    (
+        "horovod/runner/gloo_run.py",
+        "                          if env_util.is_exportable(key)]),",
+        "                          if env_util.is_exportable(key) and not is_secret_env(key)]),",
+    ),
     # horovodrun asks "built with Gloo / MPI?" before every launch by importing each framework's
     # extension in a forked process, TensorFlow first: ~5 s of CPU and wall per launch, a torch job
     # too. torch's extension answers the same question in ~1.5 s (every hvdtrain build has both).

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,8 +122,38 @@ class HostMlflowServer:
     """``mlflow server`` on a test host of its own,
     reached by every host as ``http://HOST:PORT``."""
 
-    def __init__(self, hosts: TestHosts, host: str, root: Path):
+    def __init__(
+        self,
+        hosts: TestHosts,
+        host: str,
+        root: Path,
+        admin_password: str | None = None,
+        admin_token: str | None = None,
+    ):
+        """``admin_password``: the server requires a login (MLflow's basic-auth app, as a shared
+        server should; its admin is ``admin``), or with ``admin_token`` too, the admin's bearer
+        token (``tests/mlflow_token_auth.py``)."""
         self.hosts, self.host, self.root, self.port = hosts, host, root, free_port()
+        env, auth = {**os.environ, **QUIET_SERVER}, []
+        if admin_password:
+            (root / "auth.ini").write_text(
+                f"[mlflow]\ndefault_permission = READ\n"
+                f"database_uri = sqlite:///{root / 'basic_auth.db'}\nadmin_username = admin\n"
+                "authorization_function = "
+                + (
+                    "tests.mlflow_token_auth:authenticate\n"
+                    if admin_token
+                    else "mlflow.server.auth:authenticate_request_basic_auth\n"
+                )
+            )
+            if admin_token:
+                from tests.mlflow_token_auth import TOKEN_ENV
+
+                env.update({TOKEN_ENV: admin_token, "PYTHONPATH": str(REPO)})
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(root / "auth.ini")
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
+            env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = os.urandom(16).hex()  # its CSRF protection
+            auth = ["--app-name", "basic-auth"]
         log = open(root / "server.log", "ab")
         self.proc = hosts.spawn(
             host,
@@ -131,6 +162,7 @@ class HostMlflowServer:
                 "-m",
                 "mlflow",
                 "server",
+                *auth,
                 "--host",
                 "0.0.0.0",
                 "--port",
@@ -147,7 +179,7 @@ class HostMlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **QUIET_SERVER},
+            env=env,
         )
         log.close()
         wait_healthy(self.uri, self.proc, timeout=120)
@@ -160,3 +192,30 @@ class HostMlflowServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+class CommandLineWatch:
+    """``with CommandLineWatch(values) as watch:`` reads every process's command line on this
+    machine (all test hosts share its process list, as ``ps`` on each shows it) every 0.1 s for
+    the block; ``watch.found``: the command lines that held one of ``values``."""
+
+    def __init__(self, values: list[str]):
+        self.values, self.found = [v.encode() for v in values], []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> CommandLineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            for path in Path("/proc").glob("[0-9]*/cmdline"):
+                with contextlib.suppress(OSError):
+                    command = path.read_bytes()
+                    if any(v in command for v in self.values):
+                        self.found.append(command.replace(b"\0", b" ").decode(errors="replace"))

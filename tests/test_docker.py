@@ -12,6 +12,7 @@ naming the host of a killed worker. Without a Docker engine they skip with one l
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import importlib.util
 import json
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -133,9 +135,16 @@ def test_compose_runs_mlflow_and_a_two_worker_job_on_host_networking():
     )
     assert mlflow["network_mode"] == trainer["network_mode"] == "host"
     assert mlflow["command"].startswith(
-        "mlflow server --host 127.0.0.1 --port ${MLFLOW_PORT:-5000}"
+        "mlflow server --app-name basic-auth --host 127.0.0.1 --port ${MLFLOW_PORT:-5000}"
     )
-    assert trainer["environment"]["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:${MLFLOW_PORT:-5000}"
+    # Issue 26: logins; the job logs in as the admin whose password the server was given.
+    password = "${MLFLOW_TRACKING_PASSWORD:?set the server's admin password}"
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == password
+    assert trainer["environment"] == {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:${MLFLOW_PORT:-5000}",
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
     assert trainer["command"][:5] == ["hvdtrain", "run", "-np", "2", "torch_examples/digits.py"]
 
 
@@ -358,12 +367,19 @@ def test_keras_trains_in_the_image(docker, image, tmp_path):
 
 
 @pytest.mark.docker
-def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_path):
+def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_path, monkeypatch):
     compose = shutil.which("docker-compose")
     assert compose, "docker-compose is installed by scripts/system-packages.sh"
     port = free_port()
     project = f"hvdtrain-test-{os.getpid()}"
-    env = {**os.environ, "MLFLOW_PORT": str(port), "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    password = f"pw-{os.urandom(8).hex()}"
+    env = {
+        **os.environ,
+        "MLFLOW_PORT": str(port),
+        "DOCKER_HOST": "unix:///var/run/docker.sock",
+        "MLFLOW_TRACKING_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+    }
     base = [compose, "-f", str(REPO / "docker" / "compose.yaml"), "-p", project]
     try:
         up = subprocess.run(
@@ -374,6 +390,7 @@ def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_
             timeout=900,
         )
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert password not in up.stdout + up.stderr
         server = subprocess.run(
             [*base, "up", "-d", "--no-build", "mlflow"],
             capture_output=True,
@@ -393,6 +410,8 @@ def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_
                     "the compose stack's MLflow server did not come back"
                 )
                 time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("hvdtrain-compose").experiment_id])
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -405,7 +424,11 @@ def test_compose_stack_tracks_the_job_into_its_mlflow_server(docker, image, tmp_
             len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics
         )
         print(f"\ncompose run {run.info.run_id}: {len(run.data.metrics)} metrics, {metrics} points")
-        with urllib.request.urlopen(uri, timeout=10) as page:
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(uri, timeout=10)  # no login, no page
+        login = base64.b64encode(f"admin:{password}".encode()).decode()
+        request = urllib.request.Request(uri, headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(request, timeout=10) as page:
             assert page.status == 200 and b"<title>MLflow</title>" in page.read()
     finally:
         subprocess.run([*base, "down", "-v"], capture_output=True, env=env, timeout=300)

@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from horovod.runner.util import remote
 
 from hvdtrain.launch import preflight
-from tests.multihost import finish, job_env
+from tests import docs_table
+from tests.multihost import finish, job_env, run
 
 pytestmark = pytest.mark.multihost
 BOUND_S = 10
@@ -236,3 +238,61 @@ def test_launched_outside_the_hosts_network_the_reachable_address_is_chosen(host
         rendezvous_address=f"10.77.{hosts.instance}.1",
         launcher_interface=f"hvtbr{hosts.instance}",
     )
+
+
+CHANGED_KEY = (
+    "a host's SSH host key changed since it was first reached (a reinstalled node, or someone in "
+    "the middle)"
+)
+
+
+def test_changed_host_key_is_refused_before_launch(hosts, h2, tmp_path, worker):
+    """Issue 26: a host's key is recorded the first time (trust on first use) and a host whose key
+    changed since (reinstalled, or someone in the middle) is refused before any worker starts; a
+    throwaway cluster opts out with --no-host-key-check, which also reaches Horovod's own ssh."""
+    known_hosts = hosts.state / "known_hosts"
+    first = run_job(hosts, tmp_path, worker)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "started").exists()
+    recorded = known_hosts.read_text()
+    line = recorded_line(known_hosts, h2)  # the launching host, h1, is not reached over ssh
+    (tmp_path / "started").unlink()
+
+    reinstalled = tmp_path / "new_host_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(reinstalled)], check=True
+    )
+    hosts.start(h2, host_key=reinstalled)
+    lines = refused(hosts, tmp_path, worker)
+    assert lines == [
+        f"hvdtrain: error: host {h2}'s SSH host key differs from the one recorded in {known_hosts} "
+        f"line {line} (the host was reinstalled, or someone is in the middle): if {h2} was "
+        f"reinstalled, remove the old key with ssh-keygen -R {h2} -f {known_hosts}"
+    ]
+    docs_table.row(CHANGED_KEY).check(lines[0], 2, HOST=h2)
+    assert known_hosts.read_text() == recorded
+    # Horovod's own ssh command (its host check and every remote worker's) refuses it too.
+    horovod_ssh = subprocess.run(
+        remote.get_ssh_command("true", h2), shell=True, capture_output=True, text=True
+    )
+    assert horovod_ssh.returncode == 255
+    assert horovod_ssh.stderr.splitlines()[-1] == "Host key verification failed."
+
+    opted_out = run_job(hosts, tmp_path, worker, "--no-host-key-check")
+    assert opted_out.returncode == 0, opted_out.stderr
+    assert (tmp_path / "started").exists()
+    assert known_hosts.read_text() == recorded  # nothing recorded without the check
+
+
+def run_job(hosts, tmp_path, worker, *flags):
+    """The 2-host job of ``refused``, run to its end."""
+    h1, h2 = hosts.names[:2]
+    return run(hosts, h1, "-np", "2", "-H", f"{h1}:1,{h2}:1", *flags, str(worker), cwd=tmp_path)
+
+
+def recorded_line(known_hosts, name):
+    """The line of ``known_hosts`` that holds ``name``'s key (Debian hashes the names)."""
+    found = subprocess.run(
+        ["ssh-keygen", "-F", name, "-f", str(known_hosts)], capture_output=True, text=True
+    ).stdout
+    return int(re.search(rf"^# Host {name} found: line (\d+)", found, flags=re.M).group(1))

@@ -5,6 +5,7 @@ scancel mid-run, and what ``sacct`` then shows."""
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from hvdtrain.launch import slurm
 from tests.conftest import require
 from tests.launch import REPO
 from tests.mlflow_server import MlflowServer
+from tests.multihost import CommandLineWatch
 from tests.slurm_cluster import job_id_of, slurm_cluster  # noqa: F401 (fixture)
 
 HVDTRAIN = str(Path(sys.executable).parent / "hvdtrain")
@@ -144,7 +146,9 @@ def test_launches_that_make_lone_rank_zero_workers_are_refused():
 # --- a real cluster -------------------------------------------------------------------------------
 
 
-def submit(cluster, *argv: str, uri: str, wait: bool) -> tuple[str, subprocess.CompletedProcess]:
+def submit(
+    cluster, *argv: str, uri: str, wait: bool, **env: str
+) -> tuple[str, subprocess.CompletedProcess]:
     """``sbatch`` the template from the repository, as a user would; (job id, sbatch's result)."""
     done = cluster.run(
         [
@@ -161,6 +165,7 @@ def submit(cluster, *argv: str, uri: str, wait: bool) -> tuple[str, subprocess.C
         MLFLOW_TRACKING_URI=uri,
         HVDTRAIN=HVDTRAIN,
         OMP_NUM_THREADS="1",
+        **env,
     )
     return job_id_of(done.stdout), done
 
@@ -206,22 +211,29 @@ def test_batch_job_trains_digits_on_two_nodes(slurm_cluster, bridge_mlflow):
     cluster = slurm_cluster(nodes=2)
     mlflow = bridge_mlflow(cluster)
     results = cluster.root / "results.json"
-    job_id, done = submit(
-        cluster,
-        "torch_examples/digits.py",
-        "--epochs",
-        "4",
-        "--seed",
-        "1",
-        "--experiment",
-        "slurm",
-        "--results",
-        str(results),
-        uri=mlflow.uri,
-        wait=True,
-    )
+    token = f"hf-{secrets.token_hex(8)}"  # issue 26: a secret in the environment sbatch exports
+    with CommandLineWatch([token]) as watch:
+        job_id, done = submit(
+            cluster,
+            "torch_examples/digits.py",
+            "--epochs",
+            "4",
+            "--seed",
+            "1",
+            "--experiment",
+            "slurm",
+            "--results",
+            str(results),
+            uri=mlflow.uri,
+            wait=True,
+            HF_TOKEN=token,
+        )
     output = job_output(cluster, job_id)
     assert done.returncode == 0, output[-3000:] + cluster.log_tails()
+    assert watch.found == [] and token not in output  # on no command line of any node
+    with CommandLineWatch([token]) as seen:  # the watch does see a command line that holds it
+        subprocess.run(["sh", "-c", "sleep 0.5", "sh", token], check=True)
+    assert seen.found
     result = json.loads(results.read_text())
     assert result["workers"] == 2 and result["test_accuracy"] >= 8 * CHANCE
     assert output.count("test accuracy:") == 1

@@ -73,6 +73,21 @@ def register(subparsers) -> None:
         help="show every worker's output, prefixed [rank@host] (default: rank 0's as the script "
         "wrote it; the others' only on stderr)",
     )
+    parser.add_argument(
+        "--no-host-key-check",
+        dest="host_key_check",
+        action="store_false",
+        help="accept any SSH host key and record none (throwaway clusters only; default: a host's "
+        "key is recorded in known_hosts the first time, and a changed key is refused)",
+    )
+    parser.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an environment variable that holds a secret although its name does not look like "
+        "one: it reaches the workers on no command line (repeatable)",
+    )
     # Optional to argparse so that a missing one is hvdtrain's line, not "required: script, args".
     parser.add_argument("script", nargs="?", help="the training script (python file)")
     parser.add_argument("args", nargs="...", help="arguments passed to the script")
@@ -105,6 +120,8 @@ def request(args) -> Request:
         host_discovery_script=args.host_discovery_script,
         blacklist_cooldown_range=cooldown,
         all_ranks=args.all_ranks,
+        host_key_check=args.host_key_check,
+        secret_env=tuple(args.secret_env),
     )
 
 

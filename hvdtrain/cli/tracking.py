@@ -47,7 +47,7 @@ def _sync(args: argparse.Namespace) -> int:
     except NothingToSync as err:
         print(f"hvdtrain: mlflow-sync {args.file}: {err}", file=sys.stderr)
         return 0
-    except (JournalInUse, UnknownStore, NotAJournal) as err:
+    except (JournalInUse, UnknownStore, NotAJournal, UsageError) as err:
         raise UsageError(f"mlflow-sync {args.file}: {err}") from None
     except (OSError, ValueError, MlflowException) as err:
         raise UsageError(

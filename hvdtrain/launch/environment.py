@@ -4,7 +4,8 @@ This environment plus what the workers must share: the MLflow store (a local one
 when ``MLFLOW_TRACKING_URI`` is unset, so every rank writes to the same place), quiet framework
 start-up, the hang bound and Horovod's settings that enforce it (``core.tuning``; applied here
 too, so scripts that call ``hvd.init()`` themselves get them), the launcher's host name for the
-``worker_guard`` of remote workers and, under MPI across hosts, ssh keepalives.
+``worker_guard`` of remote workers and, under MPI across hosts, ssh keepalives and the host key
+rule (``hostkeys``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from ..core import tuning
 from ..core.errors import UsageError
-from . import worker_guard
+from . import hostkeys, worker_guard
 
 
 @dataclass(frozen=True)
@@ -107,5 +108,9 @@ def _bound_mpi_links(env: dict[str, str], hang_timeout: int) -> None:
     the hang timeout; mpirun ends the job and the launcher names the host."""
     interval = max(1, hang_timeout // 3)
     env.setdefault(
-        "OMPI_MCA_plm_rsh_args", f"-o ServerAliveInterval={interval} -o ServerAliveCountMax=3"
+        "OMPI_MCA_plm_rsh_args",
+        " ".join(
+            ["-o", f"ServerAliveInterval={interval}", "-o", "ServerAliveCountMax=3"]
+            + hostkeys.ssh_options(env)
+        ),
     )

@@ -18,7 +18,17 @@ import threading
 import time
 from pathlib import Path
 
-from . import environment, horovodrun, preflight, summary, worker_guard
+from ..core import secrets
+from ..tracking import login
+from . import (
+    environment,
+    horovodrun,
+    hostkeys,
+    preflight,
+    secret_files,
+    summary,
+    worker_guard,
+)
 from .request import Job, Request, check
 
 
@@ -27,6 +37,8 @@ def run(request: Request) -> int:
     starts when the request cannot work)."""
     started = time.monotonic()
     job = check(request)
+    if not request.host_key_check:  # the probes, horovodrun's ssh and mpirun's read it
+        os.environ[hostkeys.NO_CHECK_ENV] = "1"
     plan = _preflight(job)
     command = build_command(job, plan)
     from ..core.args import RESULTS_ENV  # the job's dependencies: not for a refused request
@@ -37,17 +49,19 @@ def run(request: Request) -> int:
     with tempfile.TemporaryDirectory(prefix="hvdtrain-run-") as tmp:
         run_file, results_file = Path(tmp, "run.json"), Path(tmp, "results.json")
         run_file.touch()
+        tracked = "--no-tracking" not in request.args
         env = environment.build(
-            job.hang_timeout,
-            multi_host=plan is not None,
-            mpi=request.mpi,
-            tracked="--no-tracking" not in request.args,
+            job.hang_timeout, multi_host=plan is not None, mpi=request.mpi, tracked=tracked
         )
+        if tracked:
+            login.check(env.variables)
         variables = {
             **env.variables,
             legs.RUN_FILE_ENV: str(run_file),
             RESULTS_ENV: str(results_file),
         }
+        if request.secret_env:
+            variables[secrets.SECRET_ENV] = ",".join(request.secret_env)
         monitor = JobMonitor(
             rank_hosts=rank_hosts(job.hosts, job.np) if not request.elastic else {},
             elastic=request.elastic,
@@ -60,8 +74,16 @@ def run(request: Request) -> int:
             all_ranks=request.all_ranks,
             quiet_startup="TF_CPP_MIN_LOG_LEVEL" not in os.environ,
         )
-        threading.Thread(target=_import_mlflow_once_tracking, args=(run_file,), daemon=True).start()
-        returncode = monitor.run(command, variables)
+        # Under Gloo, remote workers read the secrets from a file; MPI sends them itself (-x NAME).
+        remote = [h for h, _ in job.hosts if preflight.started_over_ssh(h)]
+        values = {} if request.mpi else secrets.secret_env(variables)
+        with secret_files.sent(remote, request.ssh_port, values) as secret_file:
+            if secret_file:
+                variables[worker_guard.SECRETS_FILE_ENV] = secret_file
+            threading.Thread(
+                target=_import_mlflow_once_tracking, args=(run_file,), daemon=True
+            ).start()
+            returncode = monitor.run(command, variables)
         if returncode == 0:
             lines = summary.block(
                 workers=job.np,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import UsageError
-from . import host_probe
+from . import host_probe, hostkeys
 
 SSH_TIMEOUT_S = (
     8  # a login plus the probe; each host's connection attempts are bounded by host_probe
@@ -157,7 +157,7 @@ def check(request: Request) -> Plan | None:
 
 def probe(host: str, request: Request, arguments: dict) -> HostReport:
     """Run ``host_probe`` on ``host`` with the job's Python: over ssh as horovodrun will log in
-    (no password, host keys accepted), or here when the host is this machine."""
+    (no password, host keys checked as ``hostkeys`` says), or here when the host is this machine."""
     run_probe = f"{shlex.quote(request.python)} - {shlex.quote(json.dumps(arguments))}"
     if is_local(host):
         command = [request.python, "-", json.dumps(arguments)]
@@ -172,8 +172,7 @@ def probe(host: str, request: Request, arguments: dict) -> HostReport:
             "BatchMode=yes",
             "-o",
             "PasswordAuthentication=no",
-            "-o",
-            "StrictHostKeyChecking=no",
+            *hostkeys.ssh_options(),
             "-o",
             f"ConnectTimeout={SSH_TIMEOUT_S - 3}",
             "-p",
@@ -229,11 +228,8 @@ def _ssh_problem(host: str, port: int, stderr: str) -> str:
             f"host {host} refused this machine's SSH key (ssh: {said}): add the key to {host}'s "
             f"authorized_keys, e.g. {copy_id}"
         )
-    if "Host key verification failed" in said:
-        return (
-            f"host {host}'s SSH host key differs from the one in known_hosts (ssh: {said}): if "
-            f"{host} was reinstalled, ssh-keygen -R {host}"
-        )
+    if changed := hostkeys.changed_key_problem(host, port, stderr):
+        return changed
     return f"host {host}: ssh failed (ssh: {said})"
 
 

@@ -6,6 +6,7 @@ than by horovodrun after its workers started.
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class Request:
     host_discovery_script: str | None = None
     blacklist_cooldown_range: tuple[int, int] | None = None
     all_ranks: bool = False
+    host_key_check: bool = True  # --no-host-key-check: False
+    secret_env: tuple[str, ...] = ()  # --secret-env NAME ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ def check(request: Request) -> Job:
             host_lists.check_reachable(host, request.ssh_port)
     if request.framework != "auto":
         _check_framework(request.framework)
+    for name in request.secret_env:
+        if name not in os.environ:
+            raise UsageError(f"--secret-env {name}: {name} is not set in this environment")
     return Job(request, np, hosts, hang_timeout, min_np)
 
 

@@ -3,8 +3,10 @@ benchmarks (root only).
 
 Each host is a network namespace on a bridge, with its own hostname (a UTS namespace), an address
 ``10.77.<instance>.<10+i>``, an sshd on a generated key (so ``ssh <host>`` and horovodrun work
-without prompts) and optionally a link rate (``tc tbf`` on what it sends). The file system is
-shared by all hosts, like an NFS home on a cluster, so the same virtualenv path works everywhere.
+without prompts; its host key is recorded the first time, in the set's own known_hosts, and
+checked from then on, as on a real cluster) and optionally a link rate (``tc tbf`` on what it
+sends). The file system is shared by all hosts, like an NFS home on a cluster, so the same
+virtualenv path works everywhere.
 Names are ``t<instance>h<i>`` (``t0h1``, ``t0h2`` ...) so that several sets can exist at once, each
 made by its own process; a set whose maker died is removed by the next one that takes its number.
 
@@ -153,13 +155,15 @@ class TestHosts:
         hide: Sequence[str] = (),
         binds: Sequence[tuple[str, str]] = (),
         sshd_options: Sequence[str] = (),
+        host_key: Path | None = None,
     ) -> None:
         """(Re)start the host's sshd, the process every later command on the host descends from.
 
         ``etc_hosts``: the host's own /etc/hosts (e.g. its name on a loopback address, as Debian
         writes it); ``hide``: paths that do not exist on this host (an empty directory over them);
         ``binds``: ``(source, target)`` files mounted over others (another version of a file);
-        ``sshd_options``: lines added to its sshd's configuration (``PasswordAuthentication yes``).
+        ``sshd_options``: lines added to its sshd's configuration (``PasswordAuthentication yes``);
+        ``host_key``: another host key than the set's own (a reinstalled host).
         """
         host = self.host(name)
         self.stop(name)
@@ -173,7 +177,8 @@ class TestHosts:
         config = self.state / f"sshd-{host.name}.conf"
         # sshd takes the first value it reads for an option: the caller's come first.
         config.write_text(
-            "".join(f"{line}\n" for line in sshd_options) + _sshd_config(host, self.state)
+            "".join(f"{line}\n" for line in sshd_options)
+            + _sshd_config(host, self.state, host_key or self.state / "host_key")
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # Debian's sshd refuses to start without it
         setup.append(f"exec {SSHD} -D -e -f {config}")
@@ -224,7 +229,10 @@ class TestHosts:
                 SSH_CONFIG,
                 self._marker,
                 f"{detour}Host t{k}h*\n  IdentityFile {self.state / 'id_ed25519'}\n"
-                "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+                # Host keys are checked as on a real cluster (trust on first use), in a
+                # known_hosts file of the set's own.
+                f"  StrictHostKeyChecking accept-new\n"
+                f"  UserKnownHostsFile {self.state / 'known_hosts'}\n  LogLevel ERROR\n"
                 "  ConnectTimeout 5\n",
             )
 
@@ -486,12 +494,12 @@ def _netns_pids(name: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def _sshd_config(host: Host, state: Path) -> str:
+def _sshd_config(host: Host, state: Path, host_key: Path) -> str:
     return "\n".join(
         [
             f"ListenAddress {host.address}",
             "Port 22",
-            f"HostKey {state / 'host_key'}",
+            f"HostKey {host_key}",
             f"AuthorizedKeysFile {state / 'authorized_keys'}",
             "PermitRootLogin prohibit-password",
             "PasswordAuthentication no",

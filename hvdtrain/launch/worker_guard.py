@@ -18,12 +18,15 @@ execs the worker at once (the launcher sees those processes itself). Elsewhere i
   SIGKILL after ``GRACE_S`` (at once for a frozen worker, which cannot act on SIGTERM);
 - takes the worker with it if the guard itself is killed (the worker's parent-death signal).
 
-Standard library only, and nothing of hvdtrain is imported: it starts before every worker.
+Remote workers also get the job's secrets here, from a file rather than the command line
+(``secret_files``). Standard library only, and nothing of hvdtrain is imported: it starts before
+every worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -32,6 +35,7 @@ import sys
 import threading
 
 LAUNCHER_HOST_ENV = "HVDTRAIN_LAUNCHER_HOST"
+SECRETS_FILE_ENV = "HVDTRAIN_PRIVATE_ENV_FILE"  # the job's secrets here; no secret's name itself
 NOTICE = "hvdtrain-guard: worker "  # what every line of the guard starts with
 STOPPED_LINE = NOTICE + "frozen by {signal}"
 CONTINUED_LINE = NOTICE + "continued"
@@ -45,7 +49,10 @@ def main(argv: list[str]) -> int:
     if not command:
         print("usage: python -m hvdtrain.launch.worker_guard COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    if os.environ.get(LAUNCHER_HOST_ENV, socket.gethostname()) == socket.gethostname():
+    local = os.environ.get(LAUNCHER_HOST_ENV, socket.gethostname()) == socket.gethostname()
+    if not _load_secrets(local):
+        return 1
+    if local:
         os.execvp(command[0], command)
     _die_with_parent(signal.SIGTERM)  # the ssh session (our parent) ended: stop the worker
     guard = os.getpid()
@@ -118,6 +125,27 @@ class _Guard:
         while not poller.poll():
             pass
         self.stop()
+
+
+def _load_secrets(local: bool) -> bool:
+    """The job's secrets from the owner-only file the launcher wrote on this host, into the
+    environment the worker starts with (they are on no command line). False, after one line, when
+    a remote host has none; on the launcher's host the workers inherit them instead."""
+    path = os.environ.get(SECRETS_FILE_ENV)
+    if not path:
+        return True
+    try:
+        with open(path) as f:
+            os.environ.update(json.load(f))
+    except FileNotFoundError:
+        if local:
+            return True
+        _say(
+            f"hvdtrain-guard: the job's secrets file {path} is missing on {socket.gethostname()} "
+            "(a host that joined after launch gets none): worker not started"
+        )
+        return False
+    return True
 
 
 def _die_with_parent(signum: int) -> None:

@@ -11,7 +11,6 @@ import enum
 import importlib.metadata
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -20,12 +19,7 @@ from typing import Any
 from ..core.context import Context
 from ..core.lr import lr_scale_factor
 from ..core.options import DistributedOptions
-
-_SECRET = re.compile(
-    r"secret|token|passw|pwd|credential|auth|api_?key|access_?key|private_?key"
-    r"|(^|[._\-/])key$",
-    re.IGNORECASE,
-)
+from ..core.secrets import looks_secret
 
 # Distribution names to look up, per reported package (TF ships as several wheels).
 _DISTRIBUTIONS = {
@@ -35,10 +29,6 @@ _DISTRIBUTIONS = {
     "keras": ("keras",),
     "mlflow": ("mlflow", "mlflow-skinny"),
 }
-
-
-def looks_secret(name: str) -> bool:
-    return bool(_SECRET.search(name))
 
 
 def without_secrets(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,13 +3,14 @@ acknowledged, exactly once, through the same code as live tracking (``delivery``
 
 from __future__ import annotations
 
+import os
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from . import delivery, records, store
+from . import delivery, login, records, store
 from .journal import Journal, check_is_journal, replay
 from .sender import BATCH
 
@@ -59,6 +60,8 @@ def sync(path: str | Path, tracking_uri: str | None = None) -> tuple[str, int, s
                 f"{spec.tracking_uri or uri}); the file is left as it is"
             )
         existed = spec.run_id is not None
+        # A server that requires a login and refuses this one: one line, the file untouched.
+        login.check({**os.environ, "MLFLOW_TRACKING_URI": uri})
         store.bound_http_calls()
         client = MlflowClient(uri)
         previous_params = delivery.open_run(client, spec)
