@@ -35,6 +35,11 @@ def job_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def one_worker_per_host(hosts: TestHosts) -> list[str]:
+    """``hvdtrain run`` flags for a job of one worker on each of ``hosts``."""
+    return ["-np", str(len(hosts.names)), "-H", ",".join(f"{h}:1" for h in hosts.names)]
+
+
 def launch(
     hosts: TestHosts, on: str, *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:

@@ -27,7 +27,7 @@ from hvdtrain.tracking import records
 from hvdtrain.tracking.records import RunSpec
 from tests import docs_table
 from tests.launch import REPO
-from tests.multihost import HVDTRAIN, HostMlflowServer, job_env, run
+from tests.multihost import HVDTRAIN, HostMlflowServer, job_env, one_worker_per_host, run
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 PASSWORD, TOKEN = f"pw-{secrets.token_hex(8)}", f"tok-{secrets.token_hex(8)}"  # admin's
@@ -66,10 +66,7 @@ def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeyp
     job = run(
         hosts,
         h1,
-        "-np",
-        "2",
-        "-H",
-        f"{h1}:1,{h2}:1",
+        *one_worker_per_host(hosts),
         *(["--mpi"] if mpi else []),
         "--secret-env",
         "WAREHOUSE_DSN",
@@ -121,16 +118,13 @@ def test_secrets_reach_the_workers_on_no_command_line(cluster, tmp_path, monkeyp
 
 def test_wrong_mlflow_password_is_one_line_before_any_worker_starts(cluster, tmp_path):
     hosts, server = cluster
-    h1, h2 = hosts.names
+    h1 = hosts.names[0]
     script = tmp_path / "train.py"
     script.write_text(f"open({str(tmp_path / 'started')!r}, 'w')\n")
     job = run(
         hosts,
         h1,
-        "-np",
-        "2",
-        "-H",
-        f"{h1}:1,{h2}:1",
+        *one_worker_per_host(hosts),
         str(script),
         cwd=tmp_path,
         env=job_env(
