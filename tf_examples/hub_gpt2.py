@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
     run_id = tracker.run_id if tracker else None
-    text.report_bpe(args, ctx, "hub_gpt2", result, time.perf_counter() - started, run_id)
+    text.report(args, ctx, "hub_gpt2", result, time.perf_counter() - started, run_id)
 
 
 if __name__ == "__main__":

@@ -146,35 +146,21 @@ def fit_language_model(
     return val_loss, history
 
 
-@main_process_only
-def report(
-    args: argparse.Namespace, ctx: Context, result: dict, wall_time_s: float, run_id: str | None
-) -> None:
-    print(
-        f"validation loss: {result['val_loss']:.4f} nats/byte = {result['ratio']:.3f} x the "
-        f"unigram baseline ({result['unigram_ce']:.4f}) ({ctx.size} workers, {wall_time_s:.1f} s)",
-        flush=True,
-    )
-    print(f"--- sampled at temperature {args.temperature} ---\n{result['sample']}\n---", flush=True)
-    cli.write_results(
-        args,
-        ctx,
-        example="gpt",
-        metric_name="val_loss/unigram_ce",
-        metric=result["ratio"],
-        wall_time_s=wall_time_s,
-        run_id=run_id,
-        **result,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     args = cli.parse(text.example_parser("PyTorch"), argv)
     ctx = ht.init(seed=args.seed)
     with tracking.tracked(**cli.tracking_kwargs(args)) as tracker:
         result = train(args, ctx, tracker)
-    report(args, ctx, result, time.perf_counter() - started, tracker.run_id if tracker else None)
+    text.report(
+        args,
+        ctx,
+        "gpt",
+        result,
+        time.perf_counter() - started,
+        tracker.run_id if tracker else None,
+        unit="byte",
+    )
 
 
 if __name__ == "__main__":

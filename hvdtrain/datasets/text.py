@@ -221,19 +221,22 @@ def describe_bpe(corpus: ByteCorpus, train_ids: np.ndarray, vocab: int, unigram:
 
 
 @main_process_only
-def report_bpe(
+def report(
     args: argparse.Namespace,
     ctx: Context,
     example: str,
     result: dict,
     wall_time_s: float,
     run_id: str | None,
+    unit: str = "token",
 ) -> None:
-    """The BPE examples' last lines and ``--results`` file: validation loss per token against
-    the baselines, the sampled text."""
+    """The language-model examples' last lines and ``--results`` file: validation loss per
+    ``unit`` (``byte`` for the byte-level gpt examples, ``token`` for the BPE ones) against the
+    unigram baseline (and chance, when ``result`` has it), the sampled text."""
+    chance = f"; chance {result['chance_ce']:.4f}" if "chance_ce" in result else ""
     print(
-        f"validation loss: {result['val_loss']:.4f} nats/token = {result['ratio']:.3f} x the "
-        f"unigram baseline ({result['unigram_ce']:.4f}; chance {result['chance_ce']:.4f}) "
+        f"validation loss: {result['val_loss']:.4f} nats/{unit} = {result['ratio']:.3f} x the "
+        f"unigram baseline ({result['unigram_ce']:.4f}{chance}) "
         f"({ctx.size} workers, {wall_time_s:.1f} s)",
         flush=True,
     )
