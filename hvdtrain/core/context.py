@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,3 +84,10 @@ def _on_main_process() -> bool:
     # A function, not ``_current`` read in ``wrapper``: a wrapper pickled by value (a script's
     # function sent to Spark executors) would carry a copy of ``_current`` from pickling time.
     return _current is None or _current.is_main
+
+
+@main_process_only
+def say_on_main(line: str) -> None:
+    """One of hvdtrain's lines (a notice, a warning, an error every rank raised) on stderr, from
+    rank 0 only."""
+    print(line, file=sys.stderr, flush=True)

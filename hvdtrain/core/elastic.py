@@ -13,13 +13,12 @@ Horovod's ``State`` itself is subclassed outside the core, in ``hvdtrain.elastic
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .checkpoint import CheckpointMeta, check_writable
-from .context import Context, main_process_only
+from .context import Context, main_process_only, say_on_main
 from .guards import UserError
 from .tracker import TrainingTracker
 
@@ -48,7 +47,7 @@ class Position:
         done = self.epoch_samples // global_batch
         again = self.epoch_samples - done * global_batch
         if again:
-            _say(
+            say_on_main(
                 f"hvdtrain: warning: the checkpoint is {self.epoch_samples} samples into epoch "
                 f"{self.epoch + 1}, not a whole number of this job's global batches of "
                 f"{global_batch} (batch size x workers): {again} samples of it are trained again"
@@ -104,16 +103,11 @@ def say_if_nothing_left(position: Position, epochs: int, checkpoint_dir: Any) ->
     exit 0, so a notice, not an error). True then: the caller logs nothing of this job."""
     nothing_left = position.epoch >= epochs
     if nothing_left:
-        _say(
+        say_on_main(
             f"hvdtrain: nothing left to train: {checkpoint_dir} is at epoch {position.epoch} "
             f"(step {position.step}) and epochs={epochs}; pass a larger --epochs to train on"
         )
     return nothing_left
-
-
-@main_process_only
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 class Snapshot(Protocol):

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from .context import main_process_only
+from .context import say_on_main
 
 
 class UserError(Exception):
@@ -65,13 +65,10 @@ def report(error: UserError) -> None:
     local rank when each rank of a host did, else by this rank."""
     line = f"hvdtrain: error: {error}"
     if error.collective:
-        _print_on_main(line)
+        say_on_main(line)
     elif not error.per_host or os.environ.get("HOROVOD_LOCAL_RANK", "0") == "0":
         _print(line)
 
 
 def _print(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-_print_on_main = main_process_only(_print)

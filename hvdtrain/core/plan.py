@@ -10,9 +10,7 @@ smoke test of a real configuration does both on purpose.
 
 from __future__ import annotations
 
-import sys
-
-from .context import Context, main_process_only
+from .context import Context, say_on_main
 from .lr import lr_scale_factor, warmup_multiplier
 from .options import DistributedOptions
 
@@ -30,7 +28,7 @@ def say_if_unexpected(
     """Rank 0's warnings about the job ``caller`` is about to train (``options``: the wrapped
     optimizer's, None for an optimizer hvdtrain did not wrap)."""
     if batch_size > samples_per_rank > 0:
-        _say(
+        say_on_main(
             f"hvdtrain: warning: {caller}: the batch size {batch_size} is larger than a worker's "
             f"{samples_per_rank} samples per epoch: every epoch is one step of {samples_per_rank} "
             "samples per worker"
@@ -41,13 +39,8 @@ def say_if_unexpected(
     scale = lr_scale_factor(options, ctx.size, ctx.local_size, ctx.on_gpu)
     if options.warmup_steps > updates and scale != 1.0:
         last = warmup_multiplier(max(updates - 1, 0), options.warmup_steps, scale) * scale
-        _say(
+        say_on_main(
             f"hvdtrain: warning: {caller}: warmup_steps={options.warmup_steps} is longer than the "
             f"job's {updates} optimizer step{'' if updates == 1 else 's'}: its last step runs at "
             f"{last:.3g} x the base learning rate, never at the scaled {scale:g} x"
         )
-
-
-@main_process_only
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
