@@ -216,7 +216,7 @@ class JobMonitor:
         if parsers.is_termination_notice(line):
             self.terminating = True  # the SIGTERM exits that follow are horovodrun's doing
             return False
-        if self.launcher_error or line.startswith("Traceback (most recent call last):"):
+        if self.launcher_error or line.startswith(parsers.TRACEBACK_START):
             # horovodrun's own traceback: summarised or printed at the end
             self.launcher_error.append(line)
             return False
@@ -277,7 +277,7 @@ class JobMonitor:
         without a failure, or ended by horovodrun while it exited: status 0, it skipped
         collectives they waited in), else the first."""
         first = self.failures[0]
-        followers = set(self.stopped_by_peer) | set(self.gloo_timeouts)
+        followers = self.stopped_by_peer | set(self.gloo_timeouts)
         failed = {rank for rank, _, _ in self.failures}
         quiet = sorted(((self.gone - failed) | self.terminated) - followers - self.raised)
         candidates = (

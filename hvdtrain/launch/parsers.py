@@ -23,7 +23,9 @@ _STALL_RANK = re.compile(r"^(\d+)(!?): \[(.*)\]\s*$")
 _STALL_SHUTDOWN = re.compile(r"is stalled for longer than (\d+) seconds\. Will shutdown")
 _GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms")
 _FIRST_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
-_OWN_ERROR = re.compile(r"^(Traceback \(most recent call last\):|hvdtrain: (error|rank \d+): )")
+# How Python starts printing an uncaught exception (a worker's, or horovodrun's own)
+TRACEBACK_START = "Traceback (most recent call last):"
+_OWN_ERROR = re.compile(rf"^({re.escape(TRACEBACK_START)}|hvdtrain: (error|rank \d+): )")
 _STOPPED_BY_PEER = re.compile(rf"^hvdtrain: rank \d+ {re.escape(STOPPED_BY_PEER)}")
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-_START = "Traceback (most recent call last):"
+from .parsers import TRACEBACK_START as _START
+
 # Python's lines between the tracebacks of chained exceptions
 _CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
 
