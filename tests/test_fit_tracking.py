@@ -23,6 +23,7 @@ EXPECTED = {
     "op": "average",
     "accumulation_steps": "2",
     "shard_optimizer_state": "False",
+    "shard_gradients": "False",
 }
 
 

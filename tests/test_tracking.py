@@ -106,6 +106,7 @@ def test_training_params_follow_the_lr_policy():
         "op": "average",
         "accumulation_steps": 2,
         "shard_optimizer_state": False,
+        "shard_gradients": False,
         "base_lr": 0.1,
         "scaled_lr": pytest.approx(0.2),
         "per_rank_batch_size": 32,

@@ -142,6 +142,13 @@ REFUSALS = [
         "that leaves takes its shard of the optimizer state with it; run without --elastic, or "
         "unsharded",
     ),
+    (
+        "keras.optimizers.SGD(0.1), shard_gradients=True",
+        "",
+        "hvdtrain: error: shard_gradients=True is not supported with Keras: a Keras step "
+        "computes every gradient at once (GradientTape.gradient) before any can be "
+        "reduce-scattered; use shard_optimizer_state=True alone",
+    ),
 ]
 
 

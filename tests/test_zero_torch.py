@@ -1,5 +1,5 @@
-"""Issue 15: ZeRO stage 1 (``shard_optimizer_state=True``) for torch,
-against the unsharded optimizer.
+"""Issues 15 and 27: ZeRO stage 1 (``shard_optimizer_state=True``) and stage 2
+(``shard_gradients=True``) for torch, against the unsharded optimizer.
 
 The model has 83 parameters in two param groups (weights 70, biases 13): neither 2 nor 3 workers
 divide them. Buckets are per group, so each rank's shard holds ceil(70/N) + ceil(13/N) elements.
@@ -30,10 +30,12 @@ def suite(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["sgd-1", "sgd-2", "adamw-1", "adamw-2"])
+@pytest.mark.parametrize(
+    "case", ["sgd-1", "sgd-2", "adamw-1", "adamw-2", "sgd-1-stage2", "adamw-2-stage2"]
+)
 def test_sharded_training_matches_unsharded(suite, case):
     """SGD with momentum and AdamW, float64, 20 steps with linear LR scaling, warmup, a StepLR
-    scheduler, clipping, and accumulation 1 or 2: the same weights, on every rank."""
+    scheduler, clipping, and accumulation 1 or 2: the same weights, on every rank; stage 2 too."""
     first = suite[0][case]
     for rank in suite:
         run = rank[case]
@@ -51,6 +53,9 @@ def test_sharded_training_matches_unsharded(suite, case):
         assert run["sharded"]["lr"] == run["unsharded"]["lr"]
         # clipping acted
         assert np.abs(np.subtract(run["unclipped"], run["sharded"]["final"])).max() > 1e-3
+        # after zero_grad the parameters' grads: stage 1's zeroed views; stage 2 and torch: None
+        assert run["unsharded"]["grads_kept"] == [False] * 4
+        assert run["sharded"]["grads_kept"] == [not case.endswith("stage2")] * 4
 
 
 @pytest.mark.slow
@@ -74,10 +79,26 @@ def test_each_rank_holds_state_for_its_partition_only(suite):
 def test_fp16_compression_reduces_the_same_gradients(suite):
     """fp16 rounds each rank's gradient before the reduction in both paths: close, not bit-equal."""
     for rank in suite:
-        run = rank["adamw-fp16"]
-        np.testing.assert_allclose(
-            run["sharded"]["final"], run["unsharded"]["final"], atol=1e-3, rtol=0
-        )
+        for case in ("adamw-fp16", "adamw-fp16-stage2"):
+            run = rank[case]
+            np.testing.assert_allclose(
+                run["sharded"]["final"], run["unsharded"]["final"], atol=1e-3, rtol=0
+            )
+            assert run["sharded"]["final"] == suite[0][case]["sharded"]["final"]
+
+
+@pytest.mark.slow
+def test_a_gradient_changed_after_backward_is_refused_in_one_line(suite):
+    """The reduce-scatter starts in backward: a later change of a gradient would be lost on some
+    ranks; the step refuses, and the next one trains."""
+    for rank in suite:
+        assert rank["changed"] == {
+            "message": "a gradient of the optimizer's parameters 0-1 was changed after its "
+            "reduce-scatter started (shard_optimizer_state=True starts it in backward, once the "
+            "gradients are final): change gradients during backward (a tensor hook), clip with "
+            "max_grad_norm, and run more backward passes per step only with accumulation_steps",
+            "trained_after": True,
+        }
 
 
 @pytest.mark.slow
@@ -178,6 +199,12 @@ REFUSALS = [
         "",
         {"shard_optimizer_state": 1},
         "ValueError: shard_optimizer_state must be True or False, got 1",
+    ),
+    (
+        "",
+        {"shard_optimizer_state": False, "shard_gradients": True},
+        "ValueError: shard_gradients=True needs shard_optimizer_state=True: a rank keeps only the "
+        "gradients of the parameters it updates",
     ),
 ]
 

@@ -46,6 +46,12 @@ def training_parser(
         help="ZeRO stage 1: each worker keeps optimizer state for, and updates, 1/N of the "
         "parameters",
     )
+    group.add_argument(
+        "--shard-gradients",
+        action="store_true",
+        help="ZeRO stage 2 (with --shard-optimizer-state; PyTorch): each worker also keeps only "
+        "1/N of the gradients",
+    )
     group.add_argument("--seed", type=int, default=0)
     group = parser.add_argument_group("checkpoints and tracking")
     group.add_argument("--checkpoint-dir", default=None, help="save a checkpoint here every epoch")
@@ -110,6 +116,7 @@ def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "op": args.op,
         "accumulation_steps": args.accumulation_steps,
         "shard_optimizer_state": args.shard_optimizer_state,
+        "shard_gradients": args.shard_gradients,
     }
 
 

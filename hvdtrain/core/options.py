@@ -46,6 +46,9 @@ class DistributedOptions:
     accumulation_steps: int = 1
     # ZeRO stage 1: each rank keeps optimizer state for, and updates, 1/N of the parameters.
     shard_optimizer_state: bool = False
+    # ZeRO stage 2 (needs stage 1): between backward and step each rank holds only its shard of
+    # the averaged gradients.
+    shard_gradients: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lr_scaling", LRScaling.parse(self.lr_scaling, "lr_scaling"))
@@ -55,9 +58,14 @@ class DistributedOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int, got {value!r}")
-        if not isinstance(self.shard_optimizer_state, bool):
+        for name in ("shard_optimizer_state", "shard_gradients"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if self.shard_gradients and not self.shard_optimizer_state:
             raise ValueError(
-                f"shard_optimizer_state must be True or False, got {self.shard_optimizer_state!r}"
+                "shard_gradients=True needs shard_optimizer_state=True: a rank keeps only the "
+                "gradients of the parameters it updates"
             )
         if self.shard_optimizer_state and self.op is ReduceOp.ADASUM:
             raise ValueError(
@@ -78,4 +86,5 @@ class DistributedOptions:
             "op": self.op.value,
             "accumulation_steps": self.accumulation_steps,
             "shard_optimizer_state": self.shard_optimizer_state,
+            "shard_gradients": self.shard_gradients,
         }

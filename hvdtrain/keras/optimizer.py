@@ -172,6 +172,7 @@ def wrap_optimizer(
     op: str = "average",
     accumulation_steps: int = 1,
     shard_optimizer_state: bool = False,
+    shard_gradients: bool = False,
 ) -> keras.optimizers.Optimizer:
     """Make ``optimizer`` average gradients over all ranks before every update; returns it.
 
@@ -179,7 +180,8 @@ def wrap_optimizer(
     ``lr_scaling="none"`` and scale the schedule). Works in ``model.fit`` and in custom loops
     calling ``apply_gradients``/``apply``. Wrap before ``compile``/``fit`` builds the optimizer.
     ``shard_optimizer_state=True``: ZeRO stage 1 (``zero.py``), each rank keeps the optimizer's
-    state for and updates only its 1/N of the variables.
+    state for and updates only its 1/N of the variables. ``shard_gradients=True`` (stage 2) is
+    refused: a Keras step holds every gradient at once.
     """
     options = DistributedOptions(
         lr_scaling=lr_scaling,
@@ -188,6 +190,7 @@ def wrap_optimizer(
         op=op,
         accumulation_steps=accumulation_steps,
         shard_optimizer_state=shard_optimizer_state,
+        shard_gradients=shard_gradients,
     )
     check_optimizer(optimizer, "wrap_optimizer")
     ctx = current()

@@ -304,6 +304,12 @@ def shard(
     increments."""
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
+    if options.shard_gradients:
+        raise UnsupportedError(
+            "shard_gradients=True is not supported with Keras: a Keras step computes every "
+            "gradient at once (GradientTape.gradient) before any can be reduce-scattered; use "
+            "shard_optimizer_state=True alone"
+        )
     if optimizer.built:
         raise UnsupportedError(
             "shard_optimizer_state=True needs an optimizer that is not built yet: wrap it "

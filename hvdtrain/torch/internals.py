@@ -15,6 +15,7 @@ from typing import Any
 import horovod
 import horovod.torch as hvd
 import torch
+from horovod.torch import mpi_ops
 
 from ..core.guards import UserError
 
@@ -28,6 +29,10 @@ LAST_LR = "_last_lr"
 # torch's GradScaler: per optimizer, ``unscale_``'s inf/NaN flags (FOUND_INF) that decide the step.
 PER_OPTIMIZER_STATES = "_per_optimizer_states"
 FOUND_INF = "found_inf_per_device"
+# Horovod's reduce-scatter and all-gather into a given output tensor (the public ones allocate
+# it): ZeRO writes shards straight into its flat buffers.
+REDUCESCATTER_INTO = "_reducescatter_async"
+ALLGATHER_INTO = "_allgather_async"
 
 
 class InternalsError(UserError, RuntimeError):
@@ -55,6 +60,8 @@ def check() -> None:
         f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(
             scaler, optimizer
         ),
+        f"Horovod's mpi_ops.{REDUCESCATTER_INTO}": hasattr(mpi_ops, REDUCESCATTER_INTO),
+        f"Horovod's mpi_ops.{ALLGATHER_INTO}": hasattr(mpi_ops, ALLGATHER_INTO),
     }
     missing = [name for name, present in found.items() if not present]
     if missing:
@@ -97,3 +104,17 @@ def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
     """device -> the flag ``scaler.unscale_(optimizer)`` set:
     1.0 if a gradient held an inf or NaN."""
     return getattr(scaler, PER_OPTIMIZER_STATES)[id(optimizer)][FOUND_INF]
+
+
+def reducescatter_into(tensor: torch.Tensor, output: torch.Tensor, name: str, op: Any) -> int:
+    """Start a reduce-scatter of ``tensor`` whose result lands in ``output`` (this rank's
+    ``numel / size`` elements; it may be a view of ``tensor``: Horovod reduces a copy)."""
+    return getattr(mpi_ops, REDUCESCATTER_INTO)(
+        tensor, output, name, op, hvd.global_process_set, 1.0, 1.0
+    )
+
+
+def allgather_into(tensor: torch.Tensor, output: torch.Tensor, name: str) -> int:
+    """Start an all-gather of every rank's ``tensor`` into ``output`` (``size`` times its length;
+    it may hold ``tensor`` at this rank's place already)."""
+    return getattr(mpi_ops, ALLGATHER_INTO)(tensor, output, name, hvd.global_process_set)

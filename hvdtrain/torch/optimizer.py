@@ -137,6 +137,7 @@ def wrap_optimizer(
     accumulation_steps: int = 1,
     max_grad_norm: float | None = None,
     shard_optimizer_state: bool = False,
+    shard_gradients: bool = False,
 ) -> torch.optim.Optimizer:
     """Return a Horovod ``DistributedOptimizer`` over ``optimizer`` with every rank in step.
 
@@ -147,6 +148,7 @@ def wrap_optimizer(
     ``shard_optimizer_state=True`` (ZeRO stage 1, ``zero.py``): gradients are reduce-scattered
     instead, each rank keeps optimizer state for and updates only its 1/N of the parameters,
     and the updated parameters are all-gathered; ``state_dict()`` then becomes a collective.
+    ``shard_gradients=True`` (stage 2, with stage 1) also keeps only 1/N of the gradients.
     """
     options = DistributedOptions(
         lr_scaling=lr_scaling,
@@ -155,6 +157,7 @@ def wrap_optimizer(
         op=op,
         accumulation_steps=accumulation_steps,
         shard_optimizer_state=shard_optimizer_state,
+        shard_gradients=shard_gradients,
     )
     if max_grad_norm is not None and max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {max_grad_norm}")

@@ -1,21 +1,34 @@
-"""ZeRO stage 1 on Horovod: ``wrap_optimizer(..., shard_optimizer_state=True)``.
+"""ZeRO on Horovod: ``wrap_optimizer(..., shard_optimizer_state=True)`` (stage 1) and
+``shard_gradients=True`` (stage 2).
 
 With Adam every rank of a plain data-parallel job holds two extra copies of every parameter.
 Here each rank keeps optimizer state for, and updates, only its partition of the parameters
-(``core.partition``: flattened buckets cut into N equal shards). ``optimizer._step`` drives a step
-in the same order as the unsharded path, with this module's policy:
+(``core.partition``: buckets of parameters cut into N equal shards), and nothing the size of the
+model is copied per step:
 
-1. ``synchronize``: each bucket's gradients, flattened and zero-padded, are reduce-scattered
-   (averaged or summed, fp16-compressed on request) into this rank's shard gradients, then divided
-   by ``accumulation_steps``;
-2. ``clip``: the global gradient norm, from every rank's shard (one allreduce of a scalar);
-3. ``apply``: the user's optimizer, whose param groups hold only this rank's shards, steps them;
-   the updated shards are all-gathered into every rank's parameters.
+* The parameters become views into one flat buffer per bucket; a rank's shard is a view of its
+  range of that buffer, so the user's optimizer updates the model in place, and the all-gather
+  writes the other ranks' shards straight into the buffer.
+* Stage 1: the gradients are views into one flat gradient buffer per bucket (autograd
+  accumulates into them in place). Each bucket's reduce-scatter starts from the backward hook of
+  its last gradient, while backward goes on, and writes the averaged shard into the rank's own
+  range of that buffer: the shard's gradient is a view too.
+* Stage 2: each gradient, once accumulated, is copied into its bucket's wire buffer and released;
+  a full bucket is reduce-scattered into the rank's shard gradient and its buffer released, at
+  most ``MAX_QUEUED`` buckets waiting. Between backward and step a rank holds 1/N of the
+  gradients; with accumulation every micro-batch is reduce-scattered and the shards summed.
 
-The shards are copies of slices of the parameters, read from the parameters before each update:
-the parameters stay the truth, whatever loads or broadcasts them. ``state_dict()`` is a collective
-that gathers the full state in the unsharded format, so a checkpoint loads sharded or unsharded on
-any world size; ``load_state_dict`` takes that format and keeps this rank's slices.
+``optimizer._step`` drives a step in the same order as the unsharded path: ``synchronize`` (wait
+for the reduce-scatters, average micro-batches), ``clip`` (the global norm from every rank's shard),
+``apply`` (the user's optimizer over the shards, then the all-gather). Gradients are in flight once
+backward returns, as with Horovod's unsharded optimizer: change them during backward (a tensor
+hook), not between backward and step (``synchronize`` says so in one line if they were). After a
+step, a parameter's ``grad`` holds this rank's averaged gradient in its own range and its local one
+elsewhere (stage 1) or is None (stage 2); ``zero_grad`` zeroes stage 1's buffers in place.
+
+``state_dict()`` is a collective that gathers the full state in the unsharded format, so a
+checkpoint loads sharded or unsharded on any world size; ``load_state_dict`` takes that format and
+keeps this rank's slices.
 """
 
 from __future__ import annotations
@@ -23,28 +36,115 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import horovod.torch as hvd
 import torch
 
 from ..core import elastic, tripwire
-from ..core.guards import UnsupportedError
+from ..core.guards import UnsupportedError, UserError
 from ..core.options import Compression, DistributedOptions, ReduceOp
-from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, PartitionPlan, plan
+from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, plan
 from . import internals
 from ._context import current
-from .collectives import wait
+from .collectives import sleep_until_done, wait
 
-_COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
 _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum}
+# A bucket's reduce-scatter costs three times its bytes in transients (Horovod copies the input,
+# Gloo's halving-doubling allocates two buffers of its size) and stage 2 holds up to MAX_QUEUED
+# buckets, so buckets are small; large enough that a step is a few dozen collectives.
+BUCKET_BYTES = 16 << 20
+MAX_QUEUED = 2
+
+
+class GradientsChangedError(UserError, RuntimeError):
+    """A gradient was changed after its reduce-scatter started."""
+
+
+@dataclass
+class _Flight:
+    """A reduce-scatter on its way: what it reads and writes, kept alive until it is done."""
+
+    bucket: _FlatBucket
+    handle: int | None
+    source: torch.Tensor
+    output: torch.Tensor
+
+
+class _FlatBucket:
+    """One bucket of the plan at run time: the flat buffer its parameters are views of, this
+    rank's shard (a view of it), and where its gradients gather."""
+
+    def __init__(
+        self, number: int, bucket: Bucket, params: list[torch.Tensor], rank: int, stage: int
+    ):
+        self.number, self.plan = number, bucket
+        self.params = [params[slot.index] for slot in bucket.slots]
+        first = self.params[0]
+        self.flat = torch.zeros(bucket.padded_numel, dtype=first.dtype, device=first.device)
+        with torch.no_grad():
+            for slot, param in zip(bucket.slots, self.params):
+                view = self._range(self.flat, slot)
+                view.copy_(param.detach().reshape(-1))
+                param.data = view.view_as(param)
+        low, high = bucket.shard_range(rank)
+        self.shard = torch.nn.Parameter(self.flat[low:high])
+        self.arrivals = [0] * len(self.params)
+        self.passes = self.passes_done = 0  # reduce-scatters started, finished since synchronize
+        self.version = 0  # stage 1: the gradient buffer's version when its reduce-scatter started
+        if stage == 1:
+            self.grads: torch.Tensor | None = torch.zeros_like(self.flat)
+            self.grad_views = [self._range(self.grads, s) for s in bucket.slots]
+            for param, view in zip(self.params, self.grad_views):
+                param.grad = view.view_as(param)
+            self.shard_grad = self.grads[low:high]
+        else:
+            self.grads = None  # the wire buffer of the pass being gathered
+            self.shard_grad = torch.zeros_like(self.shard)
+        self.shard.grad = self.shard_grad
+
+    @staticmethod
+    def _range(flat: torch.Tensor, slot) -> torch.Tensor:
+        return flat[slot.offset : slot.offset + slot.numel]
+
+    def adopt(self, position: int) -> None:
+        """Stage 1: a gradient autograd made anew (its ``grad`` was set to None) goes back into the
+        buffer, and the parameter's ``grad`` becomes the view again."""
+        param, view = self.params[position], self.grad_views[position]
+        if param.grad.data_ptr() != view.data_ptr():
+            view.copy_(param.grad.reshape(-1))
+            param.grad = view.view_as(param)
+
+    def take(self, position: int, wire: torch.dtype) -> None:
+        """Stage 2: copy a finished gradient into the wire buffer and release it. A bucket that
+        is one parameter needing no padding sends the gradient itself."""
+        param = self.params[position]
+        alone = len(self.params) == 1 and self.plan.padded_numel == self.plan.numel
+        if self.grads is None and alone and param.grad.dtype == wire:
+            self.grads = param.grad.detach().reshape(-1)
+            param.grad = None
+            return
+        if self.grads is None:
+            self.grads = torch.zeros(self.plan.padded_numel, dtype=wire, device=self.flat.device)
+        # added, not copied: a bucket left incomplete by a pass gathers the next pass's too
+        self._range(self.grads, self.plan.slots[position]).add_(param.grad.reshape(-1))
+        param.grad = None
+
+    def moved_param(self) -> int | None:
+        """The index of a parameter that is no longer a view of ``flat`` (replaced after
+        ``wrap_optimizer``), or None."""
+        for slot, param in zip(self.plan.slots, self.params):
+            if param.data_ptr() != self._range(self.flat, slot).data_ptr():
+                return slot.index
+        return None
 
 
 class _Layout:
-    """Where a sharded optimizer's state lives: the plan, the original parameters (state_dict
-    numbering) and this rank's shard of each bucket."""
+    """Where a sharded optimizer's parameters, gradients and state live, and the reduce-scatters
+    started from backward hooks."""
 
     def __init__(
         self, groups: list[list[torch.Tensor]], rank: int, size: int, options: DistributedOptions
@@ -52,6 +152,7 @@ class _Layout:
         self.params = [p for group in groups for p in group]
         self.group_sizes = [len(group) for group in groups]
         self.rank, self.size, self.options = rank, size, options
+        self.stage = 2 if options.shard_gradients else 1
         specs, index = [], 0
         for group in groups:
             specs.append(
@@ -62,47 +163,152 @@ class _Layout:
                 ]
             )
             index += len(group)
-        self.plan: PartitionPlan = plan(specs, size)
-        self.shards = [
-            torch.nn.Parameter(
-                torch.zeros(b.shard_numel, dtype=self._first(b).dtype, device=self._first(b).device)
-            )
-            for b in self.plan.buckets
+        self.plan = plan(specs, size, BUCKET_BYTES)
+        self.buckets = [
+            _FlatBucket(number, bucket, self.params, rank, self.stage)
+            for number, bucket in enumerate(self.plan.buckets)
         ]
+        self.shards = [bucket.shard for bucket in self.buckets]
+        self.where = {
+            param: (bucket, position)
+            for bucket in self.buckets
+            for position, param in enumerate(bucket.params)
+        }
+        # Stage 1 reduces once per optimizer step, stage 2 once per backward.
+        self.passes_per_launch = options.accumulation_steps if self.stage == 1 else 1
+        self.queue: deque[tuple[_FlatBucket, torch.Tensor, int]] = deque()
+        self.flight: _Flight | None = None
+        self.compress = options.compression is Compression.FP16 and size > 1
+        for param in self.where:
+            param.register_post_accumulate_grad_hook(self._arrived)
 
-    def _first(self, bucket: Bucket) -> torch.Tensor:
-        return self.params[bucket.slots[0].index]
+    def _wire(self, bucket: _FlatBucket) -> torch.dtype:
+        floating = bucket.flat.is_floating_point()
+        return torch.float16 if self.compress and floating else bucket.flat.dtype
 
-    def take_grads(self, bucket: Bucket) -> torch.Tensor:
-        """The bucket's gradients in one zero-padded buffer (zeros for a parameter without one, as
-        Horovod's unsharded optimizer allreduces). The parameters' own ``grad`` are released: the
-        averaged gradient will live in the shards, and the memory is the buffer's."""
-        first = self._first(bucket)
-        flat = torch.zeros(bucket.padded_numel, dtype=first.dtype, device=first.device)
-        for slot in bucket.slots:
-            param = self.params[slot.index]
-            if param.grad is not None:
-                grad = param.grad.to_dense() if param.grad.is_sparse else param.grad
-                flat[slot.offset : slot.offset + slot.numel].copy_(grad.reshape(-1))
-                param.grad = None
-        return flat
+    def _arrived(self, param: torch.Tensor) -> None:
+        """Backward hook: once every gradient of a bucket is final, queue its reduce-scatter."""
+        bucket, position = self.where[param]
+        if self.stage == 1:
+            bucket.adopt(position)
+        else:
+            bucket.take(position, self._wire(bucket))
+        bucket.arrivals[position] += 1
+        if min(bucket.arrivals) >= self.passes_per_launch:
+            self.enqueue(bucket)
+        self._advance(block=False)
+        while len(self.queue) > MAX_QUEUED:  # stage 2: each queued bucket holds its gradients
+            self._advance(block=True)
 
-    @torch.no_grad()
-    def read_params(self) -> None:
-        """Copy this rank's slices of the parameters into its shards."""
-        for bucket, shard in zip(self.plan.buckets, self.shards):
-            for piece in bucket.pieces(self.rank):
-                length = piece.stop - piece.start
-                shard[piece.shard_offset : piece.shard_offset + length].copy_(
-                    self.params[piece.index].reshape(-1)[piece.start : piece.stop]
+    def enqueue(self, bucket: _FlatBucket) -> None:
+        """Queue ``bucket``'s gradients for a reduce-scatter into this rank's shard gradient."""
+        bucket.arrivals = [0] * len(bucket.arrivals)
+        if self.stage == 1:
+            bucket.version = bucket.grads._version
+            source = bucket.grads
+        else:
+            if bucket.grads is None:  # no gradient arrived in this pass: zeros, as Horovod sends
+                bucket.grads = torch.zeros(
+                    bucket.plan.padded_numel, dtype=self._wire(bucket), device=bucket.flat.device
                 )
+            source, bucket.grads = bucket.grads, None
+        self.queue.append((bucket, source, bucket.passes))
+        bucket.passes += 1
 
-    @torch.no_grad()
-    def write_params(self, number: int, gathered: torch.Tensor) -> None:
-        """Copy a bucket's all-gathered flat buffer into its parameters."""
-        for slot in self.plan.buckets[number].slots:
-            param = self.params[slot.index]
-            param.copy_(gathered[slot.offset : slot.offset + slot.numel].view(param.shape))
+    def _advance(self, block: bool) -> None:
+        """Finish the reduce-scatter in flight once it is done (waiting for it if ``block``) and
+        start the next queued one. One at a time: Horovod would fuse reduce-scatters started
+        together, and Gloo's copies the input it reduces twice over."""
+        if self.flight is not None:
+            if not block and self.flight.handle is not None and not hvd.poll(self.flight.handle):
+                return
+            self._finish(self.flight)
+            self.flight = None
+        if self.queue:
+            self.flight = self._start(*self.queue.popleft())
+
+    def _start(self, bucket: _FlatBucket, source: torch.Tensor, number: int) -> _Flight:
+        source = source.to(self._wire(bucket))  # the buffer itself unless compressed
+        direct = source.dtype == bucket.shard_grad.dtype and number == 0
+        output = bucket.shard_grad if direct else source.new_empty(bucket.plan.shard_numel)
+        if self.size == 1:
+            output.copy_(source)
+            return _Flight(bucket, None, source, output)
+        handle = internals.reducescatter_into(
+            source, output, f"hvdtrain.zero.grads.{bucket.number}.{number}", _OP[self.options.op]
+        )
+        return _Flight(bucket, handle, source, output)
+
+    @staticmethod
+    def _finish(flight: _Flight) -> None:
+        """Wait for a reduce-scatter and add its output to the shard gradient (unless it wrote
+        there itself)."""
+        if flight.handle is not None:
+            sleep_until_done(flight.handle)
+            hvd.synchronize(flight.handle)  # also drops Horovod's references to the tensors
+        shard_grad = flight.bucket.shard_grad
+        if flight.output is not shard_grad:
+            if flight.bucket.passes_done == 0:
+                shard_grad.copy_(flight.output)
+            else:
+                shard_grad.add_(flight.output)
+        flight.bucket.passes_done += 1
+
+    def collect(self) -> None:
+        """Every bucket's shard gradient, averaged over the ranks and the micro-batches: start
+        the reduce-scatters backward did not (a parameter without a gradient counts as zeros, as
+        Horovod's unsharded optimizer sends them) and wait for all of them."""
+        changed = [
+            b
+            for b in self.buckets
+            if self.stage == 1 and b.passes and b.grads._version != b.version
+        ]
+        if changed:
+            self.discard()  # every reduce-scatter finished: the next step starts clean
+            slots = changed[0].plan.slots
+            raise GradientsChangedError(
+                f"a gradient of the optimizer's parameters {slots[0].index}-{slots[-1].index} "
+                "was changed after its reduce-scatter started (shard_optimizer_state=True "
+                "starts it in backward, once the gradients are final): change gradients "
+                "during backward (a tensor hook), clip with max_grad_norm, and run more "
+                "backward passes per step only with accumulation_steps"
+            )
+        for bucket in self.buckets:
+            unsent = bucket.grads is not None if self.stage == 2 else False
+            if bucket.passes == 0 or unsent:
+                self.enqueue(bucket)
+        self._drain()
+        steps = self.options.accumulation_steps
+        for bucket in self.buckets:
+            if steps > 1:
+                # Micro-batches' gradients were summed: k steps of batch B update like one of k*B.
+                bucket.shard_grad.div_(steps)
+            bucket.shard.grad = bucket.shard_grad
+            bucket.passes = bucket.passes_done = 0
+
+    def discard(self) -> None:
+        """``zero_grad``: forget this step's gradients (stage 1 zeroes its buffers in place,
+        keeping the parameters' ``grad`` views)."""
+        self._drain()
+        for bucket in self.buckets:
+            bucket.arrivals = [0] * len(bucket.arrivals)
+            bucket.passes = bucket.passes_done = 0
+            if self.stage == 1:
+                bucket.grads.zero_()
+            else:
+                bucket.grads = None
+
+    def _drain(self) -> None:
+        while self.queue or self.flight is not None:
+            self._advance(block=True)
+
+    def moved_param(self) -> int | None:
+        """A parameter replaced since ``wrap_optimizer`` (its index), or None."""
+        for bucket in self.buckets:
+            index = bucket.moved_param()
+            if index is not None:
+                return index
+        return None
 
 
 class _ShardedOptimizer:
@@ -112,31 +318,9 @@ class _ShardedOptimizer:
     _zero: _Layout
 
     def synchronize(self) -> None:
-        """Reduce-scatter the gradients into this rank's shards' ``grad``, a bucket at a time."""
-        layout = self._zero
-        compression, op = _COMPRESSION[layout.options.compression], _OP[layout.options.op]
-        pending = []
-        for number, bucket in enumerate(layout.plan.buckets):
-            flat = layout.take_grads(bucket)
-            if layout.size == 1:
-                pending.append((flat, None, None))
-                continue
-            compressed, context = compression.compress(flat)
-            pending.append(
-                (
-                    compressed,
-                    context,
-                    hvd.reducescatter_async(
-                        compressed, name=f"hvdtrain.zero.grads.{number}", op=op
-                    ),
-                )
-            )
-        for shard, (flat, context, handle) in zip(layout.shards, pending):
-            grad = flat if handle is None else compression.decompress(wait(handle), context)
-            if layout.options.accumulation_steps > 1:
-                # Micro-batches' gradients were summed: k steps of batch B update like one of k*B.
-                grad.div_(layout.options.accumulation_steps)
-            shard.grad = grad
+        """Wait for the reduce-scatters of this step's gradients (starting any backward did not):
+        each shard's ``grad`` then holds its averaged gradient."""
+        self._zero.collect()
         self.hvdtrain_policy.reduced = True
 
     @contextlib.contextmanager
@@ -150,14 +334,9 @@ class _ShardedOptimizer:
             internals.set_should_synchronize(self, True)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for param in self._zero.params:
-            if param.grad is not None:
-                if set_to_none:
-                    param.grad = None
-                else:
-                    param.grad.detach_()
-                    param.grad.zero_()
-        super().zero_grad(set_to_none)
+        """Stage 1 keeps the gradients as views of its buffers, zeroed (``set_to_none`` would
+        make autograd allocate them anew); stage 2 holds none outside a step."""
+        self._zero.discard()
 
     def add_param_group(self, param_group: dict) -> None:
         raise ValueError(
@@ -297,18 +476,23 @@ class ShardedPolicy:
         if closure is not None:
             raise ValueError("step(closure) is not supported with shard_optimizer_state=True")
         layout = opt._zero
-        layout.read_params()
-        result = type(opt).step(opt)  # the user's optimizer class's step, over the shards
-        if layout.size == 1:
-            for number, shard in enumerate(layout.shards):
-                layout.write_params(number, shard.detach())
-            return result
-        handles = [
-            hvd.allgather_async(shard.detach(), name=f"hvdtrain.zero.params.{number}")
-            for number, shard in enumerate(layout.shards)
-        ]
-        for number, handle in enumerate(handles):
-            layout.write_params(number, wait(handle))
+        moved = layout.moved_param()
+        if moved is not None:
+            raise UserError(
+                f"parameter {moved} of the optimizer was replaced after wrap_optimizer "
+                "(model.to(), param.data = ...): with shard_optimizer_state=True parameters live "
+                "in hvdtrain's flat buffers; move or convert the model before wrap_optimizer"
+            )
+        result = type(opt).step(opt)  # the user's optimizer class's step, over the shard views
+        if layout.size > 1:
+            # One bucket at a time, into the flat buffer: started together Horovod would fuse them
+            # through its fusion buffer, 64 MiB more per rank.
+            for bucket in layout.buckets:
+                wait(
+                    internals.allgather_into(
+                        bucket.shard.detach(), bucket.flat, f"hvdtrain.zero.params.{bucket.number}"
+                    )
+                )
         return result
 
 

@@ -70,6 +70,7 @@ def wrapped(
     lr_scaling="none",
     warmup_steps=0,
     max_grad_norm=MAX_GRAD_NORM,
+    shard_gradients=False,
 ):
     opt = ht.wrap_optimizer(
         OPTIMIZERS[name](param_groups(model)),
@@ -80,6 +81,7 @@ def wrapped(
         max_grad_norm=max_grad_norm,
         compression=compression,
         shard_optimizer_state=shard,
+        shard_gradients=shard_gradients,
     )
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
 
@@ -94,15 +96,22 @@ def state_numels(opt) -> dict:
     return found
 
 
-def equivalence(name, accumulation, compression="none"):
-    """20 steps sharded and unsharded from the same start, with linear LR scaling, warmup, a
-    scheduler, accumulation and clipping."""
+def equivalence(name, accumulation, compression="none", stage=1):
+    """20 steps sharded (ZeRO ``stage`` 1 or 2) and unsharded from the same start, with linear LR
+    scaling, warmup, a scheduler, accumulation and clipping."""
     model = mlp()
     runs = {}
     for shard in (False, True):
         copy_ = copy.deepcopy(model)
         opt, sched = wrapped(
-            copy_, name, shard, accumulation, compression, lr_scaling="linear", warmup_steps=3
+            copy_,
+            name,
+            shard,
+            accumulation,
+            compression,
+            lr_scaling="linear",
+            warmup_steps=3,
+            shard_gradients=shard and stage == 2,
         )
         train(copy_, opt, sched, 0, 20, accumulation)
         runs[shard] = {
@@ -115,10 +124,20 @@ def equivalence(name, accumulation, compression="none"):
                 opt, torch.optim.AdamW if name == "adamw" else torch.optim.SGD
             ),
             "state_entries": len(opt.state),
+            # after zero_grad: stage 1 keeps zeroed views, stage 2 and torch None
+            "grads_kept": [p.grad is not None for p in copy_.parameters()],
         }
     unclipped = copy.deepcopy(model)  # the same without clipping: proves clipping acted
     opt, sched = wrapped(
-        unclipped, name, True, accumulation, compression, "linear", 3, max_grad_norm=None
+        unclipped,
+        name,
+        True,
+        accumulation,
+        compression,
+        "linear",
+        3,
+        max_grad_norm=None,
+        shard_gradients=stage == 2,
     )
     train(unclipped, opt, sched, 0, 20, accumulation)
     return {"unsharded": runs[False], "sharded": runs[True], "unclipped": flat(unclipped)}
@@ -129,7 +148,14 @@ def suite():
         f"{name}-{accumulation}": equivalence(name, accumulation)
         for name in OPTIMIZERS
         for accumulation in (1, 2)
-    } | {"adamw-fp16": equivalence("adamw", 2, "fp16"), "overflow": overflow()}
+    } | {
+        "adamw-fp16": equivalence("adamw", 2, "fp16"),
+        "sgd-1-stage2": equivalence("sgd", 1, stage=2),
+        "adamw-2-stage2": equivalence("adamw", 2, stage=2),
+        "adamw-fp16-stage2": equivalence("adamw", 2, "fp16", stage=2),
+        "overflow": overflow(),
+        "changed": changed_after_backward(),
+    }
 
 
 def overflow():
@@ -145,10 +171,11 @@ def overflow():
         loss = torch.nn.functional.mse_loss(
             model(x[step * 6 : (step + 1) * 6]), y[step * 6 : (step + 1) * 6]
         )
+        # element 0: in rank 0's shard after the reduce-scatter, which starts in backward
+        inject = model[0].weight.register_hook(_inf_at_0) if step == 0 else None
         scaler.scale(loss).backward()
-        if step == 0 and ctx.rank == ctx.size - 1:
-            # element 0: in rank 0's shard after the reduce-scatter
-            model[0].weight.grad[0, 0] = float("inf")
+        if inject is not None:
+            inject.remove()
         opt.synchronize()
         scaler.unscale_(opt)
         zero.agree_on_overflow(opt, scaler)
@@ -159,6 +186,35 @@ def overflow():
         scales.append(scaler.get_scale())
         weights.append(flat(model))
     return {"before": before, "weights": weights, "scales": scales}
+
+
+def _inf_at_0(grad):
+    """A tensor hook: on the last rank, an overflow in element 0 of this gradient."""
+    if ctx.rank != ctx.size - 1:
+        return grad
+    grad = grad.clone()
+    grad[0, 0] = float("inf")
+    return grad
+
+
+def changed_after_backward():
+    """Every rank changes a gradient after backward, when its reduce-scatter has started: the
+    step refuses in one line, and the optimizer trains on afterwards."""
+    model = mlp()
+    opt, _ = wrapped(model, "adamw", shard=True)
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x[:6]), y[:6]).backward()
+    model[0].weight.grad.mul_(2.0)
+    try:
+        opt.step()
+        message = None
+    except zero.GradientsChangedError as error:
+        message = str(error)
+    opt.zero_grad()
+    before = flat(model)
+    torch.nn.functional.mse_loss(model(x[:6]), y[:6]).backward()
+    opt.step()
+    return {"message": message, "trained_after": flat(model) != before}
 
 
 def save():
