@@ -96,6 +96,8 @@ def training_parser(
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the flags together."""
     args = parser.parse_args(argv)
+    if args.shard_gradients and not args.shard_optimizer_state:
+        parser.error("--shard-gradients needs --shard-optimizer-state (ZeRO stage 2 builds on 1)")
     for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every)):
         if value and not args.checkpoint_dir:
             parser.error(f"{flag} needs --checkpoint-dir")
