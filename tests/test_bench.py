@@ -22,6 +22,7 @@ BACKENDS = {
     "horovod.tensorflow",
     "torch.distributed",
     "horovod.torch, fp16, hvdtrain's wait",
+    "horovod.torch, hvdtrain's fp16",
     "torch.distributed, fp16 copy",
 }
 
@@ -137,6 +138,14 @@ def test_step_rows_ratios_and_scaling(bench):
         "horovod.torch, hvdtrain's wait",
         "horovod.tensorflow",
     }
+    # issue 27: torch.distributed's float16 copy over hvdtrain's fp16, at the largest size
+    at = {r["backend"]: r["windows_s"] for r in result["allreduce"] if r["size_bytes"] == 8192}
+    [dist_fp16], [ours] = at["torch.distributed, fp16 copy"], at["horovod.torch, hvdtrain's fp16"]
+    assert result["targets"]["hvdtrain_fp16_speed_over_torch_distributed_fp16"] == {
+        "np2": [dist_fp16 / ours, dist_fp16 / ours, dist_fp16 / ours, "too few windows"]
+    }
+    assert result["targets"]["hvdtrain_fp16_not_below_torch_distributed_fp16"] is False
+    assert "fp16, window by window" in bench["stdout"]
     # every ratio is taken window by window, judged against 1 from 3 windows on
     for r in result["ratios"]:
         assert r["ratio_min"] <= r["step_time_ratio"] <= r["ratio_max"] and len(r["ratios"]) == 1

@@ -27,6 +27,7 @@ BACKENDS = {
     "horovod.tensorflow",
     "torch.distributed",
     "horovod.torch, fp16, hvdtrain's wait",
+    "horovod.torch, hvdtrain's fp16",
     "torch.distributed, fp16 copy",
 }
 TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp", "plain torch"}
@@ -211,6 +212,7 @@ def test_targets_table_and_plots(bench):
     assert set(targets["link_fraction_hvdtrain_wait"]) == {"np2"}
     assert set(targets["hvdtrain_wait_speed_over_torch_distributed"]) == {"np2"}
     assert set(targets["fp16_effective_over_link"]) == {"np2"}
+    assert set(targets["hvdtrain_fp16_speed_over_torch_distributed_fp16"]) == {"np2"}
     assert set(targets["hvdtrain_of_link_bound"]) == {"mlp/np2", "gpt/np2"}
     assert set(targets["hvdtrain_vs_ddp_step_time"]) == {"mlp/np1", "gpt/np1", "mlp/np2", "gpt/np2"}
     for key in (

@@ -40,6 +40,35 @@ def test_two_ranks_equal_one_process_on_the_full_batch(suite, case):
 
 
 @pytest.mark.slow
+def test_fp16_compression_equals_horovods_without_a_new_gradient(suite):
+    for rank in suite:
+        ours, theirs = rank["fp16"]["hvdtrain"], rank["fp16"]["horovod"]
+        assert ours["grads"] == theirs["grads"]  # bit for bit, every step
+        assert ours["final"] == theirs["final"]
+        for step in ours["grads"]:  # reduced in float16: each value survives a float16 round trip
+            for grad in step:
+                values = np.array(grad, dtype=np.float32)
+                np.testing.assert_array_equal(values.astype(np.float16).astype(np.float32), values)
+        # decompressed into the gradient backward made; Horovod's decompress makes a new one
+        assert ours["kept_storage"] == [[True] * 4] * 3
+        assert theirs["kept_storage"] == [[False] * 4] * 3
+    assert suite[0]["fp16"]["hvdtrain"]["grads"] == suite[1]["fp16"]["hvdtrain"]["grads"]
+
+
+@pytest.mark.slow
+def test_fp16_compression_around_a_reducescatter(suite):
+    """A reduce-scatter's shard is smaller than the compressed input: a new float32 tensor, the
+    input left alone, the float16 buffer back in the pool for the next compress."""
+    for rank in suite:
+        shard = rank["fp16"]["shard"]
+        assert len(shard["hvdtrain"]) == 5
+        assert shard["hvdtrain"] == shard["horovod"]
+        assert shard["dtype"] == "torch.float32"
+        assert shard["input_unchanged"] is True
+        assert shard["buffer_reused"] is True
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scaling,scale", [("linear", 2.0), ("sqrt", math.sqrt(2)), ("none", 1.0)])
 @pytest.mark.parametrize("warmup", [0, 4])
 @pytest.mark.parametrize("with_scheduler", [False, True])

@@ -3,9 +3,11 @@ NCCL on GPU) in the same processes, window by window, plus the tensor-fusion eff
 tensors. On GPU the tensors live on each rank's GPU and a window ends when the GPU is done.
 
 Every backend sums (torch.distributed's only mode; Horovod's Average would add a scaling pass).
-The two fp16 rows send half the bytes: Horovod's ``Compression.fp16`` and torch.distributed on a
-float16 copy (what DDP's ``fp16_compress_hook`` does); the report counts the float32 bytes they
-reduce, so their bandwidth is the effective one a compressed gradient allreduce gets.
+The three fp16 rows send half the bytes: Horovod's ``Compression.fp16``, hvdtrain's fp16
+compressor (``hvdtrain.torch.compression``: a reused float16 buffer, decompressed in place) and
+torch.distributed on a float16 copy (what DDP's ``fp16_compress_hook`` does); the report counts the
+float32 bytes they reduce, so their bandwidth is the effective one a compressed gradient allreduce
+gets.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import tensorflow as tf
 import torch
 import torch.distributed as dist
 
+from ..core.options import Compression
 from ..torch.collectives import wait
+from ..torch.compression import COMPRESSORS
 from .timing import Plan, timed, windows
 
 HVD_TORCH = "horovod.torch"
@@ -26,8 +30,17 @@ HVD_TORCH_QUIET = "horovod.torch, hvdtrain's wait"
 HVD_TF = "horovod.tensorflow"
 TORCH_DIST = "torch.distributed"
 HVD_TORCH_FP16 = "horovod.torch, fp16, hvdtrain's wait"
+HVDTRAIN_FP16 = "horovod.torch, hvdtrain's fp16"
 TORCH_DIST_FP16 = "torch.distributed, fp16 copy"
-BACKENDS = (HVD_TORCH, HVD_TORCH_QUIET, HVD_TF, TORCH_DIST, HVD_TORCH_FP16, TORCH_DIST_FP16)
+BACKENDS = (
+    HVD_TORCH,
+    HVD_TORCH_QUIET,
+    HVD_TF,
+    TORCH_DIST,
+    HVD_TORCH_FP16,
+    HVDTRAIN_FP16,
+    TORCH_DIST_FP16,
+)
 
 
 WINDOW_BYTES = 32 << 20
@@ -56,8 +69,8 @@ def _tf_device(device: str) -> str:
 def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[[int], float]]:
     n = size_bytes // 4
     name = f"bench.allreduce.{size_bytes}"
-    hvd_tensor, quiet_tensor, dist_tensor, fp16_tensor, dist_fp16 = (
-        torch.zeros(n, device=device) for _ in range(5)
+    hvd_tensor, quiet_tensor, dist_tensor, fp16_tensor, own_fp16, dist_fp16 = (
+        torch.zeros(n, device=device) for _ in range(6)
     )
     with tf.device(_tf_device(device)):
         tf_tensor = tf.zeros([n])
@@ -66,12 +79,14 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         with tf.device(_tf_device(device)):
             return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
 
-    # what Horovod's DistributedOptimizer does with Compression.fp16, waited for by hvdtrain
-    def hvd_fp16():
-        compressed, context = ht.Compression.fp16.compress(fp16_tensor)
-        return ht.Compression.fp16.decompress(
-            wait(ht.allreduce_async_(compressed, op=ht.Sum, name=name + "h")), context
+    # what Horovod's DistributedOptimizer does with a compressor, waited for by hvdtrain
+    def compressed_allreduce(compressor, tensor, op_name):
+        compressed, context = compressor.compress(tensor)
+        return compressor.decompress(
+            wait(ht.allreduce_async_(compressed, op=ht.Sum, name=op_name)), context
         )
+
+    hvdtrain_fp16 = COMPRESSORS[Compression.FP16]
 
     def dist_as_fp16():  # DDP's fp16_compress_hook: reduce a float16 copy, copy the result back
         half = dist_fp16.to(torch.float16)
@@ -86,7 +101,12 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         ),
         HVD_TF: timed(tf_allreduce, sync),
         TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor), sync),
-        HVD_TORCH_FP16: timed(hvd_fp16, sync),
+        HVD_TORCH_FP16: timed(
+            lambda: compressed_allreduce(ht.Compression.fp16, fp16_tensor, name + "h"), sync
+        ),
+        HVDTRAIN_FP16: timed(
+            lambda: compressed_allreduce(hvdtrain_fp16, own_fp16, name + "c"), sync
+        ),
         TORCH_DIST_FP16: timed(dist_as_fp16, sync),
     }
 

@@ -12,13 +12,13 @@ import torch
 
 from ..core import elastic, tripwire
 from ..core.lr import lr_scale_factor, warmup_multiplier
-from ..core.options import Compression, DistributedOptions, ReduceOp
+from ..core.options import DistributedOptions, ReduceOp
 from . import internals, zero
 from ._context import current
 from .collectives import sleep_until_done
+from .compression import COMPRESSORS
 from .tripwire import after_step
 
-_COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
 _OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum, ReduceOp.ADASUM: hvd.Adasum}
 
 # Keys hvdtrain keeps in each param group; they travel in ``state_dict`` so a checkpoint knows
@@ -176,7 +176,7 @@ def wrap_optimizer(
         distributed = hvd.DistributedOptimizer(
             optimizer,
             named_parameters=model.named_parameters(),
-            compression=_COMPRESSION[options.compression],
+            compression=COMPRESSORS[options.compression],
             backward_passes_per_step=options.accumulation_steps,
             op=_OP[options.op],
         )

@@ -9,10 +9,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import copy  # noqa: E402
 
+import horovod.torch as hvd  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import TensorDataset  # noqa: E402
 
 import hvdtrain.torch as ht  # noqa: E402
+from hvdtrain.core.options import Compression  # noqa: E402
+from hvdtrain.torch.compression import COMPRESSORS  # noqa: E402
 from tests.workers.common import parse_args, report  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
@@ -102,6 +105,62 @@ def equivalence(make_opt, accumulation=1):
     }
 
 
+def fp16_steps(opt, model, steps=3):
+    """Float32 training steps; per step each parameter's reduced gradient, and whether it kept the
+    storage ``backward`` gave it."""
+    x, y = (t.float() for t in data())
+    grads, kept = [], []
+    for step in range(steps):
+        rows = my_rows(step, GLOBAL_BATCH)
+        torch.nn.MSELoss()(model(x[rows]), y[rows]).backward()
+        before = [p.grad.data_ptr() for p in model.parameters()]
+        opt.step()
+        grads.append([p.grad.flatten().tolist() for p in model.parameters()])
+        kept.append([p.grad.data_ptr() == b for p, b in zip(model.parameters(), before)])
+        opt.zero_grad()
+    return {"grads": grads, "kept_storage": kept, "final": flat(model)}
+
+
+def fp16():
+    """hvdtrain's fp16 compressor against Horovod's ``Compression.fp16``, from the same weights on
+    the same batches; then both around a reduce-scatter, whose output is smaller than its input."""
+    ours = mlp().float()
+    opt = ht.wrap_optimizer(
+        torch.optim.SGD(ours.parameters(), lr=0.05), ours, lr_scaling="none", compression="fp16"
+    )
+    theirs = copy.deepcopy(ours)
+    raw = hvd.DistributedOptimizer(
+        torch.optim.SGD(theirs.parameters(), lr=0.05),
+        named_parameters=[(f"raw.{n}", p) for n, p in theirs.named_parameters()],
+        compression=hvd.Compression.fp16,
+    )
+    compressor = COMPRESSORS[Compression.FP16]
+
+    def rank_grads():
+        return torch.randn(10, generator=torch.Generator().manual_seed(ctx.rank)).float()
+
+    flat_grads = rank_grads()
+    results = []
+    for name, how in (("hvdtrain", compressor), ("horovod", hvd.Compression.fp16)):
+        compressed, context = how.compress(flat_grads)
+        shard = how.decompress(hvd.reducescatter(compressed, name=f"fp16.rs.{name}"), context)
+        results.append((shard, compressed.data_ptr()))
+    input_unchanged = flat_grads.tolist() == rank_grads().tolist()
+    again, context = compressor.compress(flat_grads)
+    compressor.decompress(again, context)
+    return {
+        "hvdtrain": fp16_steps(opt, ours),
+        "horovod": fp16_steps(raw, theirs),
+        "shard": {
+            "hvdtrain": results[0][0].tolist(),
+            "horovod": results[1][0].tolist(),
+            "dtype": str(results[0][0].dtype),
+            "input_unchanged": input_unchanged,
+            "buffer_reused": again.data_ptr() == results[0][1],
+        },
+    }
+
+
 def lr_schedule(scaling, warmup, with_scheduler):
     """Effective LR per step, read off the parameter update of a known gradient (d loss/dw = 1)."""
     w = torch.nn.Parameter(torch.zeros(1, device=ctx.device))
@@ -149,6 +208,7 @@ def suite():
         "sgd": equivalence(sgd),
         "adamw": equivalence(adamw),
         "adamw_accum2": equivalence(adamw, accumulation=2),
+        "fp16": fp16(),
         "lr": {
             f"{s}-{w}-{sch}": lr_schedule(s, w, sch)
             for s in ("linear", "sqrt", "none")
