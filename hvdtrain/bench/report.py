@@ -17,7 +17,7 @@ import statistics
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA = "hvdtrain.bench/2"
+SCHEMA = "hvdtrain.bench/3"
 GB = 1e9
 
 
