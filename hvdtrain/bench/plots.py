@@ -18,7 +18,41 @@ def draw(report: dict, out: Path) -> list[Path]:
         paths.append(_steps(report, out / "step_throughput.png"))
     if report.get("link_bound"):
         paths.append(_scaling(report, out / "hosts_scaling.png"))
+    if report.get("zero_memory"):
+        paths.append(_memory(report, out / "zero_memory.png"))
     return paths
+
+
+def _memory(report: dict, path: Path) -> Path:
+    """RSS over the steps' phases, one panel per model and np, a line per mode and rank (color:
+    mode, style: rank), starting before the optimizer exists."""
+    rows = report["zero_memory"]
+    panels = list(dict.fromkeys((r["model"], r["np"]) for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (model, np) in zip(axes[0], panels):
+        for r in (r for r in rows if (r["model"], r["np"]) == (model, np)):
+            for rank, (before, phases) in enumerate(
+                zip(r["per_rank_rss_before_bytes"], r["per_rank_rss_phase_bytes"])
+            ):
+                ax.plot(
+                    [b / (1 << 20) for b in (before, *phases)],
+                    color=f"C{modes.index(r['mode'])}",
+                    linestyle=styles[rank % len(styles)],
+                    marker=".",
+                    label=f"{r['mode']}, rank {rank}",
+                )
+        labels = ["before"] + [
+            f"{step} {phase}"
+            for step in range(1, rows[0]["steps"] + 1)
+            for phase in rows[0]["phases"]
+        ]
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set(title=f"{model}, np={np}", ylabel="RSS (MiB)", xlabel="step, after phase")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
 
 
 def _bandwidth(report: dict, path: Path) -> Path:
@@ -53,10 +87,7 @@ def _bandwidth(report: dict, path: Path) -> Path:
         )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _scaling(report: dict, path: Path) -> Path:
@@ -96,10 +127,7 @@ def _scaling(report: dict, path: Path) -> Path:
         )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _steps(report: dict, path: Path) -> Path:
@@ -127,6 +155,10 @@ def _steps(report: dict, path: Path) -> Path:
         )
         ax.set(title=f"{framework} {model}", ylabel="samples/s (all ranks)")
         ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

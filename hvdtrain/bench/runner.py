@@ -92,10 +92,14 @@ def run(settings: Settings) -> int:
                 flush=True,
             )
             launches[np] = launch(np, np_parts)
-            if "zero" in np_parts:  # peak RSS: one process per optimizer
-                for mode in ("unsharded", "sharded"):
-                    print(f"hvdtrain bench: np={np}: zero memory, {mode} ...", flush=True)
-                    memory.append({"np": np, **launch(np, [], zero_memory=mode)})
+            if "zero" in np_parts and np > 1:  # peak RSS: one process per model and mode
+                zero = launches[np]["zero"]
+                for model in zero["models"]:
+                    for mode in zero["modes"]:
+                        print(
+                            f"hvdtrain bench: np={np}: zero memory, {model} {mode} ...", flush=True
+                        )
+                        memory.append({"np": np, **launch(np, [], zero_memory=(model, mode))})
     result = report.build(launches, config, memory)
     settings.out.mkdir(parents=True, exist_ok=True)
     path = report.write_json(result, settings.out)
@@ -135,11 +139,11 @@ def _launch(
     compression: str = "none",
     steps: int = 10,
     hosts=None,
-    zero_memory: str | None = None,
+    zero_memory: tuple[str, str] | None = None,
 ) -> dict:
     """Run the workers under horovodrun (on the first ``np`` test hosts, one worker each, launched
     from the first, or on this host); rank 0's results plus the machine's load around the run.
-    ``zero_memory``: instead of ``parts``, that optimizer's memory measurement."""
+    ``zero_memory``: instead of ``parts``, that (model, optimizer mode)'s memory measurement."""
     from .rendezvous import HOSTS_ENV
 
     host_list = ",".join(f"{name}:1" for name in hosts.names[:np]) if hosts else f"localhost:{np}"
@@ -176,7 +180,7 @@ def _launch(
             ]
             + (["--window-bytes", str(HOSTS_WINDOW_BYTES)] if hosts else [])
             + (["--quick"] if quick else [])
-            + (["--zero-memory", zero_memory] if zero_memory else [])
+            + (["--zero-memory", *zero_memory] if zero_memory else [])
         )
         run_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
         if hosts:

@@ -1,5 +1,6 @@
 """The benchmarked models' sizes: a plain MLP, and the examples' GPT (``hvdtrain.models``) at its
-example defaults, at a toy size, and at ~50M parameters for optimizer-state sharding."""
+example defaults, at a toy size, and at ~50M parameters for optimizer-state sharding, with a stack
+of square linear layers beside it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ class MLP:
     hidden: int
     classes: int
     batch: int  # samples per rank per step
+
+
+@dataclass(frozen=True)
+class Stack:
+    """``layers`` x Linear(width, width), ReLU between."""
+
+    width: int
+    layers: int
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,12 @@ def zero_gpt_shape(quick: bool) -> GPTShape:
         if quick
         else GPTShape(block=32, d_model=512, layers=16, heads=8, batch=2)
     )
+
+
+def zero_mlp_shape(quick: bool) -> Stack:
+    """Issue 27's MLP for optimizer-state sharding: 8 x Linear(2048, 2048), 33.6 M parameters,
+    256 MiB of AdamW state; 8 x Linear(32, 32) with ``quick``."""
+    return Stack(width=32, layers=8, batch=4) if quick else Stack(width=2048, layers=8, batch=64)
 
 
 def gpt_shape(quick: bool) -> GPTShape:

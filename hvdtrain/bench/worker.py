@@ -4,8 +4,8 @@ Phases run in turn, each with only the Horovod instances it measures alive (an i
 instance still wakes its background thread every cycle): allreduce with horovod.torch,
 horovod.tensorflow and torch.distributed; torch steps and optimizer-state sharding (``zero``) with
 horovod.torch and torch.distributed; Keras steps with horovod.tensorflow alone. ``--zero-memory``
-runs one optimizer's memory measurement alone. ``--device gpu``: each rank works on the GPU of its
-local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
+runs one model's and optimizer's memory measurement alone. ``--device gpu``: each rank works on
+the GPU of its local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--zero-memory",
-        choices=("unsharded", "sharded"),
+        nargs=2,
+        metavar=("MODEL", "MODE"),
         default=None,
-        help="only measure this optimizer's memory (zero_step.memory), in a process of its own",
+        help="only measure this model's and optimizer mode's memory (zero_step.memory), in a "
+        "process of its own",
     )
     return parser.parse_args(argv)
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.zero_memory:
         from . import zero_step
 
-        return _write(args.out, zero_step.memory(args.quick, args.zero_memory))
+        return _write(args.out, zero_step.memory(args.quick, *args.zero_memory))
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
     if args.device == "gpu" and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
