@@ -195,8 +195,7 @@ def sharded_state_bytes(parameters: int, np: int) -> int:
 def test_optimizer_state_sharding_rows(zero_bench):
     bench = zero_bench
     result = bench["report"]
-    # stage 2 (sharded-grads) joins once wrap_optimizer takes its keyword
-    assert result["zero_modes"][:2] == ["unsharded", "sharded"]
+    assert result["zero_modes"] == ["unsharded", "sharded", "sharded-grads"]
     modes = result["zero_modes"][1:]
     assert [(r["model"], r["np"], r["mode"]) for r in result["zero"]] == [
         (model, np, mode) for np in (1, 2) for model in ("gpt", "mlp") for mode in modes
@@ -239,6 +238,10 @@ def test_optimizer_state_sharding_rows(zero_bench):
     mlp_unsharded = by["mlp", "unsharded"]
     assert mlp_unsharded["state_bytes_max"] == 8 * QUICK_MLP_PARAMETERS + 16 * 4
     assert mlp_unsharded["grad_bytes_max"] == 4 * QUICK_MLP_PARAMETERS  # every .grad, float32
+    # one bucket: stage 1 holds its padded flat gradient buffer, stage 2 only this rank's shard
+    shard = -(-QUICK_MLP_PARAMETERS // 2)
+    assert by["mlp", "sharded"]["grad_bytes_max"] == 4 * 2 * shard
+    assert by["mlp", "sharded-grads"]["grad_bytes_max"] == 4 * shard
     assert result["targets"]["zero_peak_rss_goal"] == {
         f"{r['model']}/np2/{r['mode']}": r["meets_goal"] for r in memory if r["mode"] != "unsharded"
     }

@@ -2,8 +2,7 @@
 GPT and on issue 27's MLP (8 x Linear(2048, 2048)): per-rank state bytes, memory and step time.
 
 Modes (``MODES``): ``unsharded``; ``sharded``, ZeRO stage 1 (``shard_optimizer_state=True``);
-``sharded-grads``, stage 2 (also ``shard_gradients=True``). A mode runs where ``wrap_optimizer``
-takes its keywords (``modes``).
+``sharded-grads``, stage 2 (also ``shard_gradients=True``).
 
 * Step time: every mode, each on its own copy of one model and one fixed batch, takes turns window
   by window in one process (``timing.windows``), a model at a time; the ratio mode / unsharded is
@@ -19,7 +18,6 @@ takes its keywords (``modes``).
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import resource
 
@@ -48,13 +46,6 @@ PHASES = ("forward", "backward", "step")  # RSS is read after each
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
-def modes() -> list[str]:
-    """The modes whose keywords ``wrap_optimizer`` takes: stage 2 joins once it has
-    ``shard_gradients``."""
-    accepted = inspect.signature(ht.wrap_optimizer).parameters
-    return [mode for mode, keywords in MODES.items() if set(keywords) <= set(accepted)]
-
-
 def _build(name: str, quick: bool):
     """The model, its fixed batch, the loss and the batch per rank."""
     generator = torch.Generator().manual_seed(0)
@@ -77,13 +68,12 @@ def _wrapped(model: torch.nn.Module, mode: str) -> torch.optim.Optimizer:
 def run(quick: bool, window_count: int) -> dict:
     """Per model: every rank's state bytes and per-window step seconds of every mode,
     all-gathered."""
-    available = modes()
     plan = Plan(warmup=1, windows=window_count, iters=1 if quick else 2)
     models, mine = {}, {}
     for name in MODELS:
         model, batch, loss_fn, batch_size = _build(name, quick)
         contenders, state = {}, {}
-        for mode in available:
+        for mode in MODES:
             copied = copy.deepcopy(model)
             optimizer = _wrapped(copied, mode)
             step = train_step(copied, optimizer, loss_fn, batch)
@@ -98,7 +88,7 @@ def run(quick: bool, window_count: int) -> dict:
     per_rank = hvd.allgather_object(mine, name="bench.zero.results")
     for name in MODELS:
         models[name]["per_rank"] = [rank[name] for rank in per_rank]
-    return {"modes": available, "models": models}
+    return {"modes": list(MODES), "models": models}
 
 
 def memory(quick: bool, name: str, mode: str) -> dict:
