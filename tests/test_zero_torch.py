@@ -99,6 +99,8 @@ def test_a_gradient_changed_after_backward_is_refused_in_one_line(suite):
             "max_grad_norm, and run more backward passes per step only with accumulation_steps",
             "trained_after": True,
         }
+        # a model wrapped again trains as a fresh copy of it: the first wrap's hooks are gone
+        assert rank["rewrapped"] == {"same": True, "trained": True}
 
 
 @pytest.mark.slow

@@ -29,9 +29,9 @@ LAST_LR = "_last_lr"
 # torch's GradScaler: per optimizer, ``unscale_``'s inf/NaN flags (FOUND_INF) that decide the step.
 PER_OPTIMIZER_STATES = "_per_optimizer_states"
 FOUND_INF = "found_inf_per_device"
-# Horovod's reduce-scatter and all-gather into a given output tensor (the public ones allocate
-# it): ZeRO writes shards straight into its flat buffers.
-REDUCESCATTER_INTO = "_reducescatter_async"
+# Horovod's all-to-all and all-gather into a given output tensor (the public ones allocate it):
+# ZeRO receives into one reused buffer and gathers straight into its flat buffers.
+ALLTOALL_INTO = "_alltoall_async"
 ALLGATHER_INTO = "_allgather_async"
 
 
@@ -60,7 +60,7 @@ def check() -> None:
         f"torch's GradScaler.{PER_OPTIMIZER_STATES}['{FOUND_INF}']": _has_found_inf(
             scaler, optimizer
         ),
-        f"Horovod's mpi_ops.{REDUCESCATTER_INTO}": hasattr(mpi_ops, REDUCESCATTER_INTO),
+        f"Horovod's mpi_ops.{ALLTOALL_INTO}": hasattr(mpi_ops, ALLTOALL_INTO),
         f"Horovod's mpi_ops.{ALLGATHER_INTO}": hasattr(mpi_ops, ALLGATHER_INTO),
     }
     missing = [name for name, present in found.items() if not present]
@@ -106,11 +106,12 @@ def found_inf_flags(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
     return getattr(scaler, PER_OPTIMIZER_STATES)[id(optimizer)][FOUND_INF]
 
 
-def reducescatter_into(tensor: torch.Tensor, output: torch.Tensor, name: str, op: Any) -> int:
-    """Start a reduce-scatter of ``tensor`` whose result lands in ``output`` (this rank's
-    ``numel / size`` elements; it may be a view of ``tensor``: Horovod reduces a copy)."""
-    return getattr(mpi_ops, REDUCESCATTER_INTO)(
-        tensor, output, name, op, hvd.global_process_set, 1.0, 1.0
+def alltoall_into(tensor: torch.Tensor, output: torch.Tensor, name: str) -> int:
+    """Start an all-to-all: rank r receives every rank's r-th equal slice of ``tensor``, in rank
+    order, into ``output`` (as long as ``tensor``)."""
+    received_splits = torch.empty(hvd.size(), dtype=torch.int32)
+    return getattr(mpi_ops, ALLTOALL_INTO)(
+        tensor, None, output, received_splits, name, hvd.global_process_set
     )
 
 

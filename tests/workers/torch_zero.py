@@ -155,6 +155,7 @@ def suite():
         "adamw-fp16-stage2": equivalence("adamw", 2, "fp16", stage=2),
         "overflow": overflow(),
         "changed": changed_after_backward(),
+        "rewrapped": rewrapped(),
     }
 
 
@@ -215,6 +216,19 @@ def changed_after_backward():
     torch.nn.functional.mse_loss(model(x[:6]), y[:6]).backward()
     opt.step()
     return {"message": message, "trained_after": flat(model) != before}
+
+
+def rewrapped():
+    """A model wrapped again (a new optimizer after 2 steps) trains as a fresh copy of it does:
+    the first optimizer's backward hooks are gone."""
+    model = mlp()
+    opt, sched = wrapped(model, "adamw", shard=True)
+    train(model, opt, sched, 0, 2)
+    fresh, before = copy.deepcopy(model), flat(model)
+    for each in (model, fresh):
+        opt, sched = wrapped(each, "sgd", shard=True)
+        train(each, opt, sched, 2, 2)
+    return {"same": flat(model) == flat(fresh), "trained": flat(model) != before}
 
 
 def save():
