@@ -104,6 +104,22 @@ def test_a_gradient_changed_after_backward_is_refused_in_one_line(suite):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
+def test_bf16_parameters_train_on_fp32_master_shards(suite, stage):
+    """ZeRO's usual setting: bf16 parameters and gradients, fp32 master shards and AdamW state;
+    the same weights as an fp32 master model stepped unsharded from the same bf16 gradients."""
+    for rank in suite:
+        run = rank[f"bf16-stage{stage}"]
+        assert run["param_dtypes"] == ["torch.bfloat16"]
+        assert run["dtypes"] == ["torch.float32"]  # the moments
+        np.testing.assert_allclose(run["weights"], run["reference"], atol=0, rtol=0)
+        assert run["trained"]
+        # checkpoints carry the fp32 masters, which hold bits the bf16 weights lost
+        assert run["saved_keys"] == ["exp_avg", "exp_avg_sq", "hvdtrain_master", "step"]
+        assert run["master_differs_from_weights"] and run["masters_restored"]
+
+
+@pytest.mark.slow
 def test_amp_overflow_on_one_shard_skips_the_step_on_every_rank(suite):
     for rank in suite:
         found = rank["overflow"]

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import horovod.torch as hvd
+import torch
 
 POLL_INTERVAL_S = 1e-4
 
@@ -25,3 +26,16 @@ def sleep_until_done(handle: int) -> None:
     """
     while not hvd.poll(handle):
         time.sleep(POLL_INTERVAL_S)
+
+
+def on_the_wire(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as Horovod can move it: bfloat16 as int16, the same bits (Horovod 0.28's torch
+    ops have no bfloat16). Only for moving data (broadcast, all-to-all, all-gather), never sums."""
+    return tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank, in place (bfloat16 ones too)."""
+    hvd.broadcast_parameters(
+        {name: on_the_wire(value) for name, value in model.state_dict().items()}, root_rank=0
+    )

@@ -15,7 +15,7 @@ from ..core.lr import lr_scale_factor, warmup_multiplier
 from ..core.options import DistributedOptions, ReduceOp
 from . import internals, zero
 from ._context import current
-from .collectives import sleep_until_done
+from .collectives import broadcast_parameters, sleep_until_done
 from .compression import COMPRESSORS
 from .tripwire import after_step
 
@@ -200,7 +200,7 @@ def broadcast_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | N
     step, which applies weight decay and advances Adam's step count on a fresh optimizer.
     A sharded optimizer's state has one owner per partition: nothing of it to broadcast.
     """
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    broadcast_parameters(model)
     if optimizer is not None and not zero.is_sharded(optimizer):
         ctx = current()
         state = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)

@@ -50,12 +50,14 @@ from ..core.options import Compression, DistributedOptions, ReduceOp
 from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, plan
 from . import internals
 from ._context import current
-from .collectives import sleep_until_done, wait
+from .collectives import broadcast_parameters, on_the_wire, sleep_until_done, wait
 
 # Stage 2 holds up to MAX_QUEUED buckets of gradients and the all-to-all one receive buffer of a
 # bucket's size, so buckets are small; large enough that a step is a few dozen collectives.
 BUCKET_BYTES = 16 << 20
 MAX_QUEUED = 2
+_HALF = (torch.float16, torch.bfloat16)
+MASTER = "hvdtrain_master"  # a 16-bit bucket's fp32 master shard, in the gathered state
 _HOOK = "_hvdtrain_zero_hook"  # a parameter's backward hook, removed if it is wrapped again
 
 
@@ -90,7 +92,11 @@ class _FlatBucket:
                 view.copy_(param.detach().reshape(-1))
                 param.data = view.view_as(param)
         low, high = bucket.shard_range(rank)
-        self.shard = torch.nn.Parameter(self.flat[low:high])
+        self.own = self.flat[low:high]
+        # 16-bit parameters: the optimizer updates an fp32 master copy of this rank's shard, with
+        # fp32 state; the parameters take it rounded after each step.
+        self.master = self.flat.dtype in _HALF
+        self.shard = torch.nn.Parameter(self.own.float() if self.master else self.own)
         self.arrivals = [0] * len(self.params)
         self.passes = self.passes_done = 0  # reduce-scatters started, finished since synchronize
         self.version = 0  # stage 1: the gradient buffer's version when its reduce-scatter started
@@ -99,11 +105,27 @@ class _FlatBucket:
             self.grad_views = [self._range(self.grads, s) for s in bucket.slots]
             for param, view in zip(self.params, self.grad_views):
                 param.grad = view.view_as(param)
-            self.shard_grad = self.grads[low:high]
+            self.shard_grad = torch.zeros_like(self.shard) if self.master else self.grads[low:high]
         else:
             self.grads = None  # the wire buffer of the pass being gathered
             self.shard_grad = torch.zeros_like(self.shard)
         self.shard.grad = self.shard_grad
+        self.written = self.flat._version  # a later version: someone else wrote the parameters
+
+    def read_master(self) -> None:
+        """16-bit: the master shard from the parameters, if something else wrote them since
+        (``model.load_state_dict``, a broadcast)."""
+        if self.master and self.flat._version != self.written:
+            with torch.no_grad():
+                self.shard.copy_(self.own)
+            self.written = self.flat._version
+
+    def write_master(self) -> None:
+        """16-bit: the updated master shard, rounded, into this rank's range of the parameters."""
+        if self.master:
+            with torch.no_grad():
+                self.own.copy_(self.shard)
+            self.written = self.flat._version
 
     @staticmethod
     def _range(flat: torch.Tensor, slot) -> torch.Tensor:
@@ -239,7 +261,9 @@ class _Layout:
             return _Flight(bucket, None, source, source)
         received = self._received(source)
         handle = internals.alltoall_into(
-            source, received, f"hvdtrain.zero.grads.{bucket.number}.{number}"
+            on_the_wire(source),
+            on_the_wire(received),
+            f"hvdtrain.zero.grads.{bucket.number}.{number}",
         )
         return _Flight(bucket, handle, source, received)
 
@@ -366,6 +390,11 @@ class _ShardedOptimizer:
         every rank must call it; every rank gets the whole state)."""
         layout = self._zero
         local = super().state_dict()  # numbered by shard: bucket n is parameter n
+        for number, bucket in enumerate(layout.buckets):
+            if bucket.master and number in local["state"]:
+                # gathered like a moment, so a resumed job keeps every bit (before the first
+                # step the master is the parameters)
+                local["state"][number] = {**local["state"][number], MASTER: bucket.shard.detach()}
         state: dict[int, dict] = {}
         for number, bucket in enumerate(layout.plan.buckets):
             shard_state = local["state"].get(number)
@@ -445,6 +474,12 @@ class _ShardedOptimizer:
             for g, group in enumerate(saved_groups)
         ]
         super().load_state_dict({"state": shard_state, "param_groups": groups})
+        for bucket in layout.buckets:
+            master = self.state.get(bucket.shard, {}).pop(MASTER, None)
+            with torch.no_grad():
+                if bucket.master:
+                    bucket.shard.copy_(bucket.own if master is None else master)
+            bucket.written = bucket.flat._version
 
     def _slice(
         self, full: dict[int, dict], bucket: Bucket, key: str, like: torch.Tensor
@@ -500,14 +535,20 @@ class ShardedPolicy:
                 "(model.to(), param.data = ...): with shard_optimizer_state=True parameters live "
                 "in hvdtrain's flat buffers; move or convert the model before wrap_optimizer"
             )
-        result = type(opt).step(opt)  # the user's optimizer class's step, over the shard views
+        for bucket in layout.buckets:
+            bucket.read_master()
+        result = type(opt).step(opt)  # the user's optimizer class's step, over the shards
+        for bucket in layout.buckets:
+            bucket.write_master()
         if layout.size > 1:
             # One bucket at a time, into the flat buffer: started together Horovod would fuse them
             # through its fusion buffer, 64 MiB more per rank.
             for bucket in layout.buckets:
                 wait(
                     internals.allgather_into(
-                        bucket.shard.detach(), bucket.flat, f"hvdtrain.zero.params.{bucket.number}"
+                        on_the_wire(bucket.own),
+                        on_the_wire(bucket.flat),
+                        f"hvdtrain.zero.params.{bucket.number}",
                     )
                 )
         return result
@@ -525,7 +566,7 @@ def shard(
     if elastic.enabled():
         raise UnsupportedError(ELASTIC_REFUSAL)
     ctx = current()
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    broadcast_parameters(model)
     initial = ctx.broadcast_object(optimizer.state_dict() if ctx.is_main else None, 0)
     layout = _Layout(
         [list(g["params"]) for g in optimizer.param_groups], ctx.rank, ctx.size, options

@@ -156,6 +156,8 @@ def suite():
         "overflow": overflow(),
         "changed": changed_after_backward(),
         "rewrapped": rewrapped(),
+        "bf16-stage1": mixed(stage=1),
+        "bf16-stage2": mixed(stage=2),
     }
 
 
@@ -229,6 +231,55 @@ def rewrapped():
         opt, sched = wrapped(each, "sgd", shard=True)
         train(each, opt, sched, 2, 2)
     return {"same": flat(model) == flat(fresh), "trained": flat(model) != before}
+
+
+def mixed(stage, steps=10):
+    """bf16 parameters and gradients with fp32 master shards and AdamW state (ZeRO's usual
+    setting), against the same done by hand unsharded: an fp32 master model takes the bf16
+    model's gradients, Horovod's unsharded optimizer averages and steps them, and the bf16 model
+    takes the result."""
+    model = mlp().to(torch.bfloat16)
+    opt, _ = wrapped(model, "adamw", shard=True, max_grad_norm=None, shard_gradients=stage == 2)
+    reference = copy.deepcopy(model)  # after the wrap: rank 0's weights, as plain tensors
+    master = copy.deepcopy(model).float()
+    master_opt, _ = wrapped(master, "adamw", shard=False, max_grad_norm=None)
+    before = flat(model)
+    x, y = (t.to(torch.bfloat16) for t in data())
+    per_rank = GLOBAL_BATCH // ctx.size
+    for step in range(steps):
+        start = step * GLOBAL_BATCH + ctx.rank * per_rank
+        batch = x[start : start + per_rank], y[start : start + per_rank]
+        torch.nn.functional.mse_loss(model(batch[0]), batch[1]).backward()
+        opt.step()
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(reference(batch[0]), batch[1]).backward()
+        for fp32, bf16 in zip(master.parameters(), reference.parameters()):
+            fp32.grad, bf16.grad = bf16.grad.float(), None
+        master_opt.step()
+        master_opt.zero_grad()
+        with torch.no_grad():
+            for fp32, bf16 in zip(master.parameters(), reference.parameters()):
+                bf16.copy_(fp32)
+    # a checkpoint's round trip keeps the fp32 masters, not the bf16 weights rounded
+    saved, resumed = opt.state_dict(), mlp().to(torch.bfloat16)
+    resumed_opt, _ = wrapped(resumed, "adamw", shard=True, shard_gradients=stage == 2)
+    resumed.load_state_dict(model.state_dict())
+    resumed_opt.load_state_dict(saved)
+    return {
+        "masters_restored": [b.shard.tolist() for b in resumed_opt._zero.buckets]
+        == [b.shard.tolist() for b in opt._zero.buckets],
+        "master_differs_from_weights": any(
+            not torch.equal(b.shard, b.own.float()) for b in opt._zero.buckets
+        ),
+        "saved_keys": sorted({k for state in saved["state"].values() for k in state}),
+        "weights": flat(model),
+        "reference": flat(reference),
+        "trained": flat(model) != before,
+        "dtypes": sorted(
+            {str(v.dtype) for s in opt.state.values() for v in s.values() if v.dim() > 0}
+        ),
+        "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+    }
 
 
 def save():
