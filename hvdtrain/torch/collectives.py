@@ -35,7 +35,10 @@ def on_the_wire(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers on every rank, in place (bfloat16 ones too)."""
-    hvd.broadcast_parameters(
-        {name: on_the_wire(value) for name, value in model.state_dict().items()}, root_rank=0
-    )
+    """Rank 0's parameters and buffers on every rank, in place (bfloat16 ones too). Horovod writes
+    behind autograd's back, so each tensor's version is advanced as an in-place op would: ZeRO's
+    16-bit master shards see that the parameters changed."""
+    state = model.state_dict()
+    hvd.broadcast_parameters({name: on_the_wire(v) for name, v in state.items()}, root_rank=0)
+    for value in state.values():
+        torch.autograd.graph.increment_version(value)
