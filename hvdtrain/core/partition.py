@@ -22,7 +22,10 @@ import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
-DEFAULT_BUCKET_BYTES = 64 << 20  # Horovod's default fusion buffer size
+# A bucket's reduce-scatter needs a receive buffer of its size and stage 2 holds a couple of
+# buckets of gradients, so buckets are small; large enough that a step is a few dozen
+# collectives. Both adapters use it.
+DEFAULT_BUCKET_BYTES = 16 << 20
 ELASTIC_REFUSAL = (
     "shard_optimizer_state=True is not supported in elastic mode: a worker that leaves takes its "
     "shard of the optimizer state with it; run without --elastic, or unsharded"

@@ -10,7 +10,10 @@ methods of the instance are replaced:
 * ``apply``: flattens each bucket's gradients and reduce-scatters them (averaged, fp16 on
   request), copies this rank's slices of the variables into its shards, runs Keras's own
   ``apply`` on the shards (accumulation, clipping, weight decay, warmup as unsharded), then
-  all-gathers the shards back into the model's variables and applies their constraints;
+  all-gathers the shards back into the model's variables and applies their constraints.
+  Each of those passes goes bucket by bucket (``core.partition.DEFAULT_BUCKET_BYTES``), each
+  bucket's ops after the previous one's (control dependencies; a graph would otherwise run every
+  bucket's at once), so the transients beyond the gradients are a bucket's, not the model's;
 * ``_clip_gradients``: ``global_clipnorm`` from the norm over every rank's shard.
 
 A checkpoint holds the full state in the unsharded layout: ``gather`` (a collective, which
@@ -37,8 +40,6 @@ from ..core.partition import ELASTIC_REFUSAL, Bucket, ParamSpec, plan
 from . import internals
 from ._context import current
 
-_COMPRESSION = {Compression.NONE: hvd.Compression.none, Compression.FP16: hvd.Compression.fp16}
-_OP = {ReduceOp.AVERAGE: hvd.Average, ReduceOp.SUM: hvd.Sum}
 ATTRIBUTE = "_hvdtrain_zero"
 
 
@@ -134,23 +135,30 @@ class _Sharding:
                     "for"
                 )
             by_index[self.index[id(variable)]] = grad
-        compression, op = _COMPRESSION[self.options.compression], _OP[self.options.op]
-        shard_grads = []
+        shard_grads: list = []
         for number, bucket in enumerate(self.plan.buckets):
-            flat = self._flat(bucket, by_index)
-            shard_grads.append(
-                flat
-                if self.size == 1
-                else hvd.reducescatter(
-                    flat, compression=compression, op=op, name=f"hvdtrain.zero.grads.{number}"
-                )
-            )
+            with tf.control_dependencies(shard_grads[-1:]):
+                flat = self._flat(bucket, by_index)
+            shard_grads.append(flat if self.size == 1 else self._reduce_scatter(flat, number))
         if self.size > 1:
             with tf.control_dependencies(shard_grads):
                 self.reductions.assign_add(1)
         self._read_variables()
         self.inner_apply(shard_grads, self.shards)
         self._write_variables()
+
+    def _reduce_scatter(self, flat: tf.Tensor, number: int) -> tf.Tensor:
+        """This rank's shard of the bucket ``flat`` summed (or averaged) over the ranks: an
+        all-to-all of the shards' slices, added up here. Gloo's reduce-scatter allocates and
+        zeroes two buffers the size of its input on every call (measured for torch, issue 27);
+        the all-to-all's output is one bucket. fp16 compression halves the bytes on the wire;
+        the sum is taken in the gradients' own dtype."""
+        wire = flat
+        if self.options.compression is Compression.FP16 and flat.dtype.is_floating:
+            wire = tf.cast(flat, tf.float16)
+        received = hvd.alltoall(wire, name=f"hvdtrain.zero.grads.{number}")
+        total = tf.reduce_sum(tf.reshape(tf.cast(received, flat.dtype), [self.size, -1]), 0)
+        return total / self.size if self.options.op is ReduceOp.AVERAGE else total
 
     def clip_gradients(self, grads):
         if not self.optimizer.global_clipnorm:
@@ -271,29 +279,39 @@ class _Sharding:
         return tf.concat(parts, 0)
 
     def _read_variables(self) -> None:
+        written: list = []
         for bucket, shard in zip(self.plan.buckets, self.shards):
-            parts = [
-                tf.reshape(self.variables[p.index].value, [-1])[p.start : p.stop]
-                for p in bucket.pieces(self.rank)
-            ]
-            held = sum(p.stop - p.start for p in bucket.pieces(self.rank))
-            parts.append(tf.zeros([bucket.shard_numel - held], dtype=shard.dtype))
-            shard.assign(tf.concat(parts, 0))
+            with tf.control_dependencies(written[-1:]):
+                parts = [
+                    tf.reshape(self.variables[p.index].value, [-1])[p.start : p.stop]
+                    for p in bucket.pieces(self.rank)
+                ]
+                held = sum(p.stop - p.start for p in bucket.pieces(self.rank))
+                parts.append(tf.zeros([bucket.shard_numel - held], dtype=shard.dtype))
+                written.append(_assign(shard, tf.concat(parts, 0)))
 
     def _write_variables(self) -> None:
+        written: list = []
         for number, (bucket, shard) in enumerate(zip(self.plan.buckets, self.shards)):
-            full = (
-                shard.value
-                if self.size == 1
-                else hvd.allgather(shard.value, name=f"hvdtrain.zero.params.{number}")
-            )
+            with tf.control_dependencies(written):
+                full = (
+                    shard.value
+                    if self.size == 1
+                    else hvd.allgather(shard.value, name=f"hvdtrain.zero.params.{number}")
+                )
+            written = []
             for slot in bucket.slots:
                 variable = self.variables[slot.index]
-                variable.assign(
-                    tf.reshape(full[slot.offset : slot.offset + slot.numel], variable.shape)
-                )
+                value = tf.reshape(full[slot.offset : slot.offset + slot.numel], variable.shape)
                 if variable.constraint is not None:
-                    variable.assign(variable.constraint(variable))
+                    value = variable.constraint(value)
+                written.append(_assign(variable, value))
+
+
+def _assign(variable: keras.Variable, value: tf.Tensor):
+    """``variable.assign(value)``, returning the assign op (Keras returns ``value``), which the
+    next bucket's ops wait for."""
+    return variable.value.assign(tf.cast(value, variable.dtype))
 
 
 def shard(

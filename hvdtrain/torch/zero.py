@@ -52,9 +52,7 @@ from . import internals
 from ._context import current
 from .collectives import broadcast_parameters, on_the_wire, sleep_until_done, wait
 
-# Stage 2 holds up to MAX_QUEUED buckets of gradients and the all-to-all one receive buffer of a
-# bucket's size, so buckets are small; large enough that a step is a few dozen collectives.
-BUCKET_BYTES = 16 << 20
+# Stage 2 holds up to MAX_QUEUED buckets (core.partition.DEFAULT_BUCKET_BYTES) of gradients.
 MAX_QUEUED = 2
 _HALF = (torch.float16, torch.bfloat16)
 MASTER = "hvdtrain_master"  # a 16-bit bucket's fp32 master shard, in the gathered state
@@ -184,7 +182,7 @@ class _Layout:
                 ]
             )
             index += len(group)
-        self.plan = plan(specs, size, BUCKET_BYTES)
+        self.plan = plan(specs, size)
         self.buckets = [
             _FlatBucket(number, bucket, self.params, rank, self.stage)
             for number, bucket in enumerate(self.plan.buckets)
