@@ -1,5 +1,6 @@
 """Optimizer sharding (ZeRO) against the unsharded optimizer, with AdamW in float32, on a ~50M
-GPT and on issue 27's MLP (8 x Linear(2048, 2048)): per-rank state bytes, memory and step time.
+GPT and on issue 27's MLP (8 x Linear(2048, 2048)): per-rank state bytes, memory and step time,
+in PyTorch (``keras_zero_step`` is its Keras twin; ``zero_common`` holds what both share).
 
 Modes (``MODES``): ``unsharded``; ``sharded``, ZeRO stage 1 (``shard_optimizer_state=True``);
 ``sharded-grads``, stage 2 (also ``shard_gradients=True``).
@@ -18,8 +19,6 @@ Modes (``MODES``): ``unsharded``; ``sharded``, ZeRO stage 1 (``shard_optimizer_s
 from __future__ import annotations
 
 import copy
-import os
-import resource
 
 import horovod.torch as hvd
 import torch
@@ -34,16 +33,10 @@ from ..models.torch_gpt import GPT, next_byte_loss
 from . import shapes
 from .timing import Plan, timed, windows
 from .torch_step import train_step
+from .zero_common import MEMORY_STEPS, MODELS, modes, peak_rss, rss
 
-MODES = {
-    "unsharded": {},
-    "sharded": {"shard_optimizer_state": True},
-    "sharded-grads": {"shard_optimizer_state": True, "shard_gradients": True},
-}
-MODELS = ("gpt", "mlp")
-MEMORY_STEPS = 3
+MODES = modes("torch")
 PHASES = ("forward", "backward", "step")  # RSS is read after each
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def _build(name: str, quick: bool):
@@ -96,26 +89,27 @@ def memory(quick: bool, name: str, mode: str) -> dict:
     exists and after each phase of ``MEMORY_STEPS`` steps, the peak RSS, the state bytes and the
     gradient bytes held between backward and step."""
     model, (inputs, targets), loss_fn, _ = _build(name, quick)
-    before = _rss()
+    before = rss()
     optimizer = _wrapped(model, mode)
-    rss, grad_bytes = [], 0
+    samples, grad_bytes = [], 0
     for _ in range(MEMORY_STEPS):
         optimizer.zero_grad()
         loss = loss_fn(model(inputs), targets)
-        rss.append(_rss())
+        samples.append(rss())
         loss.backward()
-        rss.append(_rss())
+        samples.append(rss())
         grad_bytes = max(grad_bytes, _grad_bytes(model, optimizer))
         optimizer.step()
-        rss.append(_rss())
+        samples.append(rss())
     mine = {
         "rss_before_bytes": before,
-        "rss_phase_bytes": rss,
-        "peak_rss_bytes": _peak_rss(),
+        "rss_phase_bytes": samples,
+        "peak_rss_bytes": peak_rss(),
         "state_bytes": zero.state_bytes(optimizer),
         "grad_bytes": grad_bytes,
     }
     return {
+        "framework": "torch",
         "model": name,
         "mode": mode,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -135,13 +129,3 @@ def _grad_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
         if p.grad is not None
     }
     return sum(storages.values())
-
-
-def _rss() -> int:
-    """Resident bytes now: the second field of /proc/self/statm, in pages."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * _PAGE_BYTES
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
