@@ -155,9 +155,11 @@ def test_step_rows_ratios_and_scaling(bench):
 
 @pytest.fixture(scope="module")
 def zero_bench(tmp_path_factory) -> dict:
-    """The zero part alone: its memory measurements start a job per model, mode and world size."""
+    """The zero part alone, torch and Keras: its memory measurements start a job per framework,
+    model, mode and world size."""
     out = tmp_path_factory.mktemp("zero_bench")
-    # 2 step launches (np=1, 2) and 4 memory launches (np=2: 2 models x unsharded, sharded)
+    # 2 step launches (np=1, 2) and 10 memory launches at np=2: 2 models x (torch: unsharded,
+    # sharded, sharded-grads; Keras: unsharded, sharded)
     proc = subprocess.run(
         [
             sys.executable,
@@ -181,72 +183,138 @@ def zero_bench(tmp_path_factory) -> dict:
     return {"report": json.loads((out / "bench.json").read_text()), "stdout": proc.stdout}
 
 
-# The quick MLP (shapes.zero_mlp_shape): 8 x Linear(32, 32), one bucket of 8448 parameters;
-# AdamW keeps two float32 moments per element and a float32 step counter per tensor it updates.
+# The quick MLP (shapes.zero_mlp_shape): 8 x Linear(32, 32) (Keras: Dense(32)), one bucket of 8448
+# parameters in both frameworks.
 QUICK_MLP_PARAMETERS = 8 * (32 * 32 + 32)
 
 
-def sharded_state_bytes(parameters: int, np: int) -> int:
-    """A rank's AdamW state with one bucket: two moments of ceil(P / N) elements, one counter."""
-    return 2 * 4 * -(-parameters // np) + 4
+def keras_gpt_parameters(block: int, d_model: int, layers: int, vocab: int = 256) -> int:
+    """models.keras_gpt: byte and position embeddings; per block two LayerNorms, attention's four
+    d x d projections with biases and the 4x MLP; a final LayerNorm and the head."""
+    d = d_model
+    per_block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return vocab * d + block * d + layers * per_block + 2 * d + (d * vocab + vocab)
+
+
+# shapes.zero_gpt_shape(quick=True): block 16, d_model 32, 1 layer
+QUICK_KERAS_GPT_PARAMETERS = keras_gpt_parameters(block=16, d_model=32, layers=1)
+# Keras AdamW's variables beside its two slots per variable: iterations (int64), the learning rate
+KERAS_ADAMW_SCALARS = 8 + 4
+
+
+def adamw_state_bytes(buckets: list[int], np: int, per_bucket: int = 0, fixed: int = 0) -> int:
+    """A rank's AdamW state from the flat plan (core.partition.plan): each bucket of b elements
+    padded to a multiple of N, the rank keeping two float32 moments of ceil(b / N) elements per
+    bucket, plus ``per_bucket`` bytes per bucket (torch: a float32 step counter per shard tensor)
+    and ``fixed`` bytes (Keras: its scalars). At np=1 that is the unsharded state too (Keras)."""
+    return sum(2 * 4 * -(-b // np) + per_bucket for b in buckets) + fixed
+
+
+def sharded_state_bytes(framework: str, parameters: int, np: int) -> int:
+    """Every quick model is one bucket: in torch one param group; in Keras AdamW's weight-decay
+    group (Keras decays every variable unless told otherwise; the excluded group is empty)."""
+    if framework == "torch":
+        return adamw_state_bytes([parameters], np, per_bucket=4)
+    return adamw_state_bytes([parameters], np, fixed=KERAS_ADAMW_SCALARS)
+
+
+ZERO_MODES = {"torch": ["unsharded", "sharded", "sharded-grads"], "keras": ["unsharded", "sharded"]}
 
 
 @pytest.mark.slow
 def test_optimizer_state_sharding_rows(zero_bench):
     bench = zero_bench
     result = bench["report"]
-    assert result["zero_modes"] == ["unsharded", "sharded", "sharded-grads"]
-    modes = result["zero_modes"][1:]
-    assert [(r["model"], r["np"], r["mode"]) for r in result["zero"]] == [
-        (model, np, mode) for np in (1, 2) for model in ("gpt", "mlp") for mode in modes
+    assert result["zero_modes"] == ZERO_MODES
+    assert [(r["framework"], r["model"], r["np"], r["mode"]) for r in result["zero"]] == [
+        (fw, model, np, mode)
+        for np in (1, 2)
+        for fw, modes in ZERO_MODES.items()
+        for model in ("gpt", "mlp")
+        for mode in modes[1:]
     ]
     for row in result["zero"]:
         assert (
             row["per_rank_state_bytes"]
-            == [sharded_state_bytes(row["parameters"], row["np"])] * row["np"]
+            == [sharded_state_bytes(row["framework"], row["parameters"], row["np"])] * row["np"]
         )
         assert len(row["step_ratios"]) == 1 and row["step_vs_1"] == "too few windows"
         assert row["step_ratio_min"] == row["step_ratio"] == row["step_ratio_max"]
     mlp = [r for r in result["zero"] if r["model"] == "mlp"]
     assert {r["parameters"] for r in mlp} == {QUICK_MLP_PARAMETERS}
-    # unsharded: two moments per parameter and 16 counters (8 weights, 8 biases)
-    assert {r["state_bytes_unsharded"] for r in mlp} == {8 * QUICK_MLP_PARAMETERS + 16 * 4}
+    # unsharded torch: two moments per parameter and 16 counters (8 weights, 8 biases)
+    assert {r["state_bytes_unsharded"] for r in mlp if r["framework"] == "torch"} == {
+        8 * QUICK_MLP_PARAMETERS + 16 * 4
+    }
+    # unsharded Keras: two moments per parameter, iterations and the learning rate
+    keras_rows = {(r["model"], r["np"]): r for r in result["zero"] if r["framework"] == "keras"}
+    assert keras_rows["gpt", 1]["parameters"] == QUICK_KERAS_GPT_PARAMETERS
+    for row in keras_rows.values():
+        assert row["state_bytes_unsharded"] == 8 * row["parameters"] + KERAS_ADAMW_SCALARS
+    # exact numbers at np=2: 8 x ceil(P / 2) + 12
+    assert keras_rows["mlp", 2]["per_rank_state_bytes"] == [8 * 4224 + 12] * 2
+    assert keras_rows["gpt", 2]["per_rank_state_bytes"] == [8 * 14960 + 12] * 2
+    assert keras_rows["gpt", 2]["state_bytes_unsharded"] == 8 * 29920 + 12
 
     memory = result["zero_memory"]
-    assert [(r["model"], r["np"], r["mode"]) for r in memory] == [
-        (model, 2, mode) for model in ("gpt", "mlp") for mode in ("unsharded", *modes)
+    assert [(r["framework"], r["model"], r["np"], r["mode"]) for r in memory] == [
+        (fw, model, 2, mode)
+        for fw, modes in ZERO_MODES.items()
+        for model in ("gpt", "mlp")
+        for mode in modes
     ]
-    by = {(r["model"], r["mode"]): r for r in memory}
+    by = {(r["framework"], r["model"], r["mode"]): r for r in memory}
     for row in memory:
-        assert row["steps"] == 3 and row["phases"] == ["forward", "backward", "step"]
+        # Keras: one sample per whole step (forward, backward and update are one tf.function call)
+        phases = ["forward", "backward", "step"] if row["framework"] == "torch" else ["step"]
+        assert row["steps"] == 3 and row["phases"] == phases
         assert len(row["per_rank_rss_phase_bytes"]) == len(row["per_rank_peak_rss_bytes"]) == 2
-        for phases, peak, before in zip(
+        for samples, peak, before in zip(
             row["per_rank_rss_phase_bytes"],
             row["per_rank_peak_rss_bytes"],
             row["per_rank_rss_before_bytes"],
         ):
-            # no peak >= max(phases): the kernel's RSS counters lag by a few pages, so a sample
+            # no peak >= max(samples): the kernel's RSS counters lag by a few pages, so a sample
             # read after the last step can exceed the ru_maxrss read after it
-            assert len(phases) == 3 * 3 and min(phases) > 0 and peak >= before > 0
+            assert len(samples) == 3 * len(phases) and min(samples) > 0 and peak >= before > 0
         assert row["peak_rss_bytes_max"] == max(row["per_rank_peak_rss_bytes"])
-        if row["mode"] != "unsharded":
-            unsharded = by[row["model"], "unsharded"]
-            assert row == {**row, **report.memory_goal(unsharded, row)}
-            assert row["state_saved_bytes"] == unsharded["state_bytes_max"] - sharded_state_bytes(
-                row["parameters"], 2
-            )
-    mlp_unsharded = by["mlp", "unsharded"]
+        unsharded = by[row["framework"], row["model"], "unsharded"]
+        if row["mode"] == "unsharded":
+            assert "meets_goal" not in row
+            if row["framework"] == "keras":  # the same bytes as the step launch's unsharded
+                assert row["state_bytes_max"] == 8 * row["parameters"] + KERAS_ADAMW_SCALARS
+            continue
+        assert isinstance(row["meets_goal"], bool)
+        assert row == {**row, **report.memory_goal(unsharded, row)}
+        assert row["state_saved_bytes"] == unsharded["state_bytes_max"] - sharded_state_bytes(
+            row["framework"], row["parameters"], 2
+        )
+    mlp_unsharded = by["torch", "mlp", "unsharded"]
     assert mlp_unsharded["state_bytes_max"] == 8 * QUICK_MLP_PARAMETERS + 16 * 4
     assert mlp_unsharded["grad_bytes_max"] == 4 * QUICK_MLP_PARAMETERS  # every .grad, float32
     # one bucket: stage 1 holds its padded flat gradient buffer, stage 2 only this rank's shard
     shard = -(-QUICK_MLP_PARAMETERS // 2)
-    assert by["mlp", "sharded"]["grad_bytes_max"] == 4 * 2 * shard
-    assert by["mlp", "sharded-grads"]["grad_bytes_max"] == 4 * shard
+    assert by["torch", "mlp", "sharded"]["grad_bytes_max"] == 4 * 2 * shard
+    assert by["torch", "mlp", "sharded-grads"]["grad_bytes_max"] == 4 * shard
+    # Keras is stage 1 only: both modes hold every gradient the tape returns
+    for model in ("gpt", "mlp"):
+        assert (
+            by["keras", model, "sharded"]["grad_bytes_max"]
+            == by["keras", model, "unsharded"]["grad_bytes_max"]
+        )
+    assert by["keras", "mlp", "unsharded"]["grad_bytes_max"] == 4 * QUICK_MLP_PARAMETERS
     assert result["targets"]["zero_peak_rss_goal"] == {
-        f"{r['model']}/np2/{r['mode']}": r["meets_goal"] for r in memory if r["mode"] != "unsharded"
+        f"{r['framework']}/{r['model']}/np2/{r['mode']}": r["meets_goal"]
+        for r in memory
+        if r["mode"] != "unsharded"
     }
+    assert result["targets"]["zero_peak_rss_goal_met"] == all(
+        r["meets_goal"] for r in memory if r["mode"] != "unsharded"
+    )
+    assert {k.split("/")[0] for k in result["targets"]["zero_step_ratio"]} == {"torch", "keras"}
     assert result["targets"]["zero_step_ratio_at_most_1_1"] is False  # one window: no claim
     assert "Optimizer sharding (ZeRO)" in bench["stdout"] and "Memory per rank" in bench["stdout"]
+    assert "keras  mlp     2 sharded" in bench["stdout"]
 
 
 def test_memory_goal_counts_gradients_for_stage_2_only():

@@ -24,34 +24,52 @@ def draw(report: dict, out: Path) -> list[Path]:
 
 
 def _memory(report: dict, path: Path) -> Path:
-    """RSS over the steps' phases, one panel per model and np, a line per mode and rank (color:
-    mode, style: rank), starting before the optimizer exists."""
+    """RSS over the steps' phases, a row of panels per framework and a panel per model and np in
+    it, a line per mode and rank (color: mode, style: rank), starting before the optimizer exists.
+    Each framework samples at its own phases (Keras: after each whole step)."""
     rows = report["zero_memory"]
-    panels = list(dict.fromkeys((r["model"], r["np"]) for r in rows))
+    frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+    columns = list(dict.fromkeys((r["model"], r["np"]) for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for ax, (model, np) in zip(axes[0], panels):
-        for r in (r for r in rows if (r["model"], r["np"]) == (model, np)):
-            for rank, (before, phases) in enumerate(
-                zip(r["per_rank_rss_before_bytes"], r["per_rank_rss_phase_bytes"])
-            ):
-                ax.plot(
-                    [b / (1 << 20) for b in (before, *phases)],
-                    color=f"C{modes.index(r['mode'])}",
-                    linestyle=styles[rank % len(styles)],
-                    marker=".",
-                    label=f"{r['mode']}, rank {rank}",
-                )
-        labels = ["before"] + [
-            f"{step} {phase}"
-            for step in range(1, rows[0]["steps"] + 1)
-            for phase in rows[0]["phases"]
-        ]
-        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set(title=f"{model}, np={np}", ylabel="RSS (MiB)", xlabel="step, after phase")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(
+        len(frameworks),
+        len(columns),
+        figsize=(6 * len(columns), 4.5 * len(frameworks)),
+        squeeze=False,
+    )
+    for framework, line in zip(frameworks, axes):
+        for ax, (model, np) in zip(line, columns):
+            mine = [
+                r for r in rows if (r["framework"], r["model"], r["np"]) == (framework, model, np)
+            ]
+            if not mine:
+                ax.set_visible(False)
+                continue
+            for r in mine:
+                for rank, (before, phases) in enumerate(
+                    zip(r["per_rank_rss_before_bytes"], r["per_rank_rss_phase_bytes"])
+                ):
+                    ax.plot(
+                        [b / (1 << 20) for b in (before, *phases)],
+                        color=f"C{modes.index(r['mode'])}",
+                        linestyle=styles[rank % len(styles)],
+                        marker=".",
+                        label=f"{r['mode']}, rank {rank}",
+                    )
+            labels = ["before"] + [
+                f"{step} {phase}"
+                for step in range(1, mine[0]["steps"] + 1)
+                for phase in mine[0]["phases"]
+            ]
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+            ax.set(
+                title=f"{framework} {model}, np={np}",
+                ylabel="RSS (MiB)",
+                xlabel="step, after phase",
+            )
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
     return _save(fig, path)
 
 

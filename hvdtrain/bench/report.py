@@ -17,7 +17,7 @@ import statistics
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA = "hvdtrain.bench/3"
+SCHEMA = "hvdtrain.bench/4"  # 4: ZeRO rows per framework (torch, keras)
 GB = 1e9
 
 
@@ -260,10 +260,10 @@ UNSHARDED = "unsharded"
 STAGE_2 = "sharded-grads"  # its gradients saved count towards its memory goal
 
 
-def zero_rows(raw: dict, np: int) -> list[dict]:
-    """Per model and sharded mode: state bytes per rank and the step-time ratio of the mode over
-    unsharded, with its spread: the ratio is taken per window (the modes ran back to back), of the
-    ranks' mean times."""
+def zero_rows(raw: dict, np: int, framework: str) -> list[dict]:
+    """Per model and sharded mode of one framework: state bytes per rank and the step-time ratio of
+    the mode over unsharded, with its spread: the ratio is taken per window (the modes ran back to
+    back), of the ranks' mean times."""
     rows = []
     for model, found in raw["models"].items():
         per_rank = found["per_rank"]
@@ -282,6 +282,7 @@ def zero_rows(raw: dict, np: int) -> list[dict]:
             ratio = window_ratio(times[mode], times[UNSHARDED])
             rows.append(
                 {
+                    "framework": framework,
                     "model": model,
                     "mode": mode,
                     "np": np,
@@ -300,10 +301,11 @@ def zero_rows(raw: dict, np: int) -> list[dict]:
 
 
 def memory_row(launch: dict) -> dict:
-    """One model and mode's memory launch; peaks, state and gradient bytes are the max over
-    ranks."""
+    """One framework's model and mode's memory launch; peaks, state and gradient bytes are the max
+    over ranks."""
     per_rank = launch["per_rank"]
     return {
+        "framework": launch["framework"],
         "np": launch["np"],
         "model": launch["model"],
         "mode": launch["mode"],
@@ -322,9 +324,9 @@ def memory_row(launch: dict) -> dict:
 
 
 def memory_goal(unsharded: dict, row: dict) -> dict:
-    """Issue 27's memory goal for a sharded launch against the unsharded one of the same model and
-    np: peak RSS at most the unsharded peak less 0.8 x the state saved, and for stage 2 less
-    0.8 x the gradients saved as well."""
+    """Issue 27's memory goal for a sharded launch against the unsharded one of the same framework,
+    model and np: peak RSS at most the unsharded peak less 0.8 x the state saved, and for stage 2
+    less 0.8 x the gradients saved as well."""
     state_saved = unsharded["state_bytes_max"] - row["state_bytes_max"]
     grad_saved = unsharded["grad_bytes_max"] - row["grad_bytes_max"]
     counted = state_saved + (grad_saved if row["mode"] == STAGE_2 else 0)
@@ -339,13 +341,18 @@ def memory_goal(unsharded: dict, row: dict) -> dict:
 
 
 def memory_rows(memory: list[dict]) -> list[dict]:
-    """The memory launches' rows, a sharded row with its goal against the unsharded one."""
+    """The memory launches' rows, a sharded row with its goal against the unsharded one of its
+    framework, model and np."""
     rows = [memory_row(launch) for launch in memory]
-    unsharded = {(r["model"], r["np"]): r for r in rows if r["mode"] == UNSHARDED}
+    unsharded = {_memory_key(r): r for r in rows if r["mode"] == UNSHARDED}
     return [
-        {**r, **memory_goal(unsharded[r["model"], r["np"]], r)} if r["mode"] != UNSHARDED else r
+        {**r, **memory_goal(unsharded[_memory_key(r)], r)} if r["mode"] != UNSHARDED else r
         for r in rows
     ]
+
+
+def _memory_key(row: dict) -> tuple[str, str, int]:
+    return row["framework"], row["model"], row["np"]
 
 
 def machine() -> dict:
@@ -406,7 +413,14 @@ def build(launches: dict[int, dict], config: dict, memory: list[dict] = ()) -> d
         "fusion": [],
         "steps": [],
         "zero": [],
-        "zero_modes": next((r["zero"]["modes"] for r in launches.values() if "zero" in r), []),
+        "zero_modes": next(
+            (
+                {framework: found["modes"] for framework, found in r["zero"].items()}
+                for r in launches.values()
+                if "zero" in r
+            ),
+            {},
+        ),
         "zero_memory": memory_rows(memory),
     }
     gradient_bytes = {}
@@ -420,8 +434,8 @@ def build(launches: dict[int, dict], config: dict, memory: list[dict] = ()) -> d
         for framework in ("torch", "keras"):
             if f"{framework}_steps" in raw:
                 report["steps"] += step_rows(raw[f"{framework}_steps"], framework, np)
-        if "zero" in raw:
-            report["zero"] += zero_rows(raw["zero"], np)
+        for framework, found in raw.get("zero", {}).items():
+            report["zero"] += zero_rows(found, np, framework)
     report["ratios"] = ratio_rows(report["steps"])
     report["scaling"] = scaling_rows(report["steps"])
     report["link_bound"] = link_bound_rows(report["steps"], gradient_bytes, link) if link else []
@@ -488,7 +502,7 @@ def targets(report: dict) -> dict:
             r["state_over_ideal"] <= ZERO_STATE_TARGET for r in sharded
         )
         found["zero_step_ratio"] = {
-            f"{r['model']}/np{r['np']}/{r['mode']}": [
+            f"{r['framework']}/{r['model']}/np{r['np']}/{r['mode']}": [
                 r["step_ratio"],
                 r["step_ratio_min"],
                 r["step_ratio_max"],
@@ -502,7 +516,7 @@ def targets(report: dict) -> dict:
     goals = [r for r in report["zero_memory"] if r["mode"] != UNSHARDED]
     if goals:
         found["zero_peak_rss_goal"] = {
-            f"{r['model']}/np{r['np']}/{r['mode']}": r["meets_goal"] for r in goals
+            f"{r['framework']}/{r['model']}/np{r['np']}/{r['mode']}": r["meets_goal"] for r in goals
         }
         found["zero_peak_rss_goal_met"] = all(r["meets_goal"] for r in goals)
     return found
@@ -697,11 +711,12 @@ def table(report: dict) -> str:
             "",
             "Optimizer sharding (ZeRO), AdamW, float32: state per rank and step time against "
             "unsharded (ratio: median over windows [min, max])",
-            f"{'model':<5} {'params':>7} {'np':>3} {'mode':<13} {'state MiB/rank':>15} "
+            f"{'fw':<6} {'model':<5} {'params':>7} {'np':>3} {'mode':<13} {'state MiB/rank':>15} "
             f"{'mode':>7} {'x 1/N':>6} {'step s':>8} {'mode':>8} {'step ratio':>22}",
         ]
         lines += [
-            f"{r['model']:<5} {r['parameters'] / 1e6:>6.2f}M {r['np']:>3} {r['mode']:<13} "
+            f"{r['framework']:<6} {r['model']:<5} {r['parameters'] / 1e6:>6.2f}M {r['np']:>3} "
+            f"{r['mode']:<13} "
             f"{r['state_bytes_unsharded'] / mib:>15.1f} {r['state_bytes_max'] / mib:>7.1f} "
             f"{r['state_over_ideal']:>6.3f} {r['step_s_unsharded']:>8.3f} {r['step_s']:>8.3f} "
             f"{r['step_ratio']:>8.3f} {_range([r['step_ratio_min'], r['step_ratio_max']], 3)} "
@@ -711,14 +726,14 @@ def table(report: dict) -> str:
     if report["zero_memory"]:
         lines += [
             "",
-            "Memory per rank (a process per model and mode; max over ranks; goal: peak <= "
-            f"unsharded - {ZERO_MEMORY_SHARE} x state saved, {STAGE_2} also - "
+            "Memory per rank (a process per framework, model and mode; max over ranks; goal: "
+            f"peak <= unsharded - {ZERO_MEMORY_SHARE} x state saved, {STAGE_2} also - "
             f"{ZERO_MEMORY_SHARE} x gradients saved)",
-            f"{'model':<5} {'np':>3} {'mode':<13} {'before MiB':>11} {'peak MiB':>9} "
+            f"{'fw':<6} {'model':<5} {'np':>3} {'mode':<13} {'before MiB':>11} {'peak MiB':>9} "
             f"{'state MiB':>10} {'grads MiB':>10} {'peak saved':>11} {'limit MiB':>10} goal",
         ]
         lines += [
-            f"{r['model']:<5} {r['np']:>3} {r['mode']:<13} "
+            f"{r['framework']:<6} {r['model']:<5} {r['np']:>3} {r['mode']:<13} "
             f"{r['rss_before_bytes_mean'] / mib:>11.0f} "
             f"{r['peak_rss_bytes_max'] / mib:>9.0f} {r['state_bytes_max'] / mib:>10.1f} "
             f"{r['grad_bytes_max'] / mib:>10.1f}"

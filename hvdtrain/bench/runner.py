@@ -92,14 +92,17 @@ def run(settings: Settings) -> int:
                 flush=True,
             )
             launches[np] = launch(np, np_parts)
-            if "zero" in np_parts and np > 1:  # peak RSS: one process per model and mode
-                zero = launches[np]["zero"]
-                for model in zero["models"]:
-                    for mode in zero["modes"]:
-                        print(
-                            f"hvdtrain bench: np={np}: zero memory, {model} {mode} ...", flush=True
-                        )
-                        memory.append({"np": np, **launch(np, [], zero_memory=(model, mode))})
+            if "zero" in np_parts and np > 1:  # peak RSS: a process per framework, model, mode
+                for framework, zero in launches[np]["zero"].items():
+                    for model in zero["models"]:
+                        for mode in zero["modes"]:
+                            print(
+                                f"hvdtrain bench: np={np}: zero memory, {framework} {model} "
+                                f"{mode} ...",
+                                flush=True,
+                            )
+                            found = launch(np, [], zero_memory=(framework, model, mode))
+                            memory.append({"np": np, **found})
     result = report.build(launches, config, memory)
     settings.out.mkdir(parents=True, exist_ok=True)
     path = report.write_json(result, settings.out)
@@ -139,11 +142,12 @@ def _launch(
     compression: str = "none",
     steps: int = 10,
     hosts=None,
-    zero_memory: tuple[str, str] | None = None,
+    zero_memory: tuple[str, str, str] | None = None,
 ) -> dict:
     """Run the workers under horovodrun (on the first ``np`` test hosts, one worker each, launched
     from the first, or on this host); rank 0's results plus the machine's load around the run.
-    ``zero_memory``: instead of ``parts``, that (model, optimizer mode)'s memory measurement."""
+    ``zero_memory``: instead of ``parts``, that (framework, model, optimizer mode)'s memory
+    measurement."""
     from .rendezvous import HOSTS_ENV
 
     host_list = ",".join(f"{name}:1" for name in hosts.names[:np]) if hosts else f"localhost:{np}"

@@ -2,10 +2,12 @@
 
 Phases run in turn, each with only the Horovod instances it measures alive (an idle Horovod
 instance still wakes its background thread every cycle): allreduce with horovod.torch,
-horovod.tensorflow and torch.distributed; torch steps and optimizer-state sharding (``zero``) with
-horovod.torch and torch.distributed; Keras steps with horovod.tensorflow alone. ``--zero-memory``
-runs one model's and optimizer's memory measurement alone. ``--device gpu``: each rank works on
-the GPU of its local rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
+horovod.tensorflow and torch.distributed; torch steps and torch's optimizer-state sharding
+(``zero``) with horovod.torch and torch.distributed; Keras steps and Keras's optimizer-state
+sharding with horovod.tensorflow alone. ``--zero-memory FRAMEWORK MODEL MODE`` runs one model's and
+optimizer's memory measurement alone, importing only that framework (a Keras one never imports
+torch, a torch one never TensorFlow). ``--device gpu``: each rank works on the GPU of its local
+rank, Horovod reduces with NCCL and torch.distributed uses its NCCL backend.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--zero-memory",
-        nargs=2,
-        metavar=("MODEL", "MODE"),
+        nargs=3,
+        metavar=("FRAMEWORK", "MODEL", "MODE"),
         default=None,
-        help="only measure this model's and optimizer mode's memory (zero_step.memory), in a "
-        "process of its own",
+        help="only measure this framework's model's and optimizer mode's memory "
+        "(zero_step.memory, keras_zero_step.memory), in a process of its own",
     )
     return parser.parse_args(argv)
 
@@ -104,9 +106,30 @@ def _tensorflow_devices(per_rank: int, device: str, local_rank: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(per_rank)
 
 
+def _zero_memory(args: argparse.Namespace) -> dict:
+    """One framework's model's and optimizer mode's memory measurement, with that framework's
+    Horovod alone."""
+    framework, model, mode = args.zero_memory
+    if framework == "keras":
+        import hvdtrain.keras as hk
+
+        from . import keras_zero_step
+
+        hk.init(seed=0, threads=args.threads)
+        return keras_zero_step.memory(args.quick, model, mode)
+    import hvdtrain.torch as ht
+
+    from . import zero_step
+
+    ht.init(seed=0, threads=args.threads)
+    return zero_step.memory(args.quick, model, mode)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     parts = args.parts.split(",")
+    if args.zero_memory:
+        return _write(args.out, _zero_memory(args))
     import horovod.torch as hvd
     import torch
     import torch.distributed as dist
@@ -116,10 +139,6 @@ def main(argv: list[str] | None = None) -> None:
     from .rendezvous import fresh_rendezvous
 
     ctx = ht.init(seed=0, threads=args.threads)
-    if args.zero_memory:
-        from . import zero_step
-
-        return _write(args.out, zero_step.memory(args.quick, *args.zero_memory))
     share = functools.partial(hvd.broadcast_object, root_rank=0, name="bench.rendezvous")
     if args.device == "gpu" and not ctx.on_gpu:
         raise SystemExit(f"rank {ctx.rank}: --device gpu but torch sees no GPU")
@@ -136,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     _start_torch_distributed(ctx.rank, ctx.size, args.device)
-    if "keras" in parts or "allreduce" in parts:
+    keras_parts = "keras" in parts or "zero" in parts  # each has a Keras phase
+    if keras_parts or "allreduce" in parts:
         _tensorflow_devices(torch.get_num_threads(), args.device, ctx.local_rank)
     servers = []
     if "allreduce" in parts and ctx.size > 1:
@@ -163,20 +183,25 @@ def main(argv: list[str] | None = None) -> None:
     if "zero" in parts:
         from . import zero_step
 
-        results["zero"] = zero_step.run(args.quick, args.windows)
-    if "keras" in parts:
+        results["zero"] = {"torch": zero_step.run(args.quick, args.windows)}
+    if keras_parts:
         servers.append(fresh_rendezvous(ctx.rank, ctx.size, share))
     dist.destroy_process_group()
     hvd.shutdown()
-    if "keras" in parts:
+    if keras_parts:
         import hvdtrain.keras as hk
-
-        from . import keras_step
 
         with warnings.catch_warnings():  # TensorFlow's threads were set above, the same way
             warnings.filterwarnings("ignore", message=".*came after TensorFlow started.*")
             hk.init(seed=0)
+    if "keras" in parts:
+        from . import keras_step
+
         results["keras_steps"] = keras_step.run(args.quick, args.windows)
+    if "zero" in parts:
+        from . import keras_zero_step
+
+        results["zero"]["keras"] = keras_zero_step.run(args.quick, args.windows)
     for server in filter(None, servers):
         server.stop()
     _write(args.out, results)
