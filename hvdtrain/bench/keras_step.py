@@ -105,7 +105,7 @@ def _fit_contender(model: keras.Model, batch, callbacks: list) -> Callable[[int]
     return run
 
 
-def _loop_step(
+def loop_step(
     model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn, batch, raw: bool
 ):
     inputs, targets = batch
@@ -147,24 +147,24 @@ def variants(
     raw_fit = fresh(RawHorovodModel)
     raw_fit.compile(optimizer=raw_optimizer(), loss=loss_fn, jit_compile=False)
     hvdtrain_loop, raw_loop = fresh(), fresh()
-    sync = _sync if tf.config.list_logical_devices("GPU") else None
+    sync = gpu_sync if tf.config.list_logical_devices("GPU") else None
     return {
         HVDTRAIN_FIT: _fit_contender(hvdtrain_fit, batch, hk.callbacks()),
         RAW_FIT: _fit_contender(raw_fit, batch, []),
         HVDTRAIN_LOOP: timed(
-            _loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False),
+            loop_step(hvdtrain_loop, hk.wrap_optimizer(make_optimizer()), loss_fn, batch, False),
             sync,
         ),
-        RAW_LOOP: timed(_loop_step(raw_loop, raw_optimizer(), loss_fn, batch, True), sync),
+        RAW_LOOP: timed(loop_step(raw_loop, raw_optimizer(), loss_fn, batch, True), sync),
     }
 
 
-def _sync() -> None:
+def gpu_sync() -> None:
     """The compiled loop's steps return before a GPU finishes them."""
     tf.test.experimental.sync_devices()
 
 
-def _barrier() -> None:
+def barrier() -> None:
     hvd.allreduce(tf.zeros([1]), op=hvd.Sum, name="bench.keras.barrier")
 
 
@@ -174,7 +174,7 @@ def run(quick: bool, window_count: int) -> dict:
     mine, batches = {}, {}
     for name, build in MODELS.items():
         make, batch, loss_fn, make_optimizer, batches[name] = build(quick)
-        mine[name] = windows(variants(make, batch, loss_fn, make_optimizer), plan, _barrier)
+        mine[name] = windows(variants(make, batch, loss_fn, make_optimizer), plan, barrier)
     return {
         "per_rank": hvd.allgather_object(mine, name="bench.keras_step.results"),
         "batch_per_rank": batches,

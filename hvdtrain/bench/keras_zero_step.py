@@ -32,7 +32,7 @@ from hvdtrain.keras import zero
 
 from ..models.keras_gpt import build_model
 from . import shapes
-from .keras_step import _barrier, _loop_step, _sync
+from .keras_step import barrier, gpu_sync, loop_step
 from .timing import Plan, timed, windows
 from .zero_common import MEMORY_STEPS, MODELS, modes, peak_rss, rss
 
@@ -74,7 +74,7 @@ def run(quick: bool, window_count: int) -> dict:
     """Per model: every rank's state bytes and per-window step seconds of every mode,
     all-gathered."""
     plan = Plan(warmup=1, windows=window_count, iters=1 if quick else 2)
-    sync = _sync if tf.config.list_logical_devices("GPU") else None
+    sync = gpu_sync if tf.config.list_logical_devices("GPU") else None
     models, mine = {}, {}
     for name in MODELS:
         make, batch, loss_fn, batch_size = _build(name, quick)
@@ -84,11 +84,11 @@ def run(quick: bool, window_count: int) -> dict:
             model = make()
             model.set_weights(weights)
             optimizer = _wrapped(mode)
-            step = _loop_step(model, optimizer, loss_fn, batch, raw=False)
+            step = loop_step(model, optimizer, loss_fn, batch, raw=False)
             step()  # AdamW makes its state on the first step
             state[mode] = zero.state_bytes(optimizer)
             contenders[mode] = timed(step, sync)
-        mine[name] = {"state_bytes": state, "windows": windows(contenders, plan, _barrier)}
+        mine[name] = {"state_bytes": state, "windows": windows(contenders, plan, barrier)}
         models[name] = {"parameters": _parameters(model), "batch_per_rank": batch_size}
     per_rank = hvd.allgather_object(mine, name="bench.keras_zero.results")
     for name in MODELS:
@@ -104,7 +104,7 @@ def memory(quick: bool, name: str, mode: str) -> dict:
     model = make()
     before = rss()
     optimizer = _wrapped(mode)
-    step = _loop_step(model, optimizer, loss_fn, batch, raw=False)
+    step = loop_step(model, optimizer, loss_fn, batch, raw=False)
     samples = []
     for _ in range(MEMORY_STEPS):
         step()
