@@ -105,9 +105,7 @@ def _fit_contender(model: keras.Model, batch, callbacks: list) -> Callable[[int]
     return run
 
 
-def loop_step(
-    model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn, batch, raw: bool
-):
+def loop_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss_fn, batch, raw: bool):
     inputs, targets = batch
 
     @tf.function
