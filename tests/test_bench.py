@@ -23,6 +23,7 @@ BACKENDS = {
     "torch.distributed",
     "horovod.torch, fp16, hvdtrain's wait",
     "horovod.torch, hvdtrain's fp16",
+    "horovod.tensorflow, fp16",
     "torch.distributed, fp16 copy",
 }
 
@@ -138,11 +139,16 @@ def test_step_rows_ratios_and_scaling(bench):
         "horovod.torch, hvdtrain's wait",
         "horovod.tensorflow",
     }
-    # issue 27: torch.distributed's float16 copy over hvdtrain's fp16, at the largest size
+    # issue 27: torch.distributed's float16 copy over each adapter's fp16, at the largest size
     at = {r["backend"]: r["windows_s"] for r in result["allreduce"] if r["size_bytes"] == 8192}
-    [dist_fp16], [ours] = at["torch.distributed, fp16 copy"], at["horovod.torch, hvdtrain's fp16"]
+    [dist_fp16], [torch_fp16], [keras_fp16] = (
+        at["torch.distributed, fp16 copy"],
+        at["horovod.torch, hvdtrain's fp16"],
+        at["horovod.tensorflow, fp16"],
+    )
     assert result["targets"]["hvdtrain_fp16_speed_over_torch_distributed_fp16"] == {
-        "np2": [dist_fp16 / ours, dist_fp16 / ours, dist_fp16 / ours, "too few windows"]
+        f"{framework}/np2": [dist_fp16 / ours] * 3 + ["too few windows"]
+        for framework, ours in (("torch", torch_fp16), ("keras", keras_fp16))
     }
     assert result["targets"]["hvdtrain_fp16_not_below_torch_distributed_fp16"] is False
     assert "fp16, window by window" in bench["stdout"]

@@ -211,8 +211,11 @@ def test_targets_table_and_plots(bench):
     targets = bench["report"]["targets"]
     assert set(targets["link_fraction_hvdtrain_wait"]) == {"np2"}
     assert set(targets["hvdtrain_wait_speed_over_torch_distributed"]) == {"np2"}
-    assert set(targets["fp16_effective_over_link"]) == {"np2"}
-    assert set(targets["hvdtrain_fp16_speed_over_torch_distributed_fp16"]) == {"np2"}
+    assert set(targets["fp16_effective_over_link"]) == {"torch/np2", "keras/np2"}
+    assert set(targets["hvdtrain_fp16_speed_over_torch_distributed_fp16"]) == {
+        "torch/np2",
+        "keras/np2",
+    }
     assert set(targets["hvdtrain_of_link_bound"]) == {"mlp/np2", "gpt/np2"}
     assert set(targets["hvdtrain_vs_ddp_step_time"]) == {"mlp/np1", "gpt/np1", "mlp/np2", "gpt/np2"}
     for key in (

@@ -3,11 +3,12 @@ NCCL on GPU) in the same processes, window by window, plus the tensor-fusion eff
 tensors. On GPU the tensors live on each rank's GPU and a window ends when the GPU is done.
 
 Every backend sums (torch.distributed's only mode; Horovod's Average would add a scaling pass).
-The three fp16 rows send half the bytes: Horovod's ``Compression.fp16``, hvdtrain's fp16
-compressor (``hvdtrain.torch.compression``: a reused float16 buffer, decompressed in place) and
-torch.distributed on a float16 copy (what DDP's ``fp16_compress_hook`` does); the report counts the
-float32 bytes they reduce, so their bandwidth is the effective one a compressed gradient allreduce
-gets.
+The four fp16 rows send half the bytes: Horovod's ``Compression.fp16`` in torch, hvdtrain's fp16
+compressor (``hvdtrain.torch.compression``: a reused float16 buffer, decompressed in place),
+Horovod's ``Compression.fp16`` in TensorFlow (what ``hvdtrain.keras`` sends with
+``compression="fp16"``) and torch.distributed on a float16 copy (what DDP's
+``fp16_compress_hook`` does); the report counts the float32 bytes they reduce, so their bandwidth
+is the effective one a compressed gradient allreduce gets.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ HVD_TF = "horovod.tensorflow"
 TORCH_DIST = "torch.distributed"
 HVD_TORCH_FP16 = "horovod.torch, fp16, hvdtrain's wait"
 HVDTRAIN_FP16 = "horovod.torch, hvdtrain's fp16"
+HVD_TF_FP16 = "horovod.tensorflow, fp16"
 TORCH_DIST_FP16 = "torch.distributed, fp16 copy"
 BACKENDS = (
     HVD_TORCH,
@@ -39,6 +41,7 @@ BACKENDS = (
     TORCH_DIST,
     HVD_TORCH_FP16,
     HVDTRAIN_FP16,
+    HVD_TF_FP16,
     TORCH_DIST_FP16,
 )
 
@@ -73,11 +76,11 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         torch.zeros(n, device=device) for _ in range(6)
     )
     with tf.device(_tf_device(device)):
-        tf_tensor = tf.zeros([n])
+        tf_tensor, tf_fp16_tensor = tf.zeros([n]), tf.zeros([n])
 
-    def tf_allreduce():
+    def tf_allreduce(tensor, op_name, compression=htf.Compression.none):
         with tf.device(_tf_device(device)):
-            return htf.allreduce(tf_tensor, op=htf.Sum, name=name)
+            return htf.allreduce(tensor, op=htf.Sum, name=op_name, compression=compression)
 
     # what Horovod's DistributedOptimizer does with a compressor, waited for by hvdtrain
     def compressed_allreduce(compressor, tensor, op_name):
@@ -99,13 +102,16 @@ def size_contenders(size_bytes: int, device: str = "cpu") -> dict[str, Callable[
         HVD_TORCH_QUIET: timed(
             lambda: wait(ht.allreduce_async_(quiet_tensor, op=ht.Sum, name=name + "q")), sync
         ),
-        HVD_TF: timed(tf_allreduce, sync),
+        HVD_TF: timed(lambda: tf_allreduce(tf_tensor, name), sync),
         TORCH_DIST: timed(lambda: dist.all_reduce(dist_tensor), sync),
         HVD_TORCH_FP16: timed(
             lambda: compressed_allreduce(ht.Compression.fp16, fp16_tensor, name + "h"), sync
         ),
         HVDTRAIN_FP16: timed(
             lambda: compressed_allreduce(hvdtrain_fp16, own_fp16, name + "c"), sync
+        ),
+        HVD_TF_FP16: timed(
+            lambda: tf_allreduce(tf_fp16_tensor, name + "t", htf.Compression.fp16), sync
         ),
         TORCH_DIST_FP16: timed(dist_as_fp16, sync),
     }

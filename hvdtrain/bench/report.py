@@ -489,7 +489,8 @@ def targets(report: dict) -> dict:
         }
         fp16 = fp16_ratios(report["allreduce"])
         found["hvdtrain_fp16_speed_over_torch_distributed_fp16"] = {
-            f"np{r['np']}": [r["ratio"], r["ratio_min"], r["ratio_max"], r["vs_1"]] for r in fp16
+            f"{r['framework']}/np{r['np']}": [r["ratio"], r["ratio_min"], r["ratio_max"], r["vs_1"]]
+            for r in fp16
         }
         found["hvdtrain_fp16_not_below_torch_distributed_fp16"] = all(
             r["ratio_min"] >= 1 and r["vs_1"] != FEW_WINDOWS for r in fp16
@@ -526,22 +527,24 @@ def targets(report: dict) -> dict:
 HVDTRAIN_WAIT = "horovod.torch, hvdtrain's wait"
 HVDTRAIN_FP16 = "horovod.torch, hvdtrain's fp16"
 TORCH_DIST_FP16 = "torch.distributed, fp16 copy"  # allreduce.TORCH_DIST_FP16
+# allreduce.HVDTRAIN_FP16 and allreduce.HVD_TF_FP16: what each adapter sends with compression="fp16"
+FP16_PATHS = {"torch": HVDTRAIN_FP16, "keras": "horovod.tensorflow, fp16"}
 
 
 def fp16_ratios(rows: list[dict]) -> list[dict]:
-    """Issue 27's fp16 goal at the largest size, per np: torch.distributed's float16 copy's time
-    over hvdtrain's fp16 time, window by window (> 1: hvdtrain's fp16 is faster)."""
+    """Issue 27's fp16 goal at the largest size, per np and framework: torch.distributed's float16
+    copy's time over the adapter's fp16 time, window by window (> 1: hvdtrain's fp16 is faster)."""
     largest = max(r["size_bytes"] for r in rows)
     at = {(r["np"], r["backend"]): r for r in rows if r["size_bytes"] == largest}
     return [
         {
             "np": np,
+            "framework": framework,
             "size_bytes": largest,
-            **window_ratio(
-                at[np, TORCH_DIST_FP16]["windows_s"], at[np, HVDTRAIN_FP16]["windows_s"]
-            ),
+            **window_ratio(at[np, TORCH_DIST_FP16]["windows_s"], at[np, backend]["windows_s"]),
         }
         for np in sorted({np for np, _ in at})
+        for framework, backend in FP16_PATHS.items()
     ]
 
 
@@ -580,7 +583,9 @@ def link_targets(report: dict) -> dict:
         np: window_ratio(at[np, "torch.distributed"]["windows_s"], hvd[np]["windows_s"])
         for np in nps
     }
-    fp16 = {np: at[np, HVDTRAIN_FP16] for np in nps}
+    fp16 = {
+        (framework, np): at[np, backend] for np in nps for framework, backend in FP16_PATHS.items()
+    }
     return {
         "link_fraction_hvdtrain_wait": {
             f"np{np}": [r["link_fraction"], *r["link_fraction_spread"]] for np, r in hvd.items()
@@ -596,7 +601,8 @@ def link_targets(report: dict) -> dict:
             v["ratio_min"] >= 1 and v["vs_1"] != FEW_WINDOWS for v in versus.values()
         ),
         "fp16_effective_over_link": {
-            f"np{np}": [r["link_fraction"], *r["link_fraction_spread"]] for np, r in fp16.items()
+            f"{framework}/np{np}": [r["link_fraction"], *r["link_fraction_spread"]]
+            for (framework, np), r in fp16.items()
         },
         "fp16_at_least_1_8x_link": all(
             r["link_fraction_spread"][0] >= FP16_TARGET for r in fp16.values()
@@ -639,7 +645,7 @@ def table(report: dict) -> str:
             "(> 1: hvdtrain's is faster; median [min, max])",
         ]
         lines += [
-            f"{r['np']:>3} {_size(r['size_bytes']):>9} {r['ratio']:.3f} "
+            f"{r['np']:>3} {r['framework']:<6} {_size(r['size_bytes']):>9} {r['ratio']:.3f} "
             f"{_range([r['ratio_min'], r['ratio_max']], 3)} {_verdict(r['vs_1'])}"
             for r in fp16_ratios(report["allreduce"])
         ]
