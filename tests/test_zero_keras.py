@@ -51,6 +51,26 @@ def test_model_fit_with_sharded_state_matches_unsharded(suite):
 
 
 @pytest.mark.slow
+def test_sum_and_fp16_compression_reduce_as_unsharded(suite):
+    """The sharded reduce-scatter (an all-to-all summed on the receiving rank) honours op="sum"
+    to 1e-6 and fp16 compression to float16's precision; fp16 changed the weights (it acted)."""
+    for rank in suite:
+        run = rank["reductions"]
+        np.testing.assert_allclose(
+            run["op=sum/sharded"], run["op=sum/unsharded"], atol=TOLERANCE, rtol=0
+        )
+        assert np.abs(np.subtract(run["op=sum/sharded"], run["plain/sharded"])).max() > 1e-3
+        np.testing.assert_allclose(
+            run["compression=fp16/sharded"], run["compression=fp16/unsharded"], atol=2e-3, rtol=0
+        )
+        np.testing.assert_allclose(
+            run["compression=fp16/sharded"], run["plain/unsharded"], atol=2e-3, rtol=0
+        )
+        assert run["compression=fp16/sharded"] != run["plain/sharded"]
+        assert run == suite[0]["reductions"]
+
+
+@pytest.mark.slow
 def test_each_rank_holds_state_for_its_partition_only(suite):
     size = len(suite)
     for rank in suite:

@@ -53,13 +53,16 @@ def data(n: int = 2000):
     return rng.normal(size=(n, 4)), rng.normal(size=(n, 3))
 
 
-def wrapped(model, name, shard, accumulation=1, warmup_steps=0, lr_scaling="none", clip=CLIP):
+def wrapped(
+    model, name, shard, accumulation=1, warmup_steps=0, lr_scaling="none", clip=CLIP, **options
+):
     opt = hk.wrap_optimizer(
         make_optimizer(name, accumulation, clip),
         lr_scaling=lr_scaling,
         warmup_steps=warmup_steps,
         accumulation_steps=accumulation,
         shard_optimizer_state=shard,
+        **options,
     )
     opt.build(model.trainable_variables)
     hk.broadcast_model(model, opt)
@@ -138,10 +141,24 @@ def fit_equivalence():
     return {"unsharded": finals[False], "sharded": finals[True]}
 
 
+def reductions():
+    """SGD, 10 steps, with each wire option, sharded and unsharded: op="sum" (the update sees
+    N x the average) and fp16 compression (float16 on the wire; sharded sums the slices in the
+    gradients' float64, unsharded in Gloo's float16)."""
+    finals = {}
+    for options in ({"op": "sum"}, {"compression": "fp16"}, {}):
+        key = ",".join(f"{k}={v}" for k, v in options.items()) or "plain"
+        for shard in (False, True):
+            model = mlp()
+            train(model, wrapped(model, "sgd", shard, clip=None, **options), 0, 10)
+            finals[f"{key}/{'sharded' if shard else 'unsharded'}"] = flat(model)
+    return finals
+
+
 def suite():
     return {
         f"{name}-{acc}": equivalence(name, acc) for name in ("sgd", "adamw") for acc in (1, 2)
-    } | {"fit": fit_equivalence()}
+    } | {"fit": fit_equivalence(), "reductions": reductions()}
 
 
 def compiled(shard: bool):
