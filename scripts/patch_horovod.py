@@ -43,11 +43,14 @@ FIXES = [
         "  global_ranks_.reserve(size_);",
         "  global_ranks_.resize(size_);",
     ),
-    # Gloo's float16 sum has an F16C/AVX kernel behind GLOO_USE_AVX, which follows Gloo's USE_AVX,
-    # and Horovod never sets it: every float16 allreduce (fp16 compression) converts each element
-    # in software, 3.4x the time of a float32 allreduce of the same count on one host. Horovod
-    # compiles everything with -mf16c -mavx already (ARCH_FLAGS), so the kernel needs no new CPU
-    # feature; a build whose HOROVOD_BUILD_ARCH_FLAGS drop them keeps the portable loop.
+    # Gloo's float16 sum has an F16C/AVX kernel behind the macro GLOO_USE_AVX, and Horovod never
+    # defines it: every float16 allreduce (fp16 compression) converts each element in software,
+    # 3.4x the time of a float32 allreduce of the same count on one host. The macro must reach
+    # Horovod's own sources too (gloo/math.h declares the kernel under it; gloo/config.h, where
+    # Gloo's USE_AVX would put it, is not included by math.h), hence a definition for every
+    # target rather than USE_AVX alone. Horovod compiles everything with -mf16c -mavx already
+    # (ARCH_FLAGS), so the kernel needs no new CPU feature; a build whose
+    # HOROVOD_BUILD_ARCH_FLAGS drop them keeps the portable loop.
     (
         "CMakeLists.txt",
         """    set(CMAKE_POLICY_DEFAULT_CMP0074 NEW)
@@ -56,6 +59,7 @@ FIXES = [
     # hvdtrain: Gloo's F16C float16 sum, where the build's arch flags allow it
     if("${HOROVOD_BUILD_ARCH_FLAGS}" MATCHES "-mf16c" AND "${HOROVOD_BUILD_ARCH_FLAGS}" MATCHES "-mavx")
         set(USE_AVX ON)
+        add_definitions(-DGLOO_USE_AVX=1)
     endif()
     add_subdirectory(third_party/gloo)""",
     ),
