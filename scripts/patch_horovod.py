@@ -48,9 +48,10 @@ FIXES = [
     # 3.4x the time of a float32 allreduce of the same count on one host. The macro must reach
     # Horovod's own sources too (gloo/math.h declares the kernel under it; gloo/config.h, where
     # Gloo's USE_AVX would put it, is not included by math.h), hence a definition for every
-    # target rather than USE_AVX alone. Horovod compiles everything with -mf16c -mavx already
-    # (ARCH_FLAGS), so the kernel needs no new CPU feature; a build whose
-    # HOROVOD_BUILD_ARCH_FLAGS drop them keeps the portable loop.
+    # target rather than USE_AVX alone, and the kernel's source (gloo/math.cc, all of it under
+    # the macro) is missing from the vendored Gloo's source list (next fix). Horovod compiles
+    # everything with -mf16c -mavx already (ARCH_FLAGS), so the kernel needs no new CPU feature;
+    # a build whose HOROVOD_BUILD_ARCH_FLAGS drop them keeps the portable loop.
     (
         "CMakeLists.txt",
         """    set(CMAKE_POLICY_DEFAULT_CMP0074 NEW)
@@ -62,6 +63,14 @@ FIXES = [
         add_definitions(-DGLOO_USE_AVX=1)
     endif()
     add_subdirectory(third_party/gloo)""",
+    ),
+    (
+        "third_party/gloo/gloo/CMakeLists.txt",
+        """  "${CMAKE_CURRENT_SOURCE_DIR}/types.cc"
+  )""",
+        """  "${CMAKE_CURRENT_SOURCE_DIR}/types.cc"
+  "${CMAKE_CURRENT_SOURCE_DIR}/math.cc"
+  )""",
     ),
 ]
 
