@@ -43,6 +43,35 @@ FIXES = [
         "  global_ranks_.reserve(size_);",
         "  global_ranks_.resize(size_);",
     ),
+    # Gloo's float16 sum has an F16C/AVX kernel behind the macro GLOO_USE_AVX, and Horovod never
+    # defines it: every float16 allreduce (fp16 compression) converts each element in software,
+    # 3.4x the time of a float32 allreduce of the same count on one host. The macro must reach
+    # Horovod's own sources too (gloo/math.h declares the kernel under it; gloo/config.h, where
+    # Gloo's USE_AVX would put it, is not included by math.h), hence a definition for every
+    # target rather than USE_AVX alone, and the kernel's source (gloo/math.cc, all of it under
+    # the macro) is missing from the vendored Gloo's source list (next fix). Horovod compiles
+    # everything with -mf16c -mavx already (ARCH_FLAGS), so the kernel needs no new CPU feature;
+    # a build whose HOROVOD_BUILD_ARCH_FLAGS drop them keeps the portable loop.
+    (
+        "CMakeLists.txt",
+        """    set(CMAKE_POLICY_DEFAULT_CMP0074 NEW)
+    add_subdirectory(third_party/gloo)""",
+        """    set(CMAKE_POLICY_DEFAULT_CMP0074 NEW)
+    # hvdtrain: Gloo's F16C float16 sum, where the build's arch flags allow it
+    if("${HOROVOD_BUILD_ARCH_FLAGS}" MATCHES "-mf16c" AND "${HOROVOD_BUILD_ARCH_FLAGS}" MATCHES "-mavx")
+        set(USE_AVX ON)
+        add_definitions(-DGLOO_USE_AVX=1)
+    endif()
+    add_subdirectory(third_party/gloo)""",
+    ),
+    (
+        "third_party/gloo/gloo/CMakeLists.txt",
+        """  "${CMAKE_CURRENT_SOURCE_DIR}/types.cc"
+  )""",
+        """  "${CMAKE_CURRENT_SOURCE_DIR}/types.cc"
+  "${CMAKE_CURRENT_SOURCE_DIR}/math.cc"
+  )""",
+    ),
 ]
 
 # Only for the gpu flavour: its torch (2.14.1; the CPU flavour's 2.13.0 builds as C++17) and its
