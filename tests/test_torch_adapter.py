@@ -56,6 +56,17 @@ def test_fp16_compression_equals_horovods_without_a_new_gradient(suite):
 
 
 @pytest.mark.slow
+def test_float16_allreduce_sums_as_float32_rounded_to_float16(suite):
+    """Horovod's Gloo sums float16 with F16C kernels (a checked edit of the build): the same bits as
+    converting to float32, adding and rounding back, in the 8-wide part and the 5-element tail."""
+    for rank in suite:
+        inputs = np.array(rank["fp16"]["float16_sum"]["inputs"], dtype=np.float32)
+        expected = inputs.sum(axis=0).astype(np.float16).astype(np.float32)  # two ranks: one add
+        assert rank["fp16"]["float16_sum"]["summed"] == expected.tolist()
+        assert inputs.shape == (2, 37)
+
+
+@pytest.mark.slow
 def test_fp16_compression_around_a_reducescatter(suite):
     """A reduce-scatter's shard is smaller than the compressed input: a new float32 tensor, the
     input left alone, the float16 buffer back in the pool for the next compress."""

@@ -148,7 +148,14 @@ def fp16():
     input_unchanged = flat_grads.tolist() == rank_grads().tolist()
     again, context = compressor.compress(flat_grads)
     compressor.decompress(again, context)
+    # Gloo's F16C float16 sum (scripts/patch_horovod.py): 8 lanes at a time, then a scalar tail
+    halves = (torch.randn(37, generator=torch.Generator().manual_seed(ctx.rank)) * 100).half()
+    summed = hvd.allreduce(halves, op=hvd.Sum, name="fp16.sum")
     return {
+        "float16_sum": {
+            "inputs": hvd.allgather(halves[None], name="fp16.inputs").float().tolist(),
+            "summed": summed.float().tolist(),
+        },
         "hvdtrain": fp16_steps(opt, ours),
         "horovod": fp16_steps(raw, theirs),
         "shard": {
