@@ -104,7 +104,8 @@ class _Sharding:
         self.plan = plan(groups, self.size)
         self.shards = [
             keras.Variable(
-                np.zeros(b.shard_numel),
+                "zeros",  # made in place (a NumPy array would pass through float64 copies)
+                shape=(b.shard_numel,),
                 dtype=self._first(b).dtype,
                 trainable=False,
                 name=f"hvdtrain_zero_shard_{n}",
