@@ -15,21 +15,13 @@ from hvdtrain.bench import report, shapes
 from hvdtrain.launch.testhosts import instances, unavailable_reason
 from hvdtrain.models.torch_gpt import GPT
 from tests.conftest import require
+from tests.test_bench import BACKENDS
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
 LINK_BPS = 25e6  # 200mbit
 WINDOWS = 3
 SIZES = (4096, 4 << 20)
-BACKENDS = {
-    "horovod.torch",
-    "horovod.torch, hvdtrain's wait",
-    "horovod.tensorflow",
-    "torch.distributed",
-    "horovod.torch, fp16, hvdtrain's wait",
-    "horovod.torch, hvdtrain's fp16",
-    "torch.distributed, fp16 copy",
-}
 TORCH_LOOPS = {"hvdtrain", "raw horovod", "ddp", "plain torch"}
 
 
