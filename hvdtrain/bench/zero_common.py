@@ -10,25 +10,25 @@ import os
 import resource
 
 # Mode name -> the wrap_optimizer options it sets; the same names in both frameworks, so their rows
-# line up. Keras refuses shard_gradients (a Keras step holds every gradient at once): no stage 2.
+# line up.
 MODES = {
     "unsharded": {},
     "sharded": {"shard_optimizer_state": True},
     "sharded-grads": {"shard_optimizer_state": True, "shard_gradients": True},
 }
-FRAMEWORK_MODES = {
-    "torch": tuple(MODES),
-    "keras": tuple(m for m, options in MODES.items() if not options.get("shard_gradients")),
-}
-FRAMEWORKS = tuple(FRAMEWORK_MODES)
 MODELS = ("gpt", "mlp")
 MEMORY_STEPS = 3
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def modes(framework: str) -> dict[str, dict]:
-    """``framework``'s modes and their options."""
-    return {mode: MODES[mode] for mode in FRAMEWORK_MODES[framework]}
+    """``framework``'s modes and their options: all of them in torch; Keras refuses
+    shard_gradients (a Keras step holds every gradient at once), so it has no stage 2."""
+    return {
+        mode: options
+        for mode, options in MODES.items()
+        if framework == "torch" or not options.get("shard_gradients")
+    }
 
 
 def rss() -> int:

@@ -282,12 +282,13 @@ class _Sharding:
     def _read_variables(self) -> None:
         written: list = []
         for bucket, shard in zip(self.plan.buckets, self.shards):
+            pieces = list(bucket.pieces(self.rank))
             with tf.control_dependencies(written[-1:]):
                 parts = [
                     tf.reshape(self.variables[p.index].value, [-1])[p.start : p.stop]
-                    for p in bucket.pieces(self.rank)
+                    for p in pieces
                 ]
-                held = sum(p.stop - p.start for p in bucket.pieces(self.rank))
+                held = sum(p.stop - p.start for p in pieces)
                 parts.append(tf.zeros([bucket.shard_numel - held], dtype=shard.dtype))
                 written.append(_assign(shard, tf.concat(parts, 0)))
 
